@@ -1,0 +1,216 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
+    DATA_TYPE_FLOAT32: _ClassVar[DataType]
+    DATA_TYPE_FLOAT64: _ClassVar[DataType]
+    DATA_TYPE_FLOAT16: _ClassVar[DataType]
+    DATA_TYPE_BFLOAT16: _ClassVar[DataType]
+    DATA_TYPE_INT64: _ClassVar[DataType]
+    DATA_TYPE_INT32: _ClassVar[DataType]
+    DATA_TYPE_UINT8: _ClassVar[DataType]
+    DATA_TYPE_BOOL: _ClassVar[DataType]
+    DATA_TYPE_INT16: _ClassVar[DataType]
+    DATA_TYPE_INT8: _ClassVar[DataType]
+
+class Reduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REDUCTION_UNSPECIFIED: _ClassVar[Reduction]
+    REDUCTION_SUM: _ClassVar[Reduction]
+    REDUCTION_MEAN: _ClassVar[Reduction]
+DATA_TYPE_UNSPECIFIED: DataType
+DATA_TYPE_FLOAT32: DataType
+DATA_TYPE_FLOAT64: DataType
+DATA_TYPE_FLOAT16: DataType
+DATA_TYPE_BFLOAT16: DataType
+DATA_TYPE_INT64: DataType
+DATA_TYPE_INT32: DataType
+DATA_TYPE_UINT8: DataType
+DATA_TYPE_BOOL: DataType
+DATA_TYPE_INT16: DataType
+DATA_TYPE_INT8: DataType
+REDUCTION_UNSPECIFIED: Reduction
+REDUCTION_SUM: Reduction
+REDUCTION_MEAN: Reduction
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DataType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DataType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ComputeGradientsRequest(_message.Message):
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RETURN_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: Tensor
+    targets: Tensor
+    request_id: str
+    return_gradients: bool
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ...) -> None: ...
+
+class ComputeGradientsResponse(_message.Message):
+    __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "gradients", "accumulated_samples")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    batch_size: int
+    accumulated_batches: int
+    model_version: int
+    gradients: _containers.RepeatedCompositeFieldContainer[Tensor]
+    accumulated_samples: int
+    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., model_version: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., accumulated_samples: _Optional[int] = ...) -> None: ...
+
+class ApplyUpdateRequest(_message.Message):
+    __slots__ = ("learning_rate", "request_id", "expected_version", "reduction")
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    learning_rate: float
+    request_id: str
+    expected_version: int
+    reduction: Reduction
+    def __init__(self, learning_rate: _Optional[float] = ..., request_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., reduction: _Optional[_Union[Reduction, str]] = ...) -> None: ...
+
+class ApplyUpdateResponse(_message.Message):
+    __slots__ = ("model_version", "applied_batches", "gradient_norm", "applied_samples")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    applied_batches: int
+    gradient_norm: float
+    applied_samples: int
+    def __init__(self, model_version: _Optional[int] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., applied_samples: _Optional[int] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("inputs", "targets", "return_predictions")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    inputs: Tensor
+    targets: Tensor
+    return_predictions: bool
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_predictions: _Optional[bool] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("loss", "batch_size", "model_version", "predictions", "has_loss")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    HAS_LOSS_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    batch_size: int
+    model_version: int
+    predictions: Tensor
+    has_loss: bool
+    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_version: _Optional[int] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., has_loss: _Optional[bool] = ...) -> None: ...
+
+class GetParametersRequest(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetParametersResponse(_message.Message):
+    __slots__ = ("parameters", "model_version")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    parameters: _containers.RepeatedCompositeFieldContainer[Tensor]
+    model_version: int
+    def __init__(self, parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class SetParametersRequest(_message.Message):
+    __slots__ = ("parameters", "request_id", "expected_version")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    parameters: _containers.RepeatedCompositeFieldContainer[Tensor]
+    request_id: str
+    expected_version: int
+    def __init__(self, parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., request_id: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class SetParametersResponse(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    def __init__(self, model_version: _Optional[int] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_spec: str
+    parameters: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    parameter_count: int
+    input: TensorSpec
+    target: TensorSpec
+    loss: str
+    optimizer: str
+    model_version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    max_message_bytes: int
+    max_batch_elements: int
+    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ...) -> None: ...
+
+class DiscardGradientsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DiscardGradientsResponse(_message.Message):
+    __slots__ = ("discarded_batches", "model_version")
+    DISCARDED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    discarded_batches: int
+    model_version: int
+    def __init__(self, discarded_batches: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The gradserve server: the parameter store, its gRPC servicer and the process around them."""

@@ -1,0 +1,141 @@
+"""The one place where exceptions become gRPC statuses, and where RPC metrics are recorded.
+
+GradserveError -> its status code, its message, and a google.rpc.BadRequest naming the field.
+Any other exception is a bug: logged here with its traceback, sent as a generic INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gradserve.errors import GradserveError
+from gradserve.server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "gradserve.v1.GradientService"
+
+
+def status_for(error: GradserveError) -> grpc.Status:
+    """The rich status an error travels as (code, message, BadRequest with the field)."""
+    detail = status_pb2.Status(code=error.code.value[0], message=error.message)
+    if error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.message
+        )
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        detail.details.append(packed)
+    return rpc_status.to_status(detail)
+
+
+_INTERNAL = rpc_status.to_status(
+    status_pb2.Status(code=code_pb2.INTERNAL, message="internal server error")
+)
+
+
+class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every gradserve.v1 handler once (cached per method); other services pass through."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        method_path: str = details.method
+        wrapped = self._wrapped.get(method_path)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(details)
+        service, _, method = method_path.lstrip("/").rpartition("/")
+        if handler is None or service != SERVICE:
+            return handler
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method_path] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        metrics = self._metrics
+        if handler.unary_unary is not None:
+            kind, behavior = "unary", handler.unary_unary
+        elif handler.stream_stream is not None:
+            kind, behavior = "bidi_stream", handler.stream_stream
+        elif handler.unary_stream is not None:
+            kind, behavior = "server_stream", handler.unary_stream
+        else:
+            kind, behavior = "client_stream", handler.stream_unary
+        handled = {
+            code: metrics.handled.labels(kind, SERVICE, method, code.name)
+            for code in grpc.StatusCode
+        }
+        latency = metrics.handling_seconds.labels(kind, SERVICE, method)
+
+        def reject(error: GradserveError, context: grpc.ServicerContext) -> None:
+            metrics.rejected.labels(method, error.code.name).inc()
+            context.abort_with_status(status_for(error))
+
+        def fail(context: grpc.ServicerContext) -> None:
+            logger.exception("%s failed", method)
+            context.abort_with_status(_INTERNAL)
+
+        def finish(context: grpc.ServicerContext, code: grpc.StatusCode, start: float) -> None:
+            latency.observe(time.perf_counter() - start)
+            handled[code].inc()
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return behavior(request, context)
+            except GradserveError as error:
+                code = error.code
+                reject(error, context)
+            except Exception:
+                code = context.code()
+                if code is None or code is grpc.StatusCode.OK:
+                    code = grpc.StatusCode.INTERNAL
+                    fail(context)
+                raise
+            finally:
+                finish(context, code, start)
+
+        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                yield from behavior(request, context)
+            except GradserveError as error:
+                code = error.code
+                reject(error, context)
+            except Exception:
+                code = context.code()
+                if code is None or code is grpc.StatusCode.OK:
+                    code = grpc.StatusCode.INTERNAL
+                    fail(context)
+                raise
+            finally:
+                finish(context, code, start)
+
+        is_stream_response = kind in ("bidi_stream", "server_stream")
+        new_behavior = streaming if is_stream_response else unary
+        factory = {
+            "unary": grpc.unary_unary_rpc_method_handler,
+            "bidi_stream": grpc.stream_stream_rpc_method_handler,
+            "server_stream": grpc.unary_stream_rpc_method_handler,
+            "client_stream": grpc.stream_unary_rpc_method_handler,
+        }[kind]
+        return factory(
+            new_behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

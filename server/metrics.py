@@ -1,0 +1,64 @@
+"""Where the server's Prometheus metrics are declared: RPC metrics and training state.
+
+RPC metrics use go-grpc-prometheus' names so existing dashboards work. Collectors live in a
+registry per server (tests run several servers in one process); `serve.py` exposes it over HTTP.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Seed steps take well under a millisecond; large parameter transfers take seconds.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by method and status code.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            registry=r,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time to handle an RPC on the server, by method.",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "gradserve_model_version", "Version of the parameters (updates applied).", registry=r
+        )
+        self.accumulated_batches = Gauge(
+            "gradserve_accumulated_batches",
+            "Batches whose gradients are accumulated and not yet applied.",
+            registry=r,
+        )
+        self.last_loss = Gauge(
+            "gradserve_last_loss", "Loss of the last batch ComputeGradients ran.", registry=r
+        )
+        self.gradient_norm = Gauge(
+            "gradserve_gradient_norm", "L2 norm of the gradient the last update applied.", registry=r
+        )
+        self.samples = Counter(
+            "gradserve_samples_total", "Samples whose gradients were computed.", registry=r
+        )
+        self.updates = Counter("gradserve_updates_total", "Optimizer steps applied.", registry=r)
+        self.rejected = Counter(
+            "gradserve_rejected_requests_total",
+            "Requests rejected, by method and reason (the status code's name).",
+            ["grpc_method", "reason"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "gradserve_replayed_requests_total",
+            "Requests answered from the request-id window instead of being run again.",
+            ["grpc_method"],
+            registry=r,
+        )

@@ -1,0 +1,203 @@
+"""The server's model registry: models and losses picked by name, never code from a client.
+
+A spec is `name[:args]`: `linear` (the seed's y = w * x + b), `mlp:IN-H1-...-OUT[:activation]`.
+Each model states the batch it accepts (dtype and per-sample shape of inputs and targets), and
+`check_batch` enforces it with errors that name the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from gradserve.codec import torch_dtype_name
+from gradserve.errors import InvalidArgumentError
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # The seed's own expression (not functional.mse_loss) so that results are bitwise the seed's.
+    return ((prediction - target) ** 2).mean()
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    function: LossFunction
+    # Class-index targets (int64, one per sample) or float targets shaped like the output.
+    class_targets: bool
+
+
+LOSSES: dict[str, Loss] = {
+    "mse": Loss("mse", mean_squared_error, class_targets=False),
+    "l1": Loss("l1", functional.l1_loss, class_targets=False),
+    "huber": Loss("huber", functional.huber_loss, class_targets=False),
+    "bce_with_logits": Loss(
+        "bce_with_logits", functional.binary_cross_entropy_with_logits, class_targets=False
+    ),
+    "cross_entropy": Loss("cross_entropy", functional.cross_entropy, class_targets=True),
+}
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What one batch tensor must be: dtype and the shape of one sample (after the batch dim)."""
+
+    dtype: torch.dtype
+    sample_shape: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (-1, *self.sample_shape)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    spec: str
+    module: nn.Module
+    loss: Loss
+    input: BatchSpec
+    target: BatchSpec
+    # Number of classes for class-index targets (their valid range is [0, num_classes)).
+    num_classes: int | None = None
+
+    def check_batch(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> int:
+        """Raise InvalidArgumentError naming the field unless the batch fits; return its size."""
+        batch_size = _check_tensor("inputs", inputs, self.input)
+        if targets is None:
+            return batch_size
+        target_batch = _check_tensor("targets", targets, self.target)
+        if target_batch != batch_size:
+            raise InvalidArgumentError(
+                f"targets.shape: batch of {target_batch}, but inputs has {batch_size}",
+                field="targets.shape",
+            )
+        if self.num_classes is not None and bool(
+            ((targets < 0) | (targets >= self.num_classes)).any()
+        ):
+            raise InvalidArgumentError(
+                f"targets.data: class indices must be in [0, {self.num_classes})",
+                field="targets.data",
+            )
+        return batch_size
+
+
+def _check_tensor(field: str, tensor: torch.Tensor, spec: BatchSpec) -> int:
+    if tensor.dtype != spec.dtype:
+        raise InvalidArgumentError(
+            f"{field}.dtype: {torch_dtype_name(tensor.dtype)}, expected {torch_dtype_name(spec.dtype)}",
+            field=f"{field}.dtype",
+        )
+    shape = tuple(tensor.shape)
+    if len(shape) != 1 + len(spec.sample_shape) or shape[1:] != spec.sample_shape:
+        expected = ["N", *spec.sample_shape]
+        raise InvalidArgumentError(
+            f"{field}.shape: {list(shape)}, expected [{', '.join(map(str, expected))}]",
+            field=f"{field}.shape",
+        )
+    if shape[0] == 0:
+        raise InvalidArgumentError(f"{field}.shape: the batch is empty", field=f"{field}.shape")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise InvalidArgumentError(f"{field}.data: contains NaN or Inf", field=f"{field}.data")
+    return shape[0]
+
+
+class LinearRegression(nn.Module):
+    """The seed's model: y_hat = w * x + b with w, b of shape (1,)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Drawn in the seed's order: w from randn, b zeros.
+        self.w = nn.Parameter(torch.randn(1))
+        self.b = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w * x + self.b
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+
+DEFAULT_MLP = "784-256-10"
+
+
+def _parse_sizes(text: str, spec: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split("-")]
+    except ValueError:
+        raise InvalidArgumentError(
+            f"model spec {spec!r}: layer sizes must be integers joined by '-', like 784-256-10",
+            field="model",
+        ) from None
+    if len(sizes) < 2 or any(size < 1 or size > 1_000_000 for size in sizes):
+        raise InvalidArgumentError(
+            f"model spec {spec!r}: need at least two layer sizes, each in [1, 1000000]",
+            field="model",
+        )
+    return sizes
+
+
+def build_mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if index < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def default_loss(model_name: str) -> str:
+    return "cross_entropy" if model_name == "mlp" else "mse"
+
+
+MODEL_NAMES = ("linear", "mlp")
+
+
+def build_model(spec: str, loss_name: str | None = None, seed: int | None = 0) -> Model:
+    """Build a registered model from its spec; InvalidArgumentError for anything unknown."""
+    name, _, args = spec.partition(":")
+    if name not in MODEL_NAMES:
+        raise InvalidArgumentError(
+            f"model: unknown model {name!r}; known: {', '.join(MODEL_NAMES)}", field="model"
+        )
+    loss_key = loss_name or default_loss(name)
+    loss = LOSSES.get(loss_key)
+    if loss is None:
+        raise InvalidArgumentError(
+            f"loss: unknown loss {loss_key!r}; known: {', '.join(LOSSES)}", field="loss"
+        )
+    if seed is not None:
+        torch.manual_seed(seed)
+    if name == "linear":
+        if args:
+            raise InvalidArgumentError(f"model spec {spec!r}: linear takes no arguments", "model")
+        if loss.class_targets:
+            raise InvalidArgumentError(f"loss: {loss.name} needs a classifier", field="loss")
+        sample = BatchSpec(torch.float32, (1,))
+        return Model("linear", "linear", LinearRegression(), loss, sample, sample)
+    size_text, _, activation = (args or DEFAULT_MLP).partition(":")
+    activation = activation or "relu"
+    if activation not in ACTIVATIONS:
+        raise InvalidArgumentError(
+            f"model spec {spec!r}: unknown activation {activation!r}; "
+            f"known: {', '.join(ACTIVATIONS)}",
+            field="model",
+        )
+    sizes = _parse_sizes(size_text, spec)
+    module = build_mlp(sizes, activation)
+    full_spec = f"mlp:{'-'.join(map(str, sizes))}:{activation}"
+    inputs = BatchSpec(torch.float32, (sizes[0],))
+    if loss.class_targets:
+        targets = BatchSpec(torch.int64, ())
+        return Model("mlp", full_spec, module, loss, inputs, targets, num_classes=sizes[-1])
+    return Model("mlp", full_spec, module, loss, inputs, BatchSpec(torch.float32, (sizes[-1],)))

@@ -1,0 +1,386 @@
+"""Where the parameters live: the model, its accumulated gradients, its version, and one lock.
+
+Plain torch, no protobuf. The rule for concurrent calls: every ComputeGradients that returns
+has added its batch's gradients; an update applies everything that finished before it took the
+lock; a rejected call changes nothing (checks run before any state is touched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
+
+import torch
+
+from gradserve.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    VersionConflictError,
+)
+from gradserve.server.models import Model
+from gradserve.server.optimizers import Optimizer
+from gradserve.server.request_ids import RequestIdWindow, check_request_id
+
+T = TypeVar("T")
+
+
+class Reduction(Enum):
+    SUM = "sum"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class GradientResult:
+    loss: float
+    batch_size: int
+    accumulated_batches: int
+    accumulated_samples: int
+    model_version: int
+    # This batch's own gradients, by parameter name; empty unless asked for.
+    gradients: tuple[tuple[str, torch.Tensor], ...] = ()
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    model_version: int
+    applied_batches: int
+    applied_samples: int
+    gradient_norm: float
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    loss: float | None
+    batch_size: int
+    model_version: int
+    predictions: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class DiscardResult:
+    discarded_batches: int
+    model_version: int
+
+
+@dataclass(frozen=True)
+class SetResult:
+    model_version: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    model_spec: str
+    parameters: tuple[ParameterInfo, ...]
+    parameter_count: int
+    input_dtype: torch.dtype
+    input_shape: tuple[int, ...]
+    target_dtype: torch.dtype
+    target_shape: tuple[int, ...]
+    loss: str
+    optimizer: str
+    model_version: int
+    accumulated_batches: int
+    accumulated_samples: int
+
+
+def check_learning_rate(learning_rate: float) -> None:
+    if not math.isfinite(learning_rate) or learning_rate < 0:
+        raise InvalidArgumentError(
+            f"learning_rate: {learning_rate}, expected a finite number >= 0",
+            field="learning_rate",
+        )
+
+
+class ParameterStore:
+    """One model's parameters, gradients and version, safe to call from many threads."""
+
+    def __init__(self, model: Model, optimizer: Optimizer, request_id_window: int = 1024) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self._named = dict(model.module.named_parameters())
+        self._parameters = list(self._named.values())
+        self._lock = threading.Lock()
+        self._request_ids = RequestIdWindow(request_id_window)
+        self.version = 0
+        self.accumulated_batches = 0
+        self.accumulated_samples = 0
+
+    # -- gradients -----------------------------------------------------------------------
+
+    def compute_gradients(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        request_id: str = "",
+        return_gradients: bool = False,
+    ) -> GradientResult:
+        check_request_id(request_id)
+        batch_size = self.model.check_batch(inputs, targets)
+        with self._lock:
+            replay = self._request_ids.get("compute_gradients", request_id)
+            if replay is not None:
+                return dataclasses.replace(replay, replayed=True)
+            self.model.module.train()
+            loss = self.model.loss.function(self.model.module(inputs), targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FailedPreconditionError(
+                    f"loss is {loss_value} for this batch at model version {self.version}; "
+                    "nothing was accumulated",
+                    field="inputs",
+                )
+            # autograd.grad rather than backward(): the batch's gradients are checked before
+            # anything is added, and adding them below is the same arithmetic backward() does.
+            gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
+            for name, gradient in zip(self._named, gradients, strict=True):
+                if gradient is not None and not bool(torch.isfinite(gradient).all()):
+                    raise FailedPreconditionError(
+                        f"the gradient of {name} is not finite for this batch at model version "
+                        f"{self.version}; nothing was accumulated",
+                        field="inputs",
+                    )
+            with torch.no_grad():
+                for parameter, gradient in zip(self._parameters, gradients, strict=True):
+                    if gradient is None:
+                        continue
+                    if parameter.grad is None:
+                        parameter.grad = gradient.clone()
+                    else:
+                        parameter.grad += gradient
+            self.accumulated_batches += 1
+            self.accumulated_samples += batch_size
+            own = ()
+            if return_gradients:
+                own = tuple(
+                    (name, gradient if gradient is not None else torch.zeros_like(parameter))
+                    for (name, parameter), gradient in zip(
+                        self._named.items(), gradients, strict=True
+                    )
+                )
+            result = GradientResult(
+                loss=loss_value,
+                batch_size=batch_size,
+                accumulated_batches=self.accumulated_batches,
+                accumulated_samples=self.accumulated_samples,
+                model_version=self.version,
+                gradients=own,
+            )
+            self._request_ids.put("compute_gradients", request_id, result)
+            return result
+
+    def apply_update(
+        self,
+        learning_rate: float,
+        *,
+        reduction: Reduction = Reduction.SUM,
+        expected_version: int | None = None,
+        request_id: str = "",
+    ) -> UpdateResult:
+        check_request_id(request_id)
+        check_learning_rate(learning_rate)
+        with self._lock:
+            replay = self._request_ids.get("apply_update", request_id)
+            if replay is not None:
+                return dataclasses.replace(replay, replayed=True)
+            self._check_version(expected_version)
+            if self.accumulated_batches == 0:
+                raise FailedPreconditionError(
+                    "nothing to apply: no gradients accumulated since the last update",
+                    field="learning_rate",
+                )
+            with torch.no_grad():
+                if reduction is Reduction.MEAN and self.accumulated_batches > 1:
+                    for parameter in self._parameters:
+                        if parameter.grad is not None:
+                            parameter.grad /= self.accumulated_batches
+                norm = _total_norm(self._parameters)
+            self.optimizer.step(learning_rate)
+            self.optimizer.zero_grad()
+            result = UpdateResult(
+                model_version=self.version + 1,
+                applied_batches=self.accumulated_batches,
+                applied_samples=self.accumulated_samples,
+                gradient_norm=norm,
+            )
+            self.version += 1
+            self.accumulated_batches = 0
+            self.accumulated_samples = 0
+            self._request_ids.put("apply_update", request_id, result)
+            return result
+
+    def discard_gradients(self) -> DiscardResult:
+        with self._lock:
+            discarded = self.accumulated_batches
+            self._drop_gradients()
+            return DiscardResult(discarded_batches=discarded, model_version=self.version)
+
+    # -- evaluation and parameters -------------------------------------------------------
+
+    def evaluate(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        *,
+        return_predictions: bool = False,
+    ) -> EvaluationResult:
+        batch_size = self.model.check_batch(inputs, targets)
+        with self._lock, torch.no_grad():
+            self.model.module.eval()
+            predictions = self.model.module(inputs)
+            loss = None
+            if targets is not None:
+                loss = self.model.loss.function(predictions, targets).item()
+            return EvaluationResult(
+                loss=loss,
+                batch_size=batch_size,
+                model_version=self.version,
+                predictions=predictions if return_predictions else None,
+            )
+
+    def read_parameters(
+        self, names: Sequence[str], reader: Callable[[str, torch.Tensor], T]
+    ) -> tuple[int, list[T]]:
+        """Call reader(name, value) for the named parameters (all when names is empty) under
+        the lock, so a reader sees one version without copying; return (version, results)."""
+        for index, name in enumerate(names):
+            if name not in self._named:
+                raise InvalidArgumentError(
+                    f"names[{index}]: no parameter {name!r}; the model has "
+                    f"{', '.join(self._named)}",
+                    field=f"names[{index}]",
+                )
+        selected = names or list(self._named)
+        with self._lock:
+            return self.version, [reader(name, self._named[name].detach()) for name in selected]
+
+    def set_parameters(
+        self,
+        values: Sequence[tuple[str, torch.Tensor]],
+        *,
+        expected_version: int | None = None,
+        request_id: str = "",
+    ) -> SetResult:
+        check_request_id(request_id)
+        self._check_values(values)
+        with self._lock:
+            replay = self._request_ids.get("set_parameters", request_id)
+            if replay is not None:
+                return dataclasses.replace(replay, replayed=True)
+            self._check_version(expected_version)
+            with torch.no_grad():
+                for name, value in values:
+                    self._named[name].copy_(value)
+            self._drop_gradients()
+            self.version += 1
+            result = SetResult(model_version=self.version)
+            self._request_ids.put("set_parameters", request_id, result)
+            return result
+
+    def info(self) -> ModelInfo:
+        model = self.model
+        parameters = tuple(
+            ParameterInfo(name, parameter.dtype, tuple(parameter.shape))
+            for name, parameter in self._named.items()
+        )
+        with self._lock:
+            version, batches, samples = (
+                self.version,
+                self.accumulated_batches,
+                self.accumulated_samples,
+            )
+        return ModelInfo(
+            model=model.name,
+            model_spec=model.spec,
+            parameters=parameters,
+            parameter_count=sum(parameter.numel() for parameter in self._parameters),
+            input_dtype=model.input.dtype,
+            input_shape=model.input.shape,
+            target_dtype=model.target.dtype,
+            target_shape=model.target.shape,
+            loss=model.loss.name,
+            optimizer=self.optimizer.description,
+            model_version=version,
+            accumulated_batches=batches,
+            accumulated_samples=samples,
+        )
+
+    def gradients(self) -> dict[str, torch.Tensor | None]:
+        """A copy of the accumulated gradients (for tests and checkpoints)."""
+        with self._lock:
+            return {
+                name: None if p.grad is None else p.grad.detach().clone()
+                for name, p in self._named.items()
+            }
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_version(self, expected_version: int | None) -> None:
+        if expected_version is not None and expected_version != self.version:
+            raise VersionConflictError(
+                f"expected_version: {expected_version}, but the model is at version "
+                f"{self.version}; nothing was applied",
+                field="expected_version",
+            )
+
+    def _check_values(self, values: Sequence[tuple[str, torch.Tensor]]) -> None:
+        if not values:
+            raise InvalidArgumentError("parameters: no parameters given", field="parameters")
+        seen: set[str] = set()
+        for index, (name, value) in enumerate(values):
+            field = f"parameters[{index}]"
+            parameter = self._named.get(name)
+            if parameter is None:
+                raise InvalidArgumentError(
+                    f"{field}.name: no parameter {name!r}; the model has {', '.join(self._named)}",
+                    field=f"{field}.name",
+                )
+            if name in seen:
+                raise InvalidArgumentError(
+                    f"{field}.name: {name!r} is given twice", field=f"{field}.name"
+                )
+            seen.add(name)
+            if value.dtype != parameter.dtype:
+                raise InvalidArgumentError(
+                    f"{field}.dtype: {value.dtype} for {name!r}, expected {parameter.dtype}",
+                    field=f"{field}.dtype",
+                )
+            if value.shape != parameter.shape:
+                raise InvalidArgumentError(
+                    f"{field}.shape: {list(value.shape)} for {name!r}, "
+                    f"expected {list(parameter.shape)}",
+                    field=f"{field}.shape",
+                )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise InvalidArgumentError(
+                    f"{field}.data: {name!r} contains NaN or Inf", field=f"{field}.data"
+                )
+
+    def _drop_gradients(self) -> None:
+        for parameter in self._parameters:
+            parameter.grad = None
+        self.accumulated_batches = 0
+        self.accumulated_samples = 0
+
+
+def _total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
+    squares = [
+        float(torch.sum(p.grad.double() ** 2)) for p in parameters if p.grad is not None
+    ]
+    return math.sqrt(sum(squares))

@@ -1,0 +1,55 @@
+"""`python server/serve.py` / `gradserve-server`: run a gradserve server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from prometheus_client import start_http_server
+
+from gradserve.errors import GradserveError
+from gradserve.server.app import create_server, format_address
+from gradserve.server.config import parse_args
+
+logger = logging.getLogger("gradserve.server")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        running = create_server(config)
+    except GradserveError as error:
+        print(f"gradserve-server: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"gradserve-server: {error}", file=sys.stderr)
+        return 1
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.host, registry=running.metrics.registry)
+        print(f"metrics on {format_address(config.host, config.metrics_port)}", flush=True)
+    print(f"listening on {running.address}", flush=True)
+
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("%s: stopping (grace %.1fs)", signal.Signals(signum).name,
+                    config.shutdown_grace_seconds)  # fmt: skip
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stop_requested.wait()
+    running.stop()
+    logger.info("stopped at model version %d", running.store.version)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,13 @@ MAX_RANK = 16
 MAX_DIMENSION = 2**40
 
 _LITTLE_ENDIAN_HOST = sys.byteorder == "little"
+
+# torch warns once per process that frombuffer over immutable bytes gives a tensor it cannot
+# protect from writes. Decoded tensors are only ever read (writers clone), so spend that one
+# warning here, silently, instead of in a user's server log.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    torch.frombuffer(b"\0", dtype=torch.uint8)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,19 @@ class GradserveError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         # Dotted path of the request field at fault ("inputs.shape"), when one is.
         self.field = field
+        if code is not None:
+            self.code = code
 
     def __str__(self) -> str:
         return self.message

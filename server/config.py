@@ -74,39 +74,86 @@ def parse_args(
     )
     add = parser.add_argument
     add("--host", default=env_or(ENV_HOST, default.host), help=f"address to bind [{ENV_HOST}]")
-    add("--port", type=int, default=int(env_or(ENV_PORT, default.port)),
-        help=f"port to bind, 0 for a free one [{ENV_PORT}]")  # fmt: skip
-    add("--model", default=env_or(ENV_MODEL, default.model),
-        help=f"model spec: linear | mlp:IN-H-...-OUT[:relu|tanh|sigmoid|gelu] [{ENV_MODEL}]")  # fmt: skip
-    add("--loss", default=env_or(ENV_LOSS, default.loss),
-        help=f"mse | l1 | huber | cross_entropy | bce_with_logits (default: the model's) [{ENV_LOSS}]")  # fmt: skip
-    add("--optimizer", default=env_or(ENV_OPTIMIZER, default.optimizer),
-        help=f"sgd | sgd:momentum=0.9,... | adam:... | adamw:... [{ENV_OPTIMIZER}]")  # fmt: skip
-    add("--seed", type=_optional_int, default=_optional_int(env_or(ENV_SEED, default.seed)),
-        help=f"torch seed for the initial parameters, 'none' for random [{ENV_SEED}]")  # fmt: skip
-    add("--metrics-port", type=int, default=int(env_or(ENV_METRICS_PORT, default.metrics_port)),
-        help=f"Prometheus /metrics port, 0 for none [{ENV_METRICS_PORT}]")  # fmt: skip
-    add("--max-message-bytes", type=int,
+    add(
+        "--port",
+        type=int,
+        default=int(env_or(ENV_PORT, default.port)),
+        help=f"port to bind, 0 for a free one [{ENV_PORT}]",
+    )
+    add(
+        "--model",
+        default=env_or(ENV_MODEL, default.model),
+        help=f"model spec: linear | mlp:IN-H-...-OUT[:relu|tanh|sigmoid|gelu] [{ENV_MODEL}]",
+    )
+    add(
+        "--loss",
+        default=env_or(ENV_LOSS, default.loss),
+        help=f"mse | l1 | huber | cross_entropy | bce_with_logits (default: the model's) [{ENV_LOSS}]",
+    )
+    add(
+        "--optimizer",
+        default=env_or(ENV_OPTIMIZER, default.optimizer),
+        help=f"sgd | sgd:momentum=0.9,... | adam:... | adamw:... [{ENV_OPTIMIZER}]",
+    )
+    add(
+        "--seed",
+        type=_optional_int,
+        default=_optional_int(env_or(ENV_SEED, default.seed)),
+        help=f"torch seed for the initial parameters, 'none' for random [{ENV_SEED}]",
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        default=int(env_or(ENV_METRICS_PORT, default.metrics_port)),
+        help=f"Prometheus /metrics port, 0 for none [{ENV_METRICS_PORT}]",
+    )
+    add(
+        "--max-message-bytes",
+        type=int,
         default=int(env_or(ENV_MAX_MESSAGE_BYTES, default.max_message_bytes)),
-        help=f"largest gRPC message received or sent [{ENV_MAX_MESSAGE_BYTES}]")  # fmt: skip
-    add("--max-batch-elements", type=int,
+        help=f"largest gRPC message received or sent [{ENV_MAX_MESSAGE_BYTES}]",
+    )
+    add(
+        "--max-batch-elements",
+        type=int,
         default=int(env_or(ENV_MAX_BATCH_ELEMENTS, default.max_batch_elements)),
-        help=f"most elements in one batch tensor [{ENV_MAX_BATCH_ELEMENTS}]")  # fmt: skip
-    add("--max-concurrent-rpcs", type=_optional_int,
+        help=f"most elements in one batch tensor [{ENV_MAX_BATCH_ELEMENTS}]",
+    )
+    add(
+        "--max-concurrent-rpcs",
+        type=_optional_int,
         default=_optional_int(env_or(ENV_MAX_CONCURRENT_RPCS, default.max_concurrent_rpcs)),
-        help=f"calls in progress at once, 'none' for no limit [{ENV_MAX_CONCURRENT_RPCS}]")  # fmt: skip
-    add("--workers", type=int, default=int(env_or(ENV_WORKERS, default.workers)),
-        help=f"gRPC handler threads [{ENV_WORKERS}]")  # fmt: skip
-    add("--torch-threads", type=_optional_int,
+        help=f"calls in progress at once, 'none' for no limit [{ENV_MAX_CONCURRENT_RPCS}]",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=int(env_or(ENV_WORKERS, default.workers)),
+        help=f"gRPC handler threads [{ENV_WORKERS}]",
+    )
+    add(
+        "--torch-threads",
+        type=_optional_int,
         default=_optional_int(env_or(ENV_TORCH_THREADS, default.torch_threads)),
-        help=f"torch intra-op threads (default: torch's) [{ENV_TORCH_THREADS}]")  # fmt: skip
-    add("--request-id-window", type=int,
+        help=f"torch intra-op threads (default: torch's) [{ENV_TORCH_THREADS}]",
+    )
+    add(
+        "--request-id-window",
+        type=int,
         default=int(env_or(ENV_REQUEST_ID_WINDOW, default.request_id_window)),
-        help=f"recent request ids remembered for deduplication [{ENV_REQUEST_ID_WINDOW}]")  # fmt: skip
-    add("--shutdown-grace", type=float, dest="shutdown_grace_seconds",
+        help=f"recent request ids remembered for deduplication [{ENV_REQUEST_ID_WINDOW}]",
+    )
+    add(
+        "--shutdown-grace",
+        type=float,
+        dest="shutdown_grace_seconds",
         default=float(env_or(ENV_SHUTDOWN_GRACE, default.shutdown_grace_seconds)),
-        help=f"seconds in-flight calls get on SIGTERM [{ENV_SHUTDOWN_GRACE}]")  # fmt: skip
-    add("--log-level", default=env_or(ENV_LOG_LEVEL, default.log_level),
-        help=f"DEBUG | INFO | WARNING | ERROR [{ENV_LOG_LEVEL}]")  # fmt: skip
+        help=f"seconds in-flight calls get on SIGTERM [{ENV_SHUTDOWN_GRACE}]",
+    )
+    add(
+        "--log-level",
+        default=env_or(ENV_LOG_LEVEL, default.log_level),
+        help=f"DEBUG | INFO | WARNING | ERROR [{ENV_LOG_LEVEL}]",
+    )
     args = parser.parse_args(argv)
     return ServerConfig(**{**vars(args), "loss": args.loss or None})

@@ -44,7 +44,9 @@ class ServerMetrics:
             "gradserve_last_loss", "Loss of the last batch ComputeGradients ran.", registry=r
         )
         self.gradient_norm = Gauge(
-            "gradserve_gradient_norm", "L2 norm of the gradient the last update applied.", registry=r
+            "gradserve_gradient_norm",
+            "L2 norm of the gradient the last update applied.",
+            registry=r,
         )
         self.samples = Counter(
             "gradserve_samples_total", "Samples whose gradients were computed.", registry=r

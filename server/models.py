@@ -7,6 +7,7 @@ Each model states the batch it accepts (dtype and per-sample shape of inputs and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,7 +150,7 @@ def _parse_sizes(text: str, spec: str) -> list[int]:
 
 def build_mlp(sizes: list[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if index < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())

@@ -38,7 +38,8 @@ class SeedSGD:
         with torch.no_grad():
             for parameter in self._parameters:
                 if parameter.grad is not None:
-                    parameter -= learning_rate * parameter.grad
+                    # In place, as the seed writes it.
+                    parameter -= learning_rate * parameter.grad  # noqa: PLW2901
 
     def zero_grad(self) -> None:
         for parameter in self._parameters:

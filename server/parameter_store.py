@@ -380,7 +380,5 @@ class ParameterStore:
 
 
 def _total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
-    squares = [
-        float(torch.sum(p.grad.double() ** 2)) for p in parameters if p.grad is not None
-    ]
+    squares = [float(torch.sum(p.grad.double() ** 2)) for p in parameters if p.grad is not None]
     return math.sqrt(sum(squares))

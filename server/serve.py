@@ -39,8 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("%s: stopping (grace %.1fs)", signal.Signals(signum).name,
-                    config.shutdown_grace_seconds)  # fmt: skip
+        logger.info(
+            "%s: stopping (grace %.1fs)", signal.Signals(signum).name, config.shutdown_grace_seconds
+        )
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, request_stop)

@@ -27,9 +27,7 @@ def reduction_from_proto(value: int) -> Reduction:
     try:
         return _REDUCTIONS[value]
     except KeyError:
-        raise InvalidArgumentError(
-            f"reduction: unknown value {value}", field="reduction"
-        ) from None
+        raise InvalidArgumentError(f"reduction: unknown value {value}", field="reduction") from None
 
 
 class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]

@@ -1,0 +1,1 @@
+"""The gradserve Python client: GradientClient over the gradserve.v1 stub, and the trainer."""

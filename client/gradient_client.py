@@ -1,0 +1,330 @@
+"""GradientClient: every gradserve.v1 RPC as a typed method over torch tensors.
+
+Every call has a deadline. Calls that change the server carry a request_id (one is made when
+the caller gives none), so retrying them after UNAVAILABLE is safe: the server answers a
+repeated id with the first answer and applies nothing twice. Errors leave as GradserveError.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gradserve.client.errors import error_from_rpc
+from gradserve.codec import dtype_from_proto, tensor_from_proto, tensor_to_proto
+from gradserve.errors import UnavailableError
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVICE_NAME = "gradserve.v1.GradientService"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry UNAVAILABLE with capped exponential backoff and full jitter."""
+
+    max_attempts: int = 6
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def backoff(self, attempt: int) -> float:
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
+        return random.uniform(0, ceiling)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class GradientResult:
+    loss: float
+    batch_size: int
+    accumulated_batches: int
+    accumulated_samples: int
+    model_version: int
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    model_version: int
+    applied_batches: int
+    applied_samples: int
+    gradient_norm: float
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    loss: float | None
+    batch_size: int
+    model_version: int
+    predictions: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    model_spec: str
+    parameters: tuple[TensorSpec, ...]
+    parameter_count: int
+    input: TensorSpec
+    target: TensorSpec
+    loss: str
+    optimizer: str
+    model_version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    max_message_bytes: int
+    max_batch_elements: int
+
+
+def _spec(message: pb.TensorSpec) -> TensorSpec:
+    return TensorSpec(message.name, dtype_from_proto(message.dtype), tuple(message.shape))
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class GradientClient:
+    """A connection to one gradserve server.
+
+    >>> with GradientClient("127.0.0.1:50051") as client:
+    ...     client.compute_gradients(x, y)
+    ...     client.apply_update(0.01)
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry
+        self._metadata = tuple(metadata)
+        if channel is None:
+            options = [
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ]
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=options)
+            else:
+                channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel
+        self._stub = pb_grpc.GradientServiceStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GradientClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def wait_until_ready(self, timeout: float = 10.0) -> None:
+        """Block until the server reports SERVING; UnavailableError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        last: str = "no answer"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UnavailableError(
+                    f"server at {self.target} not ready after {timeout:g}s ({last})"
+                )
+            try:
+                response = self._health.Check(
+                    health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                    timeout=min(remaining, 2.0),
+                    wait_for_ready=True,
+                    metadata=self._metadata,
+                )
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            except grpc.RpcError as error:
+                last = f"{error.code().name}: {error.details()}"
+                if error.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    raise error_from_rpc(error) from None
+            # Polling a health endpoint: the interval bounds how fast readiness is seen.
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    # -- the RPCs ------------------------------------------------------------------------
+
+    def compute_gradients(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        request_id: str | None = None,
+        return_gradients: bool = False,
+    ) -> GradientResult:
+        request = pb.ComputeGradientsRequest(
+            inputs=tensor_to_proto(inputs),
+            targets=tensor_to_proto(targets),
+            request_id=request_id or new_request_id(),
+            return_gradients=return_gradients,
+        )
+        response = self._call(self._stub.ComputeGradients, request)
+        return GradientResult(
+            loss=response.loss,
+            batch_size=response.batch_size,
+            accumulated_batches=response.accumulated_batches,
+            accumulated_samples=response.accumulated_samples,
+            model_version=response.model_version,
+            gradients=_tensors_by_name(response.gradients),
+        )
+
+    def apply_update(
+        self,
+        learning_rate: float,
+        *,
+        reduction: str = "sum",
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> UpdateResult:
+        request = pb.ApplyUpdateRequest(
+            learning_rate=learning_rate,
+            reduction=pb.REDUCTION_MEAN if reduction == "mean" else pb.REDUCTION_SUM,
+            request_id=request_id or new_request_id(),
+        )
+        if expected_version is not None:
+            request.expected_version = expected_version
+        response = self._call(self._stub.ApplyUpdate, request)
+        return UpdateResult(
+            model_version=response.model_version,
+            applied_batches=response.applied_batches,
+            applied_samples=response.applied_samples,
+            gradient_norm=response.gradient_norm,
+        )
+
+    def evaluate(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        return_predictions: bool = False,
+    ) -> EvaluationResult:
+        request = pb.EvaluateRequest(
+            inputs=tensor_to_proto(inputs), return_predictions=return_predictions
+        )
+        if targets is not None:
+            request.targets.CopyFrom(tensor_to_proto(targets))
+        response = self._call(self._stub.Evaluate, request)
+        predictions = None
+        if response.HasField("predictions"):
+            predictions = tensor_from_proto(response.predictions, "predictions").clone()
+        return EvaluationResult(
+            loss=response.loss if response.has_loss else None,
+            batch_size=response.batch_size,
+            model_version=response.model_version,
+            predictions=predictions,
+        )
+
+    def get_parameters(self, names: Iterable[str] = ()) -> tuple[int, dict[str, torch.Tensor]]:
+        """(model_version, {name: value}); all parameters when `names` is empty."""
+        response = self._call(self._stub.GetParameters, pb.GetParametersRequest(names=list(names)))
+        return response.model_version, _tensors_by_name(response.parameters)
+
+    def set_parameters(
+        self,
+        values: Mapping[str, torch.Tensor],
+        *,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> int:
+        """Replace parameter values; returns the new model version."""
+        request = pb.SetParametersRequest(
+            parameters=[tensor_to_proto(value, name) for name, value in values.items()],
+            request_id=request_id or new_request_id(),
+        )
+        if expected_version is not None:
+            request.expected_version = expected_version
+        return int(self._call(self._stub.SetParameters, request).model_version)
+
+    def model_info(self) -> ModelInfo:
+        response = self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest())
+        return ModelInfo(
+            model=response.model,
+            model_spec=response.model_spec,
+            parameters=tuple(_spec(p) for p in response.parameters),
+            parameter_count=response.parameter_count,
+            input=_spec(response.input),
+            target=_spec(response.target),
+            loss=response.loss,
+            optimizer=response.optimizer,
+            model_version=response.model_version,
+            accumulated_batches=response.accumulated_batches,
+            accumulated_samples=response.accumulated_samples,
+            max_message_bytes=response.max_message_bytes,
+            max_batch_elements=response.max_batch_elements,
+        )
+
+    def discard_gradients(self) -> int:
+        """Drop the accumulated gradients; returns how many batches were dropped."""
+        response = self._call(self._stub.DiscardGradients, pb.DiscardGradientsRequest())
+        return int(response.discarded_batches)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        """One RPC with the deadline, retried on UNAVAILABLE under the retry policy.
+
+        Only called with requests that are safe to repeat: reads, or writes carrying a
+        request_id (the same id on every attempt)."""
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                attempt += 1
+                if (
+                    error.code() is not grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.retry.max_attempts
+                ):
+                    raise error_from_rpc(error) from None
+            time.sleep(self.retry.backoff(attempt))
+
+
+def _tensors_by_name(messages: Iterable[pb.Tensor]) -> dict[str, torch.Tensor]:
+    # clone(): the decoded tensor is a read-only view of the message's bytes.
+    return {m.name: tensor_from_proto(m, f"parameters[{m.name}]").clone() for m in messages}

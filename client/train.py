@@ -1,0 +1,222 @@
+"""`python client/train.py`: train a model on a gradserve server and export the loss.
+
+With no --server it starts an embedded server on a free loopback port, so the first run needs
+nothing else. Exit codes: 0 done; 1 training failed (diverged, rejected by the server);
+2 bad usage or data; 3 server unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import torch
+from prometheus_client import push_to_gateway, start_http_server
+
+from gradserve.client.config import TrainConfig, parse_args
+from gradserve.client.data import DataError, Dataset, read_csv, seed_data
+from gradserve.client.gradient_client import GradientClient, ModelInfo
+from gradserve.client.metrics import TrainMetrics
+from gradserve.client.progress import ProgressBar
+from gradserve.client.trainer import EpochReport, TrainingDiverged, train
+from gradserve.errors import GradserveError, UnavailableError
+from gradserve.server.app import create_server
+from gradserve.server.config import ServerConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+@contextmanager
+def connect(config: TrainConfig) -> Iterator[tuple[GradientClient, str]]:
+    """A client to --server, or to an embedded server that lives as long as the block."""
+    embedded = None
+    target = config.server
+    if target is None:
+        embedded = create_server(
+            ServerConfig(
+                host="127.0.0.1",
+                port=0,
+                metrics_port=0,
+                model=config.model,
+                seed=config.seed,
+                shutdown_grace_seconds=1.0,
+            )
+        )
+        target = embedded.address
+    client = GradientClient(target, timeout=config.timeout_seconds)
+    try:
+        yield client, ("embedded " if embedded else "") + target
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop(0)
+
+
+def load_data(config: TrainConfig, info: ModelInfo) -> tuple[Dataset, dict[str, torch.Tensor]]:
+    """The dataset, cast and shaped for the server's model, and the initial parameters to set."""
+    initial: dict[str, torch.Tensor] = {}
+    if config.csv is None:
+        seed = seed_data(config.seed, config.samples)
+        dataset = seed.dataset
+        if config.init == "seed" or (config.init == "auto" and info.model == "linear"):
+            initial = {"w": seed.initial_w, "b": seed.initial_b}
+    else:
+        _, features, target = read_csv(config.csv, config.features, config.target)
+        if info.target.dtype in (torch.int64, torch.int32):
+            if not bool((target == target.round()).all()):
+                raise DataError(
+                    f"data: the model's loss {info.loss} needs integer class targets; "
+                    f"column {config.target or 'target'} has fractions"
+                )
+            targets = target.to(info.target.dtype)
+        else:
+            targets = target.to(info.target.dtype).reshape(-1, 1)
+        dataset = Dataset(features.to(info.input.dtype), targets)
+        if config.init == "seed":
+            raise DataError("data: --init seed is for the synthetic seed data only")
+    check_shapes(dataset, info)
+    return dataset, initial
+
+
+def check_shapes(dataset: Dataset, info: ModelInfo) -> None:
+    def fmt(shape: Sequence[int]) -> str:
+        return "[" + ", ".join("N" if d == -1 else str(d) for d in shape) + "]"
+
+    if tuple(dataset.inputs.shape[1:]) != info.input.shape[1:]:
+        raise DataError(
+            f"data: inputs have shape {fmt([-1, *dataset.inputs.shape[1:]])}, but the server's "
+            f"model {info.model_spec} takes {fmt(info.input.shape)}"
+        )
+    if tuple(dataset.targets.shape[1:]) != info.target.shape[1:]:
+        raise DataError(
+            f"data: targets have shape {fmt([-1, *dataset.targets.shape[1:]])}, but the server's "
+            f"model {info.model_spec} (loss {info.loss}) takes {fmt(info.target.shape)}"
+        )
+
+
+def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    if fraction <= 0:
+        return dataset, None
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))
+    held_out = max(1, int(len(dataset) * fraction))
+    return dataset.subset(order[held_out:]), dataset.subset(order[:held_out])
+
+
+def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
+    human = err if config.json else out
+    metrics = TrainMetrics(config.run_id, config.model)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.metrics_host, registry=metrics.registry)
+    with connect(config) as (client, where):
+        client.wait_until_ready(config.connect_timeout_seconds)
+        info = client.model_info()
+        dataset, initial = load_data(config, info)
+        train_set, validation_set = split(dataset, config.validation_split, config.seed)
+        if initial:
+            client.set_parameters(initial)
+        bar = ProgressBar(config.epochs, err, config.progress)
+
+        def on_epoch(report: EpochReport) -> None:
+            bar.update(report.epoch + 1, report.last_loss)
+            if report.epoch % config.log_every == 0:
+                line = f"Epoch {report.epoch}, Loss: {report.last_loss:.4f}"
+                if report.validation_loss is not None:
+                    line += f", Validation loss: {report.validation_loss:.4f}"
+                if report.accuracy is not None:
+                    line += f", Accuracy: {report.accuracy:.3f}"
+                bar.write(line, human)
+
+        summary = train(
+            client,
+            train_set,
+            config,
+            metrics,
+            validation_set=validation_set,
+            classification=info.target.dtype == torch.int64,
+            on_epoch=on_epoch,
+        )
+        bar.close()
+        version, parameters = client.get_parameters()
+    if info.model == "linear":
+        print(
+            f"Trained w: {parameters['w'].item():.3f}, b: {parameters['b'].item():.3f}", file=human
+        )
+    else:
+        print(f"Trained {info.model_spec}: last loss {summary.last_loss:.4f}", file=human)
+    if config.json:
+        result: dict[str, Any] = {
+            "server": where,
+            "model": info.model_spec,
+            "epochs": config.epochs,
+            "steps": summary.steps,
+            "batches": summary.batches,
+            "model_version": version,
+            "last_loss": summary.last_loss,
+            "epoch_losses": summary.epoch_losses,
+            "validation_loss": summary.validation_loss,
+            "accuracy": summary.accuracy,
+            "seconds": summary.seconds,
+            # Exact values (float32 -> float is exact); only for small models.
+            "parameters": {
+                name: value.flatten().tolist()
+                for name, value in parameters.items()
+                if value.numel() <= 1024
+            },
+        }
+        print(json.dumps(result), file=out)
+    if config.pushgateway:
+        push_to_gateway(
+            config.pushgateway,
+            job="gradserve_train",
+            registry=metrics.registry,
+            grouping_key={"run_id": config.run_id},
+        )
+    if config.metrics_port and config.linger_seconds > 0:
+        linger(config.linger_seconds)
+    return EXIT_OK
+
+
+def linger(seconds: float) -> None:
+    """Keep /metrics served so a scrape sees the final values; SIGTERM/SIGINT end it early."""
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    done.wait(seconds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        return run(config, sys.stdout, sys.stderr)
+    except DataError as error:
+        print(f"gradserve-train: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnavailableError as error:
+        print(f"gradserve-train: cannot reach the server: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except TrainingDiverged as error:
+        print(f"gradserve-train: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except GradserveError as error:
+        where = f" ({error.field})" if error.field else ""
+        print(
+            f"gradserve-train: the server refused: {error.code.name}{where}: {error}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except OSError as error:
+        print(f"gradserve-train: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The contract from other languages: the Node.js and C++ example clients train against a real
+server, get INVALID_ARGUMENT for their malformed call, and write tensors the Python codec reads.
+
+Both clients make their data with the same seeded PRNG (mulberry32 + Box-Muller); the test makes
+it a third time here, so the least-squares fit they must reach is computed independently.
+Skips only when the other languages' toolchains are missing: scripts/install-other-language-deps.sh
+installs them (CI runs it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gradserve.codec import tensor_from_proto, tensor_to_proto
+from gradserve.server.app import GradientServer
+from gradserve.v1 import gradserve_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "examples" / "node"
+CPP_DIR = ROOT / "examples" / "cpp"
+INSTALL_HINT = "run scripts/install-other-language-deps.sh"
+
+# Converges from the server's random start to within a few thousandths of the least-squares fit
+# (0.1 leaves minibatch SGD wandering ~0.02 around it; 0.01 x 100 epochs has not converged).
+LEARNING_RATE = "0.02"
+EPOCHS = "300"
+SEED = 7
+TOLERANCE = 0.01
+CLIENT_TIMEOUT_S = 300
+BUILD_TIMEOUT_S = 600
+
+# What examples/node/encode-fixtures.js and `gradserve_client --encode-fixtures` encode.
+EXPECTED: dict[str, torch.Tensor] = {
+    "float32": torch.tensor([1.5, -2.25, 0.1, math.inf, -0.0, 1e-45]).reshape(2, 3),
+    "float64": torch.tensor([0.1, -1e300, 5e-324, -math.inf], dtype=torch.float64),
+    "float16": torch.tensor([1, -2.5, 65504, 2**-24, 0.1, -0.0], dtype=torch.float16).reshape(3, 2),
+    "bfloat16": torch.tensor([1, -2, 3.140625, 0.1, 1e30, -0.0], dtype=torch.bfloat16),
+    "int64": torch.tensor([0, -1, 2**53 + 1, -(2**63), 2**63 - 1], dtype=torch.int64),
+    "int32": torch.tensor([-(2**31), 2**31 - 1, 7, -7], dtype=torch.int32).reshape(2, 2),
+    "int16": torch.tensor([-32768, 32767, 1], dtype=torch.int16),
+    "int8": torch.tensor([-128, 127, 0], dtype=torch.int8),
+    "uint8": torch.tensor([0, 255, 128], dtype=torch.uint8),
+    "bool": torch.tensor([True, False, True, True]).reshape(2, 1, 2),
+    "scalar_float32": torch.tensor(42.5),
+    "empty_float32": torch.empty(0, 3),
+}
+CPP_FIXTURES = ("float32", "int64", "scalar_float32", "empty_float32")
+
+
+# ---- the clients' data, made again --------------------------------------------------------
+
+
+def mulberry32(seed: int) -> Callable[[], float]:
+    state = seed & 0xFFFFFFFF
+
+    def mul(a: int, b: int) -> int:
+        return (a * b) & 0xFFFFFFFF
+
+    def next_float() -> float:
+        nonlocal state
+        state = (state + 0x6D2B79F5) & 0xFFFFFFFF
+        t = mul(state ^ (state >> 15), state | 1)
+        t ^= (t + mul(t ^ (t >> 7), t | 61)) & 0xFFFFFFFF
+        return ((t ^ (t >> 14)) & 0xFFFFFFFF) / 4294967296
+
+    return next_float
+
+
+def client_data(seed: int, count: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    random = mulberry32(seed)
+    x = np.array([random() for _ in range(count)], dtype=np.float32)
+    noise = []
+    for _ in range(count):
+        u1 = 1 - random()
+        u2 = random()
+        noise.append(math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2))
+    y = (2 * x.astype(np.float64) + 1 + 0.1 * np.array(noise)).astype(np.float32)
+    return x, y
+
+
+def least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    design = np.stack([x.astype(np.float64), np.ones(len(x))], axis=1)
+    (w, b), *_ = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)
+    return float(w), float(b)
+
+
+def test_the_data_generator_matches_the_node_client() -> None:
+    """Guards the reimplementation above: the first sample of seed 1, as Node prints it."""
+    x, y = client_data(1)
+    assert float(x[0]) == pytest.approx(0.6270739436149597, abs=0)
+    assert float(y[0]) == pytest.approx(2.3619372844696045, abs=1e-6)
+
+
+# ---- running the clients -------------------------------------------------------------------
+
+
+def _number(pattern: str, output: str) -> tuple[float, ...]:
+    match = re.search(pattern, output, re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{output}"
+    return tuple(float(group) for group in match.groups())
+
+
+def check_training_run(command: list[str], server: GradientServer) -> None:
+    run = subprocess.run(
+        [*command, "--address", server.address, "--lr", LEARNING_RATE, "--epochs", EPOCHS,
+         "--seed", str(SEED)],
+        capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, cwd=ROOT, check=False,
+    )  # fmt: skip
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+
+    expected_w, expected_b = least_squares(*client_data(SEED))
+    printed_w, printed_b = _number(r"^Least squares: w=(\S+) b=(\S+)$", output)
+    assert (printed_w, printed_b) == pytest.approx((expected_w, expected_b), abs=1e-5)
+
+    epochs = [int(n) for n in re.findall(r"^Epoch (\d+), Loss: \d+\.\d{4}$", output, re.M)]
+    assert epochs == list(range(10, int(EPOCHS) + 1, 10))
+
+    final_w, final_b = _number(r"^Final: w=(\S+) b=(\S+)$", output)
+    assert abs(final_w - expected_w) < TOLERANCE, output
+    assert abs(final_b - expected_b) < TOLERANCE, output
+    # The values it read back are the server's own.
+    w, b = (float(server.store.model.module.state_dict()[name].item()) for name in ("w", "b"))
+    assert _number(r"^GetParameters: w=(\S+) b=(\S+) version=", output) == pytest.approx(
+        (w, b), abs=1e-6
+    )
+    assert server.store.version == int(EPOCHS) * 10
+
+    assert re.search(r"^Malformed call: status=INVALID_ARGUMENT code=3: inputs\.data", output, re.M)
+    assert re.search(r"^Field violation: field=inputs\.data description=\S", output, re.M), output
+
+
+def check_fixtures(printed: str, names: tuple[str, ...]) -> None:
+    encoded = json.loads(printed)
+    assert sorted(encoded) == sorted(names)
+    for name in names:
+        message = pb.Tensor.FromString(base64.b64decode(encoded[name]))
+        expected = EXPECTED[name]
+        decoded = tensor_from_proto(message, name)
+        assert message.name == name
+        assert decoded.dtype == expected.dtype, name
+        assert decoded.shape == expected.shape, name
+        assert torch.equal(decoded, expected), (name, decoded, expected)
+        # Byte for byte what the Python codec writes: catches -0.0 and NaN payloads too.
+        assert message.data == tensor_to_proto(expected).data, name
+
+
+# ---- Node.js --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    executable = shutil.which("node")
+    if executable is None:
+        pytest.skip(f"node is not installed ({INSTALL_HINT})")
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.skip(f"examples/node has no node_modules ({INSTALL_HINT})")
+    return executable
+
+
+def test_node_client_trains_and_gets_invalid_argument(node: str, server: GradientServer) -> None:
+    check_training_run([node, str(NODE_DIR / "client.js")], server)
+
+
+def test_node_tensors_decode_exactly_in_python(node: str) -> None:
+    run = subprocess.run(
+        [node, str(NODE_DIR / "encode-fixtures.js")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    check_fixtures(run.stdout, tuple(EXPECTED))
+
+
+# ---- C++ ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cpp_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Builds examples/cpp from the clean tree into a temporary directory."""
+    missing = [tool for tool in ("cmake", "protoc", "grpc_cpp_plugin", "pkg-config", "c++")
+               if shutil.which(tool) is None]  # fmt: skip
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed ({INSTALL_HINT})")
+    probe = ["pkg-config", "--exists", "grpc++", "protobuf"]
+    if subprocess.run(probe, check=False, timeout=30).returncode:
+        pytest.skip(f"libgrpc++-dev / libprotobuf-dev not installed ({INSTALL_HINT})")
+    build = tmp_path_factory.mktemp("cpp-build")
+    for step in (
+        ["cmake", "-S", str(CPP_DIR), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "--parallel", "2"],
+    ):
+        run = subprocess.run(
+            step, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+    return build / "gradserve_client"
+
+
+def test_cpp_client_trains_and_gets_invalid_argument(
+    cpp_client: Path, server: GradientServer
+) -> None:
+    check_training_run([str(cpp_client)], server)
+
+
+def test_cpp_tensors_decode_exactly_in_python(cpp_client: Path) -> None:
+    run = subprocess.run(
+        [str(cpp_client), "--encode-fixtures"], capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    check_fixtures(run.stdout, CPP_FIXTURES)

@@ -36,7 +36,7 @@ with warnings.catch_warnings():
 
 @dataclass(frozen=True)
 class WireType:
-    proto: int
+    proto: pb.DataType
     torch_dtype: torch.dtype
     itemsize: int
     name: str
@@ -54,12 +54,12 @@ WIRE_TYPES: tuple[WireType, ...] = (
     WireType(pb.DATA_TYPE_UINT8, torch.uint8, 1, "UINT8"),
     WireType(pb.DATA_TYPE_BOOL, torch.bool, 1, "BOOL"),
 )
-_BY_PROTO = {w.proto: w for w in WIRE_TYPES}
+_BY_PROTO: dict[int, WireType] = {int(w.proto): w for w in WIRE_TYPES}
 _BY_TORCH = {w.torch_dtype: w for w in WIRE_TYPES}
 _KNOWN_NAMES = ", ".join(w.name for w in WIRE_TYPES)
 
 
-def dtype_to_proto(dtype: torch.dtype) -> int:
+def dtype_to_proto(dtype: torch.dtype) -> pb.DataType:
     """The DataType value of a torch dtype; TypeError for dtypes the wire has no name for."""
     try:
         return _BY_TORCH[dtype].proto
@@ -117,7 +117,7 @@ def tensor_from_proto(
     numel = math.prod(shape)
     if max_elements is not None and numel > max_elements:
         raise ResourceExhaustedError(
-            f"{field}: {numel} elements is over the server's limit of {max_elements}",
+            f"{field}.shape: {numel} elements is over the server's limit of {max_elements}",
             field=f"{field}.shape",
         )
     data = message.data  # read once: the upb backend builds a new object on every access

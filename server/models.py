@@ -181,7 +181,9 @@ def build_model(spec: str, loss_name: str | None = None, seed: int | None = 0) -
         torch.manual_seed(seed)
     if name == "linear":
         if args:
-            raise InvalidArgumentError(f"model spec {spec!r}: linear takes no arguments", "model")
+            raise InvalidArgumentError(
+                f"model spec {spec!r}: linear takes no arguments", field="model"
+            )
         if loss.class_targets:
             raise InvalidArgumentError(f"loss: {loss.name} needs a classifier", field="loss")
         sample = BatchSpec(torch.float32, (1,))

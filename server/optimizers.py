@@ -7,7 +7,7 @@ The learning rate is not part of the spec: every ApplyUpdate brings its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -38,8 +38,8 @@ class SeedSGD:
         with torch.no_grad():
             for parameter in self._parameters:
                 if parameter.grad is not None:
-                    # In place, as the seed writes it.
-                    parameter -= learning_rate * parameter.grad  # noqa: PLW2901
+                    # `w -= lr * w.grad`, the seed's own expression (-= is sub_).
+                    parameter.sub_(learning_rate * parameter.grad)
 
     def zero_grad(self) -> None:
         for parameter in self._parameters:
@@ -134,7 +134,7 @@ def build_optimizer(spec: str, parameters: Sequence[torch.nn.Parameter]) -> Opti
                 f"optimizer: bad value {value!r} for {name} option {key!r}", field="optimizer"
             ) from None
     try:
-        optimizer = optimizer_class(list(parameters), lr=0.0, **options)
+        optimizer = cast(Any, optimizer_class)(list(parameters), lr=0.0, **options)
     except ValueError as error:
         raise InvalidArgumentError(f"optimizer: {error}", field="optimizer") from None
     settings = ",".join(f"{key}={value}" for key, value in sorted(options.items()))

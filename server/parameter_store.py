@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 
@@ -22,6 +22,7 @@ from gradserve.errors import (
     InvalidArgumentError,
     VersionConflictError,
 )
+from gradserve.server.graph import ConstantUses, Graph, build_graph, effective_max_nodes
 from gradserve.server.models import Model
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
@@ -99,6 +100,15 @@ class ModelInfo:
     accumulated_samples: int
 
 
+@dataclass(frozen=True)
+class GraphDescription:
+    graph: Graph
+    batch_size: int
+    model_version: int
+    # The node cap the call ran under.
+    max_nodes: int
+
+
 def check_learning_rate(learning_rate: float) -> None:
     if not math.isfinite(learning_rate) or learning_rate < 0:
         raise InvalidArgumentError(
@@ -136,14 +146,14 @@ class ParameterStore:
         with self._lock:
             replay = self._request_ids.get("compute_gradients", request_id)
             if replay is not None:
-                return dataclasses.replace(replay, replayed=True)
+                return cast(GradientResult, dataclasses.replace(replay, replayed=True))
             self.model.module.train()
             loss = self.model.loss.function(self.model.module(inputs), targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FailedPreconditionError(
-                    f"loss is {loss_value} for this batch at model version {self.version}; "
-                    "nothing was accumulated",
+                    f"inputs: the loss is {loss_value} for this batch at model version "
+                    f"{self.version}; nothing was accumulated",
                     field="inputs",
                 )
             # autograd.grad rather than backward(): the batch's gradients are checked before
@@ -152,8 +162,8 @@ class ParameterStore:
             for name, gradient in zip(self._named, gradients, strict=True):
                 if gradient is not None and not bool(torch.isfinite(gradient).all()):
                     raise FailedPreconditionError(
-                        f"the gradient of {name} is not finite for this batch at model version "
-                        f"{self.version}; nothing was accumulated",
+                        f"inputs: the gradient of {name} is not finite for this batch at "
+                        f"model version {self.version}; nothing was accumulated",
                         field="inputs",
                     )
             with torch.no_grad():
@@ -166,7 +176,7 @@ class ParameterStore:
                         parameter.grad += gradient
             self.accumulated_batches += 1
             self.accumulated_samples += batch_size
-            own = ()
+            own: tuple[tuple[str, torch.Tensor], ...] = ()
             if return_gradients:
                 own = tuple(
                     (name, gradient if gradient is not None else torch.zeros_like(parameter))
@@ -198,7 +208,7 @@ class ParameterStore:
         with self._lock:
             replay = self._request_ids.get("apply_update", request_id)
             if replay is not None:
-                return dataclasses.replace(replay, replayed=True)
+                return cast(UpdateResult, dataclasses.replace(replay, replayed=True))
             self._check_version(expected_version)
             if self.accumulated_batches == 0:
                 raise FailedPreconditionError(
@@ -282,7 +292,7 @@ class ParameterStore:
         with self._lock:
             replay = self._request_ids.get("set_parameters", request_id)
             if replay is not None:
-                return dataclasses.replace(replay, replayed=True)
+                return cast(SetResult, dataclasses.replace(replay, replayed=True))
             self._check_version(expected_version)
             with torch.no_grad():
                 for name, value in values:
@@ -378,6 +388,56 @@ class ParameterStore:
         self.accumulated_batches = 0
         self.accumulated_samples = 0
 
+
+    # -- the graph -----------------------------------------------------------------------
+
+    def describe_graph(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        max_nodes: int = 0,
+        return_gradients: bool = False,
+    ) -> GraphDescription:
+        """The autograd graph ComputeGradients would build for this batch, changing nothing.
+
+        Under the lock and in train mode, like ComputeGradients; the optional leaf gradients
+        come from torch.autograd.grad (never backward()), so no .grad, version, accumulator,
+        buffer, RNG state or train/eval mode is left changed."""
+        cap = effective_max_nodes(max_nodes)
+        batch_size = self.model.check_batch(inputs, targets)
+        module = self.model.module
+        with self._lock, torch.random.fork_rng(devices=[]):
+            was_training = module.training
+            buffers = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+            try:
+                module.train()
+                uses = ConstantUses({"inputs": inputs, "targets": targets})
+                with uses:
+                    loss = self.model.loss.function(module(inputs), targets)
+                graph = build_graph(
+                    loss,
+                    self._named,
+                    max_nodes=cap,
+                    constants={"inputs": inputs, "targets": targets},
+                    constant_uses=uses.uses,
+                )
+                if return_gradients:
+                    gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
+                    graph = graph.with_gradients(
+                        {
+                            name: g if g is not None else torch.zeros_like(p)
+                            for (name, p), g in zip(self._named.items(), gradients, strict=True)
+                        }
+                    )
+            finally:
+                module.train(was_training)
+                with torch.no_grad():
+                    for buffer, saved in buffers:
+                        buffer.copy_(saved)
+            return GraphDescription(
+                graph=graph, batch_size=batch_size, model_version=self.version, max_nodes=cap
+            )
 
 def _total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
     squares = [float(torch.sum(p.grad.double() ** 2)) for p in parameters if p.grad is not None]

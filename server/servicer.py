@@ -16,7 +16,7 @@ from gradserve.server.parameter_store import ParameterStore, Reduction
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
-_REDUCTIONS = {
+_REDUCTIONS: dict[int, Reduction] = {
     pb.REDUCTION_UNSPECIFIED: Reduction.SUM,
     pb.REDUCTION_SUM: Reduction.SUM,
     pb.REDUCTION_MEAN: Reduction.MEAN,

@@ -388,7 +388,6 @@ class ParameterStore:
         self.accumulated_batches = 0
         self.accumulated_samples = 0
 
-
     # -- the graph -----------------------------------------------------------------------
 
     def describe_graph(
@@ -438,6 +437,7 @@ class ParameterStore:
             return GraphDescription(
                 graph=graph, batch_size=batch_size, model_version=self.version, max_nodes=cap
             )
+
 
 def _total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
     squares = [float(torch.sum(p.grad.double() ** 2)) for p in parameters if p.grad is not None]

@@ -9,8 +9,15 @@ from __future__ import annotations
 import grpc
 import torch
 
-from gradserve.codec import spec_to_proto, tensor_from_proto, tensor_to_proto
+from gradserve.codec import (
+    WIRE_TYPES,
+    dtype_to_proto,
+    spec_to_proto,
+    tensor_from_proto,
+    tensor_to_proto,
+)
 from gradserve.errors import InvalidArgumentError
+from gradserve.server.graph import GraphNode, NodeKind
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.parameter_store import ParameterStore, Reduction
 from gradserve.v1 import gradserve_pb2 as pb
@@ -28,6 +35,9 @@ def reduction_from_proto(value: int) -> Reduction:
         return _REDUCTIONS[value]
     except KeyError:
         raise InvalidArgumentError(f"reduction: unknown value {value}", field="reduction") from None
+
+
+_WIRE_DTYPES = frozenset(wire.torch_dtype for wire in WIRE_TYPES)
 
 
 class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
@@ -173,6 +183,56 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
             discarded_batches=result.discarded_batches, model_version=result.model_version
         )
 
+    def DescribeGraph(
+        self, request: pb.DescribeGraphRequest, context: grpc.ServicerContext
+    ) -> pb.DescribeGraphResponse:
+        result = self._store.describe_graph(
+            self._batch(request.inputs, "inputs"),
+            self._batch(request.targets, "targets"),
+            max_nodes=request.max_nodes,
+            return_gradients=request.return_gradients,
+        )
+        graph = result.graph
+        return pb.DescribeGraphResponse(
+            nodes=[_graph_node(node) for node in graph.nodes],
+            edges=[
+                pb.GraphEdge(
+                    from_id=edge.source,
+                    to_id=edge.target,
+                    slot=edge.slot,
+                    carries_gradient=edge.carries_gradient,
+                )
+                for edge in graph.edges
+            ],
+            root_id=graph.root,
+            loss=graph.loss,
+            model_version=result.model_version,
+            batch_size=result.batch_size,
+            max_nodes=result.max_nodes,
+        )
+
 
 def _encode(name: str, value: torch.Tensor) -> pb.Tensor:
     return tensor_to_proto(value, name)
+
+
+_NODE_KINDS = {
+    NodeKind.BACKWARD: pb.GRAPH_NODE_KIND_BACKWARD,
+    NodeKind.PARAMETER: pb.GRAPH_NODE_KIND_PARAMETER,
+    NodeKind.INPUT: pb.GRAPH_NODE_KIND_INPUT,
+}
+
+
+def _graph_node(node: GraphNode) -> pb.GraphNode:
+    message = pb.GraphNode(
+        id=node.id,
+        kind=_NODE_KINDS[node.kind],
+        name=node.name,
+        shape=node.shape,
+        requires_grad=node.requires_grad,
+    )
+    if node.dtype is not None and node.dtype in _WIRE_DTYPES:
+        message.dtype = dtype_to_proto(node.dtype)
+    if node.gradient is not None:
+        message.gradient.CopyFrom(tensor_to_proto(node.gradient, node.name))
+    return message

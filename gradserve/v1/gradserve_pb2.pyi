@@ -26,6 +26,13 @@ class Reduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REDUCTION_UNSPECIFIED: _ClassVar[Reduction]
     REDUCTION_SUM: _ClassVar[Reduction]
     REDUCTION_MEAN: _ClassVar[Reduction]
+
+class GraphNodeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRAPH_NODE_KIND_UNSPECIFIED: _ClassVar[GraphNodeKind]
+    GRAPH_NODE_KIND_BACKWARD: _ClassVar[GraphNodeKind]
+    GRAPH_NODE_KIND_PARAMETER: _ClassVar[GraphNodeKind]
+    GRAPH_NODE_KIND_INPUT: _ClassVar[GraphNodeKind]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_FLOAT64: DataType
@@ -40,6 +47,10 @@ DATA_TYPE_INT8: DataType
 REDUCTION_UNSPECIFIED: Reduction
 REDUCTION_SUM: Reduction
 REDUCTION_MEAN: Reduction
+GRAPH_NODE_KIND_UNSPECIFIED: GraphNodeKind
+GRAPH_NODE_KIND_BACKWARD: GraphNodeKind
+GRAPH_NODE_KIND_PARAMETER: GraphNodeKind
+GRAPH_NODE_KIND_INPUT: GraphNodeKind
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")
@@ -214,3 +225,63 @@ class DiscardGradientsResponse(_message.Message):
     discarded_batches: int
     model_version: int
     def __init__(self, discarded_batches: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class GraphNode(_message.Message):
+    __slots__ = ("id", "kind", "name", "shape", "dtype", "requires_grad", "gradient")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_GRAD_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    kind: GraphNodeKind
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DataType
+    requires_grad: bool
+    gradient: Tensor
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[GraphNodeKind, str]] = ..., name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., requires_grad: _Optional[bool] = ..., gradient: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class GraphEdge(_message.Message):
+    __slots__ = ("from_id", "to_id", "slot", "carries_gradient")
+    FROM_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    CARRIES_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    from_id: int
+    to_id: int
+    slot: int
+    carries_gradient: bool
+    def __init__(self, from_id: _Optional[int] = ..., to_id: _Optional[int] = ..., slot: _Optional[int] = ..., carries_gradient: _Optional[bool] = ...) -> None: ...
+
+class DescribeGraphRequest(_message.Message):
+    __slots__ = ("inputs", "targets", "return_gradients", "max_nodes")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NODES_FIELD_NUMBER: _ClassVar[int]
+    inputs: Tensor
+    targets: Tensor
+    return_gradients: bool
+    max_nodes: int
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_gradients: _Optional[bool] = ..., max_nodes: _Optional[int] = ...) -> None: ...
+
+class DescribeGraphResponse(_message.Message):
+    __slots__ = ("nodes", "edges", "root_id", "loss", "model_version", "batch_size", "max_nodes")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    ROOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[GraphNode]
+    edges: _containers.RepeatedCompositeFieldContainer[GraphEdge]
+    root_id: int
+    loss: float
+    model_version: int
+    batch_size: int
+    max_nodes: int
+    def __init__(self, nodes: _Optional[_Iterable[_Union[GraphNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[GraphEdge, _Mapping]]] = ..., root_id: _Optional[int] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_nodes: _Optional[int] = ...) -> None: ...

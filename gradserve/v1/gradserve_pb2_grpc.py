@@ -69,6 +69,11 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DiscardGradientsRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DiscardGradientsResponse.FromString,
                 _registered_method=True)
+        self.DescribeGraph = channel.unary_unary(
+                '/gradserve.v1.GradientService/DescribeGraph',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -127,6 +132,15 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeGraph(self, request, context):
+        """The autograd graph that one batch's forward pass records (the grad_fn chain from the
+        loss to the parameters), as ComputeGradients builds it, but without backward(): nothing is
+        accumulated and nothing changes (parameters, gradients, version). docs/graph.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +178,11 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.DiscardGradients,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DiscardGradientsRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DiscardGradientsResponse.SerializeToString,
+            ),
+            'DescribeGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGraph,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +374,33 @@ class GradientService:
             '/gradserve.v1.GradientService/DiscardGradients',
             gradserve_dot_v1_dot_gradserve__pb2.DiscardGradientsRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.DiscardGradientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/DescribeGraph',
+            gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,130 @@
+"""`python server/serve.py` as a real process: address line, health, reflection, /metrics,
+graceful SIGTERM, and a clear failure for a bad flag."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 60.0  # importing torch on a cold, busy 2-core machine
+TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def clean_environment() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("GRADSERVE_")}
+
+
+def serve(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "server/serve.py", *args],
+        cwd=ROOT,
+        env=clean_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def lines_of(stream) -> tuple[queue.Queue[str | None], threading.Thread]:
+    """The stream's lines on a queue (None at the end), so reads can have a deadline."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+@pytest.fixture
+def process() -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    metrics_port = free_port()
+    child = serve("--port", "0", "--metrics-port", str(metrics_port))
+    lines, reader = lines_of(child.stdout)
+    try:
+        address = None
+        while address is None:
+            try:
+                line = lines.get(timeout=STARTUP_SECONDS)
+            except queue.Empty:
+                pytest.fail("no 'listening on' line in time")
+            assert line is not None, f"server exited: {child.stderr.read()}"
+            if line.startswith("listening on "):
+                address = line.removeprefix("listening on ").strip()
+        assert address.startswith("127.0.0.1:")
+        yield child, address, metrics_port
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=TIMEOUT)
+        reader.join(timeout=TIMEOUT)  # the child is gone: its stdout is at its end
+        child.stdout.close()
+        child.stderr.close()
+
+
+def test_serves_health_reflection_metrics_and_stops_on_sigterm(process) -> None:
+    child, address, metrics_port = process
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "gradserve.v1.GradientService"):
+            response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert "gradserve.v1.GradientService" in services
+        assert "grpc.health.v1.Health" in services
+
+        info = pb_grpc.GradientServiceStub(channel).GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=TIMEOUT
+        )
+        assert info.model == "linear"
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    assert "grpc_server_handled_total{" in text
+    assert 'grpc_method="GetModelInfo"' in text
+    assert "gradserve_model_version 0.0" in text
+
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 0
+
+
+def test_a_bad_model_exits_non_zero_with_one_clear_line() -> None:
+    child = serve("--port", "0", "--metrics-port", "0", "--model", "resnet:9")
+    stdout, stderr = child.communicate(timeout=STARTUP_SECONDS)
+    assert child.returncode not in (0, None)
+    assert "listening" not in stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "model" in lines[0]
+    assert "resnet" in lines[0]
+    assert "Traceback" not in stderr

@@ -1,0 +1,349 @@
+"""Where checkpoints are written and read: safetensors for tensors, a JSON manifest for the rest.
+
+A checkpoint is a folder `checkpoint-<sequence>-v<version>/` holding `tensors.safetensors`
+(parameters, accumulated .grad, optimizer state tensors, gradients kept in the request-id window)
+and `manifest.json` (format version, model version, accumulated counts, model and optimizer
+spec, the optimizer's non-tensor state, the request-id window, and the sha256 of the tensor
+file). Both are written into a hidden temporary folder, fsync'd, and the folder is renamed into
+place and its parent fsync'd: a crash leaves either the whole checkpoint or none. The newest
+`keep` are kept. A checkpoint that does not read back (bad checksum, truncated, unparsable) is
+skipped with a warning and the one before it is used. Nothing here unpickles: tensors go
+through safetensors, everything else through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+
+from gradserve.errors import FailedPreconditionError
+from gradserve.server import parameter_store
+from gradserve.server.parameter_store import ParameterStore, StoreState
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+_NAME = re.compile(r"^checkpoint-(\d{10})-v(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint on disk cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    sequence: int
+    model_version: int
+    accumulated_batches: int
+
+
+# -- encoding: nested Python values <-> JSON + a table of tensors --------------------------
+
+
+def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON for `value`; tensors go into `tensors` under `key` (a dotted path) and are
+    referenced by it. Dicts and tuples are tagged so int keys and tuples come back as such."""
+    if isinstance(value, torch.Tensor):
+        # safetensors refuses tensors that share storage: every one gets its own copy.
+        tensors[key] = value.detach().clone().contiguous()
+        return {"$tensor": key}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list):
+        return [_encode(item, f"{key}.{i}", tensors) for i, item in enumerate(value)]
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(item, f"{key}.{i}", tensors) for i, item in enumerate(value)]}
+    if isinstance(value, dict):
+        return {
+            "$dict": [
+                [_encode(k, f"{key}.key{i}", tensors), _encode(v, f"{key}.{k}", tensors)]
+                for i, (k, v) in enumerate(value.items())
+            ]
+        }
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            "$dataclass": type(value).__name__,
+            "fields": {
+                f.name: _encode(getattr(value, f.name), f"{key}.{f.name}", tensors)
+                for f in dataclasses.fields(value)
+            },
+        }
+    raise TypeError(f"cannot checkpoint a {type(value).__name__} at {key}")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(item, tensors) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "$tensor" in value:
+        return tensors[value["$tensor"]]
+    if "$tuple" in value:
+        return tuple(_decode(item, tensors) for item in value["$tuple"])
+    if "$dict" in value:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["$dict"]}
+    if "$dataclass" in value:
+        # Only the result dataclasses of the parameter store, looked up by name: a manifest
+        # cannot make this code build anything else.
+        cls = getattr(parameter_store, value["$dataclass"], None)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise CheckpointError(f"unknown result type {value['$dataclass']!r}")
+        return cls(**{k: _decode(v, tensors) for k, v in value["fields"].items()})
+    raise CheckpointError(f"unknown JSON object with keys {sorted(value)}")
+
+
+def encode_state(
+    state: StoreState, *, model_spec: str, optimizer: str
+) -> tuple[bytes, dict[str, Any]]:
+    """(safetensors bytes, manifest) for one store state."""
+    tensors: dict[str, torch.Tensor] = {}
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model_version": state.version,
+        "accumulated_batches": state.accumulated_batches,
+        "accumulated_samples": state.accumulated_samples,
+        "model_spec": model_spec,
+        "optimizer": optimizer,
+        "parameters": _encode(state.parameters, "parameters", tensors),
+        "gradients": _encode(state.gradients, "gradients", tensors),
+        "optimizer_state": _encode(state.optimizer, "optimizer", tensors),
+        "request_ids": [
+            [method, request_id, _encode(result, f"request_ids.{i}", tensors)]
+            for i, (method, request_id, result) in enumerate(state.request_ids)
+        ],
+        "saved_at": time.time(),
+    }
+    data = safetensors.torch.save(tensors)
+    manifest["tensors_sha256"] = hashlib.sha256(data).hexdigest()
+    manifest["tensors_bytes"] = len(data)
+    return data, manifest
+
+
+def decode_state(data: bytes, manifest: dict[str, Any]) -> StoreState:
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"format_version {manifest.get('format_version')!r}")
+    if len(data) != manifest["tensors_bytes"]:
+        raise CheckpointError(f"{TENSORS}: {len(data)} bytes, expected {manifest['tensors_bytes']}")
+    if hashlib.sha256(data).hexdigest() != manifest["tensors_sha256"]:
+        raise CheckpointError(f"{TENSORS}: sha256 differs from the manifest's")
+    tensors = safetensors.torch.load(data)
+    return StoreState(
+        version=int(manifest["model_version"]),
+        accumulated_batches=int(manifest["accumulated_batches"]),
+        accumulated_samples=int(manifest["accumulated_samples"]),
+        parameters=_decode(manifest["parameters"], tensors),
+        gradients=_decode(manifest["gradients"], tensors),
+        optimizer=_decode(manifest["optimizer_state"], tensors),
+        request_ids=tuple(
+            (method, request_id, _decode(result, tensors))
+            for method, request_id, result in manifest["request_ids"]
+        ),
+    )
+
+
+# -- files -----------------------------------------------------------------------------
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(sequence, path) of the checkpoint folders in `directory`, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = _NAME.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def write_checkpoint(
+    directory: Path, state: StoreState, *, model_spec: str, optimizer: str, keep: int
+) -> CheckpointInfo:
+    data, manifest = encode_state(state, model_spec=model_spec, optimizer=optimizer)
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = list_checkpoints(directory)
+    sequence = existing[-1][0] + 1 if existing else 1
+    final = directory / f"checkpoint-{sequence:010d}-v{state.version}"
+    temporary = directory / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    temporary.mkdir()
+    try:
+        _write_durably(temporary / TENSORS, data)
+        _write_durably(temporary / MANIFEST, json.dumps(manifest, indent=1).encode())
+        _fsync_directory(temporary)
+        temporary.rename(final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _fsync_directory(directory)
+    for _, old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return CheckpointInfo(final, sequence, state.version, state.accumulated_batches)
+
+
+def read_checkpoint(path: Path) -> tuple[StoreState, dict[str, Any]]:
+    """The state in one checkpoint folder; CheckpointError (or OSError) when it is unusable."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes())
+        if not isinstance(manifest, dict):
+            raise CheckpointError(f"{MANIFEST} is not a JSON object")
+        return decode_state((path / TENSORS).read_bytes(), manifest), manifest
+    except (KeyError, TypeError, ValueError, SafetensorError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{type(error).__name__}: {error}") from None
+
+
+def read_latest(directory: Path) -> tuple[StoreState, dict[str, Any], Path] | None:
+    """The newest checkpoint that reads back, skipping (and logging) the broken ones."""
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            state, manifest = read_checkpoint(path)
+        except (CheckpointError, OSError) as error:
+            logger.warning("skipping checkpoint %s: %s", path.name, error)
+            continue
+        return state, manifest, path
+    return None
+
+
+# -- the server's checkpointer -----------------------------------------------------------
+
+
+class Checkpointer:
+    """Saves a store's state to a directory: on demand, every N updates, every T seconds.
+
+    A background thread watches the store's version (a plain int read, every 10 ms when
+    saving per update) so every update path, unary or streaming, is covered without hooks.
+    """
+
+    def __init__(
+        self,
+        store: ParameterStore,
+        directory: Path,
+        *,
+        every_updates: int | None = None,
+        every_seconds: float | None = None,
+        keep: int = 3,
+    ) -> None:
+        self.store = store
+        self.directory = Path(directory)
+        self.every_updates = every_updates or None
+        self.every_seconds = every_seconds or None
+        self.keep = max(1, keep)
+        self.last: CheckpointInfo | None = None
+        self._save_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_saved_at = time.monotonic()
+
+    def restore_latest(self) -> CheckpointInfo | None:
+        """Load the newest good checkpoint into the store; None when there is none."""
+        found = read_latest(self.directory)
+        if found is None:
+            logger.info("no checkpoint in %s: starting fresh", self.directory)
+            return None
+        state, manifest, path = found
+        info = self.store.info()
+        if manifest["model_spec"] != info.model_spec or manifest["optimizer"] != info.optimizer:
+            raise FailedPreconditionError(
+                f"checkpoint {path} is for model {manifest['model_spec']} with optimizer "
+                f"{manifest['optimizer']}; this server runs {info.model_spec} with "
+                f"{info.optimizer}",
+                field="checkpoint_dir",
+            )
+        self.store.restore_state(state)
+        match = _NAME.match(path.name)
+        sequence = int(match.group(1)) if match else 0
+        self.last = CheckpointInfo(path, sequence, state.version, state.accumulated_batches)
+        logger.info(
+            "restored checkpoint %s: model version %d, %d accumulated batches",
+            path.name,
+            state.version,
+            state.accumulated_batches,
+        )
+        return self.last
+
+    def save(self) -> CheckpointInfo:
+        with self._save_lock:
+            state = self.store.export_state()
+            info = self.store.info()
+            self.last = write_checkpoint(
+                self.directory,
+                state,
+                model_spec=info.model_spec,
+                optimizer=info.optimizer,
+                keep=self.keep,
+            )
+            self._last_saved_at = time.monotonic()
+            logger.debug("saved checkpoint %s", self.last.path.name)
+            return self.last
+
+    def start(self) -> None:
+        if self._thread is None and (self.every_updates or self.every_seconds):
+            self._thread = threading.Thread(
+                target=self._run, name="gradserve-checkpoints", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _due(self) -> bool:
+        saved_version = self.last.model_version if self.last else None
+        version = self.store.version
+        if self.every_updates and (
+            saved_version is None or version - saved_version >= self.every_updates
+        ):
+            return saved_version != version
+        if self.every_seconds and time.monotonic() - self._last_saved_at >= self.every_seconds:
+            # Time-based saves only when something may have changed since the last one.
+            last = self.last
+            return last is None or (version, self.store.accumulated_batches) != (
+                last.model_version,
+                last.accumulated_batches,
+            )
+        return False
+
+    def _run(self) -> None:
+        interval = 0.01 if self.every_updates else min(1.0, self.every_seconds or 1.0)
+        while not self._stopping.wait(interval):
+            if self._due():
+                try:
+                    self.save()
+                except OSError:
+                    logger.exception("checkpoint to %s failed", self.directory)

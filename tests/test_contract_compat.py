@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2 as d
-from grpc_tools import protoc
+from grpc_tools import protoc  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASED = ROOT / "proto" / "released" / "gradserve.v1.binpb"
@@ -61,7 +61,14 @@ def _messages(
         yield from _messages(name, list(message.nested_type))
 
 
-def _index(descriptors: d.FileDescriptorSet) -> tuple[dict, dict, dict]:
+Index = tuple[
+    dict[str, d.DescriptorProto],
+    dict[str, d.EnumDescriptorProto],
+    dict[str, d.ServiceDescriptorProto],
+]
+
+
+def _index(descriptors: d.FileDescriptorSet) -> Index:
     messages: dict[str, d.DescriptorProto] = {}
     enums: dict[str, d.EnumDescriptorProto] = {}
     services: dict[str, d.ServiceDescriptorProto] = {}

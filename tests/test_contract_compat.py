@@ -149,13 +149,13 @@ def breaking_changes(old: d.FileDescriptorSet, new: d.FileDescriptorSet) -> list
             continue
         new_methods = {m.name: m for m in new_services[name].method}
         for method in service.method:
-            current = new_methods.get(method.name)
             where = f"rpc {name}.{method.name}"
-            if current is None:
+            new_method = new_methods.get(method.name)
+            if new_method is None:
                 problems.append(f"{where} was removed")
                 continue
             for attribute in ("input_type", "output_type", "client_streaming", "server_streaming"):
-                before, after = getattr(method, attribute), getattr(current, attribute)
+                before, after = getattr(method, attribute), getattr(new_method, attribute)
                 if before != after:
                     problems.append(f"{where}: {attribute} changed from {before} to {after}")
     return problems

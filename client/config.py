@@ -47,6 +47,10 @@ class TrainConfig:
     timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 15.0
     log_every: int = 10
+    # Print the autograd graph of the first batch before training (DescribeGraph).
+    show_graph: bool = False
+    # Write that graph as Graphviz DOT to this file.
+    graph_dot: Path | None = None
 
 
 def _fraction(text: str) -> float:
@@ -176,6 +180,18 @@ def parse_args(
         type=float,
         default=d.connect_timeout_seconds,
         help="how long to wait for the server to be ready",
+    )
+    add(
+        "--show-graph",
+        action="store_true",
+        help="print the autograd graph the server records for the first batch, then train",
+    )
+    add(
+        "--graph-dot",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the first batch's autograd graph as Graphviz DOT to FILE",
     )
     args = parser.parse_args(argv)
     values = vars(args)

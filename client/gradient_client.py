@@ -304,6 +304,25 @@ class GradientClient:
         response = self._call(self._stub.DiscardGradients, pb.DiscardGradientsRequest())
         return int(response.discarded_batches)
 
+    def describe_graph(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        return_gradients: bool = False,
+        max_nodes: int = 0,
+    ) -> GraphDescription:
+        """The autograd graph the server's forward pass records for this batch; changes nothing
+        on the server. max_nodes 0 is the server's default cap (docs/graph.md)."""
+        request = pb.DescribeGraphRequest(
+            inputs=tensor_to_proto(inputs),
+            targets=tensor_to_proto(targets),
+            return_gradients=return_gradients,
+            max_nodes=max_nodes,
+        )
+        response = self._call(self._stub.DescribeGraph, request)
+        return graph_from_proto(response)
+
     # -- internals -----------------------------------------------------------------------
 
     def _call(self, method: Callable[..., T], request: Any) -> T:
@@ -328,3 +347,80 @@ class GradientClient:
 def _tensors_by_name(messages: Iterable[pb.Tensor]) -> dict[str, torch.Tensor]:
     # clone(): the decoded tensor is a read-only view of the message's bytes.
     return {m.name: tensor_from_proto(m, f"parameters[{m.name}]").clone() for m in messages}
+
+
+# -- DescribeGraph results -------------------------------------------------------------
+
+_GRAPH_NODE_KINDS = {
+    pb.GRAPH_NODE_KIND_BACKWARD: "backward",
+    pb.GRAPH_NODE_KIND_PARAMETER: "parameter",
+    pb.GRAPH_NODE_KIND_INPUT: "input",
+}
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    id: int
+    # "backward" (a grad_fn such as MulBackward0), "parameter" (a leaf), "input" (no grad).
+    kind: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None
+    requires_grad: bool
+    gradient: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    # source passes gradient to target in backward(); carries_gradient False: target is an
+    # input the operation of source used.
+    source: int
+    target: int
+    slot: int
+    carries_gradient: bool
+
+
+@dataclass(frozen=True)
+class GraphDescription:
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+    root: int
+    loss: float
+    model_version: int
+    batch_size: int
+    max_nodes: int
+
+    def children(self, node_id: int) -> list[tuple[GraphEdge, GraphNode]]:
+        """Edges out of a node with their targets, in operand (slot) order."""
+        out = [edge for edge in self.edges if edge.source == node_id]
+        out.sort(key=lambda e: (e.slot < 0, e.slot, not e.carries_gradient))
+        return [(edge, self.nodes[edge.target]) for edge in out]
+
+
+def graph_from_proto(response: pb.DescribeGraphResponse) -> GraphDescription:
+    nodes = []
+    for index, message in enumerate(response.nodes):
+        gradient = None
+        if message.HasField("gradient"):
+            gradient = tensor_from_proto(message.gradient, f"nodes[{index}].gradient").clone()
+        nodes.append(
+            GraphNode(
+                id=message.id,
+                kind=_GRAPH_NODE_KINDS.get(message.kind, "unknown"),
+                name=message.name,
+                shape=tuple(message.shape),
+                dtype=dtype_from_proto(message.dtype) if message.dtype else None,
+                requires_grad=message.requires_grad,
+                gradient=gradient,
+            )
+        )
+    edges = tuple(GraphEdge(e.from_id, e.to_id, e.slot, e.carries_gradient) for e in response.edges)
+    return GraphDescription(
+        nodes=tuple(nodes),
+        edges=edges,
+        root=response.root_id,
+        loss=response.loss,
+        model_version=response.model_version,
+        batch_size=response.batch_size,
+        max_nodes=response.max_nodes,
+    )

@@ -123,6 +123,8 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
         train_set, validation_set = split(dataset, config.validation_split, config.seed)
         if initial:
             client.set_parameters(initial)
+        if config.show_graph or config.graph_dot is not None:
+            show_graph(client, train_set, config, human)
         bar = ProgressBar(config.epochs, err, config.progress)
 
         def on_epoch(report: EpochReport) -> None:
@@ -183,6 +185,23 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
     if config.metrics_port and config.linger_seconds > 0:
         linger(config.linger_seconds)
     return EXIT_OK
+
+
+def show_graph(
+    client: GradientClient, train_set: Dataset, config: TrainConfig, out: TextIO
+) -> None:
+    """The autograd graph of the first batch (in data order), as a tree and/or DOT."""
+    from gradserve.client.graph import render_dot, render_tree  # noqa: PLC0415 (cycle)
+
+    graph = client.describe_graph(
+        train_set.inputs[: config.batch_size],
+        train_set.targets[: config.batch_size],
+        return_gradients=True,
+    )
+    if config.show_graph:
+        out.write(render_tree(graph))
+    if config.graph_dot is not None:
+        config.graph_dot.write_text(render_dot(graph))
 
 
 def linger(seconds: float) -> None:

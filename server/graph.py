@@ -223,7 +223,7 @@ def build_graph(
             edges.append(GraphEdge(ids[function], input_ids[name], slot, carries_gradient=False))
 
     edges.sort(key=lambda e: (e.source, e.slot < 0, e.slot))
-    return Graph(nodes=tuple(nodes), edges=tuple(edges), root=ids[root_fn], loss=float(loss))
+    return Graph(nodes=tuple(nodes), edges=tuple(edges), root=ids[root_fn], loss=loss.item())
 
 
 def _describe(function: Node, node_id: int, names_by_leaf: Mapping[int, str]) -> GraphNode:

@@ -9,11 +9,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradserve.client.csv_stream import STREAM_ABOVE_BYTES
+from gradserve.client.datasets import DATASET_DEFAULTS
+
 ENV_SERVER = "GRADSERVE_SERVER"
 ENV_METRICS_PORT = "GRADSERVE_TRAIN_METRICS_PORT"
 ENV_METRICS_HOST = "GRADSERVE_TRAIN_METRICS_HOST"
 ENV_PUSHGATEWAY = "GRADSERVE_PUSHGATEWAY"
 ENV_TIMEOUT = "GRADSERVE_TIMEOUT_SECONDS"
+ENV_SHARD_INDEX = "GRADSERVE_SHARD_INDEX"
+ENV_SHARD_COUNT = "GRADSERVE_SHARD_COUNT"
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,40 @@ class TrainConfig:
     timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 15.0
     log_every: int = 10
+    # Retries of UNAVAILABLE (same request_id): enough to outlast a server restart of seconds.
+    retry_attempts: int = 20
+    retry_max_backoff_seconds: float = 1.0
+    # TLS: trust this CA (PEM); with tls_cert/tls_key, present a client certificate (mTLS).
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Bearer token: first line of this file; otherwise GRADSERVE_TOKEN. Never printed.
+    token_file: Path | None = None
+    # "stream": the Train stream, steps packed and pipelined (fastest); "unary": two calls
+    # per step. Both give bitwise the same parameters.
+    transport: str = "stream"
+    steps_per_request: int = 16
+    window: int = 4
     # Print the autograd graph of the first batch before training (DescribeGraph).
     show_graph: bool = False
     # Write that graph as Graphviz DOT to this file.
     graph_dot: Path | None = None
+    # A bundled dataset (client/datasets.py) instead of the synthetic line or --csv.
+    dataset: str | None = None
+    # Optimizer and loss of the embedded server (a remote server has its own).
+    optimizer: str = "sgd"
+    loss: str | None = None
+    # Read --csv in batches from disk instead of loading it (automatic for large files).
+    stream_csv: bool = False
+    # Rows the streaming reader shuffles among when --shuffle is given.
+    shuffle_buffer: int = 10_000
+    # Write the loss curve (and validation accuracy) as a PNG here.
+    plot: Path | None = None
+    # Data-parallel workers (client/workers.py, docs/scaling.md): --workers N processes, or
+    # this process as shard `shard_index` of `shard_count` (batches i with i % count == index).
+    workers: int = 1
+    shard_index: int = 0
+    shard_count: int = 1
 
 
 def _fraction(text: str) -> float:
@@ -193,7 +228,93 @@ def parse_args(
         metavar="FILE",
         help="write the first batch's autograd graph as Graphviz DOT to FILE",
     )
+    add(
+        "--dataset",
+        choices=tuple(DATASET_DEFAULTS),
+        default=None,
+        help="train on a bundled dataset (digits: scikit-learn's 8x8 handwritten digits); "
+        "sets its own defaults for the flags not given",
+    )
+    add("--optimizer", default=d.optimizer, help="optimizer spec of the embedded server")
+    add("--loss", default=d.loss, help="loss of the embedded server (default: the model's)")
+    add(
+        "--stream-csv",
+        action="store_true",
+        help="read --csv in batches instead of loading it (automatic above "
+        f"{STREAM_ABOVE_BYTES // 2**20} MiB)",
+    )
+    add(
+        "--shuffle-buffer",
+        type=_positive,
+        default=d.shuffle_buffer,
+        help="rows a streamed CSV is shuffled among with --shuffle",
+    )
+    add("--plot", type=Path, default=None, metavar="PNG", help="write the loss curve to PNG")
+    pre_parsed, _ = parser.parse_known_args(argv)
+    if pre_parsed.dataset is not None:
+        parser.set_defaults(**DATASET_DEFAULTS[pre_parsed.dataset])
+    add(
+        "--transport",
+        choices=("stream", "unary"),
+        default=d.transport,
+        help="stream: steps packed into Train stream requests, pipelined (default); "
+        "unary: ComputeGradients and ApplyUpdate calls",
+    )
+    add(
+        "--steps-per-request",
+        type=_positive,
+        default=d.steps_per_request,
+        help="steps packed into one Train request (stream transport)",
+    )
+    add(
+        "--window",
+        type=_positive,
+        default=d.window,
+        help="Train requests in flight at once (stream transport)",
+    )
+    add(
+        "--retry-attempts",
+        type=_positive,
+        default=d.retry_attempts,
+        help="attempts per call while the server is UNAVAILABLE (restarting)",
+    )
+    add(
+        "--retry-max-backoff",
+        dest="retry_max_backoff_seconds",
+        type=float,
+        default=d.retry_max_backoff_seconds,
+        help="longest wait between two attempts, seconds",
+    )
+    add("--tls-ca", type=Path, default=None, help="connect with TLS, trusting this CA (PEM)")
+    add("--tls-cert", type=Path, default=None, help="client certificate for mTLS (PEM)")
+    add("--tls-key", type=Path, default=None, help="its key (PEM)")
+    add(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="send the bearer token in this file (default: GRADSERVE_TOKEN, if set)",
+    )
+    add(
+        "--workers",
+        type=_positive,
+        default=d.workers,
+        help="trainer processes, each on its shard of the batches (docs/scaling.md)",
+    )
+    add(
+        "--shard-index",
+        type=int,
+        default=int(env.get(ENV_SHARD_INDEX, d.shard_index)),
+        help=f"this trainer's shard, 0-based [{ENV_SHARD_INDEX}]",
+    )
+    add(
+        "--shard-count",
+        type=_positive,
+        default=int(env.get(ENV_SHARD_COUNT, d.shard_count)),
+        help=f"trainers sharing the data [{ENV_SHARD_COUNT}]",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.shard_index < args.shard_count:
+        parser.error(f"--shard-index {args.shard_index} is not in [0, {args.shard_count})")
     values = vars(args)
     values["features"] = tuple(f for f in args.features.split(",") if f)
     values["run_id"] = args.run_id or uuid.uuid4().hex[:8]

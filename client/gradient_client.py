@@ -8,9 +8,10 @@ repeated id with the first answer and applies nothing twice. Errors leave as Gra
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,7 +21,13 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradserve.client.errors import error_from_rpc
-from gradserve.codec import dtype_from_proto, tensor_from_proto, tensor_to_proto
+from gradserve.codec import (
+    DEFAULT_CHUNK_BYTES,
+    dtype_from_proto,
+    tensor_from_proto,
+    tensor_to_chunks,
+    tensor_to_proto,
+)
 from gradserve.errors import UnavailableError
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -98,6 +105,52 @@ class ModelInfo:
     max_batch_elements: int
 
 
+@dataclass(frozen=True)
+class TrainStep:
+    """Batches to accumulate, then an update when learning_rate is given (Train stream)."""
+
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    learning_rate: float | None = None
+    reduction: str = "sum"
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    losses: tuple[float, ...]
+    model_version: int
+    accumulated_batches: int
+    applied: bool
+    applied_batches: int
+    gradient_norm: float
+
+
+def _train_step_to_proto(step: TrainStep) -> pb.TrainStep:
+    message = pb.TrainStep(
+        batches=[
+            pb.Batch(inputs=tensor_to_proto(inputs), targets=tensor_to_proto(targets))
+            for inputs, targets in step.batches
+        ],
+        apply_update=step.learning_rate is not None,
+        learning_rate=step.learning_rate or 0.0,
+        reduction=pb.REDUCTION_MEAN if step.reduction == "mean" else pb.REDUCTION_SUM,
+    )
+    if step.expected_version is not None:
+        message.expected_version = step.expected_version
+    return message
+
+
+def _step_result(message: pb.StepResult) -> StepResult:
+    return StepResult(
+        losses=tuple(message.losses),
+        model_version=message.model_version,
+        accumulated_batches=message.accumulated_batches,
+        applied=message.applied,
+        applied_batches=message.applied_batches,
+        gradient_norm=message.gradient_norm,
+    )
+
+
 def _spec(message: pb.TensorSpec) -> TensorSpec:
     return TensorSpec(message.name, dtype_from_proto(message.dtype), tuple(message.shape))
 
@@ -133,6 +186,11 @@ class GradientClient:
             options = [
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                # Reconnect soon after a server restart: gRPC's default backoff grows to 120 s,
+                # and calls fail fast while the channel waits it out.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ]
             if credentials is None:
                 channel = grpc.insecure_channel(target, options=options)
@@ -197,13 +255,18 @@ class GradientClient:
         *,
         request_id: str | None = None,
         return_gradients: bool = False,
+        based_on_version: int | None = None,
     ) -> GradientResult:
+        """`based_on_version`: the model version this batch was prepared against (the server's
+        async mode bounds the staleness; docs/scaling.md)."""
         request = pb.ComputeGradientsRequest(
             inputs=tensor_to_proto(inputs),
             targets=tensor_to_proto(targets),
             request_id=request_id or new_request_id(),
             return_gradients=return_gradients,
         )
+        if based_on_version is not None:
+            request.based_on_version = based_on_version
         response = self._call(self._stub.ComputeGradients, request)
         return GradientResult(
             loss=response.loss,
@@ -322,6 +385,113 @@ class GradientClient:
         )
         response = self._call(self._stub.DescribeGraph, request)
         return graph_from_proto(response)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def train_stream(
+        self,
+        requests: Iterable[Sequence[TrainStep]],
+        *,
+        window: int = 8,
+        timeout: float | None = None,
+    ) -> Iterator[list[StepResult]]:
+        """Run groups of steps over one Train stream, at most `window` groups in flight.
+
+        Yields each group's results in order. The same arithmetic as the unary calls, with one
+        round trip per group instead of two per step. `timeout` bounds the whole stream
+        (default: the client's timeout per group of the window, at least an hour)."""
+        slots = threading.Semaphore(window)
+        finished = threading.Event()
+
+        def gated() -> Iterator[pb.TrainRequest]:
+            for steps in requests:
+                # Wait for a free slot; stop feeding once the consumer is gone.
+                while not slots.acquire(timeout=0.1):
+                    if finished.is_set():
+                        return
+                if finished.is_set():
+                    return
+                yield pb.TrainRequest(
+                    steps=[_train_step_to_proto(step) for step in steps],
+                    request_id=new_request_id(),
+                )
+
+        call = self._stub.Train(
+            gated(), timeout=timeout or max(3600.0, self.timeout), metadata=self._metadata
+        )
+        try:
+            for response in call:
+                slots.release()
+                yield [_step_result(result) for result in response.steps]
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        finally:
+            finished.set()
+            call.cancel()
+
+    def stream_parameters(
+        self, names: Iterable[str] = (), *, chunk_bytes: int = 0
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """GetParameters in chunks: no message-size limit applies to the model's size."""
+        request = pb.StreamParametersRequest(names=list(names), chunk_bytes=chunk_bytes)
+        version = 0
+        parts: dict[str, tuple[pb.ParameterChunk, list[bytes]]] = {}
+        current: list[bytes] | None = None
+        try:
+            for chunk in self._stub.StreamParameters(
+                request, timeout=self.timeout, metadata=self._metadata
+            ):
+                version = chunk.model_version
+                if chunk.name:
+                    current = []
+                    parts[chunk.name] = (chunk, current)
+                if current is not None:
+                    current.append(chunk.data)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        tensors = {}
+        for name, (head, pieces) in parts.items():
+            whole = pb.Tensor(name=name, dtype=head.dtype, shape=head.shape, data=b"".join(pieces))
+            tensors[name] = tensor_from_proto(whole, f"parameters[{name}]").clone()
+        return version, tensors
+
+    def upload_parameters(
+        self,
+        values: Mapping[str, torch.Tensor],
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> int:
+        """SetParameters in chunks, for models past the message limit; returns the version."""
+        request_id = request_id or new_request_id()
+
+        def chunks() -> Iterator[pb.ParameterChunk]:
+            first = True
+            for name, value in values.items():
+                for chunk in tensor_to_chunks(name, value, chunk_bytes):
+                    if first:
+                        chunk.request_id = request_id
+                        if expected_version is not None:
+                            chunk.expected_version = expected_version
+                        first = False
+                    yield chunk
+
+        attempt = 0
+        while True:
+            try:
+                response = self._stub.UploadParameters(
+                    chunks(), timeout=self.timeout, metadata=self._metadata
+                )
+                return int(response.model_version)
+            except grpc.RpcError as error:
+                attempt += 1
+                if (
+                    error.code() is not grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.retry.max_attempts
+                ):
+                    raise error_from_rpc(error) from None
+            time.sleep(self.retry.backoff(attempt))
 
     # -- internals -----------------------------------------------------------------------
 

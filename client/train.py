@@ -18,11 +18,15 @@ from typing import Any, TextIO
 import torch
 from prometheus_client import push_to_gateway, start_http_server
 
+from gradserve.client import datasets
 from gradserve.client.config import TrainConfig, parse_args
+from gradserve.client.csv_stream import CsvStream, open_for_model, should_stream
 from gradserve.client.data import DataError, Dataset, read_csv, seed_data
 from gradserve.client.gradient_client import GradientClient, ModelInfo
 from gradserve.client.metrics import TrainMetrics
+from gradserve.client.plot import plot_data, require_matplotlib, write_plot
 from gradserve.client.progress import ProgressBar
+from gradserve.client.stream_trainer import train_streamed
 from gradserve.client.trainer import EpochReport, TrainingDiverged, train
 from gradserve.errors import GradserveError, UnavailableError
 from gradserve.server.app import create_server
@@ -47,6 +51,8 @@ def connect(config: TrainConfig) -> Iterator[tuple[GradientClient, str]]:
                 port=0,
                 metrics_port=0,
                 model=config.model,
+                loss=config.loss,
+                optimizer=config.optimizer,
                 seed=config.seed,
                 shutdown_grace_seconds=1.0,
             )
@@ -64,7 +70,11 @@ def connect(config: TrainConfig) -> Iterator[tuple[GradientClient, str]]:
 def load_data(config: TrainConfig, info: ModelInfo) -> tuple[Dataset, dict[str, torch.Tensor]]:
     """The dataset, cast and shaped for the server's model, and the initial parameters to set."""
     initial: dict[str, torch.Tensor] = {}
-    if config.csv is None:
+    if config.dataset is not None:
+        dataset = datasets.fit_to_model(
+            datasets.load(config.dataset), info.input.shape, info.target.dtype, info.target.shape
+        )
+    elif config.csv is None:
         seed = seed_data(config.seed, config.samples)
         dataset = seed.dataset
         if config.init == "seed" or (config.init == "auto" and info.model == "linear"):
@@ -112,18 +122,32 @@ def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datase
 
 
 def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
+    if config.workers > 1 or config.shard_count > 1:
+        from gradserve.client.workers import run_sharded  # noqa: PLC0415 (workers imports us)
+
+        return run_sharded(config, out, err)
     human = err if config.json else out
+    if config.plot is not None:
+        require_matplotlib()
     metrics = TrainMetrics(config.run_id, config.model)
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=metrics.registry)
     with connect(config) as (client, where):
         client.wait_until_ready(config.connect_timeout_seconds)
         info = client.model_info()
-        dataset, initial = load_data(config, info)
-        train_set, validation_set = split(dataset, config.validation_split, config.seed)
+        train_set: Dataset | CsvStream
+        initial: dict[str, torch.Tensor]
+        if config.csv is not None and should_stream(config.csv, config.stream_csv):
+            # Read from disk a batch at a time (open_for_model refuses what needs it held).
+            train_set, validation_set, initial = open_for_model(config, info), None, {}
+        else:
+            dataset, initial = load_data(config, info)
+            train_set, validation_set = split(dataset, config.validation_split, config.seed)
+            if config.dataset is not None:
+                train_set, validation_set = datasets.standardize(train_set, validation_set)
         if initial:
             client.set_parameters(initial)
-        if config.show_graph or config.graph_dot is not None:
+        if isinstance(train_set, Dataset) and (config.show_graph or config.graph_dot is not None):
             show_graph(client, train_set, config, human)
         bar = ProgressBar(config.epochs, err, config.progress)
 
@@ -137,9 +161,12 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
                     line += f", Accuracy: {report.accuracy:.3f}"
                 bar.write(line, human)
 
-        summary = train(
+        # A CSV streamed from disk goes batch by batch (unary calls), whatever --transport says.
+        streamed = not isinstance(train_set, Dataset)
+        loop = train_streamed if config.transport == "stream" and not streamed else train
+        summary = loop(
             client,
-            train_set,
+            train_set,  # type: ignore[arg-type]  # a CsvStream only ever goes to train()
             config,
             metrics,
             validation_set=validation_set,
@@ -148,6 +175,17 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
         )
         bar.close()
         version, parameters = client.get_parameters()
+    if config.plot is not None:
+        write_plot(
+            plot_data(
+                summary.batch_losses,
+                summary.epoch_losses,
+                summary.validation_losses,
+                summary.accuracies,
+            ),
+            config.plot,
+            title=f"{info.model_spec} ({info.loss}, {info.optimizer})",
+        )
     if info.model == "linear":
         print(
             f"Trained w: {parameters['w'].item():.3f}, b: {parameters['b'].item():.3f}", file=human
@@ -166,6 +204,7 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
             "epoch_losses": summary.epoch_losses,
             "validation_loss": summary.validation_loss,
             "accuracy": summary.accuracy,
+            "accuracies": summary.accuracies,
             "seconds": summary.seconds,
             # Exact values (float32 -> float is exact); only for small models.
             "parameters": {

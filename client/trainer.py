@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -39,15 +40,37 @@ class TrainSummary:
     batches: int = 0
     model_version: int = 0
     epoch_losses: list[float] = field(default_factory=list)
+    # Every batch's loss, and the validation results after each epoch (for --plot).
+    batch_losses: list[float] = field(default_factory=list)
+    validation_losses: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
     last_loss: float = math.nan
     validation_loss: float | None = None
     accuracy: float | None = None
     seconds: float = 0.0
 
 
+class BatchSource(Protocol):
+    """Training data read in batches rather than held (client/csv_stream.CsvStream)."""
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def epoch_batches(
+    train_set: Dataset | BatchSource, config: TrainConfig, shuffler: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's batches: a held dataset permuted whole, a streamed one through its buffer."""
+    if isinstance(train_set, Dataset):
+        order = torch.randperm(len(train_set), generator=shuffler) if config.shuffle else None
+        return batches(train_set, config.batch_size, order)
+    return train_set.batches(config.batch_size, shuffler if config.shuffle else None)
+
+
 def train(
     client: GradientClient,
-    train_set: Dataset,
+    train_set: Dataset | BatchSource,
     config: TrainConfig,
     metrics: TrainMetrics,
     *,
@@ -59,11 +82,10 @@ def train(
     shuffler = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     for epoch in range(config.epochs):
-        order = torch.randperm(len(train_set), generator=shuffler) if config.shuffle else None
         losses: list[float] = []
         pending = 0
         step_started = time.perf_counter()
-        for inputs, targets in batches(train_set, config.batch_size, order):
+        for inputs, targets in epoch_batches(train_set, config, shuffler):
             try:
                 result = client.compute_gradients(inputs, targets)
             except FailedPreconditionError as error:
@@ -79,22 +101,51 @@ def train(
                 step_started = time.perf_counter()
         if pending:
             _update(client, config, metrics, summary, step_started)
-        mean_loss = sum(losses) / len(losses)
-        summary.epoch_losses.append(mean_loss)
-        summary.last_loss = losses[-1]
-        metrics.epoch_loss.set(mean_loss)
-        metrics.epoch.set(epoch + 1)
-        report = EpochReport(epoch, losses[-1], mean_loss)
-        if validation_set is not None and len(validation_set):
-            validation_loss, accuracy = evaluate(client, validation_set, config, classification)
-            summary.validation_loss, summary.accuracy = validation_loss, accuracy
-            metrics.validation_loss.set(validation_loss)
-            if accuracy is not None:
-                metrics.accuracy.set(accuracy)
-            report = EpochReport(epoch, losses[-1], mean_loss, validation_loss, accuracy)
-        on_epoch(report)
+        on_epoch(
+            finish_epoch(
+                client,
+                config,
+                metrics,
+                summary,
+                epoch=epoch,
+                losses=losses,
+                validation_set=validation_set,
+                classification=classification,
+            )
+        )
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def finish_epoch(
+    client: GradientClient,
+    config: TrainConfig,
+    metrics: TrainMetrics,
+    summary: TrainSummary,
+    *,
+    epoch: int,
+    losses: list[float],
+    validation_set: Dataset | None,
+    classification: bool,
+) -> EpochReport:
+    """Epoch bookkeeping shared by every transport: summary, metrics, validation pass."""
+    mean_loss = sum(losses) / len(losses)
+    summary.epoch_losses.append(mean_loss)
+    summary.batch_losses.extend(losses)
+    summary.last_loss = losses[-1]
+    metrics.epoch_loss.set(mean_loss)
+    metrics.epoch.set(epoch + 1)
+    if validation_set is None or not len(validation_set):
+        return EpochReport(epoch, losses[-1], mean_loss)
+    validation_loss, accuracy = evaluate(client, validation_set, config, classification)
+    summary.validation_loss, summary.accuracy = validation_loss, accuracy
+    summary.validation_losses.append(validation_loss)
+    if accuracy is not None:
+        summary.accuracies.append(accuracy)
+    metrics.validation_loss.set(validation_loss)
+    if accuracy is not None:
+        metrics.accuracy.set(accuracy)
+    return EpochReport(epoch, losses[-1], mean_loss, validation_loss, accuracy)
 
 
 def _update(

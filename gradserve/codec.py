@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -170,3 +170,117 @@ def _swap_bytes(tensor: torch.Tensor) -> torch.Tensor:
     itemsize = tensor.element_size()
     as_bytes = tensor.contiguous().view(torch.uint8).reshape(-1, itemsize).flip(1)
     return as_bytes.contiguous().view(tensor.dtype).reshape(tensor.shape)
+
+
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def tensor_to_chunks(
+    name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, model_version: int = 0
+) -> Iterator[pb.ParameterChunk]:
+    """A tensor as ParameterChunks of at most chunk_bytes each (at least one chunk)."""
+    wire = _BY_TORCH.get(tensor.dtype)
+    if wire is None:
+        raise TypeError(f"{tensor.dtype} has no gradserve.v1 DataType")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if not _LITTLE_ENDIAN_HOST and wire.itemsize > 1:
+        flat = _swap_bytes(flat)
+    raw = flat.view(torch.uint8)
+    total = raw.numel()
+    offset = 0
+    while True:
+        piece = raw[offset : offset + chunk_bytes].numpy().tobytes()
+        chunk = pb.ParameterChunk(offset=offset, data=piece, model_version=model_version)
+        if offset == 0:
+            chunk.name = name
+            chunk.dtype = wire.proto
+            chunk.shape.extend(tensor.shape)
+        yield chunk
+        offset += len(piece)
+        if offset >= total:
+            return
+
+
+class ChunkAssembler:
+    """Collects ParameterChunks back into tensors, checking each against `expected`
+    (name -> (dtype, shape)) as it arrives, so a bad upload fails early and cannot grow
+    past the model's own size."""
+
+    def __init__(self, expected: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
+        self._expected = expected
+        self._buffers: dict[str, bytearray] = {}
+        self._sizes: dict[str, int] = {}
+        self._current: str | None = None
+        self._chunks = 0
+
+    def add(self, chunk: pb.ParameterChunk) -> None:
+        field = f"chunks[{self._chunks}]"
+        self._chunks += 1
+        if chunk.name:
+            self._start(chunk, field)
+        if self._current is None:
+            raise InvalidArgumentError(
+                f"{field}.name: the first chunk must name its parameter", field=f"{field}.name"
+            )
+        buffer = self._buffers[self._current]
+        if chunk.offset != len(buffer):
+            raise InvalidArgumentError(
+                f"{field}.offset: {chunk.offset}, expected {len(buffer)} for {self._current!r}",
+                field=f"{field}.offset",
+            )
+        data = chunk.data
+        if len(buffer) + len(data) > self._sizes[self._current]:
+            raise InvalidArgumentError(
+                f"{field}.data: more bytes than {self._current!r} holds "
+                f"({self._sizes[self._current]})",
+                field=f"{field}.data",
+            )
+        buffer += data
+
+    def _start(self, chunk: pb.ParameterChunk, field: str) -> None:
+        name = chunk.name
+        if name not in self._expected:
+            raise InvalidArgumentError(
+                f"{field}.name: no parameter {name!r}; the model has {', '.join(self._expected)}",
+                field=f"{field}.name",
+            )
+        if name in self._buffers:
+            raise InvalidArgumentError(
+                f"{field}.name: {name!r} is sent twice", field=f"{field}.name"
+            )
+        dtype, shape = self._expected[name]
+        wire = _wire_type(chunk.dtype, f"{field}.dtype")
+        if wire.torch_dtype != dtype:
+            raise InvalidArgumentError(
+                f"{field}.dtype: {wire.name} for {name!r}, expected {torch_dtype_name(dtype)}",
+                field=f"{field}.dtype",
+            )
+        if tuple(chunk.shape) != shape:
+            raise InvalidArgumentError(
+                f"{field}.shape: {list(chunk.shape)} for {name!r}, expected {list(shape)}",
+                field=f"{field}.shape",
+            )
+        self._sizes[name] = math.prod(shape) * wire.itemsize
+        self._buffers[name] = bytearray()
+        self._current = name
+
+    def tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """The complete tensors; InvalidArgumentError when any parameter is short."""
+        if not self._buffers:
+            raise InvalidArgumentError("chunks: the upload is empty", field="chunks")
+        result = []
+        for name, buffer in self._buffers.items():
+            if len(buffer) != self._sizes[name]:
+                raise InvalidArgumentError(
+                    f"chunks: {name!r} ended at {len(buffer)} of {self._sizes[name]} bytes",
+                    field="chunks",
+                )
+            dtype, shape = self._expected[name]
+            if not buffer:
+                result.append((name, torch.empty(shape, dtype=dtype)))
+                continue
+            tensor = torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+            if not _LITTLE_ENDIAN_HOST and tensor.element_size() > 1:
+                tensor = _swap_bytes(tensor)
+            result.append((name, tensor))
+        return result

@@ -7,19 +7,22 @@ lock; a rejected call changes nothing (checks run before any state is touched).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 
 from gradserve.errors import (
     FailedPreconditionError,
+    GradserveError,
     InvalidArgumentError,
+    ResourceExhaustedError,
     VersionConflictError,
 )
 from gradserve.server.graph import ConstantUses, Graph, build_graph, effective_max_nodes
@@ -109,6 +112,37 @@ class GraphDescription:
     max_nodes: int
 
 
+# One Train request runs under the lock from start to end: bound how long that can be.
+MAX_BATCHES_PER_REQUEST = 100_000
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """Batches to accumulate, then optionally an update (see the Train RPC)."""
+
+    batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    apply_update: bool = False
+    learning_rate: float = 0.0
+    reduction: Reduction = Reduction.SUM
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    losses: tuple[float, ...]
+    model_version: int
+    accumulated_batches: int
+    applied: bool = False
+    applied_batches: int = 0
+    gradient_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: tuple[StepOutcome, ...]
+    replayed: bool = False
+
+
 def check_learning_rate(learning_rate: float) -> None:
     if not math.isfinite(learning_rate) or learning_rate < 0:
         raise InvalidArgumentError(
@@ -125,6 +159,8 @@ class ParameterStore:
         self.optimizer = optimizer
         self._named = dict(model.module.named_parameters())
         self._parameters = list(self._named.values())
+        # The model's device (--device); requests move there once, results come back to CPU.
+        self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
         self._request_ids = RequestIdWindow(request_id_window)
         self.version = 0
@@ -140,46 +176,24 @@ class ParameterStore:
         *,
         request_id: str = "",
         return_gradients: bool = False,
+        weight: float = 1.0,
     ) -> GradientResult:
+        """`weight` scales what is added to .grad (async mode's down-weighting of stale
+        contributions); the loss and the returned gradients are the batch's own."""
         check_request_id(request_id)
         batch_size = self.model.check_batch(inputs, targets)
         with self._lock:
             replay = self._request_ids.get("compute_gradients", request_id)
             if replay is not None:
                 return cast(GradientResult, dataclasses.replace(replay, replayed=True))
-            self.model.module.train()
-            loss = self.model.loss.function(self.model.module(inputs), targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FailedPreconditionError(
-                    f"inputs: the loss is {loss_value} for this batch at model version "
-                    f"{self.version}; nothing was accumulated",
-                    field="inputs",
-                )
-            # autograd.grad rather than backward(): the batch's gradients are checked before
-            # anything is added, and adding them below is the same arithmetic backward() does.
-            gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
-            for name, gradient in zip(self._named, gradients, strict=True):
-                if gradient is not None and not bool(torch.isfinite(gradient).all()):
-                    raise FailedPreconditionError(
-                        f"inputs: the gradient of {name} is not finite for this batch at "
-                        f"model version {self.version}; nothing was accumulated",
-                        field="inputs",
-                    )
-            with torch.no_grad():
-                for parameter, gradient in zip(self._parameters, gradients, strict=True):
-                    if gradient is None:
-                        continue
-                    if parameter.grad is None:
-                        parameter.grad = gradient.clone()
-                    else:
-                        parameter.grad += gradient
-            self.accumulated_batches += 1
-            self.accumulated_samples += batch_size
+            loss_value, gradients = self._accumulate(inputs, targets, batch_size, weight)
             own: tuple[tuple[str, torch.Tensor], ...] = ()
             if return_gradients:
                 own = tuple(
-                    (name, gradient if gradient is not None else torch.zeros_like(parameter))
+                    (
+                        name,
+                        (gradient if gradient is not None else torch.zeros_like(parameter)).cpu(),
+                    )
                     for (name, parameter), gradient in zip(
                         self._named.items(), gradients, strict=True
                     )
@@ -209,31 +223,154 @@ class ParameterStore:
             replay = self._request_ids.get("apply_update", request_id)
             if replay is not None:
                 return cast(UpdateResult, dataclasses.replace(replay, replayed=True))
-            self._check_version(expected_version)
-            if self.accumulated_batches == 0:
-                raise FailedPreconditionError(
-                    "nothing to apply: no gradients accumulated since the last update",
-                    field="learning_rate",
-                )
-            with torch.no_grad():
-                if reduction is Reduction.MEAN and self.accumulated_batches > 1:
-                    for parameter in self._parameters:
-                        if parameter.grad is not None:
-                            parameter.grad /= self.accumulated_batches
-                norm = _total_norm(self._parameters)
-            self.optimizer.step(learning_rate)
-            self.optimizer.zero_grad()
-            result = UpdateResult(
-                model_version=self.version + 1,
-                applied_batches=self.accumulated_batches,
-                applied_samples=self.accumulated_samples,
-                gradient_norm=norm,
-            )
-            self.version += 1
-            self.accumulated_batches = 0
-            self.accumulated_samples = 0
+            result = self._step(learning_rate, reduction, expected_version)
             self._request_ids.put("apply_update", request_id, result)
             return result
+
+    def train(self, steps: Sequence[TrainStep], *, request_id: str = "") -> TrainResult:
+        """Run steps in order: each step's batches as compute_gradients, then its update as
+        apply_update. Everything is checked before anything runs; a step that fails while
+        running raises with the number of steps already applied in the message."""
+        check_request_id(request_id)
+        sizes = self._check_steps(steps)
+        with self._lock:
+            replay = self._request_ids.get("train", request_id)
+            if replay is not None:
+                return cast(TrainResult, dataclasses.replace(replay, replayed=True))
+            outcomes: list[StepOutcome] = []
+            for index, step in enumerate(steps):
+                try:
+                    outcomes.append(self._run_step(step, sizes[index]))
+                except GradserveError as error:
+                    error.message = (
+                        f"steps[{index}]: {error.message} ({index} of {len(steps)} steps of "
+                        "this request were applied)"
+                    )
+                    error.args = (error.message,)
+                    raise
+            result = TrainResult(tuple(outcomes))
+            self._request_ids.put("train", request_id, result)
+            return result
+
+    def _check_steps(self, steps: Sequence[TrainStep]) -> list[list[int]]:
+        if not steps:
+            raise InvalidArgumentError("steps: the request has no steps", field="steps")
+        total = sum(len(step.batches) for step in steps)
+        if total > MAX_BATCHES_PER_REQUEST:
+            raise ResourceExhaustedError(
+                f"steps: {total} batches in one request, at most {MAX_BATCHES_PER_REQUEST}",
+                field="steps",
+            )
+        sizes: list[list[int]] = []
+        for index, step in enumerate(steps):
+            if not step.batches and not step.apply_update:
+                raise InvalidArgumentError(
+                    f"steps[{index}]: neither batches nor an update", field=f"steps[{index}]"
+                )
+            step_sizes = []
+            for batch_index, (inputs, targets) in enumerate(step.batches):
+                try:
+                    step_sizes.append(self.model.check_batch(inputs, targets))
+                except GradserveError as error:
+                    where = f"steps[{index}].batches[{batch_index}]"
+                    error.field = f"{where}.{error.field}" if error.field else where
+                    error.message = f"{where}.{error.message}"
+                    error.args = (error.message,)
+                    raise
+            if step.apply_update:
+                try:
+                    check_learning_rate(step.learning_rate)
+                except GradserveError as error:
+                    error.field = f"steps[{index}].learning_rate"
+                    error.message = f"steps[{index}].{error.message}"
+                    error.args = (error.message,)
+                    raise
+            sizes.append(step_sizes)
+        return sizes
+
+    def _run_step(self, step: TrainStep, sizes: list[int]) -> StepOutcome:
+        losses = tuple(
+            self._accumulate(inputs, targets, size)[0]
+            for (inputs, targets), size in zip(step.batches, sizes, strict=True)
+        )
+        if not step.apply_update:
+            return StepOutcome(losses, self.version, self.accumulated_batches)
+        update = self._step(step.learning_rate, step.reduction, step.expected_version)
+        return StepOutcome(
+            losses,
+            update.model_version,
+            0,
+            applied=True,
+            applied_batches=update.applied_batches,
+            gradient_norm=update.gradient_norm,
+        )
+
+    def _accumulate(
+        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
+    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+        """Forward, loss, gradients, and add them to .grad. Call with the lock held."""
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        self.model.module.train()
+        loss = self.model.loss.function(self.model.module(inputs), targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FailedPreconditionError(
+                f"inputs: the loss is {loss_value} for this batch at model version "
+                f"{self.version}; nothing was accumulated",
+                field="inputs",
+            )
+        # autograd.grad rather than backward(): the batch's gradients are checked before
+        # anything is added, and adding them below is the same arithmetic backward() does.
+        gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
+        for name, gradient in zip(self._named, gradients, strict=True):
+            if gradient is not None and not bool(torch.isfinite(gradient).all()):
+                raise FailedPreconditionError(
+                    f"inputs: the gradient of {name} is not finite for this batch at "
+                    f"model version {self.version}; nothing was accumulated",
+                    field="inputs",
+                )
+        with torch.no_grad():
+            for parameter, gradient in zip(self._parameters, gradients, strict=True):
+                if gradient is None:
+                    continue
+                if weight != 1.0:
+                    gradient = gradient * weight
+                if parameter.grad is None:
+                    parameter.grad = gradient.clone()
+                else:
+                    parameter.grad += gradient
+        self.accumulated_batches += 1
+        self.accumulated_samples += batch_size
+        return loss_value, gradients
+
+    def _step(
+        self, learning_rate: float, reduction: Reduction, expected_version: int | None
+    ) -> UpdateResult:
+        """One optimizer step with the accumulated gradients. Call with the lock held."""
+        self._check_version(expected_version)
+        if self.accumulated_batches == 0:
+            raise FailedPreconditionError(
+                "nothing to apply: no gradients accumulated since the last update",
+                field="learning_rate",
+            )
+        with torch.no_grad():
+            if reduction is Reduction.MEAN and self.accumulated_batches > 1:
+                for parameter in self._parameters:
+                    if parameter.grad is not None:
+                        parameter.grad /= self.accumulated_batches
+            norm = _total_norm(self._parameters)
+        self.optimizer.step(learning_rate)
+        self.optimizer.zero_grad()
+        result = UpdateResult(
+            model_version=self.version + 1,
+            applied_batches=self.accumulated_batches,
+            applied_samples=self.accumulated_samples,
+            gradient_norm=norm,
+        )
+        self.version += 1
+        self.accumulated_batches = 0
+        self.accumulated_samples = 0
+        return result
 
     def discard_gradients(self) -> DiscardResult:
         with self._lock:
@@ -251,6 +388,8 @@ class ParameterStore:
         return_predictions: bool = False,
     ) -> EvaluationResult:
         batch_size = self.model.check_batch(inputs, targets)
+        inputs = inputs.to(self.device)
+        targets = None if targets is None else targets.to(self.device)
         with self._lock, torch.no_grad():
             self.model.module.eval()
             predictions = self.model.module(inputs)
@@ -261,7 +400,7 @@ class ParameterStore:
                 loss=loss,
                 batch_size=batch_size,
                 model_version=self.version,
-                predictions=predictions if return_predictions else None,
+                predictions=predictions.cpu() if return_predictions else None,
             )
 
     def read_parameters(
@@ -278,7 +417,9 @@ class ParameterStore:
                 )
         selected = names or list(self._named)
         with self._lock:
-            return self.version, [reader(name, self._named[name].detach()) for name in selected]
+            return self.version, [
+                reader(name, self._named[name].detach().cpu()) for name in selected
+            ]
 
     def set_parameters(
         self,
@@ -335,9 +476,63 @@ class ParameterStore:
         """A copy of the accumulated gradients (for tests and checkpoints)."""
         with self._lock:
             return {
-                name: None if p.grad is None else p.grad.detach().clone()
+                name: None if p.grad is None else p.grad.detach().to("cpu", copy=True)
                 for name, p in self._named.items()
             }
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def export_state(self) -> StoreState:
+        """A consistent copy of everything a checkpoint holds, taken under the lock."""
+        with self._lock:
+            return StoreState(
+                version=self.version,
+                accumulated_batches=self.accumulated_batches,
+                accumulated_samples=self.accumulated_samples,
+                parameters={n: p.detach().clone() for n, p in self._named.items()},
+                gradients={
+                    n: p.grad.detach().clone() for n, p in self._named.items() if p.grad is not None
+                },
+                # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
+                optimizer=copy.deepcopy(self.optimizer.state_dict()),
+                request_ids=tuple(
+                    (method, request_id, result)
+                    for (method, request_id), result in self._request_ids.items()
+                ),
+            )
+
+    def restore_state(self, state: StoreState) -> None:
+        """Put a checkpoint's state back: parameters, .grad, optimizer, version, counts, ids."""
+        for name, value in state.parameters.items():
+            parameter = self._named.get(name)
+            if (
+                parameter is None
+                or value.shape != parameter.shape
+                or value.dtype != parameter.dtype
+            ):
+                raise InvalidArgumentError(
+                    f"checkpoint: parameter {name!r} {value.dtype} {list(value.shape)} does not "
+                    "match the model",
+                    field="checkpoint",
+                )
+        if set(state.parameters) != set(self._named):
+            raise InvalidArgumentError(
+                f"checkpoint: parameters {sorted(state.parameters)}, the model has "
+                f"{sorted(self._named)}",
+                field="checkpoint",
+            )
+        with self._lock, torch.no_grad():
+            for name, parameter in self._named.items():
+                parameter.copy_(state.parameters[name])
+                gradient = state.gradients.get(name)
+                parameter.grad = None if gradient is None else gradient.clone()
+            self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+            self.version = state.version
+            self.accumulated_batches = state.accumulated_batches
+            self.accumulated_samples = state.accumulated_samples
+            self._request_ids = RequestIdWindow(self._request_ids.capacity)
+            for method, request_id, result in state.request_ids:
+                self._request_ids.put(method, request_id, result)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -442,3 +637,19 @@ class ParameterStore:
 def _total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
     squares = [float(torch.sum(p.grad.double() ** 2)) for p in parameters if p.grad is not None]
     return math.sqrt(sum(squares))
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """Everything a checkpoint holds, as plain torch and Python values."""
+
+    version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    parameters: dict[str, torch.Tensor]
+    # Only the parameters whose .grad is set.
+    gradients: dict[str, torch.Tensor]
+    # The optimizer's state_dict (tensors and plain values).
+    optimizer: dict[str, Any]
+    # The request-id window, oldest first: (method, request_id, result).
+    request_ids: tuple[tuple[str, str, Any], ...]

@@ -6,20 +6,32 @@ project's errors; the interceptor turns them into statuses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 import torch
 
 from gradserve.codec import (
+    DEFAULT_CHUNK_BYTES,
     WIRE_TYPES,
+    ChunkAssembler,
     dtype_to_proto,
     spec_to_proto,
     tensor_from_proto,
+    tensor_to_chunks,
     tensor_to_proto,
 )
-from gradserve.errors import InvalidArgumentError
+from gradserve.errors import FailedPreconditionError, InvalidArgumentError
+from gradserve.server.checkpoints import Checkpointer
+from gradserve.server.coordination import Coordinator, DirectCoordinator
 from gradserve.server.graph import GraphNode, NodeKind
 from gradserve.server.metrics import ServerMetrics
-from gradserve.server.parameter_store import ParameterStore, Reduction
+from gradserve.server.parameter_store import (
+    ParameterStore,
+    Reduction,
+    TrainResult,
+    TrainStep,
+)
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -48,8 +60,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         *,
         max_batch_elements: int,
         max_message_bytes: int,
+        checkpointer: Checkpointer | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._store = store
+        # Many workers (server/coordination.py): ComputeGradients and ApplyUpdate go through it.
+        self._coordinator = coordinator or DirectCoordinator(store)
+        self._checkpointer = checkpointer
         self._metrics = metrics
         self._max_elements = max_batch_elements
         self._max_message_bytes = max_message_bytes
@@ -60,11 +77,17 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def ComputeGradients(
         self, request: pb.ComputeGradientsRequest, context: grpc.ServicerContext
     ) -> pb.ComputeGradientsResponse:
-        result = self._store.compute_gradients(
+        if not context.is_active():
+            # The caller is gone (cancelled, deadline passed) while the call queued: skip the work.
+            context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled before it ran")
+        result = self._coordinator.compute_gradients(
             self._batch(request.inputs, "inputs"),
             self._batch(request.targets, "targets"),
             request_id=request.request_id,
             return_gradients=request.return_gradients,
+            based_on_version=(
+                request.based_on_version if request.HasField("based_on_version") else None
+            ),
         )
         metrics = self._metrics
         if result.replayed:
@@ -85,13 +108,14 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def ApplyUpdate(
         self, request: pb.ApplyUpdateRequest, context: grpc.ServicerContext
     ) -> pb.ApplyUpdateResponse:
-        result = self._store.apply_update(
+        result = self._coordinator.apply_update(
             request.learning_rate,
             reduction=reduction_from_proto(request.reduction),
             expected_version=(
                 request.expected_version if request.HasField("expected_version") else None
             ),
             request_id=request.request_id,
+            time_remaining=context.time_remaining(),
         )
         metrics = self._metrics
         if result.replayed:
@@ -183,6 +207,20 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
             discarded_batches=result.discarded_batches, model_version=result.model_version
         )
 
+    def SaveCheckpoint(
+        self, request: pb.SaveCheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.SaveCheckpointResponse:
+        if self._checkpointer is None:
+            raise FailedPreconditionError(
+                "this server has no checkpoint directory (--checkpoint-dir)", field="checkpoint_dir"
+            )
+        saved = self._checkpointer.save()
+        return pb.SaveCheckpointResponse(
+            name=saved.path.name,
+            model_version=saved.model_version,
+            accumulated_batches=saved.accumulated_batches,
+        )
+
     def DescribeGraph(
         self, request: pb.DescribeGraphRequest, context: grpc.ServicerContext
     ) -> pb.DescribeGraphResponse:
@@ -210,6 +248,105 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
             batch_size=result.batch_size,
             max_nodes=result.max_nodes,
         )
+
+    def Train(
+        self, request_iterator: Iterator[pb.TrainRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.TrainResponse]:
+        metrics = self._metrics
+        for request in request_iterator:
+            steps = [self._train_step(step, index) for index, step in enumerate(request.steps)]
+            result = self._store.train(steps, request_id=request.request_id)
+            if result.replayed:
+                metrics.replayed.labels("Train").inc()
+            else:
+                _record_train(metrics, steps, result)
+            yield pb.TrainResponse(
+                steps=[
+                    pb.StepResult(
+                        losses=outcome.losses,
+                        model_version=outcome.model_version,
+                        accumulated_batches=outcome.accumulated_batches,
+                        applied=outcome.applied,
+                        applied_batches=outcome.applied_batches,
+                        gradient_norm=outcome.gradient_norm,
+                    )
+                    for outcome in result.steps
+                ],
+                request_id=request.request_id,
+            )
+
+    def _train_step(self, step: pb.TrainStep, index: int) -> TrainStep:
+        where = f"steps[{index}]"
+        return TrainStep(
+            batches=tuple(
+                (
+                    self._batch(batch.inputs, f"{where}.batches[{number}].inputs"),
+                    self._batch(batch.targets, f"{where}.batches[{number}].targets"),
+                )
+                for number, batch in enumerate(step.batches)
+            ),
+            apply_update=step.apply_update,
+            learning_rate=step.learning_rate,
+            reduction=reduction_from_proto(step.reduction),
+            expected_version=step.expected_version if step.HasField("expected_version") else None,
+        )
+
+    def StreamParameters(
+        self, request: pb.StreamParametersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ParameterChunk]:
+        # Room for the chunk's other fields within the message limit.
+        largest = self._max_message_bytes - 1024
+        chunk_bytes = request.chunk_bytes or min(DEFAULT_CHUNK_BYTES, largest)
+        if chunk_bytes < 0 or chunk_bytes > largest:
+            raise InvalidArgumentError(
+                f"chunk_bytes: {chunk_bytes}, expected 0 (default) or 1..{largest}",
+                field="chunk_bytes",
+            )
+        # One copy taken under the lock (a consistent version); chunks are cut outside it.
+        version, snapshot = self._store.read_parameters(list(request.names), _copy)
+        for name, value in snapshot:
+            yield from tensor_to_chunks(name, value, chunk_bytes, version)
+
+    def UploadParameters(
+        self, request_iterator: Iterator[pb.ParameterChunk], context: grpc.ServicerContext
+    ) -> pb.SetParametersResponse:
+        info = self._store.info()
+        assembler = ChunkAssembler({p.name: (p.dtype, p.shape) for p in info.parameters})
+        first: pb.ParameterChunk | None = None
+        for chunk in request_iterator:
+            first = first or chunk
+            assembler.add(chunk)
+        values = assembler.tensors()
+        assert first is not None  # tensors() rejects an empty upload
+        result = self._store.set_parameters(
+            values,
+            expected_version=(
+                first.expected_version if first.HasField("expected_version") else None
+            ),
+            request_id=first.request_id,
+        )
+        if not result.replayed:
+            self._metrics.model_version.set(result.model_version)
+            self._metrics.accumulated_batches.set(0)
+        return pb.SetParametersResponse(model_version=result.model_version)
+
+
+def _copy(name: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    return name, value.clone()
+
+
+def _record_train(metrics: ServerMetrics, steps: list[TrainStep], result: TrainResult) -> None:
+    samples = sum(int(inputs.shape[0]) for step in steps for inputs, _ in step.batches)
+    metrics.samples.inc(samples)
+    last = result.steps[-1]
+    for outcome in result.steps:
+        if outcome.losses:
+            metrics.last_loss.set(outcome.losses[-1])
+        if outcome.applied:
+            metrics.updates.inc()
+            metrics.gradient_norm.set(outcome.gradient_norm)
+    metrics.model_version.set(last.model_version)
+    metrics.accumulated_batches.set(last.accumulated_batches)
 
 
 def _encode(name: str, value: torch.Tensor) -> pb.Tensor:

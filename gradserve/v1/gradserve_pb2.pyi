@@ -75,16 +75,18 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RETURN_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    BASED_ON_VERSION_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
     return_gradients: bool
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ...) -> None: ...
+    based_on_version: int
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ...) -> None: ...
 
 class ComputeGradientsResponse(_message.Message):
     __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "gradients", "accumulated_samples")
@@ -285,3 +287,99 @@ class DescribeGraphResponse(_message.Message):
     batch_size: int
     max_nodes: int
     def __init__(self, nodes: _Optional[_Iterable[_Union[GraphNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[GraphEdge, _Mapping]]] = ..., root_id: _Optional[int] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_nodes: _Optional[int] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("inputs", "targets")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    inputs: Tensor
+    targets: Tensor
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class TrainStep(_message.Message):
+    __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version")
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    APPLY_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[Batch]
+    apply_update: bool
+    learning_rate: float
+    reduction: Reduction
+    expected_version: int
+    def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., apply_update: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("steps", "request_id")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[TrainStep]
+    request_id: str
+    def __init__(self, steps: _Optional[_Iterable[_Union[TrainStep, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StepResult(_message.Message):
+    __slots__ = ("losses", "model_version", "accumulated_batches", "applied", "applied_batches", "gradient_norm")
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
+    losses: _containers.RepeatedScalarFieldContainer[float]
+    model_version: int
+    accumulated_batches: int
+    applied: bool
+    applied_batches: int
+    gradient_norm: float
+    def __init__(self, losses: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., applied: _Optional[bool] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("steps", "request_id")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[StepResult]
+    request_id: str
+    def __init__(self, steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StreamParametersRequest(_message.Message):
+    __slots__ = ("names", "chunk_bytes")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    chunk_bytes: int
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class ParameterChunk(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "offset", "data", "model_version", "expected_version", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DataType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    offset: int
+    data: bytes
+    model_version: int
+    expected_version: int
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., model_version: _Optional[int] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SaveCheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SaveCheckpointResponse(_message.Message):
+    __slots__ = ("name", "model_version", "accumulated_batches")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_version: int
+    accumulated_batches: int
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ...) -> None: ...

@@ -74,6 +74,26 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.stream_stream(
+                '/gradserve.v1.GradientService/Train',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.TrainRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.TrainResponse.FromString,
+                _registered_method=True)
+        self.StreamParameters = channel.unary_stream(
+                '/gradserve.v1.GradientService/StreamParameters',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.StreamParametersRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.FromString,
+                _registered_method=True)
+        self.UploadParameters = channel.stream_unary(
+                '/gradserve.v1.GradientService/UploadParameters',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SetParametersResponse.FromString,
+                _registered_method=True)
+        self.SaveCheckpoint = channel.unary_unary(
+                '/gradserve.v1.GradientService/SaveCheckpoint',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -141,6 +161,45 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Train(self, request_iterator, context):
+        """Training over one bidirectional stream, for speed: each request carries one or
+        more steps (batches, then optionally an update); the server answers each request
+        with one response, in order. The client may keep many requests in flight. The
+        effect is exactly that of the same ComputeGradients/ApplyUpdate calls in the same
+        order. A request is checked whole before any of it runs; a step that fails while
+        running (non-finite loss, stale expected_version) ends the stream with that error,
+        the request's earlier steps having been applied (the message says how many).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamParameters(self, request, context):
+        """GetParameters in chunks of at most `chunk_bytes`, for models past the message
+        limit (and past protobuf's 2 GiB ceiling). All chunks are of one version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadParameters(self, request_iterator, context):
+        """SetParameters from chunks (as StreamParameters sends them); applied once the
+        stream ends complete, all or nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveCheckpoint(self, request, context):
+        """Write a checkpoint now (parameters, accumulated gradients, optimizer state,
+        version, request-id window) to the server's checkpoint directory; returns
+        when it is durable. FAILED_PRECONDITION when the server has no
+        --checkpoint-dir. Changes nothing in the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +242,26 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.DescribeGraph,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphResponse.SerializeToString,
+            ),
+            'Train': grpc.stream_stream_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.TrainRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.TrainResponse.SerializeToString,
+            ),
+            'StreamParameters': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamParameters,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.StreamParametersRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.SerializeToString,
+            ),
+            'UploadParameters': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadParameters,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.SetParametersResponse.SerializeToString,
+            ),
+            'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveCheckpoint,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +480,114 @@ class GradientService:
             '/gradserve.v1.GradientService/DescribeGraph',
             gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.DescribeGraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gradserve.v1.GradientService/Train',
+            gradserve_dot_v1_dot_gradserve__pb2.TrainRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.TrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradserve.v1.GradientService/StreamParameters',
+            gradserve_dot_v1_dot_gradserve__pb2.StreamParametersRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadParameters(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/gradserve.v1.GradientService/UploadParameters',
+            gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.SetParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/SaveCheckpoint',
+            gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -199,3 +202,27 @@ def test_async_update_whose_gradients_were_already_applied(make_server) -> None:
         assert first.apply_update(LEARNING_RATE).applied_batches == 2
         late = second.apply_update(LEARNING_RATE)
     assert (late.model_version, late.applied_batches) == (1, 0)
+
+
+def _train_cli(*arguments: str) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "client/train.py", "--metrics-port", "0", "--json", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_train_cli_workers_equal_one_worker_with_larger_batches() -> None:
+    """--workers 2 with batch 5 (embedded sync server) = one worker with batch 10."""
+    common = ("--epochs", "5", "--lr", "0.1", "--samples", "40")
+    two = _train_cli("--workers", "2", "--batch-size", "5", *common)
+    one = _train_cli("--batch-size", "10", "--transport", "unary", *common)
+    assert [shard["batches"] for shard in two["shards"]] == [20, 20]
+    assert two["model_version"] == one["model_version"] == 21
+    for name, values in one["parameters"].items():
+        torch.testing.assert_close(
+            torch.tensor(two["parameters"][name]), torch.tensor(values), atol=1e-6, rtol=0
+        )

@@ -1,10 +1,12 @@
 """A real gRPC proxy on 127.0.0.1 that forwards raw bytes to a server and can lose answers.
 
-It stands for the network between a client and a gradserve server: every unary call is
-forwarded unchanged (request bytes, metadata, deadline, status and status details), except
-the calls the fault plan picks. For those the proxy answers the client with a status of its
-own (UNAVAILABLE by default), either after forwarding the request (the server applied it, the
+It stands for the network between a client and a gradserve server: every call is forwarded
+unchanged (request bytes, metadata, deadline, status and status details), except the unary
+calls the fault plan picks. For those the proxy answers the client with a status of its own
+(UNAVAILABLE by default), either after forwarding the request (the server applied it, the
 answer was lost: what a retry with a request_id must survive) or instead of forwarding it.
+Streaming calls always pass; which calls stream comes from the protobuf descriptor pool
+(gradserve.v1 is registered here; unknown methods are treated as unary).
 
     with FaultyProxy(server.address, drop_calls={1}) as proxy:
         client = GradientClient(proxy.address)
@@ -19,13 +21,17 @@ import contextlib
 import random
 import threading
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
+
+# Registers gradserve.v1 in the default descriptor pool: how the proxy knows which calls stream.
+from gradserve.v1 import gradserve_pb2  # noqa: F401
 
 # The methods that change a server's state: the ones whose lost answers matter.
 WRITE_METHODS = frozenset({"ComputeGradients", "ApplyUpdate", "SetParameters"})
@@ -114,14 +120,27 @@ class FaultyProxy:
 
     def _forward(self, path: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         call = self._channel.unary_unary(path)  # no (de)serializers: bytes pass through
-        metadata = [
-            (key, value)
-            for key, value in context.invocation_metadata()
-            if not key.startswith(":") and key not in ("user-agent", "grpc-timeout")
-        ]
-        remaining = context.time_remaining()
-        response: bytes = call(request, timeout=remaining, metadata=metadata)
+        response: bytes = call(request, **_call_options(context))
         return response
+
+    def _stream(
+        self, path: str, request: Any, context: grpc.ServicerContext, kind: str
+    ) -> Iterator[bytes]:
+        """Streaming calls pass through untouched (counted, never dropped)."""
+        with self._lock:
+            self.calls[path.rpartition("/")[2]] += 1
+        multicallable = getattr(self._channel, kind)(path)
+        try:
+            if kind == "stream_unary":
+                future = multicallable.future(request, **_call_options(context))
+                context.add_callback(future.cancel)  # the client went away: so does this call
+                yield future.result()
+                return
+            call = multicallable(request, **_call_options(context))
+            context.add_callback(call.cancel)
+            yield from call
+        except grpc.RpcError as error:
+            _pass_error_on(error, context)
 
     def _unary(self, path: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         method = path.rpartition("/")[2]
@@ -130,9 +149,7 @@ class FaultyProxy:
             try:
                 return self._forward(path, request, context)
             except grpc.RpcError as error:
-                # Pass the server's status on, details (google.rpc.Status) included.
-                context.set_trailing_metadata(error.trailing_metadata() or ())
-                context.abort(error.code(), error.details() or "")
+                _pass_error_on(error, context)
         if self.forward_dropped:
             # The client gets the proxy's status whatever the server answered.
             with contextlib.suppress(grpc.RpcError):
@@ -143,15 +160,54 @@ class FaultyProxy:
         raise AssertionError("unreachable: abort raises")
 
 
+def _call_options(context: grpc.ServicerContext) -> dict[str, Any]:
+    """The client's deadline and metadata, for the call to the server."""
+    metadata = [
+        (key, value)
+        for key, value in context.invocation_metadata()
+        if not key.startswith(":") and key not in ("user-agent", "grpc-timeout")
+    ]
+    return {"timeout": context.time_remaining(), "metadata": metadata}
+
+
+def _pass_error_on(error: grpc.RpcError, context: grpc.ServicerContext) -> None:
+    # The server's status, details (google.rpc.Status with the field violations) included.
+    context.set_trailing_metadata(error.trailing_metadata() or ())
+    context.abort(error.code(), error.details() or "")
+
+
+def _streaming(path: str) -> tuple[bool, bool]:
+    """(client streams, server streams) of a method known to the default descriptor pool."""
+    service, _, method = path.lstrip("/").rpartition("/")
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[method]
+    except KeyError:
+        return False, False
+    return found.client_streaming, found.server_streaming
+
+
 class _Handler(grpc.GenericRpcHandler):
     def __init__(self, proxy: FaultyProxy) -> None:
         self._proxy = proxy
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         path = handler_call_details.method
+        proxy = self._proxy
+        client_streams, server_streams = _streaming(path)
+        if not client_streams and not server_streams:
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: proxy._unary(path, request, context)
+            )
+        if client_streams and server_streams:
+            return grpc.stream_stream_rpc_method_handler(
+                lambda requests, context: proxy._stream(path, requests, context, "stream_stream")
+            )
+        if server_streams:
+            return grpc.unary_stream_rpc_method_handler(
+                lambda request, context: proxy._stream(path, request, context, "unary_stream")
+            )
 
-        def behavior(request: bytes, context: grpc.ServicerContext) -> bytes:
-            return self._proxy._unary(path, request, context)
+        def stream_unary(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+            return next(proxy._stream(path, requests, context, "stream_unary"))
 
-        # Unary only: every gradserve.v1 RPC and grpc.health.v1 Check are unary.
-        return grpc.unary_unary_rpc_method_handler(behavior)
+        return grpc.stream_unary_rpc_method_handler(stream_unary)

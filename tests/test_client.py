@@ -10,7 +10,7 @@ import torch
 from helpers import linear_batch
 from proxy import FaultyProxy
 
-from gradserve.client.gradient_client import NO_RETRY, GradientClient, RetryPolicy
+from gradserve.client.gradient_client import NO_RETRY, GradientClient, RetryPolicy, TrainStep
 from gradserve.errors import (
     FailedPreconditionError,
     GradserveError,
@@ -318,3 +318,24 @@ def test_proxy_fraction_is_reproducible_from_its_seed(server: GradientServer) ->
     first = dropped_calls(seed=5)
     assert first == dropped_calls(seed=5)
     assert 0 < len(first) < 20
+
+
+def test_proxy_passes_streams_through(make_server) -> None:
+    # Streaming calls are forwarded whole (never dropped): the same answers as direct calls.
+    direct_server, proxied_server = make_server(), make_server()
+    values = {"w": torch.tensor([1.5]), "b": torch.tensor([0.25])}
+    with (
+        FaultyProxy(proxied_server.address, drop_calls={1}) as proxy,
+        GradientClient(proxy.address, timeout=TIMEOUT, retry=NO_RETRY) as through,
+        GradientClient(direct_server.address, timeout=TIMEOUT) as direct,
+    ):
+        assert through.upload_parameters(values, chunk_bytes=4) == 1  # client stream
+        assert through.stream_parameters(chunk_bytes=4) == (1, values)  # server stream
+        direct.set_parameters(values)
+        steps = [TrainStep(batches(2, seed=seed), learning_rate=0.1) for seed in range(3)]
+        streamed = [r for group in through.train_stream([[s] for s in steps]) for r in group]
+        expected = [r for group in direct.train_stream([[s] for s in steps]) for r in group]
+        assert streamed == expected  # bidi stream
+        assert through.get_parameters() == direct.get_parameters()
+    assert proxy.dropped == []
+    assert proxy.calls["UploadParameters"] == proxy.calls["Train"] == 1

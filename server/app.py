@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from gradserve.server.config import ServerConfig
 from gradserve.server.interceptors import ServerInterceptor
 from gradserve.server.metrics import ServerMetrics
-from gradserve.server.models import build_model
+from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.servicer import GradientServicer
@@ -69,7 +69,14 @@ class GradientServer:
 def create_server(config: ServerConfig, metrics: ServerMetrics | None = None) -> GradientServer:
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
-    model = build_model(config.model, config.loss, config.seed)
+    model = build_configured(
+        config.model,
+        config.loss,
+        config.seed,
+        model_file=config.model_file,
+        factories=config.model_factories,
+        device=config.device,
+    )
     optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
     store = ParameterStore(model, optimizer, request_id_window=config.request_id_window)
     metrics = metrics or ServerMetrics()

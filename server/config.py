@@ -12,6 +12,9 @@ ENV_HOST = "GRADSERVE_HOST"
 ENV_PORT = "GRADSERVE_PORT"
 ENV_MODEL = "GRADSERVE_MODEL"
 ENV_LOSS = "GRADSERVE_LOSS"
+ENV_MODEL_FILE = "GRADSERVE_MODEL_FILE"
+ENV_MODEL_FACTORIES = "GRADSERVE_MODEL_FACTORIES"
+ENV_DEVICE = "GRADSERVE_DEVICE"
 ENV_OPTIMIZER = "GRADSERVE_OPTIMIZER"
 ENV_SEED = "GRADSERVE_SEED"
 ENV_METRICS_PORT = "GRADSERVE_METRICS_PORT"
@@ -36,6 +39,12 @@ class ServerConfig:
     model: str = "linear"
     # None: the model's default (mse for linear, cross_entropy for mlp).
     loss: str | None = None
+    # A JSON model description (server/model_specs.py); replaces `model` (and `loss` unless set).
+    model_file: str | None = None
+    # NAME=package.module:function entries: trusted code the operator adds to the registry.
+    model_factories: tuple[str, ...] = ()
+    # Where the model lives: cpu, cuda or cuda:N.
+    device: str = "cpu"
     optimizer: str = "sgd"
     # Seeds torch before the model's parameters are drawn; None leaves torch's RNG alone.
     seed: int | None = 0
@@ -83,7 +92,26 @@ def parse_args(
     add(
         "--model",
         default=env_or(ENV_MODEL, default.model),
-        help=f"model spec: linear | mlp:IN-H-...-OUT[:relu|tanh|sigmoid|gelu] [{ENV_MODEL}]",
+        help="model spec: linear | mlp:IN-H-...-OUT[:relu|tanh|sigmoid|gelu][:dropout=P][:batchnorm]"
+        f" | cnn:CxHxW-OUT[:channels=8-16][:...] | a --model-factory NAME [{ENV_MODEL}]",
+    )
+    add(
+        "--model-file",
+        default=env_or(ENV_MODEL_FILE, default.model_file) or None,
+        help=f"JSON model description, instead of --model [{ENV_MODEL_FILE}]",
+    )
+    add(
+        "--model-factory",
+        dest="model_factories",
+        action="append",
+        default=[f for f in env_or(ENV_MODEL_FACTORIES, "").split(",") if f],
+        help="NAME=package.module:function: register a trusted nn.Module factory as model NAME "
+        f"(repeatable; comma-separated in {ENV_MODEL_FACTORIES})",
+    )
+    add(
+        "--device",
+        default=env_or(ENV_DEVICE, default.device),
+        help=f"cpu | cuda | cuda:N: where the model lives [{ENV_DEVICE}]",
     )
     add(
         "--loss",
@@ -156,4 +184,6 @@ def parse_args(
         help=f"DEBUG | INFO | WARNING | ERROR [{ENV_LOG_LEVEL}]",
     )
     args = parser.parse_args(argv)
-    return ServerConfig(**{**vars(args), "loss": args.loss or None})
+    return ServerConfig(
+        **{**vars(args), "loss": args.loss or None, "model_factories": tuple(args.model_factories)}
+    )

@@ -1,0 +1,391 @@
+"""Model specs the operator gives the server (flag, JSON file, or a trusted factory) -> a Model.
+
+Grammar of `--model`, options separated by ':' in any order after the shape:
+  linear
+  mlp:IN-H1-...-OUT[:relu|tanh|sigmoid|gelu][:dropout=P][:batchnorm]
+  cnn:CxHxW-OUT[:relu|...][:channels=8-16][:dropout=P][:batchnorm]
+  NAME[:key=value...]      a factory registered with --model-factory NAME=package.module:function
+
+Factories are imported and called on the server only, from its own configuration: a client
+never names code, it only sees the model the operator chose (GetModelInfo).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradserve.errors import InvalidArgumentError
+from gradserve.server import models
+from gradserve.server.models import ACTIVATIONS, LOSSES, BatchSpec, Loss, Model
+from gradserve.server.networks import build_cnn, build_mlp
+
+BUILT_IN = ("linear", "mlp", "cnn")
+DEFAULT_CNN_CHANNELS = (8, 16)
+
+
+@dataclass(frozen=True)
+class FactoryModel:
+    """What a --model-factory function returns: the module and the shape of one sample."""
+
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    input_dtype: torch.dtype = torch.float32
+
+
+@dataclass(frozen=True)
+class _Options:
+    activation: str = "relu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+    channels: tuple[int, ...] = DEFAULT_CNN_CHANNELS
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _bad(spec: str, problem: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"model spec {spec!r}: {problem}", field="model")
+
+
+def _ints(text: str, separator: str, spec: str, what: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(separator)]
+    except ValueError:
+        raise _bad(spec, f"{what} must be integers joined by {separator!r}") from None
+    if any(value < 1 or value > 1_000_000 for value in values):
+        raise _bad(spec, f"{what} must each be in [1, 1000000]")
+    return values
+
+
+def _parse_options(spec: str, items: Sequence[str], allowed: Sequence[str]) -> _Options:
+    values: dict[str, Any] = {}
+    for item in items:
+        key, has_value, value = item.partition("=")
+        if not has_value and key in ACTIVATIONS:
+            key, value = "activation", key
+        elif not has_value and key in ("batchnorm", "batch_norm"):
+            key, value = "batch_norm", "true"
+        if key not in allowed:
+            raise _bad(
+                spec,
+                f"unknown option {item!r}; options: {', '.join(allowed)} "
+                f"(activations: {', '.join(ACTIVATIONS)})",
+            )
+        if key in values:
+            raise _bad(spec, f"option {key!r} is given twice")
+        values[key] = value
+    options: dict[str, Any] = {}
+    if "activation" in values:
+        if values["activation"] not in ACTIVATIONS:
+            raise _bad(spec, f"unknown activation {values['activation']!r}")
+        options["activation"] = values["activation"]
+    if "dropout" in values:
+        try:
+            options["dropout"] = float(values["dropout"])
+        except ValueError:
+            options["dropout"] = math.nan
+        if not 0.0 <= options["dropout"] < 1.0:
+            raise _bad(spec, f"dropout={values['dropout']} must be a number in [0, 1)")
+    if "batch_norm" in values:
+        if values["batch_norm"].lower() not in ("true", "false", "1", "0"):
+            raise _bad(spec, f"batchnorm={values['batch_norm']} must be true or false")
+        options["batch_norm"] = values["batch_norm"].lower() in ("true", "1")
+    if "channels" in values:
+        options["channels"] = tuple(_ints(values["channels"], "-", spec, "channels"))
+    return _Options(**options)
+
+
+def _canonical(name: str, shape: str, options: _Options, with_channels: bool) -> str:
+    parts = [name, shape, options.activation]
+    if with_channels:
+        parts.append("channels=" + "-".join(map(str, options.channels)))
+    if options.dropout:
+        parts.append(f"dropout={options.dropout:g}")
+    if options.batch_norm:
+        parts.append("batchnorm")
+    return ":".join(parts)
+
+
+def _assemble(
+    name: str,
+    spec: str,
+    module: nn.Module,
+    loss: Loss,
+    *,
+    input_spec: BatchSpec,
+    output_shape: tuple[int, ...],
+) -> Model:
+    if loss.class_targets:
+        if len(output_shape) != 1:
+            raise _bad(
+                spec, f"loss {loss.name} needs one score per class, got {list(output_shape)}"
+            )
+        targets = BatchSpec(torch.int64, ())
+        return Model(name, spec, module, loss, input_spec, targets, num_classes=output_shape[0])
+    return Model(name, spec, module, loss, input_spec, BatchSpec(torch.float32, output_shape))
+
+
+def _mlp(spec: str, args: list[str], loss: Loss, seed: int | None) -> Model:
+    if not args:
+        return models.build_model(spec, loss.name, seed)
+    sizes = _ints(args[0], "-", spec, "layer sizes")
+    if len(sizes) < 2:
+        raise _bad(spec, "need at least two layer sizes, like 64-128-10")
+    options = _parse_options(spec, args[1:], ("activation", "dropout", "batch_norm"))
+    if not options.dropout and not options.batch_norm:
+        # The registry's plain MLP, so its spec string and parameters stay the seed server's.
+        return models.build_model(f"mlp:{args[0]}:{options.activation}", loss.name, seed)
+    if seed is not None:
+        torch.manual_seed(seed)
+    module = build_mlp(
+        sizes,
+        ACTIVATIONS[options.activation],
+        dropout=options.dropout,
+        batch_norm=options.batch_norm,
+    )
+    full = _canonical("mlp", "-".join(map(str, sizes)), options, with_channels=False)
+    inputs = BatchSpec(torch.float32, (sizes[0],))
+    return _assemble("mlp", full, module, loss, input_spec=inputs, output_shape=(sizes[-1],))
+
+
+def _cnn(spec: str, args: list[str], loss: Loss, seed: int | None) -> Model:
+    if not args:
+        raise _bad(spec, "cnn needs an input shape and outputs, like cnn:1x8x8-10")
+    image, dash, outputs_text = args[0].partition("-")
+    dims = _ints(image, "x", spec, "the input shape CxHxW")
+    if len(dims) != 3 or not dash:
+        raise _bad(spec, "cnn needs CxHxW-OUTPUTS, like cnn:1x8x8-10")
+    (outputs,) = _ints(outputs_text, "-", spec, "outputs")
+    options = _parse_options(spec, args[1:], ("activation", "channels", "dropout", "batch_norm"))
+    if seed is not None:
+        torch.manual_seed(seed)
+    channels, height, width = dims
+    module = build_cnn(
+        (channels, height, width),
+        outputs,
+        options.channels,
+        ACTIVATIONS[options.activation],
+        dropout=options.dropout,
+        batch_norm=options.batch_norm,
+    )
+    full = _canonical("cnn", f"{image}-{outputs}", options, with_channels=True)
+    inputs = BatchSpec(torch.float32, (channels, height, width))
+    return _assemble("cnn", full, module, loss, input_spec=inputs, output_shape=(outputs,))
+
+
+def load_factories(entries: Sequence[str]) -> dict[str, Callable[..., Any]]:
+    """Import `NAME=package.module:function` entries (trusted server configuration)."""
+    factories: dict[str, Callable[..., Any]] = {}
+    for entry in entries:
+        name, _, target = entry.partition("=")
+        module_name, _, function_name = target.partition(":")
+        if not name.isidentifier() or not module_name or not function_name:
+            raise InvalidArgumentError(
+                f"model_factory {entry!r}: expected NAME=package.module:function",
+                field="model_factory",
+            )
+        if name in BUILT_IN or name in factories:
+            raise InvalidArgumentError(
+                f"model_factory {entry!r}: the name {name!r} is taken", field="model_factory"
+            )
+        try:
+            function = getattr(importlib.import_module(module_name), function_name)
+        except (ImportError, AttributeError) as error:
+            raise InvalidArgumentError(
+                f"model_factory {entry!r}: cannot import it: {error}", field="model_factory"
+            ) from None
+        if not callable(function):
+            raise InvalidArgumentError(
+                f"model_factory {entry!r}: {function_name} is not callable", field="model_factory"
+            )
+        factories[name] = function
+    return factories
+
+
+def _factory(
+    name: str,
+    spec: str,
+    args: list[str],
+    function: Callable[..., Any],
+    *,
+    loss: Loss,
+    seed: int | None,
+) -> Model:
+    options = {}
+    for item in args:
+        key, has_value, value = item.partition("=")
+        if not has_value or not key:
+            raise _bad(spec, f"factory options are key=value, got {item!r}")
+        options[key] = value
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        built = function(**options)
+    except (TypeError, ValueError) as error:
+        raise _bad(spec, f"factory {name} refused the options: {error}") from None
+    if not isinstance(built, FactoryModel) or not isinstance(built.module, nn.Module):
+        raise _bad(spec, f"factory {name} must return gradserve.server.model_specs.FactoryModel")
+    inputs = BatchSpec(built.input_dtype, tuple(built.input_shape))
+    return _assemble(
+        name, spec, built.module, loss, input_spec=inputs, output_shape=tuple(built.output_shape)
+    )
+
+
+def build(
+    spec: str,
+    loss_name: str | None = None,
+    seed: int | None = 0,
+    *,
+    factories: Sequence[str] = (),
+) -> Model:
+    """Build the model a spec names; InvalidArgumentError naming the problem otherwise."""
+    registered = load_factories(factories)
+    name, *args = spec.split(":")
+    if name not in BUILT_IN and name not in registered:
+        known = ", ".join((*BUILT_IN, *registered))
+        raise InvalidArgumentError(f"model: unknown model {name!r}; known: {known}", field="model")
+    if name == "linear":
+        return models.build_model(spec, loss_name, seed)
+    loss_key = loss_name or ("cross_entropy" if name in ("mlp", "cnn") else "mse")
+    loss = LOSSES.get(loss_key)
+    if loss is None:
+        raise InvalidArgumentError(
+            f"loss: unknown loss {loss_key!r}; known: {', '.join(LOSSES)}", field="loss"
+        )
+    if name == "mlp":
+        return _mlp(spec, args, loss, seed)
+    if name == "cnn":
+        return _cnn(spec, args, loss, seed)
+    return _factory(name, spec, args, registered[name], loss=loss, seed=seed)
+
+
+# -- JSON model files -----------------------------------------------------------------------
+
+_FILE_KEYS = {
+    "linear": {"model", "loss"},
+    "mlp": {"model", "loss", "sizes", "activation", "dropout", "batch_norm"},
+    "cnn": {"model", "loss", "input", "outputs", "channels", "activation", "dropout", "batch_norm"},
+}
+
+
+def spec_from_file(path: Path) -> tuple[str, str | None]:
+    """(spec, loss) from a JSON file such as
+    {"model": "mlp", "sizes": [64, 128, 10], "activation": "relu", "dropout": 0.1,
+     "batch_norm": false, "loss": "cross_entropy"}
+    or {"model": "cnn", "input": [1, 8, 8], "outputs": 10, "channels": [8, 16]},
+    or {"model": "NAME", "options": {...}} for a registered factory."""
+    where = f"model_file {path}"
+    try:
+        document = json.loads(path.read_text())
+    except OSError as error:
+        raise InvalidArgumentError(f"{where}: {error.strerror}", field="model_file") from None
+    except json.JSONDecodeError as error:
+        raise InvalidArgumentError(f"{where}: not JSON: {error}", field="model_file") from None
+    if not isinstance(document, dict) or not isinstance(document.get("model"), str):
+        raise InvalidArgumentError(
+            f'{where}: expected an object with a "model" name', field="model_file"
+        )
+    name = document["model"]
+    allowed = _FILE_KEYS.get(name, {"model", "loss", "options"})
+    unknown = sorted(set(document) - allowed)
+    if unknown:
+        raise InvalidArgumentError(
+            f"{where}: unknown keys for {name}: {', '.join(unknown)}", field="model_file"
+        )
+    loss = document.get("loss")
+    if loss is not None and not isinstance(loss, str):
+        raise InvalidArgumentError(f'{where}: "loss" must be a string', field="model_file")
+    try:
+        parts = [name, *_file_parts(name, document)]
+    except (TypeError, ValueError) as error:
+        raise InvalidArgumentError(f"{where}: {error}", field="model_file") from None
+    return ":".join(parts), loss
+
+
+def _joined(value: Any, separator: str, key: str) -> str:
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise TypeError(f'"{key}" must be a list of integers')
+    return separator.join(map(str, value))
+
+
+def _file_parts(name: str, document: dict[str, Any]) -> list[str]:
+    if name == "linear":
+        return []
+    if name not in _FILE_KEYS:
+        options = document.get("options", {})
+        if not isinstance(options, dict):
+            raise TypeError('"options" must be an object')
+        return [f"{key}={value}" for key, value in options.items()]
+    if name == "mlp":
+        parts = [_joined(document.get("sizes"), "-", "sizes")]
+    else:
+        outputs = document.get("outputs")
+        if not isinstance(outputs, int):
+            raise TypeError('"outputs" must be an integer')
+        parts = [f"{_joined(document.get('input'), 'x', 'input')}-{outputs}"]
+        if "channels" in document:
+            parts.append("channels=" + _joined(document["channels"], "-", "channels"))
+    if "activation" in document:
+        parts.append(str(document["activation"]))
+    if "dropout" in document:
+        parts.append(f"dropout={document['dropout']}")
+    if document.get("batch_norm"):
+        parts.append("batchnorm")
+    return parts
+
+
+# -- device -----------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch.device for `cpu` or `cuda[:N]`; a clear error when CUDA is asked for but absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidArgumentError(
+            f"device: unknown device {name!r}; use cpu or cuda[:N]", field="device"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(
+            f"device: {name!r} is not supported; use cpu or cuda[:N]", field="device"
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(
+                f"device: {name} was asked for, but this torch build sees no CUDA device "
+                f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})",
+                field="device",
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidArgumentError(
+                f"device: {name}: only {torch.cuda.device_count()} CUDA device(s)", field="device"
+            )
+    return device
+
+
+def build_configured(
+    model: str,
+    loss: str | None,
+    seed: int | None,
+    *,
+    model_file: str | None = None,
+    factories: Sequence[str] = (),
+    device: str = "cpu",
+) -> Model:
+    """The server's model from its configuration, on its device. A model file replaces the
+    --model spec; its loss applies unless --loss is given."""
+    where = resolve_device(device)
+    if model_file is not None:
+        model, file_loss = spec_from_file(Path(model_file))
+        loss = loss or file_loss
+    built = build(model, loss, seed, factories=factories)
+    built.module.to(where)
+    return built

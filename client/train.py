@@ -131,7 +131,16 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
         require_matplotlib()
     metrics = TrainMetrics(config.run_id, config.model)
     if config.metrics_port:
-        start_http_server(config.metrics_port, addr=config.metrics_host, registry=metrics.registry)
+        try:
+            start_http_server(
+                config.metrics_port, addr=config.metrics_host, registry=metrics.registry
+            )
+        except OSError as error:
+            # Port 8000 is a common default: say which port, and how to move or drop it.
+            raise OSError(
+                f"cannot serve /metrics on {config.metrics_host}:{config.metrics_port}: "
+                f"{error.strerror or error} (--metrics-port PORT, or 0 for none)"
+            ) from None
     with connect(config) as (client, where):
         client.wait_until_ready(config.connect_timeout_seconds)
         info = client.model_info()
@@ -215,12 +224,18 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
         }
         print(json.dumps(result), file=out)
     if config.pushgateway:
-        push_to_gateway(
-            config.pushgateway,
-            job="gradserve_train",
-            registry=metrics.registry,
-            grouping_key={"run_id": config.run_id},
-        )
+        try:
+            push_to_gateway(
+                config.pushgateway,
+                job="gradserve_train",
+                registry=metrics.registry,
+                grouping_key={"run_id": config.run_id},
+            )
+        except OSError as error:
+            reason = getattr(error, "reason", None) or error.strerror or error
+            raise OSError(
+                f"cannot push to the Pushgateway at {config.pushgateway}: {reason}"
+            ) from None
     if config.metrics_port and config.linger_seconds > 0:
         linger(config.linger_seconds)
     return EXIT_OK

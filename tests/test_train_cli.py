@@ -268,3 +268,26 @@ def test_validation_split_prints_validation_loss() -> None:
     assert summary["batches"] == 11 * 8
     assert 0 < summary["validation_loss"] < 1
     assert epoch_lines[-1].endswith(f"Validation loss: {summary['validation_loss']:.4f}")
+
+
+def test_busy_metrics_port_exits_2_naming_the_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = train("--metrics-port", str(port), "--epochs", "1")
+    assert done.returncode == 2, done.stderr
+    line = one_line(done.stderr)
+    assert f"/metrics on 127.0.0.1:{port}" in line
+    assert "--metrics-port" in line
+
+
+def test_unreachable_pushgateway_is_one_line_naming_it() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    done = train("--pushgateway", url, "--epochs", "1")
+    assert done.returncode == 2, done.stderr
+    assert one_line(done.stderr).startswith(
+        f"gradserve-train: cannot push to the Pushgateway at {url}: "
+    )

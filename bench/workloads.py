@@ -1,0 +1,226 @@
+"""Workloads 1, 2 and 5: the seed run on every path, the MLP streamed, server RSS over many steps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from bench.baselines import BareClient, local_mlp_loop, local_seed_loop
+from bench.processes import echo_server, gradserve_server
+from bench.rows import Row
+from gradserve.client.data import seed_data
+from gradserve.client.gradient_client import GradientClient, TrainStep
+from gradserve.codec import tensor_to_proto
+from gradserve.v1 import gradserve_pb2 as pb
+
+LR = 0.01
+SEED_STEPS = 1000
+METHOD = "/gradserve.v1.GradientService/"
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    repeats: int
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def seed_batches(steps: int = SEED_STEPS) -> list[Batch]:
+    """The tutorial's batches in its order: epochs of 10 batches of 10 samples."""
+    data = seed_data(0).dataset
+    x, y = data.inputs, data.targets
+    one_epoch = [(x[i : i + 10], y[i : i + 10]) for i in range(0, len(x), 10)]
+    return [one_epoch[step % len(one_epoch)] for step in range(steps)]
+
+
+def run_unary(client: GradientClient, batches: Sequence[Batch]) -> float:
+    started = time.perf_counter()
+    for inputs, targets in batches:
+        client.compute_gradients(inputs, targets)
+        client.apply_update(LR)
+    return time.perf_counter() - started
+
+
+def run_stream(
+    client: GradientClient, batches: Sequence[Batch], steps_per_request: int, window: int
+) -> float:
+    def groups() -> Iterator[list[TrainStep]]:
+        for start in range(0, len(batches), steps_per_request):
+            yield [TrainStep((b,), LR) for b in batches[start : start + steps_per_request]]
+
+    started = time.perf_counter()
+    for _ in client.train_stream(groups(), window=window):
+        pass
+    return time.perf_counter() - started
+
+
+def unary_sizes(address: str, inputs: torch.Tensor, targets: torch.Tensor) -> list[tuple[int, int]]:
+    """(request, response) bytes of one ComputeGradients and one ApplyUpdate, from real calls."""
+    compute = pb.ComputeGradientsRequest(
+        inputs=tensor_to_proto(inputs), targets=tensor_to_proto(targets), request_id="0" * 32
+    ).SerializeToString()
+    apply = pb.ApplyUpdateRequest(learning_rate=LR, request_id="1" * 32).SerializeToString()
+    with grpc.insecure_channel(address) as channel:
+        sizes = []
+        for method, request in (("ComputeGradients", compute), ("ApplyUpdate", apply)):
+            reply = channel.unary_unary(METHOD + method)(request, timeout=30)
+            sizes.append((len(request), len(reply)))
+    return sizes
+
+
+SEED_PATHS = (
+    ("unary ComputeGradients+ApplyUpdate", None, None),
+    ("Train stream, 1 step/request, window 8", 1, 8),
+    ("Train stream, 10 steps/request, window 8", 10, 8),
+    ("Train stream, 100 steps/request, window 4", 100, 4),
+    ("Train stream, 1000 steps in one request", 1000, 1),
+)
+
+
+def seed(settings: Settings) -> list[Row]:
+    data = seed_data(0)
+    inputs, targets = data.dataset.inputs, data.dataset.targets
+    initial_w, initial_b = data.initial_w, data.initial_b
+    batches = seed_batches()
+    rows = {
+        name: Row("seed", f"seed 1000 steps: {name}", "ms", "local loop")
+        for name, _, _ in SEED_PATHS
+    }
+    unary_vs_bare = Row(
+        "seed",
+        "seed 1000 steps: unary vs bare gRPC 2 calls/step",
+        "ms",
+        "bare 2-call",
+        target="≤ 1.15x bare",
+        check=lambda ours, ratio: ratio <= 1.15,
+    )
+    fastest = Row(
+        "seed",
+        "seed 1000 steps: fastest path",
+        "ms",
+        "local loop",
+        target="≤ 1.5x local, bitwise",
+        check=lambda ours, ratio: ratio <= 1.5,
+    )
+    with gradserve_server("linear") as server, echo_server() as echo:
+        bare = BareClient(echo.address)
+        sizes = unary_sizes(server.address, *batches[0])
+        unary_vs_bare.notes = f"payloads (req, resp) bytes: {sizes}"
+        with GradientClient(server.address, timeout=60) as client:
+            client.wait_until_ready(30)
+            for _ in range(settings.repeats):
+                local_s, w, b = local_seed_loop(inputs, targets, initial_w, initial_b, SEED_STEPS)
+                bare_s = bare.steps(sizes, len(batches))
+                times = {}
+                for name, per_request, window in SEED_PATHS:
+                    client.set_parameters({"w": initial_w, "b": initial_b})
+                    if per_request is None:
+                        seconds = run_unary(client, batches)
+                    else:
+                        seconds = run_stream(client, batches, per_request, window)
+                    _, final = client.get_parameters()
+                    same = torch.equal(final["w"], w) and torch.equal(final["b"], b)
+                    times[name] = seconds
+                    rows[name].ours.append(seconds * 1e3)
+                    rows[name].baseline.append(local_s * 1e3)
+                    rows[name].bitwise.append(same)
+                unary_s = times[SEED_PATHS[0][0]]
+                unary_vs_bare.ours.append(unary_s * 1e3)
+                unary_vs_bare.baseline.append(bare_s * 1e3)
+                best = min(times, key=lambda n: times[n])
+                fastest.ours.append(times[best] * 1e3)
+                fastest.baseline.append(local_s * 1e3)
+                fastest.bitwise.append(all(r.bitwise[-1] for r in rows.values()))
+                fastest.notes = f"last repeat: {best}"
+        bare.close()
+    return [unary_vs_bare, *rows.values(), fastest]
+
+
+MLP_SIZES = (784, 256, 10)
+MLP_PATHS = (
+    ("Train stream, 1 step/request, window 8", 1, 8),
+    ("Train stream, 10 steps/request, window 4", 10, 4),
+)
+
+
+def mlp(settings: Settings) -> list[Row]:
+    rows = []
+    spec = "mlp:" + "-".join(map(str, MLP_SIZES))
+    generator = torch.Generator().manual_seed(1)
+    with gradserve_server(spec) as server, GradientClient(server.address, timeout=60) as client:
+        client.wait_until_ready(30)
+        _, initial = client.get_parameters()
+        for batch_size, full_steps in ((64, 300), (256, 100)):
+            steps = full_steps // 3 if settings.quick else full_steps
+            batches = [
+                (
+                    torch.randn(batch_size, MLP_SIZES[0], generator=generator),
+                    torch.randint(0, MLP_SIZES[-1], (batch_size,), generator=generator),
+                )
+                for _ in range(steps)
+            ]
+            samples = batch_size * steps
+            path_rows = []
+            for name, per_request, window in MLP_PATHS:
+                row = Row(
+                    "mlp",
+                    f"MLP 784-256-10 batch {batch_size}: {name}",
+                    "samples/s",
+                    "local torch loop",
+                )
+                if batch_size == 64:
+                    row.target = "≥ 0.85x local"
+                    row.check = lambda ours, ratio: ratio >= 0.85
+                path_rows.append((row, per_request, window))
+            for _ in range(settings.repeats):
+                local_s, local_state = local_mlp_loop(MLP_SIZES, batches, lr=LR)
+                for row, per_request, window in path_rows:
+                    client.set_parameters(initial)
+                    seconds = run_stream(client, batches, per_request, window)
+                    _, final = client.get_parameters()
+                    row.ours.append(samples / seconds)
+                    row.baseline.append(samples / local_s)
+                    row.bitwise.append(
+                        final.keys() == local_state.keys()
+                        and all(torch.equal(final[k], local_state[k]) for k in final)
+                    )
+            for row, _, _ in path_rows:
+                row.notes = f"{steps} steps; bitwise = final parameters equal the local loop's"
+                rows.append(row)
+    return rows
+
+
+def rss(settings: Settings) -> list[Row]:
+    """Server VmRSS after a 1,000-step warm-up, then after 100,000 more steps (Train, 100/request)."""
+    steps = 10_000 if settings.quick else 100_000
+    row = Row(
+        "rss",
+        f"server RSS after {steps:,} steps (Train stream, 100 steps/request)",
+        "MB",
+        "RSS after warm-up",
+        target="≤ +5 %",
+        check=lambda ours, ratio: ratio <= 1.05,
+    )
+    data = seed_data(0)
+    epoch = seed_batches(100)
+    with gradserve_server("linear") as server, GradientClient(server.address, timeout=60) as client:
+        client.wait_until_ready(30)
+        cold = server.rss_bytes()
+        client.set_parameters({"w": data.initial_w, "b": data.initial_b})
+        run_stream(client, seed_batches(1000), 100, 4)
+        before = server.rss_bytes()
+        started = time.perf_counter()
+        for _ in range(steps // len(epoch) // 10):
+            run_stream(client, epoch * 10, 100, 4)
+        seconds = time.perf_counter() - started
+        after = server.rss_bytes()
+    row.ours.append(after / 1e6)
+    row.baseline.append(before / 1e6)
+    row.notes = f"RSS at start {cold / 1e6:.1f} MB; {steps:,} steps in {seconds:.1f} s"
+    return [row]

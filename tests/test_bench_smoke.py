@@ -1,0 +1,38 @@
+"""bench/run.py runs: the seed workload, quick, one repeat, ends 0 with every path bitwise equal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_seed_quick_runs_and_is_bitwise(tmp_path: Path) -> None:
+    out = tmp_path / "seed.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/run.py",
+            "--only",
+            "seed",
+            "--quick",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bitwise ✓" in result.stdout
+    assert "bitwise ✗" not in result.stdout
+    assert out.exists()

@@ -1,0 +1,344 @@
+"""Server-side data parallelism over torch.distributed: one model replica per rank, one gRPC
+server on rank 0 (`torchrun --nproc-per-node W server/serve.py ...`; docs/scaling.md).
+
+Rank 0 runs the usual ParameterStore behind gRPC; every other rank loops on commands from rank
+0. Only tensors cross between ranks (broadcast, all_reduce; no pickled objects):
+- compute: rank 0 broadcasts the batch; rank r takes rows tensor_split(batch, W)[r], computes
+  its shard's mean loss and gradients, scaled by n_r / n; an all_reduce(SUM) then gives every
+  rank the full batch's mean loss and gradient (exactly so for losses that are a mean over
+  samples), which every rank adds to its own .grad.
+- step: after rank 0 steps, every rank takes the same optimizer step with the same gradient,
+  so parameters (and optimizer state) stay identical.
+- sync: after parameters are set or gradients dropped, rank 0 broadcasts every parameter.
+- ping: rank 0 sends one when idle, so a dead rank is noticed without traffic.
+A collective that fails or outlasts GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS (the process group's
+timeout) marks the store failed: health turns NOT_SERVING and every call that needs the ranks
+fails with UNAVAILABLE. Per-shard batch statistics (batchnorm) and dropout masks differ from one
+process's, as with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from grpc_health.v1 import health_pb2
+
+from gradserve.errors import GradserveError, UnavailableError
+from gradserve.server.app import SERVICE_NAME, GradientServer
+from gradserve.server.config import ServerConfig
+from gradserve.server.model_specs import build_configured
+from gradserve.server.optimizers import build_optimizer
+from gradserve.server.parameter_store import ParameterStore, Reduction, UpdateResult
+
+logger = logging.getLogger(__name__)
+
+ENV_TIMEOUT = "GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS"
+ENV_HEARTBEAT = "GRADSERVE_DISTRIBUTED_HEARTBEAT_SECONDS"
+
+OP_STOP, OP_PING, OP_COMPUTE, OP_STEP, OP_SYNC = range(5)
+HEADER = 8
+# Batch dtypes by code (the header carries the code).
+DTYPES = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.uint8, torch.bool, torch.int16, torch.int8,
+)  # fmt: skip
+REDUCTIONS = (Reduction.SUM, Reduction.MEAN)
+
+
+def launched() -> bool:
+    """Started by torchrun (or with its environment) with more than one rank."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class DistributedParameterStore(ParameterStore):
+    """A ParameterStore whose gradients are computed by all ranks; see the module docstring."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.failed: str | None = None
+        self.on_failure: Callable[[], None] = lambda: None
+        self._stopped = threading.Event()
+
+    # -- rank 0: the hooks ParameterStore calls with its lock held --------------------------
+
+    def _accumulate(
+        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
+    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+        def send() -> None:
+            header = [OP_COMPUTE, DTYPES.index(inputs.dtype), DTYPES.index(targets.dtype)]
+            header += [inputs.dim(), targets.dim()]
+            self._broadcast_header(header)
+            shapes = torch.tensor([*inputs.shape, *targets.shape], dtype=torch.int64)
+            dist.broadcast(self._to_device(shapes), 0)
+            dist.broadcast(self._to_device(torch.tensor([weight], dtype=torch.float64)), 0)
+            dist.broadcast(self._to_device(inputs.contiguous()), 0)
+            dist.broadcast(self._to_device(targets.contiguous()), 0)
+
+        self._collective(send)
+        return self._collective(lambda: self._compute_and_add(inputs, targets, weight))
+
+    def _step(
+        self, learning_rate: float, reduction: Reduction, expected_version: int | None
+    ) -> UpdateResult:
+        result = super()._step(learning_rate, reduction, expected_version)
+
+        def send() -> None:
+            self._broadcast_header([OP_STEP, REDUCTIONS.index(reduction)])
+            dist.broadcast(self._to_device(torch.tensor([learning_rate], dtype=torch.float64)), 0)
+
+        self._collective(send)
+        return result
+
+    def _drop_gradients(self) -> None:
+        super()._drop_gradients()
+        if self.rank == 0:
+
+            def send() -> None:
+                self._broadcast_header([OP_SYNC])
+                self._broadcast_parameters()
+
+            self._collective(send)
+
+    # -- every rank ------------------------------------------------------------------------
+
+    def _compute_and_add(
+        self, inputs: torch.Tensor, targets: torch.Tensor, weight: float
+    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+        """This rank's shard, all-reduced into the full batch's loss and gradients."""
+        total = inputs.shape[0]
+        rows = torch.tensor_split(torch.arange(total), self.world_size)[self.rank]
+        parameters = self._parameters
+        share = len(rows) / total if total else 0.0
+        if len(rows):
+            self.model.module.train()
+            shard_loss = self.model.loss.function(
+                self.model.module(inputs[rows].to(self.device)), targets[rows].to(self.device)
+            )
+            grads = torch.autograd.grad(shard_loss * share, parameters, allow_unused=True)
+            loss_part = shard_loss.detach().double() * share
+        else:
+            grads = tuple(None for _ in parameters)
+            loss_part = torch.zeros((), dtype=torch.float64, device=self.device)
+        flat = [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for p, g in zip(parameters, grads, strict=True)
+        ]
+        # One all_reduce for all gradients (same dtype) and one for the loss.
+        buffer = torch.cat(flat) if flat else torch.zeros(0, device=self.device)
+        dist.all_reduce(buffer)
+        loss = loss_part.reshape(1).clone()
+        dist.all_reduce(loss)
+        gradients: list[torch.Tensor | None] = []
+        offset = 0
+        for parameter in parameters:
+            count = parameter.numel()
+            gradients.append(buffer[offset : offset + count].view_as(parameter))
+            offset += count
+        return self._add_gradients(float(loss), tuple(gradients), int(total), weight)
+
+    def _add_gradients(
+        self,
+        loss_value: float,
+        gradients: Sequence[torch.Tensor | None],
+        batch_size: int,
+        weight: float,
+    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+        """ParameterStore._accumulate's checks and arithmetic, given the reduced gradients."""
+        import math  # noqa: PLC0415
+
+        from gradserve.errors import FailedPreconditionError  # noqa: PLC0415
+
+        if not math.isfinite(loss_value):
+            raise FailedPreconditionError(
+                f"inputs: the loss is {loss_value} for this batch at model version "
+                f"{self.version}; nothing was accumulated",
+                field="inputs",
+            )
+        for name, gradient in zip(self._named, gradients, strict=True):
+            if gradient is not None and not bool(torch.isfinite(gradient).all()):
+                raise FailedPreconditionError(
+                    f"inputs: the gradient of {name} is not finite for this batch at "
+                    f"model version {self.version}; nothing was accumulated",
+                    field="inputs",
+                )
+        with torch.no_grad():
+            for parameter, gradient in zip(self._parameters, gradients, strict=True):
+                if gradient is None:
+                    continue
+                scaled = gradient * weight if weight != 1.0 else gradient
+                if parameter.grad is None:
+                    parameter.grad = scaled.clone()
+                else:
+                    parameter.grad += scaled
+        self.accumulated_batches += 1
+        self.accumulated_samples += batch_size
+        return loss_value, tuple(gradients)
+
+    def _broadcast_parameters(self) -> None:
+        with torch.no_grad():
+            for parameter in self._parameters:
+                dist.broadcast(parameter.data, 0)
+
+    def _broadcast_header(self, values: Sequence[int]) -> None:
+        header = torch.zeros(HEADER, dtype=torch.int64)
+        header[: len(values)] = torch.tensor(values, dtype=torch.int64)
+        dist.broadcast(self._to_device(header), 0)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if tensor.device == self.device else tensor.to(self.device)
+
+    def _collective(self, work: Callable[[], object]) -> object:  # type: ignore[type-var]
+        """Run collectives on rank 0; any failure marks the store failed (UNAVAILABLE)."""
+        if self.failed is not None:
+            raise UnavailableError(f"distributed server failed: {self.failed}")
+        try:
+            return work()
+        except GradserveError:
+            raise
+        except (RuntimeError, dist.DistBackendError) as error:
+            self.failed = f"a rank stopped answering ({type(error).__name__}: {error})"[:300]
+            logger.error("%s", self.failed)
+            self.on_failure()
+            raise UnavailableError(f"distributed server failed: {self.failed}") from None
+
+    # -- rank 0: lifecycle -----------------------------------------------------------------
+
+    def heartbeat(self, interval: float) -> None:
+        """Ping the ranks whenever `interval` seconds pass; returns when stopped or failed."""
+        while not self._stopped.wait(interval):
+            with self._lock:
+                if self.failed is not None or self._stopped.is_set():
+                    return
+                try:
+                    self._collective(lambda: self._broadcast_header([OP_PING]))
+                except UnavailableError:
+                    return
+
+    def stop_ranks(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            if self.failed is None:
+                with contextlib.suppress(UnavailableError):
+                    self._collective(lambda: self._broadcast_header([OP_STOP]))
+
+    # -- ranks > 0 -------------------------------------------------------------------------
+
+    def follow(self) -> None:
+        """Execute rank 0's commands until it says stop (or the group fails)."""
+        while True:
+            header = torch.zeros(HEADER, dtype=torch.int64, device=self.device)
+            dist.broadcast(header, 0)
+            op = int(header[0])
+            if op == OP_STOP:
+                return
+            if op == OP_COMPUTE:
+                inputs_dtype, targets_dtype = DTYPES[int(header[1])], DTYPES[int(header[2])]
+                inputs_dims, targets_dims = int(header[3]), int(header[4])
+                shapes = torch.zeros(inputs_dims + targets_dims, dtype=torch.int64)
+                shapes = self._to_device(shapes)
+                dist.broadcast(shapes, 0)
+                dims = [int(d) for d in shapes.tolist()]
+                weight = self._to_device(torch.zeros(1, dtype=torch.float64))
+                dist.broadcast(weight, 0)
+                inputs = torch.empty(dims[:inputs_dims], dtype=inputs_dtype, device=self.device)
+                targets = torch.empty(dims[inputs_dims:], dtype=targets_dtype, device=self.device)
+                dist.broadcast(inputs, 0)
+                dist.broadcast(targets, 0)
+                # Rank 0 raises the same error from the same reduced values.
+                with contextlib.suppress(GradserveError):
+                    self._compute_and_add(inputs, targets, float(weight))
+            elif op == OP_STEP:
+                learning_rate = self._to_device(torch.zeros(1, dtype=torch.float64))
+                dist.broadcast(learning_rate, 0)
+                ParameterStore._step(self, float(learning_rate), REDUCTIONS[int(header[1])], None)
+            elif op == OP_SYNC:
+                self._broadcast_parameters()
+                ParameterStore._drop_gradients(self)
+
+
+def store_factory() -> Callable[..., ParameterStore] | None:
+    """The store class rank 0 serves with: distributed once the group is joined."""
+    return DistributedParameterStore if dist.is_initialized() else None
+
+
+def is_rank_zero() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def init_process_group(config: ServerConfig) -> None:
+    timeout = float(os.environ.get(ENV_TIMEOUT, "30"))
+    backend = "nccl" if config.device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    logger.info(
+        "rank %d of %d (%s), collective timeout %gs",
+        dist.get_rank(),
+        dist.get_world_size(),
+        backend,
+        timeout,
+    )
+
+
+def follow_rank_zero(config: ServerConfig) -> int:
+    """A rank > 0: build the same model (same seed) and execute rank 0's commands."""
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    model = build_configured(
+        config.model,
+        config.loss,
+        config.seed,
+        model_file=config.model_file,
+        factories=config.model_factories,
+        device=config.device,
+    )
+    optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
+    store = DistributedParameterStore(model, optimizer, request_id_window=0)
+    # Rank 0 decides when to stop (OP_STOP); a launcher's SIGINT/SIGTERM goes to rank 0 too.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        store.follow()
+    except (RuntimeError, dist.DistBackendError) as error:
+        logger.error("rank %d: rank 0 stopped answering: %s", store.rank, error)
+        return 1
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def attach(running: GradientServer) -> threading.Thread | None:
+    """Rank 0, once serving: report NOT_SERVING on failure, and start the heartbeat."""
+    store = running.store
+    if not isinstance(store, DistributedParameterStore):
+        return None
+
+    def not_serving() -> None:
+        for name in ("", SERVICE_NAME):
+            running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    store.on_failure = not_serving
+    interval = float(
+        os.environ.get(ENV_HEARTBEAT, str(float(os.environ.get(ENV_TIMEOUT, "30")) / 4))
+    )
+    thread = threading.Thread(
+        target=store.heartbeat, args=(interval,), name="gradserve-heartbeat", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def shutdown(store: ParameterStore) -> None:
+    if isinstance(store, DistributedParameterStore):
+        store.stop_ranks()
+        dist.destroy_process_group()

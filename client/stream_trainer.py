@@ -17,13 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from gradserve.client.config import TrainConfig
-from gradserve.client.data import Dataset, batches
+from gradserve.client.data import Dataset
 from gradserve.client.gradient_client import GradientClient, TrainStep
 from gradserve.client.metrics import TrainMetrics
 from gradserve.client.trainer import (
+    BatchSource,
     EpochReport,
     TrainingDiverged,
     TrainSummary,
+    epoch_batches,
     finish_epoch,
 )
 from gradserve.errors import FailedPreconditionError
@@ -37,24 +39,37 @@ class _Sent:
 
 
 def epoch_steps(
-    dataset: Dataset, config: TrainConfig, order: torch.Tensor | None
-) -> list[TrainStep]:
-    """One epoch as steps: accumulation_steps batches each, an update closing every step."""
-    steps: list[TrainStep] = []
+    epoch: Iterator[tuple[torch.Tensor, torch.Tensor]], config: TrainConfig
+) -> Iterator[TrainStep]:
+    """One epoch's batches as steps: accumulation_steps batches each, closed by an update."""
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for batch in batches(dataset, config.batch_size, order):
+    for batch in epoch:
         pending.append(batch)
         if len(pending) == config.accumulation_steps:
-            steps.append(TrainStep(tuple(pending), config.learning_rate, config.reduction))
+            yield TrainStep(tuple(pending), config.learning_rate, config.reduction)
             pending = []
     if pending:
-        steps.append(TrainStep(tuple(pending), config.learning_rate, config.reduction))
-    return steps
+        yield TrainStep(tuple(pending), config.learning_rate, config.reduction)
+
+
+def epoch_requests(
+    epoch: Iterator[tuple[torch.Tensor, torch.Tensor]], config: TrainConfig
+) -> Iterator[tuple[list[TrainStep], bool]]:
+    """Groups of up to steps_per_request steps, each with whether it closes the epoch. Data is
+    read one group ahead, so a streamed file is never held whole."""
+    group: list[TrainStep] = []
+    for step in epoch_steps(epoch, config):
+        if len(group) == config.steps_per_request:
+            yield group, False
+            group = []
+        group.append(step)
+    if group:
+        yield group, True
 
 
 def train_streamed(
     client: GradientClient,
-    train_set: Dataset,
+    train_set: Dataset | BatchSource,
     config: TrainConfig,
     metrics: TrainMetrics,
     *,
@@ -72,12 +87,11 @@ def train_streamed(
     def requests() -> Iterator[list[TrainStep]]:
         shuffler = torch.Generator().manual_seed(config.seed)
         for epoch in range(config.epochs):
-            order = torch.randperm(len(train_set), generator=shuffler) if config.shuffle else None
-            steps = epoch_steps(train_set, config, order)
-            for start in range(0, len(steps), config.steps_per_request):
-                group = steps[start : start + config.steps_per_request]
+            for group, ends_epoch in epoch_requests(
+                epoch_batches(train_set, config, shuffler), config
+            ):
                 samples = sum(int(x.shape[0]) for step in group for x, _ in step.batches)
-                sent.append(_Sent(epoch, start + len(group) >= len(steps), samples))
+                sent.append(_Sent(epoch, ends_epoch, samples))
                 yield group
             if validating:
                 epoch_done.acquire()

@@ -22,10 +22,11 @@ from gradserve.client import datasets
 from gradserve.client.config import TrainConfig, parse_args
 from gradserve.client.csv_stream import CsvStream, open_for_model, should_stream
 from gradserve.client.data import DataError, Dataset, read_csv, seed_data
-from gradserve.client.gradient_client import GradientClient, ModelInfo
+from gradserve.client.gradient_client import GradientClient, ModelInfo, RetryPolicy
 from gradserve.client.metrics import TrainMetrics
 from gradserve.client.plot import plot_data, require_matplotlib, write_plot
 from gradserve.client.progress import ProgressBar
+from gradserve.client.security import bearer_metadata, channel_credentials, read_token
 from gradserve.client.stream_trainer import train_streamed
 from gradserve.client.trainer import EpochReport, TrainingDiverged, train
 from gradserve.errors import GradserveError, UnavailableError
@@ -58,7 +59,15 @@ def connect(config: TrainConfig) -> Iterator[tuple[GradientClient, str]]:
             )
         )
         target = embedded.address
-    client = GradientClient(target, timeout=config.timeout_seconds)
+    client = GradientClient(
+        target,
+        timeout=config.timeout_seconds,
+        retry=RetryPolicy(
+            max_attempts=config.retry_attempts, max_backoff=config.retry_max_backoff_seconds
+        ),
+        credentials=channel_credentials(config.tls_ca, config.tls_cert, config.tls_key),
+        metadata=bearer_metadata(read_token(config.token_file)),
+    )
     try:
         yield client, ("embedded " if embedded else "") + target
     finally:
@@ -170,9 +179,7 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
                     line += f", Accuracy: {report.accuracy:.3f}"
                 bar.write(line, human)
 
-        # A CSV streamed from disk goes batch by batch (unary calls), whatever --transport says.
-        streamed = not isinstance(train_set, Dataset)
-        loop = train_streamed if config.transport == "stream" and not streamed else train
+        loop = train_streamed if config.transport == "stream" else train
         summary = loop(
             client,
             train_set,  # type: ignore[arg-type]  # a CsvStream only ever goes to train()

@@ -200,7 +200,7 @@ def test_prometheus_scrapes_the_loss_falling(prometheus: tuple[str, int]) -> Non
         )
 
     poll("Prometheus picking up the scrape target", target_active, STARTUP_TIMEOUT)
-    epochs = 300
+    epochs = 400
     trainer = start_trainer(
         "--epochs", str(epochs),
         "--lr", "0.002",
@@ -230,8 +230,10 @@ def test_prometheus_scrapes_the_loss_falling(prometheus: tuple[str, int]) -> Non
     losses = [v for _, v in raw_samples(url, "gradserve_train_loss", run_id) if v != 0.0]
     steps_seen = [v for _, v in raw_samples(url, "gradserve_train_steps_total", run_id)]
     during = [v for v in steps_seen if 0 < v < steps]
-    assert len(during) >= 3, f"scraped only {steps_seen} while training"
-    assert len(losses) >= 4, losses
+    # Every 200 ms when idle; on a loaded 2-core machine Prometheus falls behind, so ask for
+    # two scrapes mid-run (plus the final one), not one per interval.
+    assert len(during) >= 2, f"scraped only {steps_seen} while training"
+    assert len(losses) >= 3, losses
     assert losses[0] > losses[-1], losses
     epoch_losses = [
         v for _, v in raw_samples(url, "gradserve_train_epoch_loss", run_id) if v != 0.0

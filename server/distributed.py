@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import os
 import signal
 import threading
@@ -31,19 +32,24 @@ import torch
 import torch.distributed as dist
 from grpc_health.v1 import health_pb2
 
-from gradserve.errors import GradserveError, UnavailableError
+from gradserve.errors import FailedPreconditionError, GradserveError, UnavailableError
 from gradserve.server.app import SERVICE_NAME, GradientServer
 from gradserve.server.config import ServerConfig
 from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore, Reduction, UpdateResult
+from gradserve.server.parameter_store import (
+    ParameterStore,
+    Reduction,
+    StoreState,
+    UpdateResult,
+)
 
 logger = logging.getLogger(__name__)
 
 ENV_TIMEOUT = "GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS"
 ENV_HEARTBEAT = "GRADSERVE_DISTRIBUTED_HEARTBEAT_SECONDS"
 
-OP_STOP, OP_PING, OP_COMPUTE, OP_STEP, OP_SYNC = range(5)
+OP_STOP, OP_PING, OP_COMPUTE, OP_STEP, OP_SYNC, OP_RESTORE = range(6)
 HEADER = 8
 # Batch dtypes by code (the header carries the code).
 DTYPES = (
@@ -109,6 +115,42 @@ class DistributedParameterStore(ParameterStore):
 
             self._collective(send)
 
+    def restore_state(self, state: StoreState) -> None:
+        """A checkpoint restored on rank 0 reaches every rank: parameters, gradients, counts.
+        Optimizer state (momentum, Adam's moments) has no tensor-only form here: refused."""
+        if state.optimizer.get("state"):
+            raise FailedPreconditionError(
+                "checkpoint: restoring optimizer state (momentum, Adam) into a distributed "
+                "server is not supported; use a single-process server or plain SGD",
+                field="checkpoint",
+            )
+        super().restore_state(state)
+
+        def send() -> None:
+            self._broadcast_header([OP_RESTORE])
+            self._broadcast_state()
+
+        with self._lock:
+            self._collective(send)
+
+    def _broadcast_state(self) -> None:
+        """Parameters, which have .grad, the gradients, and the counts, from rank 0."""
+        self._broadcast_parameters()
+        has = [p.grad is not None for p in self._parameters]
+        mask = self._to_device(torch.tensor(has, dtype=torch.int64))
+        dist.broadcast(mask, 0)
+        counts = torch.tensor([self.accumulated_batches, self.accumulated_samples])
+        counts = self._to_device(counts)
+        dist.broadcast(counts, 0)
+        for parameter, present in zip(self._parameters, mask.tolist(), strict=True):
+            if present:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                dist.broadcast(parameter.grad, 0)
+            else:
+                parameter.grad = None
+        self.accumulated_batches, self.accumulated_samples = (int(c) for c in counts.tolist())
+
     # -- every rank ------------------------------------------------------------------------
 
     def _compute_and_add(
@@ -154,10 +196,6 @@ class DistributedParameterStore(ParameterStore):
         weight: float,
     ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
         """ParameterStore._accumulate's checks and arithmetic, given the reduced gradients."""
-        import math  # noqa: PLC0415
-
-        from gradserve.errors import FailedPreconditionError  # noqa: PLC0415
-
         if not math.isfinite(loss_value):
             raise FailedPreconditionError(
                 f"inputs: the loss is {loss_value} for this batch at model version "
@@ -261,6 +299,8 @@ class DistributedParameterStore(ParameterStore):
                 learning_rate = self._to_device(torch.zeros(1, dtype=torch.float64))
                 dist.broadcast(learning_rate, 0)
                 ParameterStore._step(self, float(learning_rate), REDUCTIONS[int(header[1])], None)
+            elif op == OP_RESTORE:
+                self._broadcast_state()
             elif op == OP_SYNC:
                 self._broadcast_parameters()
                 ParameterStore._drop_gradients(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ENV_HOST = "GRADSERVE_HOST"
 ENV_PORT = "GRADSERVE_PORT"
@@ -26,6 +26,24 @@ ENV_TORCH_THREADS = "GRADSERVE_TORCH_THREADS"
 ENV_REQUEST_ID_WINDOW = "GRADSERVE_REQUEST_ID_WINDOW"
 ENV_SHUTDOWN_GRACE = "GRADSERVE_SHUTDOWN_GRACE_SECONDS"
 ENV_LOG_LEVEL = "GRADSERVE_LOG_LEVEL"
+ENV_CHECKPOINT_DIR = "GRADSERVE_CHECKPOINT_DIR"
+ENV_CHECKPOINT_EVERY_UPDATES = "GRADSERVE_CHECKPOINT_EVERY_UPDATES"
+ENV_CHECKPOINT_EVERY_SECONDS = "GRADSERVE_CHECKPOINT_EVERY_SECONDS"
+ENV_CHECKPOINT_KEEP = "GRADSERVE_CHECKPOINT_KEEP"
+ENV_TLS_CERT = "GRADSERVE_TLS_CERT"
+ENV_TLS_KEY = "GRADSERVE_TLS_KEY"
+ENV_TLS_CLIENT_CA = "GRADSERVE_TLS_CLIENT_CA"
+ENV_AUTH_TOKENS_FILE = "GRADSERVE_AUTH_TOKENS_FILE"
+# Tokens themselves, comma- or newline-separated (for secrets injected as environment).
+ENV_AUTH_TOKENS = "GRADSERVE_AUTH_TOKENS"
+ENV_AUTH_ALLOW_UNAUTHENTICATED_HEALTH = "GRADSERVE_AUTH_ALLOW_UNAUTHENTICATED_HEALTH"
+ENV_MODE = "GRADSERVE_MODE"
+ENV_SYNC_CONTRIBUTIONS = "GRADSERVE_SYNC_CONTRIBUTIONS"
+ENV_SYNC_UNIT = "GRADSERVE_SYNC_UNIT"
+ENV_SYNC_TIMEOUT = "GRADSERVE_SYNC_TIMEOUT_SECONDS"
+ENV_SYNC_TIMEOUT_POLICY = "GRADSERVE_SYNC_TIMEOUT_POLICY"
+ENV_MAX_STALENESS = "GRADSERVE_MAX_STALENESS"
+ENV_STALE_POLICY = "GRADSERVE_STALE_POLICY"
 
 MIB = 1024 * 1024
 
@@ -62,10 +80,48 @@ class ServerConfig:
     request_id_window: int = 1024
     shutdown_grace_seconds: float = 5.0
     log_level: str = "INFO"
+    # Checkpoints (server/checkpoints.py): restored on start, saved every N updates and/or
+    # every T seconds (None: not), on shutdown and on SaveCheckpoint; the newest `keep` kept.
+    checkpoint_dir: str | None = None
+    checkpoint_every_updates: int | None = None
+    checkpoint_every_seconds: float | None = None
+    checkpoint_keep: int = 3
+    # TLS: certificate chain and key (PEM files); with tls_client_ca, clients must present a
+    # certificate signed by that CA (mTLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Bearer tokens (server/auth.py): a file with one token per line and/or tokens given
+    # directly; none configured means no token is asked for. Never printed (repr=False).
+    auth_tokens_file: str | None = None
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Health checks (and reflection) without a token, so orchestrators can probe.
+    auth_allow_unauthenticated_health: bool = True
+    # Many workers on one model (server/coordination.py, docs/scaling.md): "direct" (each call
+    # acts at once), "sync" (ApplyUpdate waits for N contributions) or "async" (bounded staleness).
+    mode: str = "direct"
+    sync_contributions: int = 1
+    sync_unit: str = "batches"
+    sync_timeout_seconds: float = 30.0
+    sync_timeout_policy: str = "apply"
+    max_staleness: int = 4
+    stale_policy: str = "reject"
 
 
 def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("", "none") else int(text)
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("", "none") else float(text)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def parse_args(
@@ -182,6 +238,117 @@ def parse_args(
         "--log-level",
         default=env_or(ENV_LOG_LEVEL, default.log_level),
         help=f"DEBUG | INFO | WARNING | ERROR [{ENV_LOG_LEVEL}]",
+    )
+    add(
+        "--checkpoint-dir",
+        default=env_or(ENV_CHECKPOINT_DIR, default.checkpoint_dir) or None,
+        help=f"restore from and save checkpoints to this directory [{ENV_CHECKPOINT_DIR}]",
+    )
+    add(
+        "--checkpoint-every-updates",
+        type=_optional_int,
+        default=_optional_int(
+            env_or(ENV_CHECKPOINT_EVERY_UPDATES, default.checkpoint_every_updates)
+        ),
+        help=f"save a checkpoint every N updates [{ENV_CHECKPOINT_EVERY_UPDATES}]",
+    )
+    add(
+        "--checkpoint-every-seconds",
+        type=_optional_float,
+        default=_optional_float(
+            env_or(ENV_CHECKPOINT_EVERY_SECONDS, default.checkpoint_every_seconds)
+        ),
+        help=f"save a checkpoint every T seconds when something changed [{ENV_CHECKPOINT_EVERY_SECONDS}]",
+    )
+    add(
+        "--checkpoint-keep",
+        type=int,
+        default=int(env_or(ENV_CHECKPOINT_KEEP, default.checkpoint_keep)),
+        help=f"checkpoints kept, newest first [{ENV_CHECKPOINT_KEEP}]",
+    )
+    add(
+        "--tls-cert",
+        default=env_or(ENV_TLS_CERT, default.tls_cert) or None,
+        help=f"server certificate chain (PEM); turns TLS on [{ENV_TLS_CERT}]",
+    )
+    add(
+        "--tls-key",
+        default=env_or(ENV_TLS_KEY, default.tls_key) or None,
+        help=f"its key [{ENV_TLS_KEY}]",
+    )
+    add(
+        "--tls-client-ca",
+        default=env_or(ENV_TLS_CLIENT_CA, default.tls_client_ca) or None,
+        help=f"require client certificates signed by this CA (mTLS) [{ENV_TLS_CLIENT_CA}]",
+    )
+    add(
+        "--auth-tokens-file",
+        default=env_or(ENV_AUTH_TOKENS_FILE, default.auth_tokens_file) or None,
+        help=f"require 'authorization: Bearer <token>', tokens one per line [{ENV_AUTH_TOKENS_FILE}]; "
+        f"tokens can also come from {ENV_AUTH_TOKENS}",
+    )
+    add(
+        "--auth-allow-unauthenticated-health",
+        type=_bool,
+        default=_bool(
+            env_or(ENV_AUTH_ALLOW_UNAUTHENTICATED_HEALTH, default.auth_allow_unauthenticated_health)
+        ),
+        help="true: health checks and reflection need no token (default) "
+        f"[{ENV_AUTH_ALLOW_UNAUTHENTICATED_HEALTH}]",
+    )
+    # Secrets from the environment only, never from argv (visible in ps).
+    parser.set_defaults(
+        auth_tokens=tuple(
+            t.strip()
+            for t in env.get(ENV_AUTH_TOKENS, "").replace(",", "\n").splitlines()
+            if t.strip()
+        )
+    )
+    add(
+        "--mode",
+        choices=("direct", "sync", "async"),
+        default=env_or(ENV_MODE, default.mode),
+        help=f"many workers: direct (each call acts at once), sync (ApplyUpdate waits for "
+        f"--sync-contributions), async (bounded staleness) [{ENV_MODE}]",
+    )
+    add(
+        "--sync-contributions",
+        type=int,
+        default=int(env_or(ENV_SYNC_CONTRIBUTIONS, default.sync_contributions)),
+        help=f"sync: contributions per update, in --sync-unit [{ENV_SYNC_CONTRIBUTIONS}]",
+    )
+    add(
+        "--sync-unit",
+        choices=("batches", "samples"),
+        default=env_or(ENV_SYNC_UNIT, default.sync_unit),
+        help=f"sync: what --sync-contributions counts [{ENV_SYNC_UNIT}]",
+    )
+    add(
+        "--sync-timeout",
+        dest="sync_timeout_seconds",
+        type=float,
+        default=float(env_or(ENV_SYNC_TIMEOUT, default.sync_timeout_seconds)),
+        help=f"sync: seconds a round waits from its first ApplyUpdate [{ENV_SYNC_TIMEOUT}]",
+    )
+    add(
+        "--sync-timeout-policy",
+        choices=("apply", "abort"),
+        default=env_or(ENV_SYNC_TIMEOUT_POLICY, default.sync_timeout_policy),
+        help=f"sync: on timeout apply what arrived, or abort the round (ABORTED, gradients "
+        f"discarded) [{ENV_SYNC_TIMEOUT_POLICY}]",
+    )
+    add(
+        "--max-staleness",
+        type=int,
+        default=int(env_or(ENV_MAX_STALENESS, default.max_staleness)),
+        help=f"async: versions a contribution may lag at full weight [{ENV_MAX_STALENESS}]",
+    )
+    add(
+        "--stale-policy",
+        choices=("reject", "downweight"),
+        default=env_or(ENV_STALE_POLICY, default.stale_policy),
+        help=f"async: staler contributions are rejected (ABORTED) or weighted 1/(1+staleness) "
+        f"[{ENV_STALE_POLICY}]",
     )
     args = parser.parse_args(argv)
     return ServerConfig(

@@ -117,7 +117,9 @@ def test_a_broken_newest_checkpoint_is_skipped(
 
     with caplog.at_level(logging.WARNING, logger="gradserve.server.checkpoints"):
         restarted = make_server(checkpoint_dir=str(tmp_path))
-    assert any(newest.name in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records)
+    assert any(
+        newest.name in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records
+    )
     with GradientClient(restarted.address) as client:
         assert client.model_info().model_version == 3
         version, parameters = client.get_parameters()

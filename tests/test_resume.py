@@ -166,6 +166,8 @@ def test_training_survives_three_kill_9s_bitwise(make_server, tmp_path, caplog) 
     assert "skipping checkpoint" in log
     assert log.count("restored checkpoint") == 3
     # Each restart came back at or before the version it was killed at.
-    assert all(
-        v is not None and v <= t for v, t in zip(restarted_at, kill_at, strict=True)
-    ), (restarted_at, kill_at, [line for line in log.splitlines() if 'checkpoint' in line])
+    assert all(v is not None and v <= t for v, t in zip(restarted_at, kill_at, strict=True)), (
+        restarted_at,
+        kill_at,
+        [line for line in log.splitlines() if "checkpoint" in line],
+    )

@@ -64,3 +64,23 @@ class ServerMetrics:
             ["grpc_method"],
             registry=r,
         )
+        # Many workers (server/coordination.py): async staleness and sync rounds.
+        self.staleness = Histogram(
+            "gradserve_gradient_staleness",
+            "Async mode: model versions between a contribution's based_on_version and the "
+            "version its gradients were computed at.",
+            buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
+        self.stale_contributions = Counter(
+            "gradserve_stale_contributions_total",
+            "Async mode: contributions over max_staleness, by outcome (rejected, downweighted).",
+            ["outcome"],
+            registry=r,
+        )
+        self.sync_rounds = Counter(
+            "gradserve_sync_rounds_total",
+            "Sync mode: rounds ended, by outcome (applied, timed_out_applied, aborted, empty).",
+            ["outcome"],
+            registry=r,
+        )

@@ -12,6 +12,7 @@ from types import FrameType
 from prometheus_client import start_http_server
 
 from gradserve.errors import GradserveError
+from gradserve.server import distributed
 from gradserve.server.app import create_server, format_address
 from gradserve.server.config import parse_args
 
@@ -23,8 +24,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if distributed.launched():
+        # torchrun: every rank joins; ranks > 0 follow rank 0, which serves gRPC.
+        distributed.init_process_group(config)
+        if not distributed.is_rank_zero():
+            return distributed.follow_rank_zero(config)
     try:
-        running = create_server(config)
+        running = create_server(config, store_factory=distributed.store_factory())
     except GradserveError as error:
         print(f"gradserve-server: {error}", file=sys.stderr)
         return 2
@@ -34,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.host, registry=running.metrics.registry)
         print(f"metrics on {format_address(config.host, config.metrics_port)}", flush=True)
+    distributed.attach(running)
     print(f"listening on {running.address}", flush=True)
 
     stop_requested = threading.Event()
@@ -48,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     stop_requested.wait()
     running.stop()
+    distributed.shutdown(running.store)
     logger.info("stopped at model version %d", running.store.version)
     return 0
 

@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # glibc: keep freed memory in the heap instead of fresh mmap()s per large buffer (CONVENTIONS.md).
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 START_TIMEOUT = 60.0
+# One intra-op thread for the server and for the local loops alike: on 2 shared cores, two
+# OpenMP threads collapse under contention (MLP batch 256, load 6.9: 2,900-7,200 samples/s
+# with 2 threads against 80,000-92,000 with 1).
+TORCH_THREADS = 1
 
 
 class ServerProcess:
@@ -110,7 +114,8 @@ class ServerProcess:
 def gradserve_server(
     model: str, *extra: str, env: Mapping[str, str] | None = None
 ) -> ServerProcess:
-    args = ["--metrics-port", "0", "--model", model, "--log-level", "WARNING", *extra]
+    args = ["--metrics-port", "0", "--model", model, "--log-level", "WARNING"]
+    args += ["--torch-threads", str(TORCH_THREADS), *extra]
     return ServerProcess("server/serve.py", args, env)
 
 

@@ -25,6 +25,7 @@ import grpc
 import torch
 
 from bench.concurrency import clients
+from bench.processes import TORCH_THREADS
 from bench.rows import Row, stats
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
@@ -115,6 +116,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    torch.set_num_threads(TORCH_THREADS)
     repeats = args.repeats or (2 if args.quick else 5)
     settings = Settings(quick=args.quick, repeats=max(1, repeats))
     names = args.only or list(WORKLOADS)

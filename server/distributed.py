@@ -27,6 +27,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,7 @@ from gradserve.server.parameter_store import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENV_TIMEOUT = "GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS"
 ENV_HEARTBEAT = "GRADSERVE_DISTRIBUTED_HEARTBEAT_SECONDS"
@@ -161,6 +163,7 @@ class DistributedParameterStore(ParameterStore):
         rows = torch.tensor_split(torch.arange(total), self.world_size)[self.rank]
         parameters = self._parameters
         share = len(rows) / total if total else 0.0
+        grads: tuple[torch.Tensor | None, ...]
         if len(rows):
             self.model.module.train()
             shard_loss = self.model.loss.function(
@@ -235,7 +238,7 @@ class DistributedParameterStore(ParameterStore):
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if tensor.device == self.device else tensor.to(self.device)
 
-    def _collective(self, work: Callable[[], object]) -> object:  # type: ignore[type-var]
+    def _collective(self, work: Callable[[], T]) -> T:
         """Run collectives on rank 0; any failure marks the store failed (UNAVAILABLE)."""
         if self.failed is not None:
             raise UnavailableError(f"distributed server failed: {self.failed}")

@@ -97,16 +97,19 @@ def train_resumable(
     classification: bool = False,
     on_epoch: Callable[[EpochReport], None] = lambda report: None,
     initial: Mapping[str, torch.Tensor] | None = None,
+    start_version: int | None = None,
     max_resyncs: int = 100,
 ) -> TrainSummary:
     """train() with resume. `initial` parameters are set first (and again should the server
-    fall back to before them); without them the run starts from the server's version."""
+    fall back to before them); without them the run starts from the server's version.
+    A caller that has set them already passes the version that produced as start_version."""
     plan = StepPlan(train_set, config)
     summary = TrainSummary()
     started = time.perf_counter()
-    start_version = (
-        client.set_parameters(dict(initial)) if initial else client.model_info().model_version
-    )
+    if start_version is None:
+        start_version = (
+            client.set_parameters(dict(initial)) if initial else client.model_info().model_version
+        )
     step_losses: dict[int, list[float]] = {}
     step = 0
     resyncs = 0
@@ -126,11 +129,11 @@ def train_resumable(
             resyncs += 1
             if resyncs > max_resyncs:
                 raise ResumeError(f"gave up after {max_resyncs} re-syncs: {reason}") from None
-            step, start_version = _resync(client, config, plan, start_version, initial)
+            step, start_version = resync(client, config, plan.total_steps, start_version, initial)
             logger.info("re-synced after %s: continuing at step %d", reason, step)
             for dropped in [s for s in step_losses if s >= step]:
                 del step_losses[dropped]
-            _truncate(summary, step // plan.steps_per_epoch, plan.batches_per_epoch)
+            forget_epochs(summary, step // plan.steps_per_epoch, plan.batches_per_epoch)
             summary.steps = step
             summary.batches = sum(len(losses) for losses in step_losses.values())
             continue
@@ -205,10 +208,10 @@ def _run_step(
     metrics.step_duration.observe(time.perf_counter() - step_started)
 
 
-def _resync(
+def resync(
     client: GradientClient,
     config: TrainConfig,
-    plan: StepPlan,
+    total_steps: int | None,
     start_version: int,
     initial: Mapping[str, torch.Tensor] | None,
 ) -> tuple[int, int]:
@@ -226,15 +229,15 @@ def _resync(
             )
         return 0, client.set_parameters(dict(initial), expected_version=info.model_version)
     step = info.model_version - start_version
-    if step > plan.total_steps:
+    if total_steps is not None and step > total_steps:
         raise ResumeError(
             f"the server is at version {info.model_version}, past this run's last step "
-            f"({start_version + plan.total_steps}): someone else is training it"
+            f"({start_version + total_steps}): someone else is training it"
         )
     return step, start_version
 
 
-def _truncate(summary: TrainSummary, epochs: int, batches_per_epoch: int) -> None:
+def forget_epochs(summary: TrainSummary, epochs: int, batches_per_epoch: int) -> None:
     """Forget the per-epoch records of the epochs that will be run again."""
     del summary.epoch_losses[epochs:]
     del summary.batch_losses[epochs * batches_per_epoch :]

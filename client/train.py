@@ -26,6 +26,7 @@ from gradserve.client.gradient_client import GradientClient, ModelInfo, RetryPol
 from gradserve.client.metrics import TrainMetrics
 from gradserve.client.plot import plot_data, require_matplotlib, write_plot
 from gradserve.client.progress import ProgressBar
+from gradserve.client.resume import ResumeError, train_resumable
 from gradserve.client.security import bearer_metadata, channel_credentials, read_token
 from gradserve.client.stream_trainer import train_streamed
 from gradserve.client.trainer import EpochReport, TrainingDiverged, train
@@ -163,8 +164,8 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
             train_set, validation_set = split(dataset, config.validation_split, config.seed)
             if config.dataset is not None:
                 train_set, validation_set = datasets.standardize(train_set, validation_set)
-        if initial:
-            client.set_parameters(initial)
+        # Step s of the run applies at version start_version + s (how the loops resume).
+        start_version = client.set_parameters(initial) if initial else info.model_version
         if isinstance(train_set, Dataset) and (config.show_graph or config.graph_dot is not None):
             show_graph(client, train_set, config, human)
         bar = ProgressBar(config.epochs, err, config.progress)
@@ -179,16 +180,42 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
                     line += f", Accuracy: {report.accuracy:.3f}"
                 bar.write(line, human)
 
-        loop = train_streamed if config.transport == "stream" else train
-        summary = loop(
-            client,
-            train_set,  # type: ignore[arg-type]  # a CsvStream only ever goes to train()
-            config,
-            metrics,
-            validation_set=validation_set,
-            classification=info.target.dtype == torch.int64,
-            on_epoch=on_epoch,
-        )
+        classification = info.target.dtype == torch.int64
+        if config.transport == "stream":
+            summary = train_streamed(
+                client,
+                train_set,
+                config,
+                metrics,
+                validation_set=validation_set,
+                classification=classification,
+                on_epoch=on_epoch,
+                initial=initial,
+                start_version=start_version,
+            )
+        elif isinstance(train_set, Dataset):
+            summary = train_resumable(
+                client,
+                train_set,
+                config,
+                metrics,
+                validation_set=validation_set,
+                classification=classification,
+                on_epoch=on_epoch,
+                initial=initial,
+                start_version=start_version,
+            )
+        else:
+            # A CSV read from disk as it goes cannot be replayed from an arbitrary step.
+            summary = train(
+                client,
+                train_set,
+                config,
+                metrics,
+                validation_set=validation_set,
+                classification=classification,
+                on_epoch=on_epoch,
+            )
         bar.close()
         version, parameters = client.get_parameters()
     if config.plot is not None:
@@ -283,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnavailableError as error:
         print(f"gradserve-train: cannot reach the server: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except TrainingDiverged as error:
+    except (TrainingDiverged, ResumeError) as error:
         print(f"gradserve-train: {error}", file=sys.stderr)
         return EXIT_FAILED
     except GradserveError as error:

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gradserve.client.errors import error_from_rpc
 from gradserve.codec import (
     DEFAULT_CHUNK_BYTES,
+    ChunkAssembler,
     dtype_from_proto,
     tensor_from_proto,
     tensor_to_chunks,
@@ -435,25 +436,18 @@ class GradientClient:
         """GetParameters in chunks: no message-size limit applies to the model's size."""
         request = pb.StreamParametersRequest(names=list(names), chunk_bytes=chunk_bytes)
         version = 0
-        parts: dict[str, tuple[pb.ParameterChunk, list[bytes]]] = {}
-        current: list[bytes] | None = None
+        assembler = ChunkAssembler()
         try:
             for chunk in self._stub.StreamParameters(
                 request, timeout=self.timeout, metadata=self._metadata
             ):
                 version = chunk.model_version
-                if chunk.name:
-                    current = []
-                    parts[chunk.name] = (chunk, current)
-                if current is not None:
-                    current.append(chunk.data)
+                assembler.add(chunk)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
-        tensors = {}
-        for name, (head, pieces) in parts.items():
-            whole = pb.Tensor(name=name, dtype=head.dtype, shape=head.shape, data=b"".join(pieces))
-            tensors[name] = tensor_from_proto(whole, f"parameters[{name}]").clone()
-        return version, tensors
+        if assembler.empty:
+            return version, {}
+        return version, dict(assembler.tensors())
 
     def upload_parameters(
         self,

@@ -94,15 +94,24 @@ def _wire_type(value: int, field: str) -> WireType:
 
 def tensor_to_proto(tensor: torch.Tensor, name: str = "") -> pb.Tensor:
     """Encode a tensor (any device, any strides) as a gradserve.v1.Tensor."""
+    return tensor_into_proto(tensor, pb.Tensor(), name)
+
+
+def tensor_into_proto(tensor: torch.Tensor, message: pb.Tensor, name: str = "") -> pb.Tensor:
+    """Encode into an existing message, e.g. `response.parameters.add()`: building a repeated
+    field from a list of messages would copy every tensor's bytes once more."""
     wire = _BY_TORCH.get(tensor.dtype)
     if wire is None:
         raise TypeError(f"{tensor.dtype} has no gradserve.v1 DataType")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if not _LITTLE_ENDIAN_HOST and wire.itemsize > 1:
         flat = _swap_bytes(flat)
+    message.name = name
+    message.dtype = wire.proto
+    message.shape[:] = tensor.shape
     # A uint8 view reads every dtype, bfloat16 included, which numpy itself cannot hold.
-    data = flat.view(torch.uint8).numpy().tobytes()
-    return pb.Tensor(name=name, dtype=wire.proto, shape=tensor.shape, data=data)
+    message.data = flat.view(torch.uint8).numpy().tobytes()
+    return message
 
 
 def tensor_from_proto(
@@ -202,14 +211,19 @@ def tensor_to_chunks(
 
 
 class ChunkAssembler:
-    """Collects ParameterChunks back into tensors, checking each against `expected`
-    (name -> (dtype, shape)) as it arrives, so a bad upload fails early and cannot grow
-    past the model's own size."""
+    """Collects ParameterChunks back into tensors, one copy per byte: each parameter's bytes
+    land in a tensor allocated once, at their offset.
 
-    def __init__(self, expected: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
+    With `expected` (name -> (dtype, shape), the server's side), each chunk is checked as it
+    arrives, so a bad upload fails early and cannot grow past the model's own size. Without it
+    (the client reading its own server's answer), the first chunk's dtype and shape are used."""
+
+    def __init__(
+        self, expected: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
+    ) -> None:
         self._expected = expected
-        self._buffers: dict[str, bytearray] = {}
-        self._sizes: dict[str, int] = {}
+        self._buffers: dict[str, tuple[torch.Tensor, torch.dtype, tuple[int, ...]]] = {}
+        self._filled: dict[str, int] = {}
         self._current: str | None = None
         self._chunks = 0
 
@@ -222,64 +236,71 @@ class ChunkAssembler:
             raise InvalidArgumentError(
                 f"{field}.name: the first chunk must name its parameter", field=f"{field}.name"
             )
-        buffer = self._buffers[self._current]
-        if chunk.offset != len(buffer):
+        name = self._current
+        buffer = self._buffers[name][0]
+        filled = self._filled[name]
+        if chunk.offset != filled:
             raise InvalidArgumentError(
-                f"{field}.offset: {chunk.offset}, expected {len(buffer)} for {self._current!r}",
+                f"{field}.offset: {chunk.offset}, expected {filled} for {name!r}",
                 field=f"{field}.offset",
             )
-        data = chunk.data
-        if len(buffer) + len(data) > self._sizes[self._current]:
+        data = chunk.data  # read once: the upb backend builds a new object on every access
+        if filled + len(data) > buffer.numel():
             raise InvalidArgumentError(
-                f"{field}.data: more bytes than {self._current!r} holds "
-                f"({self._sizes[self._current]})",
+                f"{field}.data: more bytes than {name!r} holds ({buffer.numel()})",
                 field=f"{field}.data",
             )
-        buffer += data
+        if data:
+            buffer[filled : filled + len(data)] = torch.frombuffer(data, dtype=torch.uint8)
+        self._filled[name] = filled + len(data)
 
     def _start(self, chunk: pb.ParameterChunk, field: str) -> None:
         name = chunk.name
-        if name not in self._expected:
-            raise InvalidArgumentError(
-                f"{field}.name: no parameter {name!r}; the model has {', '.join(self._expected)}",
-                field=f"{field}.name",
-            )
         if name in self._buffers:
             raise InvalidArgumentError(
                 f"{field}.name: {name!r} is sent twice", field=f"{field}.name"
             )
-        dtype, shape = self._expected[name]
         wire = _wire_type(chunk.dtype, f"{field}.dtype")
-        if wire.torch_dtype != dtype:
-            raise InvalidArgumentError(
-                f"{field}.dtype: {wire.name} for {name!r}, expected {torch_dtype_name(dtype)}",
-                field=f"{field}.dtype",
-            )
-        if tuple(chunk.shape) != shape:
-            raise InvalidArgumentError(
-                f"{field}.shape: {list(chunk.shape)} for {name!r}, expected {list(shape)}",
-                field=f"{field}.shape",
-            )
-        self._sizes[name] = math.prod(shape) * wire.itemsize
-        self._buffers[name] = bytearray()
+        shape = decode_shape(chunk.shape, f"{field}.shape")
+        if self._expected is not None:
+            if name not in self._expected:
+                raise InvalidArgumentError(
+                    f"{field}.name: no parameter {name!r}; the model has "
+                    f"{', '.join(self._expected)}",
+                    field=f"{field}.name",
+                )
+            dtype, expected_shape = self._expected[name]
+            if wire.torch_dtype != dtype:
+                raise InvalidArgumentError(
+                    f"{field}.dtype: {wire.name} for {name!r}, expected {torch_dtype_name(dtype)}",
+                    field=f"{field}.dtype",
+                )
+            if shape != expected_shape:
+                raise InvalidArgumentError(
+                    f"{field}.shape: {list(shape)} for {name!r}, expected {list(expected_shape)}",
+                    field=f"{field}.shape",
+                )
+        size = math.prod(shape) * wire.itemsize
+        self._buffers[name] = (torch.empty(size, dtype=torch.uint8), wire.torch_dtype, shape)
+        self._filled[name] = 0
         self._current = name
+
+    @property
+    def empty(self) -> bool:
+        return not self._buffers
 
     def tensors(self) -> list[tuple[str, torch.Tensor]]:
         """The complete tensors; InvalidArgumentError when any parameter is short."""
         if not self._buffers:
             raise InvalidArgumentError("chunks: the upload is empty", field="chunks")
         result = []
-        for name, buffer in self._buffers.items():
-            if len(buffer) != self._sizes[name]:
+        for name, (buffer, dtype, shape) in self._buffers.items():
+            if self._filled[name] != buffer.numel():
                 raise InvalidArgumentError(
-                    f"chunks: {name!r} ended at {len(buffer)} of {self._sizes[name]} bytes",
+                    f"chunks: {name!r} ended at {self._filled[name]} of {buffer.numel()} bytes",
                     field="chunks",
                 )
-            dtype, shape = self._expected[name]
-            if not buffer:
-                result.append((name, torch.empty(shape, dtype=dtype)))
-                continue
-            tensor = torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+            tensor = buffer.view(dtype).reshape(shape)
             if not _LITTLE_ENDIAN_HOST and tensor.element_size() > 1:
                 tensor = _swap_bytes(tensor)
             result.append((name, tensor))

@@ -18,6 +18,7 @@ from gradserve.codec import (
     dtype_to_proto,
     spec_to_proto,
     tensor_from_proto,
+    tensor_into_proto,
     tensor_to_chunks,
     tensor_to_proto,
 )
@@ -154,8 +155,12 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def GetParameters(
         self, request: pb.GetParametersRequest, context: grpc.ServicerContext
     ) -> pb.GetParametersResponse:
-        version, tensors = self._store.read_parameters(list(request.names), _encode)
-        return pb.GetParametersResponse(parameters=tensors, model_version=version)
+        response = pb.GetParametersResponse()
+        response.model_version, _ = self._store.read_parameters(
+            list(request.names),
+            lambda name, value: tensor_into_proto(value, response.parameters.add(), name),
+        )
+        return response
 
     def SetParameters(
         self, request: pb.SetParametersRequest, context: grpc.ServicerContext
@@ -302,10 +307,16 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
                 f"chunk_bytes: {chunk_bytes}, expected 0 (default) or 1..{largest}",
                 field="chunk_bytes",
             )
-        # One copy taken under the lock (a consistent version); chunks are cut outside it.
-        version, snapshot = self._store.read_parameters(list(request.names), _copy)
-        for name, value in snapshot:
-            yield from tensor_to_chunks(name, value, chunk_bytes, version)
+        # The chunks' bytes are cut under the lock (one version, one copy of each byte) and
+        # sent after it is released.
+        version, chunked = self._store.read_parameters(
+            list(request.names),
+            lambda name, value: list(tensor_to_chunks(name, value, chunk_bytes)),
+        )
+        for chunks in chunked:
+            for chunk in chunks:
+                chunk.model_version = version
+                yield chunk
 
     def UploadParameters(
         self, request_iterator: Iterator[pb.ParameterChunk], context: grpc.ServicerContext
@@ -331,10 +342,6 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         return pb.SetParametersResponse(model_version=result.model_version)
 
 
-def _copy(name: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
-    return name, value.clone()
-
-
 def _record_train(metrics: ServerMetrics, steps: list[TrainStep], result: TrainResult) -> None:
     samples = sum(int(inputs.shape[0]) for step in steps for inputs, _ in step.batches)
     metrics.samples.inc(samples)
@@ -347,10 +354,6 @@ def _record_train(metrics: ServerMetrics, steps: list[TrainStep], result: TrainR
             metrics.gradient_norm.set(outcome.gradient_norm)
     metrics.model_version.set(last.model_version)
     metrics.accumulated_batches.set(last.accumulated_batches)
-
-
-def _encode(name: str, value: torch.Tensor) -> pb.Tensor:
-    return tensor_to_proto(value, name)
 
 
 _NODE_KINDS = {

@@ -257,6 +257,14 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def Train(
         self, request_iterator: Iterator[pb.TrainRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.TrainResponse]:
+        if type(self._coordinator) is not DirectCoordinator:
+            # Sync rounds and staleness are decided per ApplyUpdate/ComputeGradients call; a
+            # stream of steps would bypass them.
+            raise FailedPreconditionError(
+                "Train runs in --mode direct only; in sync or async mode call "
+                "ComputeGradients and ApplyUpdate (client/train.py --transport unary)",
+                field="mode",
+            )
         metrics = self._metrics
         for request in request_iterator:
             steps = [self._train_step(step, index) for index, step in enumerate(request.steps)]

@@ -145,3 +145,13 @@ def test_an_upload_with_a_wrong_shape_changes_nothing(server: GradientServer, st
         client.upload_parameters({"w": torch.zeros(2)})
     assert caught.value.field == "chunks[0].shape"
     Snapshot.take(server, stub).assert_same(before)
+
+
+def test_the_stream_is_refused_in_sync_mode_rather_than_bypassing_the_rounds(make_server) -> None:
+    server = make_server(mode="sync", sync_contributions=2)
+    batch = (torch.rand(4, 1), torch.rand(4, 1))
+    with client_for(server) as client:
+        with pytest.raises(FailedPreconditionError) as caught:
+            list(client.train_stream([[TrainStep((batch,), 0.1)]]))
+        assert caught.value.field == "mode"
+        assert client.model_info().accumulated_batches == 0

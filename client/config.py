@@ -19,6 +19,7 @@ ENV_PUSHGATEWAY = "GRADSERVE_PUSHGATEWAY"
 ENV_TIMEOUT = "GRADSERVE_TIMEOUT_SECONDS"
 ENV_SHARD_INDEX = "GRADSERVE_SHARD_INDEX"
 ENV_SHARD_COUNT = "GRADSERVE_SHARD_COUNT"
+ENV_SHARED = "GRADSERVE_TRAIN_SHARED"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class TrainConfig:
     validation_split: float = 0.0
     # "seed": set the seed tutorial's initial w, b (linear model); "server": keep the server's.
     init: str = "auto"
+    # Other trainers drive the same model at the same time (compose --scale, async mode). Off:
+    # this trainer owns the model, so each step carries expected_version and the run replays
+    # exactly after a server restart. On: steps apply to whatever version the model is at,
+    # and the parameters are the server's (auto init = server).
+    shared: bool = False
     json: bool = False
     progress: str = "auto"
     metrics_port: int = 8000
@@ -166,6 +172,13 @@ def parse_args(
         default=d.init,
         help="auto: the seed tutorial's w, b for the linear model on synthetic data, else the "
         "server's parameters",
+    )
+    add(
+        "--shared",
+        action="store_true",
+        default=env.get(ENV_SHARED, "").lower() in ("1", "true", "yes"),
+        help="other trainers drive the same model at once: no version checks, no exact "
+        f"resume, keep the server's parameters [{ENV_SHARED}]",
     )
     add(
         "--json",

@@ -90,8 +90,12 @@ def train_streamed(
     on_epoch: Callable[[EpochReport], None] = lambda report: None,
     initial: Mapping[str, torch.Tensor] | None = None,
     start_version: int | None = None,
+    exclusive: bool = True,
     max_resyncs: int = 100,
 ) -> TrainSummary:
+    """Train over the stream. `exclusive` (this trainer alone drives the model): every step
+    carries expected_version and a broken stream is resumed exactly; otherwise steps apply at
+    whatever version the model is and a broken stream ends the run."""
     if start_version is None:
         start_version = (
             client.set_parameters(dict(initial)) if initial else client.model_info().model_version
@@ -111,7 +115,7 @@ def train_streamed(
                 config,
                 metrics,
                 summary,
-                start_version=start_version,
+                start_version=start_version if exclusive else None,
                 first_step=next_step,
                 step_losses=step_losses,
                 epoch_sizes=epoch_sizes,
@@ -124,6 +128,8 @@ def train_streamed(
         except FailedPreconditionError as error:
             raise TrainingDiverged(f"training diverged: {error}") from None
         except (UnavailableError, VersionConflictError) as reason:
+            if not exclusive:
+                raise
             resyncs += 1
             if resyncs > max_resyncs:
                 raise ResumeError(f"gave up after {max_resyncs} re-syncs: {reason}") from None
@@ -150,7 +156,7 @@ def _stream_from(
     metrics: TrainMetrics,
     summary: TrainSummary,
     *,
-    start_version: int,
+    start_version: int | None,
     first_step: int,
     step_losses: dict[int, list[float]],
     epoch_sizes: list[int],
@@ -177,7 +183,10 @@ def _stream_from(
                 continue
             if not group:
                 group_epoch, group_first = epoch, step
-            group.append(replace(train_step, expected_version=start_version + step))
+            if start_version is not None:
+                group.append(replace(train_step, expected_version=start_version + step))
+            else:
+                group.append(train_step)
             if ends_epoch or len(group) == config.steps_per_request:
                 samples = sum(int(x.shape[0]) for s in group for x, _ in s.batches)
                 sent.append(_Sent(group_epoch, group_first, ends_epoch, samples))

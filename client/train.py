@@ -87,7 +87,8 @@ def load_data(config: TrainConfig, info: ModelInfo) -> tuple[Dataset, dict[str, 
     elif config.csv is None:
         seed = seed_data(config.seed, config.samples)
         dataset = seed.dataset
-        if config.init == "seed" or (config.init == "auto" and info.model == "linear"):
+        auto_seed = config.init == "auto" and info.model == "linear" and not config.shared
+        if config.init == "seed" or auto_seed:
             initial = {"w": seed.initial_w, "b": seed.initial_b}
     else:
         _, features, target = read_csv(config.csv, config.features, config.target)
@@ -181,7 +182,18 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
                 bar.write(line, human)
 
         classification = info.target.dtype == torch.int64
-        if config.transport == "stream":
+        if config.transport == "stream" and config.shared:
+            summary = train_streamed(
+                client,
+                train_set,
+                config,
+                metrics,
+                validation_set=validation_set,
+                classification=classification,
+                on_epoch=on_epoch,
+                exclusive=False,
+            )
+        elif config.transport == "stream":
             summary = train_streamed(
                 client,
                 train_set,
@@ -193,7 +205,7 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
                 initial=initial,
                 start_version=start_version,
             )
-        elif isinstance(train_set, Dataset):
+        elif isinstance(train_set, Dataset) and not config.shared:
             summary = train_resumable(
                 client,
                 train_set,
@@ -206,7 +218,8 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
                 start_version=start_version,
             )
         else:
-            # A CSV read from disk as it goes cannot be replayed from an arbitrary step.
+            # Shared with other trainers, or a CSV read from disk as it goes (which cannot be
+            # replayed from an arbitrary step): plain steps, no version checks.
             summary = train(
                 client,
                 train_set,

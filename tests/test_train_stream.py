@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+
 import grpc
 import pytest
 import torch
 
+from gradserve.client.config import TrainConfig
 from gradserve.client.data import seed_data
 from gradserve.client.gradient_client import GradientClient, TrainStep
+from gradserve.client.metrics import TrainMetrics
+from gradserve.client.stream_trainer import train_streamed
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.app import GradientServer
 from gradserve.v1 import gradserve_pb2 as pb
@@ -155,3 +161,30 @@ def test_the_stream_is_refused_in_sync_mode_rather_than_bypassing_the_rounds(mak
             list(client.train_stream([[TrainStep((batch,), 0.1)]]))
         assert caught.value.field == "mode"
         assert client.model_info().accumulated_batches == 0
+
+
+def test_shared_trainers_interleave_on_one_model_without_conflicts(server: GradientServer) -> None:
+    config = dataclasses.replace(TrainConfig(), epochs=5, steps_per_request=1, window=2)
+    data = seed_data(0).dataset
+    summaries: list[object] = []
+    errors: list[BaseException] = []
+
+    def trainer() -> None:
+        try:
+            with client_for(server) as client:
+                summaries.append(
+                    train_streamed(
+                        client, data, config, TrainMetrics("t", "linear"), exclusive=False
+                    )
+                )
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=trainer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert [s.steps for s in summaries] == [50, 50]  # type: ignore[attr-defined]
+    assert server.store.version == 100

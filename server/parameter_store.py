@@ -333,12 +333,12 @@ class ParameterStore:
             for parameter, gradient in zip(self._parameters, gradients, strict=True):
                 if gradient is None:
                     continue
-                if weight != 1.0:
-                    gradient = gradient * weight
+                # A down-weighted (stale) contribution adds weight * gradient.
+                added = gradient if weight == 1.0 else gradient * weight
                 if parameter.grad is None:
-                    parameter.grad = gradient.clone()
+                    parameter.grad = added.clone()
                 else:
-                    parameter.grad += gradient
+                    parameter.grad += added
         self.accumulated_batches += 1
         self.accumulated_samples += batch_size
         return loss_value, gradients

@@ -165,9 +165,7 @@ def test_training_survives_three_kill_9s_bitwise(make_server, tmp_path, caplog) 
     log = (tmp_path / "server.log").read_text()
     assert "skipping checkpoint" in log
     assert log.count("restored checkpoint") == 3
-    # Each restart came back at or before the version it was killed at.
-    assert all(v is not None and v <= t for v, t in zip(restarted_at, kill_at, strict=True)), (
-        restarted_at,
-        kill_at,
-        [line for line in log.splitlines() if "checkpoint" in line],
-    )
+    # Each restart answered (the version it restored to is at most the one it was killed at,
+    # but the trainer moves on between the poll that saw the target and the kill, so the kill
+    # version itself is not known here: the bitwise result above is what proves the replay).
+    assert all(v is not None for v in restarted_at), restarted_at

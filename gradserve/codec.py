@@ -138,6 +138,13 @@ def tensor_from_proto(
             field=f"{field}.data",
         )
     if numel == 0:
+        # An empty tensor still has strides: the product of its other dimensions must fit
+        # torch's int64 ("Stride calculation overflowed" otherwise, found by tests/test_fuzz.py).
+        if math.prod(max(dim, 1) for dim in shape) >= 2**63:
+            raise InvalidArgumentError(
+                f"{field}.shape: {list(shape)} is too large to describe even an empty tensor",
+                field=f"{field}.shape",
+            )
         return torch.empty(shape, dtype=wire.torch_dtype)
     tensor = torch.frombuffer(data, dtype=wire.torch_dtype).reshape(shape)
     if wire.torch_dtype is torch.bool and bool(

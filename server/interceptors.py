@@ -16,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gradserve.errors import GradserveError
+from gradserve.errors import GradserveError, InvalidArgumentError
 from gradserve.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,44 @@ def status_for(error: GradserveError) -> grpc.Status:
 _INTERNAL = rpc_status.to_status(
     status_pb2.Status(code=code_pb2.INTERNAL, message="internal server error")
 )
+
+
+class _Undecodable:
+    """Stands for request bytes that do not parse: gRPC itself answers a deserializer's
+    exception with INTERNAL, so the deserializer hands this on and the handler rejects it
+    as INVALID_ARGUMENT (a bad request, not a server bug)."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        self.error = InvalidArgumentError(
+            f"request: the bytes are not a valid {method} request message ({reason})",
+            field="request",
+        )
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # protobuf's DecodeError, whatever the backend raises
+            return _Undecodable(method, type(error).__name__)
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.error
+    return request
+
+
+def _decoded_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _decoded(request)
 
 
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -92,11 +130,13 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             latency.observe(time.perf_counter() - start)
             handled[code].inc()
 
+        checked = _decoded_stream if kind in ("bidi_stream", "client_stream") else _decoded
+
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return behavior(request, context)
+                return behavior(checked(request), context)
             except GradserveError as error:
                 code = error.code
                 reject(error, context)
@@ -113,7 +153,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                yield from behavior(request, context)
+                yield from behavior(checked(request), context)
             except GradserveError as error:
                 code = error.code
                 reject(error, context)
@@ -136,6 +176,6 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         }[kind]
         return factory(
             new_behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer, method),
             response_serializer=handler.response_serializer,
         )

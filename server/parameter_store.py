@@ -38,7 +38,7 @@ class Reduction(Enum):
     MEAN = "mean"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GradientResult:
     loss: float
     batch_size: int
@@ -50,7 +50,7 @@ class GradientResult:
     replayed: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UpdateResult:
     model_version: int
     applied_batches: int
@@ -73,7 +73,7 @@ class DiscardResult:
     model_version: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetResult:
     model_version: int
     replayed: bool = False
@@ -127,7 +127,7 @@ class TrainStep:
     expected_version: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepOutcome:
     losses: tuple[float, ...]
     model_version: int
@@ -137,7 +137,7 @@ class StepOutcome:
     gradient_norm: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrainResult:
     steps: tuple[StepOutcome, ...]
     replayed: bool = False

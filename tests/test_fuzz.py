@@ -347,17 +347,73 @@ def well_formed(target: Target) -> st.SearchStrategy[tuple[pb.Tensor, pb.Tensor]
     return st.builds(build, st.integers(1, 5), st.integers(0, 2**16))
 
 
+@st.composite
+def nearly(draw: st.DrawFn, tensor: pb.Tensor) -> pb.Tensor:
+    """A valid tensor with one field changed (or its data's bytes drawn at random)."""
+    changed = pb.Tensor()
+    changed.CopyFrom(tensor)
+    field = draw(st.sampled_from(["dtype", "shape", "data", "bytes"]))
+    if field == "dtype":
+        changed.dtype = draw(dtypes)
+    elif field == "shape":
+        changed.ClearField("shape")
+        changed.shape.extend(draw(st.lists(dimensions, max_size=4)))
+    elif field == "data":
+        changed.data = draw(st.binary(max_size=len(tensor.data) + 8))
+    else:
+        # The right length, arbitrary values: NaN, Inf, huge, class indices out of range.
+        changed.data = draw(st.binary(min_size=len(tensor.data), max_size=len(tensor.data)))
+    return changed
+
+
 def batches(target: Target) -> st.SearchStrategy[tuple[pb.Tensor, pb.Tensor]]:
     good = well_formed(target)
+
+    @st.composite
+    def one_bad(draw: st.DrawFn) -> tuple[pb.Tensor, pb.Tensor]:
+        inputs, targets = draw(good)
+        if draw(st.booleans()):
+            return draw(nearly(inputs)), targets
+        return inputs, draw(nearly(targets))
+
     return st.one_of(
         st.tuples(arbitrary_tensors(), arbitrary_tensors()),
         st.tuples(good.map(lambda pair: pair[0]), arbitrary_tensors()),
         st.tuples(arbitrary_tensors(), good.map(lambda pair: pair[1])),
+        one_bad(),
+        good,
         good,
     )
 
 
-optional_versions = st.one_of(st.none(), st.integers(-2, 5), INT64)
+def parameter_tensors(target: Target) -> st.SearchStrategy[pb.Tensor]:
+    """A parameter of the target's model: right name, dtype and shape; random values."""
+    specs = target.server.store.info().parameters
+
+    def build(index: int, seed: int) -> pb.Tensor:
+        spec = specs[index % len(specs)]
+        value = torch.randn(spec.shape, generator=torch.Generator().manual_seed(seed))
+        return tensor_to_proto(value.to(spec.dtype), spec.name)
+
+    good = st.builds(build, st.integers(0, 100), st.integers(0, 2**16))
+    return st.one_of(arbitrary_tensors(), good, good.flatmap(nearly))
+
+
+def all_parameters(target: Target) -> st.SearchStrategy[list[pb.Tensor]]:
+    """Every parameter of the model, valid: a SetParameters that is accepted."""
+    specs = target.server.store.info().parameters
+
+    def build(seed: int) -> list[pb.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        return [
+            tensor_to_proto(torch.randn(spec.shape, generator=generator).to(spec.dtype), spec.name)
+            for spec in specs
+        ]
+
+    return st.builds(build, st.integers(0, 2**16))
+
+
+optional_versions = st.one_of(st.none(), st.none(), st.integers(-2, 5), INT64)
 learning_rates = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 0.01, -1.0])
 )
@@ -389,7 +445,9 @@ def tensor_requests(draw: st.DrawFn, target: Target) -> tuple[str, Any]:
         return method, request
     if method == "SetParameters":
         request = pb.SetParametersRequest(
-            parameters=draw(st.lists(arbitrary_tensors(), max_size=3)),
+            parameters=draw(
+                st.lists(parameter_tensors(target), max_size=3) | all_parameters(target)
+            ),
             request_id=draw(st.text(max_size=3)),
         )
         expected = draw(optional_versions)

@@ -10,6 +10,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 for installer in scripts/install-*-deps.sh; do
+  [ "$installer" = "scripts/install-system-deps.sh" ] && continue  # this script itself
   echo "== $installer"
   "$installer"
 done

@@ -10,8 +10,9 @@ the update to v + 1 (applied_batches == n_v), and so on. The replay runs the sam
 that order, so the final parameters (and the gradients accumulated after the last update) must
 be bitwise the server's.
 
-N is GRADSERVE_CONCURRENCY_CALLS (default 150 per client, about 10 s here; the issue's figure,
-16 x 1000, runs by hand: GRADSERVE_CONCURRENCY_CALLS=1000 pytest tests/test_concurrency_replay.py).
+N is GRADSERVE_CONCURRENCY_CALLS (default 150 per client, 2-13 s here; the issue's figure,
+16 x 1000, runs by hand in about 50 s: GRADSERVE_CONCURRENCY_CALLS=1000 pytest
+tests/test_concurrency_replay.py).
 """
 
 from __future__ import annotations

@@ -244,7 +244,8 @@ class ParameterStore:
                 except GradserveError as error:
                     error.message = (
                         f"steps[{index}]: {error.message} ({index} of {len(steps)} steps of "
-                        "this request were applied)"
+                        "this request were applied before it; batches of this step that ran "
+                        "before the failure stay accumulated, as with the unary calls)"
                     )
                     error.args = (error.message,)
                     raise

@@ -181,54 +181,29 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
                     line += f", Accuracy: {report.accuracy:.3f}"
                 bar.write(line, human)
 
-        classification = info.target.dtype == torch.int64
-        if config.transport == "stream" and config.shared:
+        # The loops: the stream (default) or unary calls; a lone trainer's steps carry the
+        # version they expect and replay exactly after a server restart (not --shared, and not
+        # a CSV read from disk as it goes, which cannot restart at an arbitrary step).
+        common: dict[str, Any] = {
+            "validation_set": validation_set,
+            "classification": info.target.dtype == torch.int64,
+            "on_epoch": on_epoch,
+        }
+        resumable: dict[str, Any] = {"initial": initial, "start_version": start_version}
+        if config.transport == "stream":
             summary = train_streamed(
                 client,
                 train_set,
                 config,
                 metrics,
-                validation_set=validation_set,
-                classification=classification,
-                on_epoch=on_epoch,
-                exclusive=False,
-            )
-        elif config.transport == "stream":
-            summary = train_streamed(
-                client,
-                train_set,
-                config,
-                metrics,
-                validation_set=validation_set,
-                classification=classification,
-                on_epoch=on_epoch,
-                initial=initial,
-                start_version=start_version,
+                **common,
+                **resumable,
+                exclusive=not config.shared,
             )
         elif isinstance(train_set, Dataset) and not config.shared:
-            summary = train_resumable(
-                client,
-                train_set,
-                config,
-                metrics,
-                validation_set=validation_set,
-                classification=classification,
-                on_epoch=on_epoch,
-                initial=initial,
-                start_version=start_version,
-            )
+            summary = train_resumable(client, train_set, config, metrics, **common, **resumable)
         else:
-            # Shared with other trainers, or a CSV read from disk as it goes (which cannot be
-            # replayed from an arbitrary step): plain steps, no version checks.
-            summary = train(
-                client,
-                train_set,
-                config,
-                metrics,
-                validation_set=validation_set,
-                classification=classification,
-                on_epoch=on_epoch,
-            )
+            summary = train(client, train_set, config, metrics, **common)
         bar.close()
         version, parameters = client.get_parameters()
     if config.plot is not None:

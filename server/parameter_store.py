@@ -26,7 +26,7 @@ from gradserve.errors import (
     VersionConflictError,
 )
 from gradserve.server.graph import ConstantUses, Graph, build_graph, effective_max_nodes
-from gradserve.server.models import Model
+from gradserve.server.models import Model, all_finite
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
 
@@ -310,8 +310,11 @@ class ParameterStore:
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
     ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
         """Forward, loss, gradients, and add them to .grad. Call with the lock held."""
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
-        self.model.module.train()
+        if inputs.device != self.device:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+        module = self.model.module
+        if not module.training:  # Module.train() walks every submodule: skip it when set
+            module.train()
         loss = self.model.loss.function(self.model.module(inputs), targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -324,7 +327,7 @@ class ParameterStore:
         # anything is added, and adding them below is the same arithmetic backward() does.
         gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
         for name, gradient in zip(self._named, gradients, strict=True):
-            if gradient is not None and not bool(torch.isfinite(gradient).all()):
+            if gradient is not None and not all_finite(gradient):
                 raise FailedPreconditionError(
                     f"inputs: the gradient of {name} is not finite for this batch at "
                     f"model version {self.version}; nothing was accumulated",
@@ -573,7 +576,7 @@ class ParameterStore:
                     f"expected {list(parameter.shape)}",
                     field=f"{field}.shape",
                 )
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            if value.is_floating_point() and not all_finite(value):
                 raise InvalidArgumentError(
                     f"{field}.data: {name!r} contains NaN or Inf", field=f"{field}.data"
                 )
@@ -636,8 +639,13 @@ class ParameterStore:
 
 
 def _total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
-    squares = [float(torch.sum(p.grad.double() ** 2)) for p in parameters if p.grad is not None]
-    return math.sqrt(sum(squares))
+    # Each gradient's norm reduced in float64 (one op each, no float64 copy), then combined.
+    norms = [
+        torch.linalg.vector_norm(p.grad, dtype=torch.float64).item()
+        for p in parameters
+        if p.grad is not None
+    ]
+    return math.sqrt(sum(norm * norm for norm in norms))
 
 
 @dataclass(frozen=True)

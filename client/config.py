@@ -70,7 +70,7 @@ class TrainConfig:
     # "stream": the Train stream, steps packed and pipelined (fastest); "unary": two calls
     # per step. Both give bitwise the same parameters.
     transport: str = "stream"
-    steps_per_request: int = 16
+    steps_per_request: int = 100
     window: int = 4
     # Print the autograd graph of the first batch before training (DescribeGraph).
     show_graph: bool = False

@@ -1,7 +1,7 @@
 """The training loop over the Train stream: the unary loop's steps, pipelined and packed.
 
 Steps are the same as the unary loop's (the same batches in the same order, the same updates),
-grouped into requests of up to `steps_per_request` steps that never span an epoch, with up to
+grouped into requests of up to `steps_per_request` steps (and 8 MiB of batches), with up to
 `window` requests in flight. The server runs the same arithmetic, so the result is bitwise the
 unary loop's, with one round trip per request instead of two per step.
 
@@ -39,10 +39,21 @@ from gradserve.errors import FailedPreconditionError, UnavailableError, VersionC
 
 @dataclass(frozen=True)
 class _Sent:
-    epoch: int
     first_step: int
-    ends_epoch: bool
+    # (step, epoch) for each step of the request that closes its epoch.
+    epoch_ends: tuple[tuple[int, int], ...]
     samples: int
+
+
+# A request stops growing at this many bytes of batches, well under the 64 MiB message limit.
+REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def _step_bytes(step: TrainStep) -> int:
+    return sum(
+        inputs.numel() * inputs.element_size() + targets.numel() * targets.element_size()
+        for inputs, targets in step.batches
+    )
 
 
 def epoch_steps(
@@ -175,25 +186,41 @@ def _stream_from(
 
     def requests() -> Iterator[list[TrainStep]]:
         group: list[TrainStep] = []
-        group_epoch, group_first = 0, 0
-        for epoch, step, train_step, ends_epoch in run_steps(train_set, config):
+        ends: list[tuple[int, int]] = []
+        group_first = size = 0
+
+        def flush() -> list[TrainStep]:
+            samples = sum(int(x.shape[0]) for s in group for x, _ in s.batches)
+            sent.append(_Sent(group_first, tuple(ends), samples))
+            return group
+
+        for epoch, step, planned, ends_epoch in run_steps(train_set, config):
             epoch_first_step.setdefault(epoch, step)
             epoch_of_step[step] = epoch
             if step < first_step:
                 continue
             if not group:
-                group_epoch, group_first = epoch, step
-            if start_version is not None:
-                group.append(replace(train_step, expected_version=start_version + step))
+                group_first, size = step, 0
+            if start_version is None:
+                group.append(planned)
             else:
-                group.append(train_step)
-            if ends_epoch or len(group) == config.steps_per_request:
-                samples = sum(int(x.shape[0]) for s in group for x, _ in s.batches)
-                sent.append(_Sent(group_epoch, group_first, ends_epoch, samples))
-                yield group
-                group = []
+                group.append(replace(planned, expected_version=start_version + step))
+            size += _step_bytes(planned)
+            if ends_epoch:
+                ends.append((step, epoch))
+            # Requests may span epochs, except when a validation pass must see the parameters
+            # at the end of each epoch.
+            if (
+                len(group) == config.steps_per_request
+                or size >= REQUEST_BYTES
+                or (ends_epoch and validating)
+            ):
+                yield flush()
+                group, ends = [], []
                 if ends_epoch and validating:
                     epoch_done.acquire()
+        if group:
+            yield flush()
 
     request_started = time.perf_counter()
     for results in client.train_stream(requests(), window=config.window):
@@ -210,19 +237,16 @@ def _stream_from(
         metrics.loss.set(results[-1].losses[-1] if results[-1].losses else float("nan"))
         metrics.model_version.set(summary.model_version)
         request_started = time.perf_counter()
-        if context.ends_epoch:
-            last = context.first_step + len(results)
+        for step, epoch in context.epoch_ends:
             losses = [
-                loss
-                for step in range(epoch_first_step[context.epoch], last)
-                for loss in step_losses[step]
+                loss for s in range(epoch_first_step[epoch], step + 1) for loss in step_losses[s]
             ]
             report = finish_epoch(
                 client,
                 config,
                 metrics,
                 summary,
-                epoch=context.epoch,
+                epoch=epoch,
                 losses=losses,
                 validation_set=validation_set,
                 classification=classification,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,16 +82,20 @@ class ServerProcess:
             self.process.stdout.close()
 
 
-def run_training(address: str) -> tuple[int, dict[str, torch.Tensor]]:
-    seed = seed_data(CONFIG.seed, CONFIG.samples)
+def run_training(
+    address: str, loop: Callable[..., object] = train_resumable, config: TrainConfig = CONFIG
+) -> tuple[int, dict[str, torch.Tensor]]:
+    """The seed training through `loop` (the unary or the stream trainer) from the tutorial's
+    initial w, b; returns the final (version, parameters)."""
+    seed = seed_data(config.seed, config.samples)
     client = GradientClient(
         address, timeout=10.0, retry=RetryPolicy(max_attempts=40, max_backoff=0.5)
     )
     with client:
-        train_resumable(
+        loop(
             client,
             seed.dataset,
-            CONFIG,
+            config,
             TrainMetrics("test", "linear"),
             initial={"w": seed.initial_w, "b": seed.initial_b},
         )

@@ -11,10 +11,8 @@ import time
 import pytest
 import torch
 
-from gradserve.client.data import seed_data
-from gradserve.client.gradient_client import GradientClient, RetryPolicy
-from gradserve.client.metrics import TrainMetrics
 from gradserve.client.stream_trainer import train_streamed
+from tests import test_resume as resume_test
 from tests.test_resume import CONFIG, ServerProcess, version_of, wait_for_version
 
 # The stream is fast: a longer run, one step per request and one request in flight, so the
@@ -24,19 +22,7 @@ STEPS = STREAM_CONFIG.epochs * 10
 
 
 def run_training(address: str) -> tuple[int, dict[str, torch.Tensor]]:
-    seed = seed_data(STREAM_CONFIG.seed, STREAM_CONFIG.samples)
-    client = GradientClient(
-        address, timeout=10.0, retry=RetryPolicy(max_attempts=40, max_backoff=0.5)
-    )
-    with client:
-        train_streamed(
-            client,
-            seed.dataset,
-            STREAM_CONFIG,
-            TrainMetrics("test", "linear"),
-            initial={"w": seed.initial_w, "b": seed.initial_b},
-        )
-        return client.get_parameters()
+    return resume_test.run_training(address, train_streamed, STREAM_CONFIG)
 
 
 @pytest.mark.slow

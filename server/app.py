@@ -158,7 +158,7 @@ def create_server(
     if port == 0:
         raise OSError(f"could not bind {format_address(config.host, config.port)}")
     server.start()
-    # The model is built and (in later steps) restored before anyone is told it is ready.
+    # The model is built and any checkpoint restored before anyone is told it is ready.
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("model %s, optimizer %s", model.spec, optimizer.description)

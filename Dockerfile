@@ -37,7 +37,8 @@ RUN set -eu; \
     fi; \
     pip install --no-cache-dir "$@" "torch==${TORCH_VERSION}"
 
-# The other dependencies, read from pyproject.toml alone so that source edits keep this layer.
+# The other dependencies and the build backend, read from pyproject.toml alone so that source
+# edits keep this layer.
 WORKDIR /app
 COPY pyproject.toml ./
 RUN set -eu; \
@@ -46,16 +47,20 @@ RUN set -eu; \
     else \
         set -- --index-url "$PYPI_INDEX_URL"; \
     fi; \
-    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    python -c 'import tomllib; m = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(m["project"]["dependencies"] + m["build-system"]["requires"]))' \
         > /tmp/requirements.txt; \
     pip install --no-cache-dir "$@" -r /tmp/requirements.txt; \
     rm /tmp/requirements.txt
 
-# Sources last. gradserve/server and gradserve/client are symlinks to these two folders.
+# Sources last, installed as the package (pyproject.toml maps server/ and client/ onto
+# gradserve.server and gradserve.client, src/gradserve onto gradserve); the dependencies are
+# already there. Installed while root, then the build files go.
 COPY server/ server/
 COPY client/ client/
-COPY gradserve/ gradserve/
-ENV PYTHONPATH=/app
+COPY src/ src/
+COPY README.md ./
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && rm -rf build src/*.egg-info
 
 # A named volume mounted on the checkpoint folder starts with this owner and mode.
 RUN useradd --uid 10001 --user-group --home-dir /app --no-create-home --shell /usr/sbin/nologin gradserve \

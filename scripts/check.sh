@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
+case "$py" in /*) ;; */*) py="$PWD/$py" ;; esac
 
 # Regenerate into a scratch folder and compare with what is committed.
 scratch=$(mktemp -d)
@@ -10,12 +11,25 @@ trap 'rm -rf "$scratch"' EXIT
 "$py" -m grpc_tools.protoc -I proto --python_out="$scratch" --pyi_out="$scratch" \
   --grpc_python_out="$scratch" proto/gradserve/v1/*.proto
 for generated in "$scratch"/gradserve/v1/*; do
-  if ! cmp -s "$generated" "gradserve/v1/$(basename "$generated")"; then
-    echo "stale generated code: gradserve/v1/$(basename "$generated"); run scripts/gen_proto.sh" >&2
+  if ! cmp -s "$generated" "src/gradserve/v1/$(basename "$generated")"; then
+    echo "stale generated code: src/gradserve/v1/$(basename "$generated"); run scripts/gen_proto.sh" >&2
     exit 1
   fi
 done
 "$py" -m ruff check .
 "$py" -m ruff format --check .
-"$py" -m mypy
+# mypy reads the package laid out as it installs (see [tool.mypy] in pyproject.toml); its
+# messages name the files where they live in the repository.
+tree="$scratch/typecheck"
+mkdir -p "$tree"
+cp -r src/gradserve "$tree/gradserve"
+cp -r server "$tree/gradserve/server"
+cp -r client "$tree/gradserve/client"
+find "$tree" -name __pycache__ -prune -exec rm -rf {} +
+status=0
+(cd "$tree" && "$py" -m mypy --config-file "$OLDPWD/pyproject.toml" \
+  --cache-dir "$OLDPWD/.mypy_cache") >"$scratch/mypy.out" 2>&1 || status=$?
+sed -e 's#^gradserve/server/#server/#' -e 's#^gradserve/client/#client/#' \
+  -e 's#^gradserve/#src/gradserve/#' "$scratch/mypy.out"
+[ "$status" -eq 0 ] || exit "$status"
 echo "checks passed"

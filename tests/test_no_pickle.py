@@ -8,7 +8,7 @@ import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("server", "client", "gradserve", "tests", "bench", "scripts", "examples")
+FOLDERS = ("server", "client", "src", "tests", "bench", "scripts", "examples")
 PICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 
 

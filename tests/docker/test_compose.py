@@ -97,7 +97,8 @@ def wheelhouse() -> Iterator[str]:
     """The image's dependencies, fetched by the host's pip (its index and certificates), served
     on 127.0.0.1 as a find-links page for the build (which runs with host networking)."""
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
-    requirements = meta["project"]["dependencies"]
+    # The build backend too: the image installs gradserve itself without build isolation.
+    requirements = meta["project"]["dependencies"] + meta["build-system"]["requires"]
     with tempfile.TemporaryDirectory(prefix="gswheels-") as folder:
         run_command(
             [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",

@@ -1,0 +1,353 @@
+"""The one place where gradserve's plain types meet gradserve.v1 messages.
+
+Paired `x_to_proto` / `x_from_proto` functions for every type in `gradserve.types`, used by the
+servicer (requests in, results out) and by GradientClient (requests out, results in), so both
+sides agree on every field by construction. Tensors go through `gradserve.codec`; decoded
+tensors that a caller may keep are cloned (a decode is a read-only view of the message).
+Errors name the field, as the codec's do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gradserve.codec import (
+    WIRE_TYPES,
+    dtype_from_proto,
+    dtype_to_proto,
+    tensor_from_proto,
+    tensor_into_proto,
+)
+from gradserve.errors import InvalidArgumentError
+from gradserve.types import (
+    EvaluationResult,
+    GradientResult,
+    Graph,
+    GraphDescription,
+    GraphEdge,
+    GraphNode,
+    ModelInfo,
+    NodeKind,
+    Reduction,
+    StepResult,
+    TensorSpec,
+    TrainResult,
+    TrainStep,
+    UpdateResult,
+)
+from gradserve.v1 import gradserve_pb2 as pb
+
+WIRE_DTYPES = frozenset(wire.torch_dtype for wire in WIRE_TYPES)
+
+# -- reductions ----------------------------------------------------------------------------
+
+_REDUCTION_TO_PROTO = {Reduction.SUM: pb.REDUCTION_SUM, Reduction.MEAN: pb.REDUCTION_MEAN}
+_REDUCTION_FROM_PROTO = {
+    # Unset means SUM: PyTorch's .grad, and what a client that predates the field wants.
+    pb.REDUCTION_UNSPECIFIED: Reduction.SUM,
+    pb.REDUCTION_SUM: Reduction.SUM,
+    pb.REDUCTION_MEAN: Reduction.MEAN,
+}
+
+
+def reduction_to_proto(reduction: Reduction) -> pb.Reduction:
+    return _REDUCTION_TO_PROTO[reduction]
+
+
+def reduction_from_proto(value: int, field: str = "reduction") -> Reduction:
+    try:
+        return _REDUCTION_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidArgumentError(f"{field}: unknown value {value}", field=field) from None
+
+
+# -- tensor specs and model info -----------------------------------------------------------
+
+
+def tensor_spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
+    return pb.TensorSpec(name=spec.name, dtype=dtype_to_proto(spec.dtype), shape=spec.shape)
+
+
+def tensor_spec_from_proto(message: pb.TensorSpec, field: str = "spec") -> TensorSpec:
+    return TensorSpec(
+        name=message.name,
+        dtype=dtype_from_proto(message.dtype, f"{field}.dtype"),
+        shape=tuple(message.shape),
+    )
+
+
+def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
+    return pb.GetModelInfoResponse(
+        model=info.model,
+        model_spec=info.model_spec,
+        parameters=[tensor_spec_to_proto(spec) for spec in info.parameters],
+        parameter_count=info.parameter_count,
+        input=tensor_spec_to_proto(info.input),
+        target=tensor_spec_to_proto(info.target),
+        loss=info.loss,
+        optimizer=info.optimizer,
+        model_version=info.model_version,
+        accumulated_batches=info.accumulated_batches,
+        accumulated_samples=info.accumulated_samples,
+        max_batch_elements=info.max_batch_elements,
+        max_message_bytes=info.max_message_bytes,
+    )
+
+
+def model_info_from_proto(message: pb.GetModelInfoResponse) -> ModelInfo:
+    return ModelInfo(
+        model=message.model,
+        model_spec=message.model_spec,
+        parameters=tuple(
+            tensor_spec_from_proto(spec, f"parameters[{index}]")
+            for index, spec in enumerate(message.parameters)
+        ),
+        parameter_count=message.parameter_count,
+        input=tensor_spec_from_proto(message.input, "input"),
+        target=tensor_spec_from_proto(message.target, "target"),
+        loss=message.loss,
+        optimizer=message.optimizer,
+        model_version=message.model_version,
+        accumulated_batches=message.accumulated_batches,
+        accumulated_samples=message.accumulated_samples,
+        max_batch_elements=message.max_batch_elements,
+        max_message_bytes=message.max_message_bytes,
+    )
+
+
+# -- gradients, updates, evaluation --------------------------------------------------------
+
+
+def gradient_result_to_proto(result: GradientResult) -> pb.ComputeGradientsResponse:
+    response = pb.ComputeGradientsResponse(
+        loss=result.loss,
+        batch_size=result.batch_size,
+        accumulated_batches=result.accumulated_batches,
+        accumulated_samples=result.accumulated_samples,
+        model_version=result.model_version,
+    )
+    for name, gradient in result.gradients.items():
+        tensor_into_proto(gradient, response.gradients.add(), name)
+    return response
+
+
+def gradient_result_from_proto(message: pb.ComputeGradientsResponse) -> GradientResult:
+    return GradientResult(
+        loss=message.loss,
+        batch_size=message.batch_size,
+        accumulated_batches=message.accumulated_batches,
+        accumulated_samples=message.accumulated_samples,
+        model_version=message.model_version,
+        gradients=named_tensors_from_proto(message.gradients, "gradients"),
+    )
+
+
+def update_result_to_proto(result: UpdateResult) -> pb.ApplyUpdateResponse:
+    return pb.ApplyUpdateResponse(
+        model_version=result.model_version,
+        applied_batches=result.applied_batches,
+        applied_samples=result.applied_samples,
+        gradient_norm=result.gradient_norm,
+    )
+
+
+def update_result_from_proto(message: pb.ApplyUpdateResponse) -> UpdateResult:
+    return UpdateResult(
+        model_version=message.model_version,
+        applied_batches=message.applied_batches,
+        applied_samples=message.applied_samples,
+        gradient_norm=message.gradient_norm,
+    )
+
+
+def evaluation_result_to_proto(result: EvaluationResult) -> pb.EvaluateResponse:
+    response = pb.EvaluateResponse(
+        loss=result.loss or 0.0,
+        has_loss=result.loss is not None,
+        batch_size=result.batch_size,
+        model_version=result.model_version,
+    )
+    if result.predictions is not None:
+        tensor_into_proto(result.predictions, response.predictions)
+    return response
+
+
+def evaluation_result_from_proto(message: pb.EvaluateResponse) -> EvaluationResult:
+    predictions = None
+    if message.HasField("predictions"):
+        predictions = tensor_from_proto(message.predictions, "predictions").clone()
+    return EvaluationResult(
+        loss=message.loss if message.has_loss else None,
+        batch_size=message.batch_size,
+        model_version=message.model_version,
+        predictions=predictions,
+    )
+
+
+def named_tensors_from_proto(messages: object, field: str) -> dict[str, torch.Tensor]:
+    """Tensors by their names, each its own writable copy."""
+    return {
+        message.name: tensor_from_proto(message, f"{field}[{index}]").clone()
+        for index, message in enumerate(messages)  # type: ignore[call-overload]
+    }
+
+
+# -- Train steps ---------------------------------------------------------------------------
+
+
+def train_step_to_proto(step: TrainStep) -> pb.TrainStep:
+    message = pb.TrainStep(
+        apply_update=step.apply_update,
+        learning_rate=step.learning_rate,
+        reduction=reduction_to_proto(step.reduction),
+    )
+    for inputs, targets in step.batches:
+        batch = message.batches.add()
+        tensor_into_proto(inputs, batch.inputs)
+        tensor_into_proto(targets, batch.targets)
+    if step.expected_version is not None:
+        message.expected_version = step.expected_version
+    return message
+
+
+def train_step_from_proto(
+    message: pb.TrainStep, field: str = "steps[0]", max_elements: int | None = None
+) -> TrainStep:
+    """The batches are read-only views of the message's bytes (the server only reads them)."""
+    return TrainStep(
+        batches=tuple(
+            (
+                tensor_from_proto(batch.inputs, f"{field}.batches[{number}].inputs", max_elements),
+                tensor_from_proto(
+                    batch.targets, f"{field}.batches[{number}].targets", max_elements
+                ),
+            )
+            for number, batch in enumerate(message.batches)
+        ),
+        apply_update=message.apply_update,
+        learning_rate=message.learning_rate,
+        reduction=reduction_from_proto(message.reduction, f"{field}.reduction"),
+        expected_version=(
+            message.expected_version if message.HasField("expected_version") else None
+        ),
+    )
+
+
+def step_result_to_proto(result: StepResult) -> pb.StepResult:
+    return pb.StepResult(
+        losses=result.losses,
+        model_version=result.model_version,
+        accumulated_batches=result.accumulated_batches,
+        applied=result.applied,
+        applied_batches=result.applied_batches,
+        gradient_norm=result.gradient_norm,
+    )
+
+
+def step_result_from_proto(message: pb.StepResult) -> StepResult:
+    return StepResult(
+        losses=tuple(message.losses),
+        model_version=message.model_version,
+        accumulated_batches=message.accumulated_batches,
+        applied=message.applied,
+        applied_batches=message.applied_batches,
+        gradient_norm=message.gradient_norm,
+    )
+
+
+def train_result_to_proto(result: TrainResult, request_id: str = "") -> pb.TrainResponse:
+    return pb.TrainResponse(
+        steps=[step_result_to_proto(step) for step in result.steps], request_id=request_id
+    )
+
+
+def train_result_from_proto(message: pb.TrainResponse) -> TrainResult:
+    return TrainResult(tuple(step_result_from_proto(step) for step in message.steps))
+
+
+# -- the graph -----------------------------------------------------------------------------
+
+_NODE_KIND_TO_PROTO = {
+    NodeKind.BACKWARD: pb.GRAPH_NODE_KIND_BACKWARD,
+    NodeKind.PARAMETER: pb.GRAPH_NODE_KIND_PARAMETER,
+    NodeKind.INPUT: pb.GRAPH_NODE_KIND_INPUT,
+}
+_NODE_KIND_FROM_PROTO = {value: kind for kind, value in _NODE_KIND_TO_PROTO.items()}
+
+
+def graph_node_to_proto(node: GraphNode) -> pb.GraphNode:
+    message = pb.GraphNode(
+        id=node.id,
+        kind=_NODE_KIND_TO_PROTO[node.kind],
+        name=node.name,
+        shape=node.shape,
+        requires_grad=node.requires_grad,
+    )
+    # A dtype with no wire type (complex, say) is left unset.
+    if node.dtype is not None and node.dtype in WIRE_DTYPES:
+        message.dtype = dtype_to_proto(node.dtype)
+    if node.gradient is not None:
+        tensor_into_proto(node.gradient, message.gradient, node.name)
+    return message
+
+
+def graph_node_from_proto(message: pb.GraphNode, field: str = "nodes[0]") -> GraphNode:
+    kind = _NODE_KIND_FROM_PROTO.get(message.kind)
+    if kind is None:
+        raise InvalidArgumentError(
+            f"{field}.kind: unknown value {message.kind}", field=f"{field}.kind"
+        )
+    gradient = None
+    if message.HasField("gradient"):
+        gradient = tensor_from_proto(message.gradient, f"{field}.gradient").clone()
+    return GraphNode(
+        id=message.id,
+        kind=kind,
+        name=message.name,
+        shape=tuple(message.shape),
+        dtype=dtype_from_proto(message.dtype, f"{field}.dtype") if message.dtype else None,
+        requires_grad=message.requires_grad,
+        gradient=gradient,
+    )
+
+
+def graph_description_to_proto(description: GraphDescription) -> pb.DescribeGraphResponse:
+    graph = description.graph
+    return pb.DescribeGraphResponse(
+        nodes=[graph_node_to_proto(node) for node in graph.nodes],
+        edges=[
+            pb.GraphEdge(
+                from_id=edge.source,
+                to_id=edge.target,
+                slot=edge.slot,
+                carries_gradient=edge.carries_gradient,
+            )
+            for edge in graph.edges
+        ],
+        root_id=graph.root,
+        loss=graph.loss,
+        model_version=description.model_version,
+        batch_size=description.batch_size,
+        max_nodes=description.max_nodes,
+    )
+
+
+def graph_description_from_proto(message: pb.DescribeGraphResponse) -> GraphDescription:
+    graph = Graph(
+        nodes=tuple(
+            graph_node_from_proto(node, f"nodes[{index}]")
+            for index, node in enumerate(message.nodes)
+        ),
+        edges=tuple(
+            GraphEdge(edge.from_id, edge.to_id, edge.slot, edge.carries_gradient)
+            for edge in message.edges
+        ),
+        root=message.root_id,
+        loss=message.loss,
+    )
+    return GraphDescription(
+        graph=graph,
+        batch_size=message.batch_size,
+        model_version=message.model_version,
+        max_nodes=message.max_nodes,
+    )

@@ -1,0 +1,213 @@
+"""The plain types both sides use: reductions, results, model info, train steps, the graph.
+
+No protobuf and no gRPC here: `gradserve.serde` converts these to and from the wire, the
+server's domain objects return them, and `GradientClient` hands them to its callers. Tensors are
+torch tensors on the CPU unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+
+class Reduction(Enum):
+    """How an update combines the accumulated gradients of several batches."""
+
+    # PyTorch's `.grad` after several backward() calls: the sum over batches.
+    SUM = "sum"
+    # The sum divided by the number of accumulated batches.
+    MEAN = "mean"
+
+    @classmethod
+    def parse(cls, value: str | Reduction) -> Reduction:
+        """ "sum" or "mean" (or a Reduction); anything else raises ValueError, never SUM."""
+        if isinstance(value, Reduction):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(member.value) for member in cls)
+            raise ValueError(f"reduction: {value!r}, expected one of {choices}") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor's name, dtype and shape; -1 in a shape is any size (the batch dimension)."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    model_spec: str
+    parameters: tuple[TensorSpec, ...]
+    parameter_count: int
+    input: TensorSpec
+    target: TensorSpec
+    loss: str
+    optimizer: str
+    model_version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    # The server's limits: elements of one batch tensor, bytes of one message.
+    max_batch_elements: int = 0
+    max_message_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GradientResult:
+    loss: float
+    batch_size: int
+    accumulated_batches: int
+    accumulated_samples: int
+    model_version: int
+    # This batch's own gradients by parameter name; empty unless asked for.
+    gradients: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    # Server side: the answer was replayed for a repeated request_id (metrics only).
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    model_version: int
+    applied_batches: int
+    applied_samples: int
+    # Total L2 norm of the gradients the step used (after the reduction).
+    gradient_norm: float
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    # None when the request had no targets.
+    loss: float | None
+    batch_size: int
+    model_version: int
+    predictions: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class DiscardResult:
+    discarded_batches: int
+    model_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetResult:
+    model_version: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """Batches to accumulate, then optionally an update (one step of the Train stream)."""
+
+    batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    apply_update: bool = False
+    learning_rate: float = 0.0
+    reduction: Reduction = Reduction.SUM
+    expected_version: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        batches: object,
+        learning_rate: float | None = None,
+        reduction: str | Reduction = Reduction.SUM,
+        expected_version: int | None = None,
+    ) -> TrainStep:
+        """A step that updates when learning_rate is given (the client's shorthand)."""
+        return cls(
+            batches=tuple(tuple(batch) for batch in batches),  # type: ignore[attr-defined,misc]
+            apply_update=learning_rate is not None,
+            learning_rate=learning_rate or 0.0,
+            reduction=Reduction.parse(reduction),
+            expected_version=expected_version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    losses: tuple[float, ...]
+    model_version: int
+    accumulated_batches: int
+    applied: bool = False
+    applied_batches: int = 0
+    gradient_norm: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    steps: tuple[StepResult, ...]
+    replayed: bool = False
+
+
+class NodeKind(Enum):
+    # A backward function (a grad_fn such as MulBackward0).
+    BACKWARD = "backward"
+    # A leaf parameter (its AccumulateGrad node).
+    PARAMETER = "parameter"
+    # A tensor that needs no gradient (the batch's inputs and targets).
+    INPUT = "input"
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    id: int
+    kind: NodeKind
+    # BACKWARD: "MulBackward0"; PARAMETER: the parameter's name; INPUT: "inputs", "targets".
+    name: str
+    # BACKWARD: shape of the gradient it receives (its forward op's output); else the tensor's.
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None
+    requires_grad: bool
+    # PARAMETER nodes only, when asked for: this batch's d loss / d parameter.
+    gradient: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    # source passes gradient to target (target is in source's next_functions) or, when
+    # carries_gradient is False, target is an INPUT the operation of source used.
+    source: int
+    target: int
+    # Position in source's next_functions; -1 when unknown (an INPUT with no matching slot).
+    slot: int
+    carries_gradient: bool = True
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+    root: int
+    loss: float
+
+    def node(self, name: str) -> GraphNode:
+        """The first node with this name."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def children(self, node_id: int) -> list[tuple[GraphEdge, GraphNode]]:
+        """Edges out of a node with their targets, in operand (slot) order."""
+        out = [edge for edge in self.edges if edge.source == node_id]
+        out.sort(key=lambda e: (e.slot < 0, e.slot, not e.carries_gradient))
+        return [(edge, self.nodes[edge.target]) for edge in out]
+
+
+@dataclass(frozen=True)
+class GraphDescription:
+    graph: Graph
+    batch_size: int
+    model_version: int
+    # The node cap the call ran under.
+    max_nodes: int

@@ -1,0 +1,179 @@
+"""gradserve.serde: every x_to_proto / x_from_proto pair gives back what it was given, through
+the wire bytes, and unknown enum values are errors that name their field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradserve import serde
+from gradserve.errors import InvalidArgumentError
+from gradserve.types import (
+    EvaluationResult,
+    GradientResult,
+    Graph,
+    GraphDescription,
+    GraphEdge,
+    GraphNode,
+    ModelInfo,
+    NodeKind,
+    Reduction,
+    StepResult,
+    TensorSpec,
+    TrainResult,
+    TrainStep,
+    UpdateResult,
+)
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def through_wire(message):  # type: ignore[no-untyped-def]
+    return type(message).FromString(message.SerializeToString())
+
+
+def test_reduction_round_trip_and_unknown_values() -> None:
+    for reduction in Reduction:
+        assert serde.reduction_from_proto(serde.reduction_to_proto(reduction)) is reduction
+    assert serde.reduction_from_proto(pb.REDUCTION_UNSPECIFIED) is Reduction.SUM
+    with pytest.raises(InvalidArgumentError) as caught:
+        serde.reduction_from_proto(7, "steps[2].reduction")
+    assert caught.value.field == "steps[2].reduction"
+
+
+def test_reduction_parse_refuses_typos() -> None:
+    assert Reduction.parse("mean") is Reduction.MEAN
+    assert Reduction.parse(Reduction.SUM) is Reduction.SUM
+    with pytest.raises(ValueError, match="'maen'"):
+        Reduction.parse("maen")
+
+
+def test_model_info_round_trip() -> None:
+    info = ModelInfo(
+        model="mlp",
+        model_spec="mlp:4-8-2",
+        parameters=(
+            TensorSpec("0.weight", torch.float32, (8, 4)),
+            TensorSpec("0.bias", torch.float64, (8,)),
+        ),
+        parameter_count=40,
+        input=TensorSpec("inputs", torch.float32, (-1, 4)),
+        target=TensorSpec("targets", torch.int64, (-1,)),
+        loss="cross_entropy",
+        optimizer="adam",
+        model_version=3,
+        accumulated_batches=2,
+        accumulated_samples=20,
+        max_batch_elements=1000,
+        max_message_bytes=4096,
+    )
+    assert serde.model_info_from_proto(through_wire(serde.model_info_to_proto(info))) == info
+
+
+def test_gradient_result_round_trip_with_gradients() -> None:
+    gradients = {"w": torch.randn(3, 2), "b": torch.tensor([0.5], dtype=torch.float64)}
+    result = GradientResult(1.25, 10, 2, 20, 7, gradients)
+    back = serde.gradient_result_from_proto(through_wire(serde.gradient_result_to_proto(result)))
+    assert (back.loss, back.batch_size, back.accumulated_batches) == (1.25, 10, 2)
+    assert (back.accumulated_samples, back.model_version) == (20, 7)
+    assert back.gradients.keys() == gradients.keys()
+    for name, gradient in gradients.items():
+        assert torch.equal(back.gradients[name], gradient)
+        assert back.gradients[name].dtype == gradient.dtype
+    back.gradients["w"].add_(1)  # a writable copy, not a view of the message
+
+
+def test_update_and_evaluation_round_trip() -> None:
+    update = UpdateResult(model_version=4, applied_batches=3, applied_samples=30, gradient_norm=2.5)
+    assert serde.update_result_from_proto(through_wire(serde.update_result_to_proto(update))) == (
+        update
+    )
+    for loss, predictions in ((None, None), (0.0, torch.arange(6.0).reshape(3, 2))):
+        result = EvaluationResult(loss, 3, 9, predictions)
+        back = serde.evaluation_result_from_proto(
+            through_wire(serde.evaluation_result_to_proto(result))
+        )
+        assert (back.loss, back.batch_size, back.model_version) == (loss, 3, 9)
+        if predictions is None:
+            assert back.predictions is None
+        else:
+            assert back.predictions is not None and torch.equal(back.predictions, predictions)
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_train_step_round_trip(update: bool) -> None:
+    batches = ((torch.randn(4, 1), torch.randn(4, 1)), (torch.randn(2, 1), torch.randn(2, 1)))
+    step = TrainStep.of(
+        batches,
+        learning_rate=0.01 if update else None,
+        reduction="mean",
+        expected_version=5 if update else None,
+    )
+    back = serde.train_step_from_proto(through_wire(serde.train_step_to_proto(step)))
+    assert (back.apply_update, back.learning_rate, back.reduction) == (update, step.learning_rate,
+                                                                       Reduction.MEAN)  # fmt: skip
+    assert back.expected_version == step.expected_version
+    assert len(back.batches) == 2
+    for (inputs, targets), (sent_inputs, sent_targets) in zip(back.batches, batches, strict=True):
+        assert torch.equal(inputs, sent_inputs) and torch.equal(targets, sent_targets)
+
+
+def test_train_step_of_refuses_unknown_reductions() -> None:
+    with pytest.raises(ValueError, match="reduction"):
+        TrainStep.of([], learning_rate=0.1, reduction="avg")
+
+
+def test_train_step_from_proto_names_the_batch_field() -> None:
+    message = serde.train_step_to_proto(TrainStep.of([(torch.zeros(2, 1), torch.zeros(2, 1))]))
+    message.batches[0].targets.data = b"\x00"
+    with pytest.raises(InvalidArgumentError) as caught:
+        serde.train_step_from_proto(message, "steps[3]")
+    assert caught.value.field is not None
+    assert caught.value.field.startswith("steps[3].batches[0].targets")
+
+
+def test_train_result_round_trip() -> None:
+    result = TrainResult(
+        (
+            StepResult((1.0, 0.5), 0, 2),
+            StepResult((0.25,), 1, 0, applied=True, applied_batches=3, gradient_norm=0.75),
+        )
+    )
+    message = serde.train_result_to_proto(result, request_id="r-1")
+    assert message.request_id == "r-1"
+    assert serde.train_result_from_proto(through_wire(message)) == result
+
+
+def test_graph_description_round_trip() -> None:
+    gradient = torch.tensor([[0.25]])
+    graph = Graph(
+        nodes=(
+            GraphNode(0, NodeKind.BACKWARD, "MseLossBackward0", (), torch.float32, True),
+            GraphNode(1, NodeKind.PARAMETER, "w", (1, 1), torch.float32, True, gradient),
+            GraphNode(2, NodeKind.INPUT, "targets", (10, 1), torch.float32, False),
+            GraphNode(3, NodeKind.BACKWARD, "ViewBackward0", (2,), None, True),
+        ),
+        edges=(GraphEdge(0, 1, 0), GraphEdge(0, 2, -1, carries_gradient=False)),
+        root=0,
+        loss=0.5,
+    )
+    description = GraphDescription(graph, batch_size=10, model_version=2, max_nodes=64)
+    back = serde.graph_description_from_proto(
+        through_wire(serde.graph_description_to_proto(description))
+    )
+    assert back.graph.edges == graph.edges
+    assert (back.graph.root, back.graph.loss) == (0, 0.5)
+    assert (back.batch_size, back.model_version, back.max_nodes) == (10, 2, 64)
+    for node, sent in zip(back.graph.nodes, graph.nodes, strict=True):
+        assert (node.id, node.kind, node.name, node.shape) == (sent.id, sent.kind, sent.name,
+                                                               sent.shape)  # fmt: skip
+        assert (node.dtype, node.requires_grad) == (sent.dtype, sent.requires_grad)
+    assert back.graph.node("w").gradient is not None
+    assert torch.equal(back.graph.node("w").gradient, gradient)
+    assert [child.name for _, child in back.graph.children(0)] == ["w", "targets"]
+
+
+def test_graph_node_unknown_kind_names_the_field() -> None:
+    message = pb.GraphNode(id=0, kind=99)
+    with pytest.raises(InvalidArgumentError) as caught:
+        serde.graph_node_from_proto(message, "nodes[4]")
+    assert caught.value.field == "nodes[4].kind"

@@ -9,6 +9,8 @@ Errors name the field, as the codec's do.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from gradserve.codec import (
@@ -42,7 +44,7 @@ WIRE_DTYPES = frozenset(wire.torch_dtype for wire in WIRE_TYPES)
 # -- reductions ----------------------------------------------------------------------------
 
 _REDUCTION_TO_PROTO = {Reduction.SUM: pb.REDUCTION_SUM, Reduction.MEAN: pb.REDUCTION_MEAN}
-_REDUCTION_FROM_PROTO = {
+_REDUCTION_FROM_PROTO: dict[int, Reduction] = {
     # Unset means SUM: PyTorch's .grad, and what a client that predates the field wants.
     pb.REDUCTION_UNSPECIFIED: Reduction.SUM,
     pb.REDUCTION_SUM: Reduction.SUM,
@@ -184,11 +186,11 @@ def evaluation_result_from_proto(message: pb.EvaluateResponse) -> EvaluationResu
     )
 
 
-def named_tensors_from_proto(messages: object, field: str) -> dict[str, torch.Tensor]:
+def named_tensors_from_proto(messages: Iterable[pb.Tensor], field: str) -> dict[str, torch.Tensor]:
     """Tensors by their names, each its own writable copy."""
     return {
         message.name: tensor_from_proto(message, f"{field}[{index}]").clone()
-        for index, message in enumerate(messages)  # type: ignore[call-overload]
+        for index, message in enumerate(messages)
     }
 
 

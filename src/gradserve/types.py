@@ -7,7 +7,7 @@ torch tensors on the CPU unless a field says otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -118,14 +118,14 @@ class TrainStep:
     @classmethod
     def of(
         cls,
-        batches: object,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         learning_rate: float | None = None,
         reduction: str | Reduction = Reduction.SUM,
         expected_version: int | None = None,
     ) -> TrainStep:
         """A step that updates when learning_rate is given (the client's shorthand)."""
         return cls(
-            batches=tuple(tuple(batch) for batch in batches),  # type: ignore[attr-defined,misc]
+            batches=tuple((inputs, targets) for inputs, targets in batches),
             apply_update=learning_rate is not None,
             learning_rate=learning_rate or 0.0,
             reduction=Reduction.parse(reduction),

@@ -19,7 +19,7 @@ import grpc
 
 from gradserve.errors import InvalidArgumentError
 from gradserve.server.config import ServerConfig
-from gradserve.server.metrics import ServerMetrics
+from gradserve.server.metrics import ServerMetrics, method_label
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +107,14 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        service = details.method.lstrip("/").rpartition("/")[0]
         if service in self._open or self.authorized(details.invocation_metadata):
             return continuation(details)
         logger.debug("denied an unauthenticated call to %s", details.method)
         if self._metrics is not None:
-            self._metrics.rejected.labels(method, grpc.StatusCode.UNAUTHENTICATED.name).inc()
+            self._metrics.rejected.labels(
+                method_label(details.method), grpc.StatusCode.UNAUTHENTICATED.name
+            ).inc()
         return _denying(continuation(details))
 
 

@@ -8,6 +8,28 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gradserve.v1 import gradserve_pb2
+
+# The method label takes values from this closed set alone: a client can call any path it
+# likes (with auth on, every made-up path was once a new series), and labels must not grow.
+_LABELLED_SERVICES = {
+    "gradserve.v1.GradientService": frozenset(
+        gradserve_pb2.DESCRIPTOR.services_by_name["GradientService"].methods_by_name
+    ),
+    "grpc.health.v1.Health": frozenset({"Check", "Watch"}),
+    "grpc.reflection.v1alpha.ServerReflection": frozenset({"ServerReflectionInfo"}),
+    "grpc.reflection.v1.ServerReflection": frozenset({"ServerReflectionInfo"}),
+}
+UNKNOWN_METHOD = "unknown"
+
+
+def method_label(method_path: str) -> str:
+    """The grpc_method label for a call's path ("/pkg.Service/Method"): the method's name when
+    the server serves it, else "unknown"."""
+    service, _, method = method_path.lstrip("/").rpartition("/")
+    return method if method in _LABELLED_SERVICES.get(service, ()) else UNKNOWN_METHOD
+
+
 # Seed steps take well under a millisecond; large parameter transfers take seconds.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,23 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     chain = _read(config.tls_cert, "tls_cert")
     key = _read(config.tls_key, "tls_key")
     client_ca = _read(config.tls_client_ca, "tls_client_ca") if config.tls_client_ca else None
+    _check_key_pair(config.tls_cert, config.tls_key)
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def _check_key_pair(cert: str, key: str) -> None:
+    """gRPC accepts a key that does not match the certificate and fails later, inside the
+    server, with a traceback; OpenSSL (through the ssl module) says so here, in one line."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        raise InvalidArgumentError(
+            f"tls: --tls-key {key} does not match --tls-cert {cert} or is not a PEM key "
+            f"({error.reason or error})",
+            field="tls_key",
+        ) from None
 
 
 def _digest(token: str | bytes) -> bytes:

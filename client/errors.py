@@ -17,7 +17,12 @@ def error_from_rpc(error: grpc.RpcError) -> GradserveError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(code)
     field = None
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+    try:
+        status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+    except ValueError:
+        # The details do not match the packed Status (a proxy rewrote one, or metadata was
+        # cut short): keep the code and the message, without the field.
+        status = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

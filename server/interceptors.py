@@ -24,12 +24,26 @@ logger = logging.getLogger(__name__)
 SERVICE = "gradserve.v1.GradientService"
 
 
+# Messages and field paths can echo what a client sent (a parameter name, a run name): the
+# status travels in trailing metadata, whose limit is 16 KiB (8 KiB soft) and which carries
+# the message twice (details and the packed Status), so what a status echoes is capped.
+MAX_STATUS_MESSAGE = 1024
+MAX_STATUS_FIELD = 256
+
+
+def capped(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text) - limit + 40} more characters)"
+
+
 def status_for(error: GradserveError) -> grpc.Status:
     """The rich status an error travels as (code, message, BadRequest with the field)."""
-    detail = status_pb2.Status(code=error.code.value[0], message=error.message)
+    message = capped(error.message, MAX_STATUS_MESSAGE)
+    detail = status_pb2.Status(code=error.code.value[0], message=message)
     if error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.message
+            field=capped(error.field, MAX_STATUS_FIELD), description=message
         )
         packed = any_pb2.Any()
         packed.Pack(error_details_pb2.BadRequest(field_violations=[violation]))

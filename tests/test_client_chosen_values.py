@@ -1,5 +1,5 @@
-"""No metric label takes a value a client chose: made-up method paths, with or without a
-token, add no series to /metrics."""
+"""What a client chose stays bounded on the server: made-up method paths add no series to
+/metrics, and an error that echoes a huge name stays within the metadata limit."""
 
 from __future__ import annotations
 
@@ -42,3 +42,22 @@ def test_unauthenticated_calls_to_made_up_paths_add_no_label_values(make_server)
                 )
     values = label_values(server, "gradserve_rejected_requests_total", "grpc_method")
     assert values == {UNKNOWN_METHOD, "GetModelInfo"}
+
+
+def test_an_error_echoing_a_huge_name_stays_within_the_metadata_limit(make_server) -> None:
+    from gradserve.client.gradient_client import GradientClient  # noqa: PLC0415
+    from gradserve.errors import InvalidArgumentError  # noqa: PLC0415
+
+    server = make_server()
+    with GradientClient(server.address) as client:
+        for length in (5_000, 9_000, 60_000):
+            try:
+                client.get_parameters(["x" * length])
+            except InvalidArgumentError as error:
+                assert error.field == "names[0]"
+                assert len(error.message) <= 1024
+                assert "more characters" in error.message
+            else:
+                raise AssertionError("a missing parameter was not refused")
+        # The connection is still good.
+        assert client.model_info().model == "linear"

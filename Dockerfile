@@ -56,12 +56,14 @@ RUN set -eu; \
     rm /tmp/requirements.txt
 
 # Sources last, installed as the package (pyproject.toml maps server/ and client/ onto
-# gradserve.server and gradserve.client, src/gradserve onto gradserve); the dependencies are
-# already there. Installed while root, then the build files go.
+# gradserve.server and gradserve.client, src/gradserve onto gradserve, proto/ onto
+# gradserve/proto); the dependencies are already there. Installed while root, then the build
+# files go.
 COPY server/ server/
 COPY client/ client/
 COPY src/ src/
-COPY README.md ./
+COPY proto/ proto/
+COPY README.md LICENSE ./
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && rm -rf build src/*.egg-info
 

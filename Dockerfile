@@ -29,6 +29,9 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PYPI_INDEX_URL=https://pypi.org/simple
 ARG WHEELHOUSE_URL=
+# DL3013 (unpinned pip install) is a false positive here: torch is pinned, to the build
+# argument TORCH_VERSION, which hadolint cannot read through "torch==${TORCH_VERSION}".
+# hadolint ignore=DL3013
 RUN set -eu; \
     if [ -n "$WHEELHOUSE_URL" ]; then \
         set -- --no-index --find-links "$WHEELHOUSE_URL"; \
@@ -53,19 +56,23 @@ RUN set -eu; \
     rm /tmp/requirements.txt
 
 # Sources last, installed as the package (pyproject.toml maps server/ and client/ onto
-# gradserve.server and gradserve.client, src/gradserve onto gradserve); the dependencies are
-# already there. Installed while root, then the build files go.
+# gradserve.server and gradserve.client, src/gradserve onto gradserve, proto/ onto
+# gradserve/proto); the dependencies are already there. Installed while root, then the build
+# files go.
 COPY server/ server/
 COPY client/ client/
 COPY src/ src/
-COPY README.md ./
+COPY proto/ proto/
+COPY README.md LICENSE ./
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && rm -rf build src/*.egg-info
 
-# A named volume mounted on the checkpoint folder starts with this owner and mode.
-RUN useradd --uid 10001 --user-group --home-dir /app --no-create-home --shell /usr/sbin/nologin gradserve \
+# A named volume mounted on the checkpoint folder starts with this owner and mode. USER by
+# number (hadolint DL3066): Kubernetes' runAsNonRoot can only verify a numeric user.
+RUN groupadd --gid 10001 gradserve \
+    && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin gradserve \
     && install -d -o gradserve -g gradserve -m 0750 /var/lib/gradserve/checkpoints
-USER gradserve
+USER 10001:10001
 
 ENV GRADSERVE_HOST=0.0.0.0 \
     GRADSERVE_PORT=50051 \

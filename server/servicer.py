@@ -306,7 +306,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
 
     def StreamParameters(
         self, request: pb.StreamParametersRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ParameterChunk]:
+    ) -> Iterator[pb.StreamParametersResponse]:
         # Room for the chunk's other fields within the message limit.
         largest = self._max_message_bytes - 1024
         chunk_bytes = request.chunk_bytes or min(DEFAULT_CHUNK_BYTES, largest)
@@ -327,11 +327,11 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
                 yield chunk
 
     def UploadParameters(
-        self, request_iterator: Iterator[pb.ParameterChunk], context: grpc.ServicerContext
-    ) -> pb.SetParametersResponse:
+        self, request_iterator: Iterator[pb.UploadParametersRequest], context: grpc.ServicerContext
+    ) -> pb.UploadParametersResponse:
         info = self._store.info()
         assembler = ChunkAssembler({p.name: (p.dtype, p.shape) for p in info.parameters})
-        first: pb.ParameterChunk | None = None
+        first: pb.UploadParametersRequest | None = None
         for chunk in request_iterator:
             first = first or chunk
             assembler.add(chunk)
@@ -347,7 +347,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         if not result.replayed:
             self._metrics.model_version.set(result.model_version)
             self._metrics.accumulated_batches.set(0)
-        return pb.SetParametersResponse(model_version=result.model_version)
+        return pb.UploadParametersResponse(model_version=result.model_version)
 
 
 def _record_train(metrics: ServerMetrics, steps: list[TrainStep], result: TrainResult) -> None:

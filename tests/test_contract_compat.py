@@ -2,9 +2,12 @@
 
 proto/released/gradserve.v1.binpb is the FileDescriptorSet of the last release
 (scripts/snapshot_contract.sh writes it). A field removed, renumbered, renamed or retyped, a
-message, enum value or RPC removed, an RPC's types or streaming changed: clients built from the
-released proto would break, so CI fails. Adding is always fine. The checker below runs
-everywhere; `buf breaking` (PyPI's buf-bin) runs the same comparison when installed.
+message, enum value or RPC removed, an RPC's streaming changed, or its request or response
+type replaced by one of another wire form: clients built from the released proto would break, so
+CI fails. An RPC's type may be renamed when the new message has the old one's fields (same
+numbers, names and types, so the same bytes and JSON). Adding is always fine. The checker below
+runs everywhere; `buf breaking` (PyPI's buf-bin, the rules in buf.yaml) runs the same comparison
+when installed.
 """
 
 from __future__ import annotations
@@ -95,6 +98,35 @@ def _oneof(message: d.DescriptorProto, field: d.FieldDescriptorProto) -> str | N
     return message.oneof_decl[field.oneof_index].name if field.HasField("oneof_index") else None
 
 
+def _field_changes(name: str, old: d.DescriptorProto, new: d.DescriptorProto) -> list[str]:
+    """How `new` reads the fields of `old` differently on the wire; [] when it only adds."""
+    problems: list[str] = []
+    new_fields = {f.number: f for f in new.field}
+    numbers_by_name = {f.name: f.number for f in new.field}
+    for field in old.field:
+        where = f"{name}.{field.name} (= {field.number})"
+        current = new_fields.get(field.number)
+        if current is None:
+            moved = numbers_by_name.get(field.name)
+            problems.append(
+                f"field {where} was renumbered to {moved}"
+                if moved is not None
+                else f"field {where} was removed"
+            )
+            continue
+        if current.name != field.name:
+            problems.append(f"field {where} was renamed to {current.name}")
+        if _field_shape(current) != _field_shape(field):
+            problems.append(
+                f"field {where} changed from {_field_shape(field)} to {_field_shape(current)}"
+            )
+        old_oneof = _oneof(old, field)
+        new_oneof = _oneof(new, current)
+        if old_oneof != new_oneof and not field.proto3_optional:
+            problems.append(f"field {where} moved from oneof {old_oneof} to {new_oneof}")
+    return problems
+
+
 def breaking_changes(old: d.FileDescriptorSet, new: d.FileDescriptorSet) -> list[str]:
     """What a client of `old` would find broken in `new`; [] when `new` only adds."""
     problems: list[str] = []
@@ -105,29 +137,7 @@ def breaking_changes(old: d.FileDescriptorSet, new: d.FileDescriptorSet) -> list
         if name not in new_messages:
             problems.append(f"message {name} was removed")
             continue
-        new_fields = {f.number: f for f in new_messages[name].field}
-        numbers_by_name = {f.name: f.number for f in new_messages[name].field}
-        for field in message.field:
-            where = f"{name}.{field.name} (= {field.number})"
-            current = new_fields.get(field.number)
-            if current is None:
-                moved = numbers_by_name.get(field.name)
-                problems.append(
-                    f"field {where} was renumbered to {moved}"
-                    if moved is not None
-                    else f"field {where} was removed"
-                )
-                continue
-            if current.name != field.name:
-                problems.append(f"field {where} was renamed to {current.name}")
-            if _field_shape(current) != _field_shape(field):
-                problems.append(
-                    f"field {where} changed from {_field_shape(field)} to {_field_shape(current)}"
-                )
-            old_oneof = _oneof(message, field)
-            new_oneof = _oneof(new_messages[name], current)
-            if old_oneof != new_oneof and not field.proto3_optional:
-                problems.append(f"field {where} moved from oneof {old_oneof} to {new_oneof}")
+        problems.extend(_field_changes(name, message, new_messages[name]))
 
     for name, enum in old_enums.items():
         if name not in new_enums:
@@ -154,10 +164,25 @@ def breaking_changes(old: d.FileDescriptorSet, new: d.FileDescriptorSet) -> list
             if new_method is None:
                 problems.append(f"{where} was removed")
                 continue
-            for attribute in ("input_type", "output_type", "client_streaming", "server_streaming"):
+            for attribute in ("client_streaming", "server_streaming"):
                 before, after = getattr(method, attribute), getattr(new_method, attribute)
                 if before != after:
                     problems.append(f"{where}: {attribute} changed from {before} to {after}")
+            # Only the bytes reach the wire: a renamed type must read the old one's fields
+            # exactly as before (a field it adds is an addition).
+            for attribute in ("input_type", "output_type"):
+                before, after = getattr(method, attribute), getattr(new_method, attribute)
+                if before == after:
+                    continue
+                old_type = old_messages.get(before.lstrip("."))
+                new_type = new_messages.get(after.lstrip("."))
+                if old_type is None or new_type is None:
+                    problems.append(f"{where}: {attribute} changed from {before} to {after}")
+                    continue
+                problems.extend(
+                    f"{where}: {attribute} changed from {before} to {after}, whose {problem}"
+                    for problem in _field_changes(before.lstrip("."), old_type, new_type)
+                )
     return problems
 
 
@@ -189,8 +214,10 @@ def _buf() -> str:
 
 
 def buf_breaking(buf: str, new: Path, old: Path) -> subprocess.CompletedProcess[str]:
+    # From the repository root, where buf.yaml chooses the rules (WIRE_JSON; why: buf.yaml).
     return subprocess.run(
         [buf, "breaking", str(new), "--against", str(old)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -242,6 +269,12 @@ def stream_apply_update(s: d.FileDescriptorSet) -> None:
     next(m for m in service.method if m.name == "ApplyUpdate").server_streaming = True
 
 
+def retype_evaluate_request(s: d.FileDescriptorSet) -> None:
+    service = next(f for f in s.file if f.package == "gradserve.v1").service[0]
+    method = next(m for m in service.method if m.name == "Evaluate")
+    method.input_type = ".gradserve.v1.GetParametersRequest"
+
+
 def remove_enum_value(s: d.FileDescriptorSet) -> None:
     file = next(f for f in s.file if f.package == "gradserve.v1")
     values = next(e for e in file.enum_type if e.name == "DataType").value
@@ -261,6 +294,12 @@ BREAKING: dict[str, tuple[Callable[[d.FileDescriptorSet], None], str]] = {
     "changed label": (make_shape_singular, "shape (= 3) changed from repeated"),
     "removed rpc": (remove_rpc, "rpc gradserve.v1.GradientService.Evaluate was removed"),
     "changed streaming": (stream_apply_update, "server_streaming changed from False to True"),
+    "rpc type of another wire form": (
+        retype_evaluate_request,
+        "input_type changed from .gradserve.v1.EvaluateRequest to "
+        ".gradserve.v1.GetParametersRequest, whose field "
+        "gradserve.v1.EvaluateRequest.return_predictions (= 3) was removed",
+    ),
     "removed enum value": (remove_enum_value, "DataType.DATA_TYPE_BFLOAT16 (= 4) was removed"),
 }
 

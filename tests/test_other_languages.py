@@ -1,7 +1,8 @@
-"""The contract from other languages: the Node.js and C++ example clients train against a real
-server, get INVALID_ARGUMENT for their malformed call, and write tensors the Python codec reads.
+"""The contract from other languages: the Node.js, C++ and Go example clients train against a
+real server, get INVALID_ARGUMENT for their malformed call, and write tensors the Python codec
+reads.
 
-Both clients make their data with the same seeded PRNG (mulberry32 + Box-Muller); the test makes
+The clients make their data with the same seeded PRNG (mulberry32 + Box-Muller); the test makes
 it a third time here, so the least-squares fit they must reach is computed independently.
 Skips only when the other languages' toolchains are missing: scripts/install-other-language-deps.sh
 installs them (CI runs it).
@@ -30,6 +31,15 @@ from gradserve.v1 import gradserve_pb2 as pb
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "examples" / "node"
 CPP_DIR = ROOT / "examples" / "cpp"
+GO_DIR = ROOT / "examples" / "go"
+# Debian's Go libraries, as source (golang-google-grpc-dev and friends): a GOPATH root.
+GOCODE = Path(os.environ.get("GRADSERVE_GOCODE", "/usr/share/gocode"))
+GO_LIBRARIES = (
+    "google.golang.org/grpc",
+    "google.golang.org/protobuf",
+    "github.com/golang/protobuf/ptypes",
+    "google.golang.org/genproto/googleapis/rpc/errdetails",
+)
 INSTALL_HINT = "run scripts/install-other-language-deps.sh"
 
 # Converges from the server's random start to within a few thousandths of the least-squares fit
@@ -57,6 +67,7 @@ EXPECTED: dict[str, torch.Tensor] = {
     "empty_float32": torch.empty(0, 3),
 }
 CPP_FIXTURES = ("float32", "int64", "scalar_float32", "empty_float32")
+GO_FIXTURES = ("float32", "float64", "int64", "int32", "bool", "scalar_float32", "empty_float32")
 
 
 # ---- the clients' data, made again --------------------------------------------------------
@@ -221,6 +232,67 @@ def test_cpp_tensors_decode_exactly_in_python(cpp_client: Path) -> None:
     check_fixtures(run.stdout, CPP_FIXTURES)
 
 
+# ---- Go -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generates gradserve.v1 for Go from proto/ (protoc-gen-go, protoc-gen-go-grpc, no flags:
+    the proto's go_package says where) and builds examples/go against Debian's Go libraries,
+    offline, in a temporary GOPATH."""
+    missing = [tool for tool in ("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc")
+               if shutil.which(tool) is None]  # fmt: skip
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed ({INSTALL_HINT})")
+    absent = [library for library in GO_LIBRARIES if not (GOCODE / "src" / library).is_dir()]
+    if absent:
+        pytest.skip(f"Go libraries missing under {GOCODE}: {', '.join(absent)} ({INSTALL_HINT})")
+    gopath = tmp_path_factory.mktemp("gopath")
+    (gopath / "src").mkdir()
+    generate = ["protoc", "-I", str(ROOT / "proto"), f"--go_out={gopath / 'src'}",
+                f"--go-grpc_out={gopath / 'src'}", "gradserve/v1/gradserve.proto"]  # fmt: skip
+    run = subprocess.run(generate, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    generated = gopath / "src" / "github.com/gradserve/gradserve/gen/go/gradserve/v1"
+    assert sorted(p.name for p in generated.iterdir()) == [
+        "gradserve.pb.go",
+        "gradserve_grpc.pb.go",
+    ]
+    package = gopath / "src" / "github.com/gradserve/gradserve/examples/go"
+    package.mkdir(parents=True)
+    shutil.copy(GO_DIR / "main.go", package)
+    binary = gopath / "gradserve-go-client"
+    environment = {
+        **os.environ,
+        # GOPATH mode: Debian's libraries are source trees, not modules a proxy would serve.
+        "GO111MODULE": "off",
+        "GOPATH": f"{gopath}{os.pathsep}{GOCODE}",
+        "GOPROXY": "off",
+        "GOFLAGS": "",
+        "GOCACHE": os.environ.get("GOCACHE", str(gopath / "cache")),
+    }
+    run = subprocess.run(
+        ["go", "build", "-o", str(binary), "."], cwd=package, env=environment,
+        capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    return binary
+
+
+def test_go_client_trains_and_reads_the_field_violation(
+    go_client: Path, server: GradientServer
+) -> None:
+    check_training_run([str(go_client)], server)
+
+
+def test_go_tensors_decode_exactly_in_python(go_client: Path) -> None:
+    run = subprocess.run(
+        [str(go_client), "--encode-fixtures"], capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    check_fixtures(run.stdout, GO_FIXTURES)
+
+
 # ---- Bearer tokens --------------------------------------------------------------------------
 
 TOKEN = "s3cret-token-for-the-example-clients"
@@ -254,3 +326,7 @@ def test_node_client_sends_the_bearer_token(node: str, make_server) -> None:
 
 def test_cpp_client_sends_the_bearer_token(cpp_client: Path, make_server) -> None:
     check_token_runs([str(cpp_client)], make_server)
+
+
+def test_go_client_sends_the_bearer_token(go_client: Path, make_server) -> None:
+    check_token_runs([str(go_client)], make_server)

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -190,11 +191,20 @@ def _swap_bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
+# The chunk messages of StreamParameters (server to client) and UploadParameters (client to
+# server): the same fields, so one pair of functions serves both directions.
+Chunk = pb.StreamParametersResponse | pb.UploadParametersRequest
+ChunkT = TypeVar("ChunkT", pb.StreamParametersResponse, pb.UploadParametersRequest)
+
 
 def tensor_to_chunks(
-    name: str, tensor: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES, model_version: int = 0
-) -> Iterator[pb.ParameterChunk]:
-    """A tensor as ParameterChunks of at most chunk_bytes each (at least one chunk)."""
+    name: str,
+    tensor: torch.Tensor,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    model_version: int = 0,
+    message: type[ChunkT] = pb.StreamParametersResponse,  # type: ignore[assignment]
+) -> Iterator[ChunkT]:
+    """A tensor as chunk messages of at most chunk_bytes each (at least one chunk)."""
     wire = _BY_TORCH.get(tensor.dtype)
     if wire is None:
         raise TypeError(f"{tensor.dtype} has no gradserve.v1 DataType")
@@ -206,7 +216,7 @@ def tensor_to_chunks(
     offset = 0
     while True:
         piece = raw[offset : offset + chunk_bytes].numpy().tobytes()
-        chunk = pb.ParameterChunk(offset=offset, data=piece, model_version=model_version)
+        chunk = message(offset=offset, data=piece, model_version=model_version)
         if offset == 0:
             chunk.name = name
             chunk.dtype = wire.proto
@@ -218,7 +228,7 @@ def tensor_to_chunks(
 
 
 class ChunkAssembler:
-    """Collects ParameterChunks back into tensors, one copy per byte: each parameter's bytes
+    """Collects chunk messages back into tensors, one copy per byte: each parameter's bytes
     land in a tensor allocated once, at their offset.
 
     With `expected` (name -> (dtype, shape), the server's side), each chunk is checked as it
@@ -234,7 +244,7 @@ class ChunkAssembler:
         self._current: str | None = None
         self._chunks = 0
 
-    def add(self, chunk: pb.ParameterChunk) -> None:
+    def add(self, chunk: Chunk) -> None:
         field = f"chunks[{self._chunks}]"
         self._chunks += 1
         if chunk.name:
@@ -261,7 +271,7 @@ class ChunkAssembler:
             buffer[filled : filled + len(data)] = torch.frombuffer(data, dtype=torch.uint8)
         self._filled[name] = filled + len(data)
 
-    def _start(self, chunk: pb.ParameterChunk, field: str) -> None:
+    def _start(self, chunk: Chunk, field: str) -> None:
         name = chunk.name
         if name in self._buffers:
             raise InvalidArgumentError(

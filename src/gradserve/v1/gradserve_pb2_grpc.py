@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class GradientServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Computes a PyTorch model's gradients for the batches clients send, and applies them.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -82,12 +83,12 @@ class GradientServiceStub:
         self.StreamParameters = channel.unary_stream(
                 '/gradserve.v1.GradientService/StreamParameters',
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.StreamParametersRequest.SerializeToString,
-                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.FromString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.StreamParametersResponse.FromString,
                 _registered_method=True)
         self.UploadParameters = channel.stream_unary(
                 '/gradserve.v1.GradientService/UploadParameters',
-                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.SerializeToString,
-                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SetParametersResponse.FromString,
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.UploadParametersRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.UploadParametersResponse.FromString,
                 _registered_method=True)
         self.SaveCheckpoint = channel.unary_unary(
                 '/gradserve.v1.GradientService/SaveCheckpoint',
@@ -97,7 +98,8 @@ class GradientServiceStub:
 
 
 class GradientServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Computes a PyTorch model's gradients for the batches clients send, and applies them.
+    """
 
     def ComputeGradients(self, request, context):
         """Forward pass, loss and backward() for one batch; the batch's gradients are
@@ -251,12 +253,12 @@ def add_GradientServiceServicer_to_server(servicer, server):
             'StreamParameters': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamParameters,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.StreamParametersRequest.FromString,
-                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.SerializeToString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.StreamParametersResponse.SerializeToString,
             ),
             'UploadParameters': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadParameters,
-                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.FromString,
-                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.SetParametersResponse.SerializeToString,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.UploadParametersRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.UploadParametersResponse.SerializeToString,
             ),
             'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.SaveCheckpoint,
@@ -272,7 +274,8 @@ def add_GradientServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GradientService:
-    """Missing associated documentation comment in .proto file."""
+    """Computes a PyTorch model's gradients for the batches clients send, and applies them.
+    """
 
     @staticmethod
     def ComputeGradients(request,
@@ -533,7 +536,7 @@ class GradientService:
             target,
             '/gradserve.v1.GradientService/StreamParameters',
             gradserve_dot_v1_dot_gradserve__pb2.StreamParametersRequest.SerializeToString,
-            gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.FromString,
+            gradserve_dot_v1_dot_gradserve__pb2.StreamParametersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -559,8 +562,8 @@ class GradientService:
             request_iterator,
             target,
             '/gradserve.v1.GradientService/UploadParameters',
-            gradserve_dot_v1_dot_gradserve__pb2.ParameterChunk.SerializeToString,
-            gradserve_dot_v1_dot_gradserve__pb2.SetParametersResponse.FromString,
+            gradserve_dot_v1_dot_gradserve__pb2.UploadParametersRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.UploadParametersResponse.FromString,
             options,
             channel_credentials,
             insecure,

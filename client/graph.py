@@ -32,8 +32,8 @@ import torch
 from gradserve.client import train
 from gradserve.client.config import TrainConfig
 from gradserve.client.data import DataError
-from gradserve.client.gradient_client import GraphDescription, GraphEdge, GraphNode
 from gradserve.errors import GradserveError, UnavailableError
+from gradserve.types import GraphDescription, GraphEdge, GraphNode, NodeKind
 
 # Tensors with at most this many elements are printed in full; larger ones by their norm.
 SHOW_ELEMENTS = 4
@@ -51,9 +51,9 @@ def _values(tensor: torch.Tensor) -> str:
 
 def node_label(node: GraphNode) -> str:
     """One line for a node: name, what it is, shape, and the leaf gradient when present."""
-    if node.kind == "backward":
+    if node.kind is NodeKind.BACKWARD:
         return f"{node.name}  {_shape(node.shape)}"
-    if node.kind == "parameter":
+    if node.kind is NodeKind.PARAMETER:
         text = f"{node.name}  parameter {_shape(node.shape)}"
         if not node.requires_grad:
             text += "  requires_grad=False"
@@ -63,18 +63,19 @@ def node_label(node: GraphNode) -> str:
     return f"{node.name}  input {_shape(node.shape)}  no grad"
 
 
-def render_tree(graph: GraphDescription) -> str:
+def render_tree(description: GraphDescription) -> str:
     """The graph as an indented tree from the loss down (a node reached twice is printed once,
     then referred to by its id)."""
+    graph = description.graph
     lines = [
-        f"loss = {graph.loss:.6g}  (batch of {graph.batch_size}, "
-        f"model version {graph.model_version})"
+        f"loss = {graph.loss:.6g}  (batch of {description.batch_size}, "
+        f"model version {description.model_version})"
     ]
     printed: set[int] = set()
 
     def visit(node: GraphNode, prefix: str, last: bool) -> None:
         branch = "└── " if last else "├── "
-        if node.id in printed and node.kind == "backward":
+        if node.id in printed and node.kind is NodeKind.BACKWARD:
             lines.append(f"{prefix}{branch}{node.name}  (#{node.id}, shown above)")
             return
         printed.add(node.id)
@@ -93,10 +94,11 @@ def _quote(text: str) -> str:
     return '"' + escaped + '"'
 
 
-def render_dot(graph: GraphDescription) -> str:
+def render_dot(description: GraphDescription) -> str:
     """Graphviz DOT, drawn like the tutorial: leaves at the top, arrows in the direction of the
     forward pass, the loss at the bottom; backward() sends gradients against the arrows.
     Dashed: inputs/targets, which take part in the forward pass but receive no gradient."""
+    graph = description.graph
     lines = [
         "digraph gradserve {",
         '  graph [fontname="Helvetica", label="gradserve DescribeGraph: forward along the '
@@ -105,10 +107,10 @@ def render_dot(graph: GraphDescription) -> str:
         '  edge [color="#555555"];',
     ]
     for node in graph.nodes:
-        if node.kind == "backward":
+        if node.kind is NodeKind.BACKWARD:
             attributes = 'shape=box, style="rounded,filled", fillcolor="#e8e8e8"'
             label = f"{node.name}\n{_shape(node.shape)}"
-        elif node.kind == "parameter":
+        elif node.kind is NodeKind.PARAMETER:
             attributes = 'shape=ellipse, style=filled, fillcolor="#cfe8ff"'
             label = f"{node.name} (leaf)\n{_shape(node.shape)}, requires_grad"
             if node.gradient is not None:

@@ -64,10 +64,10 @@ def epoch_steps(
     for batch in epoch:
         pending.append(batch)
         if len(pending) == config.accumulation_steps:
-            yield TrainStep(tuple(pending), config.learning_rate, config.reduction)
+            yield TrainStep.of(pending, config.learning_rate, config.reduction)
             pending = []
     if pending:
-        yield TrainStep(tuple(pending), config.learning_rate, config.reduction)
+        yield TrainStep.of(pending, config.learning_rate, config.reduction)
 
 
 def run_steps(

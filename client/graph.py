@@ -29,9 +29,17 @@ from pathlib import Path
 
 import torch
 
-from gradserve.client import train
-from gradserve.client.config import TrainConfig
+from gradserve.client.config import (
+    ConnectionConfig,
+    DataConfig,
+    EmbeddedServerConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from gradserve.client.connection import connect
 from gradserve.client.data import DataError
+from gradserve.client.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from gradserve.client.training_data import load_data
 from gradserve.errors import GradserveError, UnavailableError
 from gradserve.types import GraphDescription, GraphEdge, GraphNode, NodeKind
 
@@ -150,43 +158,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--dot", type=Path, default=None, help="also write the graph as Graphviz DOT here")
     args = parser.parse_args(argv)
     config = TrainConfig(
-        server=args.server,
-        model=args.model,
-        seed=args.seed,
-        samples=args.samples,
-        batch_size=args.batch_size,
-        metrics_port=0,
+        connection=ConnectionConfig(server=args.server),
+        embedded=EmbeddedServerConfig(model=args.model),
         # A remote server is only read: no initial parameters are set on it.
-        init="auto" if args.server is None else "server",
+        data=DataConfig(
+            seed=args.seed, samples=args.samples, init="auto" if args.server is None else "server"
+        ),
+        schedule=ScheduleConfig(batch_size=args.batch_size),
     )
+    size = args.batch_size
     try:
-        with train.connect(config) as (client, _):
-            client.wait_until_ready(config.connect_timeout_seconds)
+        with connect(config) as (client, _):
             info = client.model_info()
-            dataset, initial = train.load_data(config, info)
+            dataset, initial = load_data(config, info)
             if initial:
                 client.set_parameters(initial)
             graph = client.describe_graph(
-                dataset.inputs[: config.batch_size],
-                dataset.targets[: config.batch_size],
+                dataset.inputs[:size],
+                dataset.targets[:size],
                 return_gradients=True,
                 max_nodes=args.max_nodes,
             )
     except DataError as error:
         print(f"graph: {error}", file=sys.stderr)
-        return train.EXIT_USAGE
+        return EXIT_USAGE
     except UnavailableError as error:
         print(f"graph: cannot reach the server: {error}", file=sys.stderr)
-        return train.EXIT_UNREACHABLE
+        return EXIT_UNREACHABLE
     except GradserveError as error:
         where = f" ({error.field})" if error.field else ""
         print(f"graph: the server refused: {error.code.name}{where}: {error}", file=sys.stderr)
-        return train.EXIT_FAILED
+        return EXIT_FAILED
     sys.stdout.write(render_tree(graph))
     if args.dot is not None:
         args.dot.write_text(render_dot(graph))
         print(f"wrote {args.dot} (render: dot -Tpng {args.dot} -o graph.png)", file=sys.stderr)
-    return train.EXIT_OK
+    return EXIT_OK
 
 
 if __name__ == "__main__":

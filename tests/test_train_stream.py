@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import grpc
 import pytest
 import torch
 
-from gradserve.client.config import TrainConfig
+from gradserve.client.config import ParallelConfig, ScheduleConfig, TrainConfig, TransportConfig
 from gradserve.client.data import seed_data
 from gradserve.client.gradient_client import GradientClient, TrainStep
+from gradserve.client.loop import train
 from gradserve.client.metrics import TrainMetrics
-from gradserve.client.stream_trainer import train_streamed
+from gradserve.client.recorder import Recorder
+from gradserve.client.session import make_plan, make_transport
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.app import GradientServer
 from gradserve.v1 import gradserve_pb2 as pb
@@ -167,7 +168,11 @@ def test_the_stream_is_refused_in_sync_mode_rather_than_bypassing_the_rounds(mak
 
 
 def test_shared_trainers_interleave_on_one_model_without_conflicts(server: GradientServer) -> None:
-    config = dataclasses.replace(TrainConfig(), epochs=5, steps_per_request=1, window=2)
+    config = TrainConfig(
+        schedule=ScheduleConfig(epochs=5),
+        transport=TransportConfig(steps_per_request=1, window=2),
+        parallel=ParallelConfig(shared=True),
+    )
     data = seed_data(0).dataset
     summaries: list[object] = []
     errors: list[BaseException] = []
@@ -176,8 +181,11 @@ def test_shared_trainers_interleave_on_one_model_without_conflicts(server: Gradi
         try:
             with client_for(server) as client:
                 summaries.append(
-                    train_streamed(
-                        client, data, config, TrainMetrics("t", "linear"), exclusive=False
+                    train(
+                        client,
+                        make_plan(config, data),
+                        make_transport(client, config),
+                        Recorder(TrainMetrics("t", "linear")),
                     )
                 )
         except BaseException as error:

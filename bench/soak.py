@@ -191,7 +191,7 @@ def stream_worker(
         for _ in range(args.stream_requests):
             if stop.is_set():
                 return
-            step = TrainStep(
+            step = TrainStep.of(
                 batches=[next(data) for _ in range(args.batches_per_update)],
                 learning_rate=args.learning_rate,
             )

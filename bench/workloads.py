@@ -52,7 +52,7 @@ def run_stream(
 ) -> float:
     def groups() -> Iterator[list[TrainStep]]:
         for start in range(0, len(batches), steps_per_request):
-            yield [TrainStep((b,), LR) for b in batches[start : start + steps_per_request]]
+            yield [TrainStep.of((b,), LR) for b in batches[start : start + steps_per_request]]
 
     started = time.perf_counter()
     for _ in client.train_stream(groups(), window=window):

@@ -1,63 +1,30 @@
-"""Trainer configuration: one frozen dataclass from flags whose defaults come from GRADSERVE_*."""
+"""The trainer's configuration: frozen dataclasses, one per concern, nested in TrainConfig.
+
+`gradserve.client.arguments.parse_args(argv)` builds it from the flags (whose defaults come
+from the GRADSERVE_* variables named there); `config_to_json` / `config_from_json` carry it to
+a --workers child without pickle.
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
-import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
-from gradserve.client.csv_stream import STREAM_ABOVE_BYTES
-from gradserve.client.datasets import DATASET_DEFAULTS
-
-ENV_SERVER = "GRADSERVE_SERVER"
-ENV_METRICS_PORT = "GRADSERVE_TRAIN_METRICS_PORT"
-ENV_METRICS_HOST = "GRADSERVE_TRAIN_METRICS_HOST"
-ENV_PUSHGATEWAY = "GRADSERVE_PUSHGATEWAY"
-ENV_TIMEOUT = "GRADSERVE_TIMEOUT_SECONDS"
-ENV_SHARD_INDEX = "GRADSERVE_SHARD_INDEX"
-ENV_SHARD_COUNT = "GRADSERVE_SHARD_COUNT"
-ENV_SHARED = "GRADSERVE_TRAIN_SHARED"
+from gradserve.types import Reduction
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ConnectionConfig:
     # HOST:PORT of a running server; None starts an embedded one on a free loopback port.
     server: str | None = None
-    # Model spec for the embedded server (a remote server has its own).
-    model: str = "linear"
-    epochs: int = 100
-    batch_size: int = 10
-    learning_rate: float = 0.01
-    seed: int = 0
-    samples: int = 100
-    shuffle: bool = False
-    # ComputeGradients calls per ApplyUpdate, and how the update reduces them.
-    accumulation_steps: int = 1
-    reduction: str = "sum"
-    csv: Path | None = None
-    features: tuple[str, ...] = ()
-    target: str | None = None
-    validation_split: float = 0.0
-    # "seed": set the seed tutorial's initial w, b (linear model); "server": keep the server's.
-    init: str = "auto"
-    # Other trainers drive the same model at the same time (compose --scale, async mode). Off:
-    # this trainer owns the model, so each step carries expected_version and the run replays
-    # exactly after a server restart. On: steps apply to whatever version the model is at,
-    # and the parameters are the server's (auto init = server).
-    shared: bool = False
-    json: bool = False
-    progress: str = "auto"
-    metrics_port: int = 8000
-    metrics_host: str = "127.0.0.1"
-    linger_seconds: float = 0.0
-    pushgateway: str | None = None
-    run_id: str = ""
     timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 15.0
-    log_every: int = 10
     # Retries of UNAVAILABLE (same request_id): enough to outlast a server restart of seconds.
     retry_attempts: int = 20
     retry_max_backoff_seconds: float = 1.0
@@ -67,268 +34,156 @@ class TrainConfig:
     tls_key: Path | None = None
     # Bearer token: first line of this file; otherwise GRADSERVE_TOKEN. Never printed.
     token_file: Path | None = None
-    # "stream": the Train stream, steps packed and pipelined (fastest); "unary": two calls
-    # per step. Both give bitwise the same parameters.
-    transport: str = "stream"
-    steps_per_request: int = 100
-    window: int = 4
-    # Print the autograd graph of the first batch before training (DescribeGraph).
-    show_graph: bool = False
-    # Write that graph as Graphviz DOT to this file.
-    graph_dot: Path | None = None
-    # A bundled dataset (client/datasets.py) instead of the synthetic line or --csv.
-    dataset: str | None = None
-    # Optimizer and loss of the embedded server (a remote server has its own).
+
+
+@dataclass(frozen=True)
+class EmbeddedServerConfig:
+    """What the embedded server is built with (a remote server has its own)."""
+
+    model: str = "linear"
     optimizer: str = "sgd"
     loss: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Seeds the data, the initial parameters, the shuffling and the validation split.
+    seed: int = 0
+    samples: int = 100
+    csv: Path | None = None
+    features: tuple[str, ...] = ()
+    target: str | None = None
+    # A bundled dataset (client/datasets.py) instead of the synthetic line or --csv.
+    dataset: str | None = None
+    validation_split: float = 0.0
+    # "seed": set the seed tutorial's initial w, b (linear model); "server": keep the server's.
+    init: str = "auto"
     # Read --csv in batches from disk instead of loading it (automatic for large files).
     stream_csv: bool = False
-    # Rows the streaming reader shuffles among when --shuffle is given.
+    # Rows the streaming reader shuffles among when shuffling.
     shuffle_buffer: int = 10_000
-    # Write the loss curve (and validation accuracy) as a PNG here.
-    plot: Path | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """What the steps are: batches, how many per update, how the update reduces them."""
+
+    epochs: int = 100
+    batch_size: int = 10
+    learning_rate: float = 0.01
+    # ComputeGradients calls per ApplyUpdate, and how the update reduces them.
+    accumulation_steps: int = 1
+    reduction: Reduction = Reduction.SUM
+    shuffle: bool = False
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    # "stream": the Train stream, steps packed and pipelined (fastest); "unary": two calls
+    # per step. Both give bitwise the same parameters.
+    kind: str = "stream"
+    steps_per_request: int = 100
+    window: int = 4
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Who else trains this model."""
+
+    # Other trainers drive the same model at the same time (compose --scale, async mode). Off:
+    # this trainer owns the model, so each step carries expected_version and the run replays
+    # exactly after a server restart. On: steps apply to whatever version the model is at,
+    # and the parameters are the server's (auto init = server).
+    shared: bool = False
     # Data-parallel workers (client/workers.py, docs/scaling.md): --workers N processes, or
     # this process as shard `shard_index` of `shard_count` (batches i with i % count == index).
     workers: int = 1
     shard_index: int = 0
     shard_count: int = 1
 
+    @property
+    def sharded(self) -> bool:
+        return self.workers > 1 or self.shard_count > 1
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError("must be in [0, 1)")
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 8000
+    host: str = "127.0.0.1"
+    # Keep /metrics served this long after training.
+    linger_seconds: float = 0.0
+    pushgateway: str | None = None
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    json: bool = False
+    progress: str = "auto"
+    log_every: int = 10
+    # Print the autograd graph of the first batch before training (DescribeGraph).
+    show_graph: bool = False
+    # Write that graph as Graphviz DOT to this file.
+    graph_dot: Path | None = None
+    # Write the loss curve (and validation accuracy) as a PNG here.
+    plot: Path | None = None
+    # Off in a --workers child: its parent prints, its stdout is one JSON report.
+    epoch_lines: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    embedded: EmbeddedServerConfig = field(default_factory=EmbeddedServerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def config_to_json(config: TrainConfig) -> str:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    return json.dumps(plain(dataclasses.asdict(config)))
+
+
+def config_from_json(text: str) -> TrainConfig:
+    config: TrainConfig = _build(TrainConfig, json.loads(text))
+    return config
+
+
+def _build(kind: type[Any], values: dict[str, Any]) -> Any:
+    """A (nested) config dataclass from the plain values config_to_json wrote."""
+    hints = typing.get_type_hints(kind)
+    arguments: dict[str, Any] = {}
+    for item in dataclasses.fields(kind):
+        if item.name not in values:
+            continue
+        value, hint = values[item.name], hints[item.name]
+        if dataclasses.is_dataclass(hint):
+            value = _build(typing.cast(type[Any], hint), value)
+        elif value is not None:
+            value = _convert(hint, value)
+        arguments[item.name] = value
+    return kind(**arguments)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is Path:
+            return Path(value)
+        if isinstance(option, type) and issubclass(option, Enum):
+            return option(value)
+        if typing.get_origin(option) is tuple:
+            return tuple(value)
     return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
-def _learning_rate(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a finite number >= 0")
-    return value
-
-
-def parse_args(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> TrainConfig:
-    env = os.environ if environ is None else environ
-    d = TrainConfig()
-    parser = argparse.ArgumentParser(
-        prog="python client/train.py",
-        description="Train a model on a gradserve server: ComputeGradients for each batch, "
-        "ApplyUpdate after every --accumulation-steps batches. With no --server, an embedded "
-        "server is started on a free loopback port.",
-    )
-    add = parser.add_argument
-    add(
-        "--server",
-        default=env.get(ENV_SERVER) or None,
-        help=f"HOST:PORT of a gradserve server [{ENV_SERVER}]; default: embedded",
-    )
-    add("--model", default=d.model, help="model spec of the embedded server (linear, mlp:...)")
-    add("--epochs", type=_positive, default=d.epochs)
-    add("--batch-size", type=_positive, default=d.batch_size)
-    add(
-        "--lr",
-        "--learning-rate",
-        dest="learning_rate",
-        type=_learning_rate,
-        default=d.learning_rate,
-    )
-    add("--seed", type=int, default=d.seed, help="seeds data, initial parameters and shuffling")
-    add("--samples", type=_positive, default=d.samples, help="synthetic samples (no --csv)")
-    add("--shuffle", action="store_true", help="reshuffle the batches every epoch (seeded)")
-    add(
-        "--accumulation-steps",
-        type=_positive,
-        default=d.accumulation_steps,
-        help="ComputeGradients calls per ApplyUpdate",
-    )
-    add(
-        "--reduction",
-        choices=("sum", "mean"),
-        default=d.reduction,
-        help="sum: PyTorch's accumulated .grad; mean: divided by the accumulated batches",
-    )
-    add("--csv", type=Path, default=None, help="train on numeric columns of a CSV file")
-    add("--features", default="", help="comma-separated feature columns (default: all but target)")
-    add("--target", default=None, help="target column (default: the last)")
-    add(
-        "--validation-split",
-        type=_fraction,
-        default=d.validation_split,
-        help="fraction held out and evaluated after every epoch",
-    )
-    add(
-        "--init",
-        choices=("auto", "seed", "server"),
-        default=d.init,
-        help="auto: the seed tutorial's w, b for the linear model on synthetic data, else the "
-        "server's parameters",
-    )
-    add(
-        "--shared",
-        action="store_true",
-        default=env.get(ENV_SHARED, "").lower() in ("1", "true", "yes"),
-        help="other trainers drive the same model at once: no version checks, no exact "
-        f"resume, keep the server's parameters [{ENV_SHARED}]",
-    )
-    add(
-        "--json",
-        action="store_true",
-        help="print a JSON summary on stdout (human lines go to stderr)",
-    )
-    add(
-        "--progress",
-        choices=("auto", "always", "never"),
-        default=d.progress,
-        help="progress bar on stderr (auto: only on a terminal)",
-    )
-    add(
-        "--metrics-port",
-        type=int,
-        default=int(env.get(ENV_METRICS_PORT, d.metrics_port)),
-        help=f"serve Prometheus /metrics here, 0 for none [{ENV_METRICS_PORT}]",
-    )
-    add(
-        "--metrics-host",
-        default=env.get(ENV_METRICS_HOST, d.metrics_host),
-        help=f"address /metrics binds [{ENV_METRICS_HOST}]",
-    )
-    add(
-        "--linger",
-        dest="linger_seconds",
-        type=float,
-        default=d.linger_seconds,
-        help="keep /metrics served this many seconds after training",
-    )
-    add(
-        "--pushgateway",
-        default=env.get(ENV_PUSHGATEWAY) or None,
-        help=f"push the final metrics to this Pushgateway URL [{ENV_PUSHGATEWAY}]",
-    )
-    add("--run-id", default="", help="label for this run's metrics (default: random)")
-    add(
-        "--timeout",
-        dest="timeout_seconds",
-        type=float,
-        default=float(env.get(ENV_TIMEOUT, d.timeout_seconds)),
-        help="deadline of each call",
-    )
-    add(
-        "--connect-timeout",
-        dest="connect_timeout_seconds",
-        type=float,
-        default=d.connect_timeout_seconds,
-        help="how long to wait for the server to be ready",
-    )
-    add(
-        "--show-graph",
-        action="store_true",
-        help="print the autograd graph the server records for the first batch, then train",
-    )
-    add(
-        "--graph-dot",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="write the first batch's autograd graph as Graphviz DOT to FILE",
-    )
-    add(
-        "--dataset",
-        choices=tuple(DATASET_DEFAULTS),
-        default=None,
-        help="train on a bundled dataset (digits: scikit-learn's 8x8 handwritten digits); "
-        "sets its own defaults for the flags not given",
-    )
-    add("--optimizer", default=d.optimizer, help="optimizer spec of the embedded server")
-    add("--loss", default=d.loss, help="loss of the embedded server (default: the model's)")
-    add(
-        "--stream-csv",
-        action="store_true",
-        help="read --csv in batches instead of loading it (automatic above "
-        f"{STREAM_ABOVE_BYTES // 2**20} MiB)",
-    )
-    add(
-        "--shuffle-buffer",
-        type=_positive,
-        default=d.shuffle_buffer,
-        help="rows a streamed CSV is shuffled among with --shuffle",
-    )
-    add("--plot", type=Path, default=None, metavar="PNG", help="write the loss curve to PNG")
-    pre_parsed, _ = parser.parse_known_args(argv)
-    if pre_parsed.dataset is not None:
-        parser.set_defaults(**DATASET_DEFAULTS[pre_parsed.dataset])
-    add(
-        "--transport",
-        choices=("stream", "unary"),
-        default=d.transport,
-        help="stream: steps packed into Train stream requests, pipelined (default); "
-        "unary: ComputeGradients and ApplyUpdate calls",
-    )
-    add(
-        "--steps-per-request",
-        type=_positive,
-        default=d.steps_per_request,
-        help="steps packed into one Train request (stream transport)",
-    )
-    add(
-        "--window",
-        type=_positive,
-        default=d.window,
-        help="Train requests in flight at once (stream transport)",
-    )
-    add(
-        "--retry-attempts",
-        type=_positive,
-        default=d.retry_attempts,
-        help="attempts per call while the server is UNAVAILABLE (restarting)",
-    )
-    add(
-        "--retry-max-backoff",
-        dest="retry_max_backoff_seconds",
-        type=float,
-        default=d.retry_max_backoff_seconds,
-        help="longest wait between two attempts, seconds",
-    )
-    add("--tls-ca", type=Path, default=None, help="connect with TLS, trusting this CA (PEM)")
-    add("--tls-cert", type=Path, default=None, help="client certificate for mTLS (PEM)")
-    add("--tls-key", type=Path, default=None, help="its key (PEM)")
-    add(
-        "--token-file",
-        type=Path,
-        default=None,
-        help="send the bearer token in this file (default: GRADSERVE_TOKEN, if set)",
-    )
-    add(
-        "--workers",
-        type=_positive,
-        default=d.workers,
-        help="trainer processes, each on its shard of the batches (docs/scaling.md)",
-    )
-    add(
-        "--shard-index",
-        type=int,
-        default=int(env.get(ENV_SHARD_INDEX, d.shard_index)),
-        help=f"this trainer's shard, 0-based [{ENV_SHARD_INDEX}]",
-    )
-    add(
-        "--shard-count",
-        type=_positive,
-        default=int(env.get(ENV_SHARD_COUNT, d.shard_count)),
-        help=f"trainers sharing the data [{ENV_SHARD_COUNT}]",
-    )
-    args = parser.parse_args(argv)
-    if not 0 <= args.shard_index < args.shard_count:
-        parser.error(f"--shard-index {args.shard_index} is not in [0, {args.shard_count})")
-    values = vars(args)
-    values["features"] = tuple(f for f in args.features.split(",") if f)
-    values["run_id"] = args.run_id or uuid.uuid4().hex[:8]
-    return TrainConfig(**values)

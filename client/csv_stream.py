@@ -23,7 +23,7 @@ from gradserve.client.data import DataError
 
 if TYPE_CHECKING:
     from gradserve.client.config import TrainConfig
-    from gradserve.client.gradient_client import ModelInfo
+    from gradserve.types import ModelInfo
 
 # Files larger than this are streamed even without --stream-csv.
 STREAM_ABOVE_BYTES = 64 * 2**20
@@ -173,12 +173,12 @@ def should_stream(path: Path, forced: bool) -> bool:
 
 
 def open_for_model(config: TrainConfig, info: ModelInfo) -> CsvStream:
-    """A stream of config.csv typed for the server's model; refuses options that need the whole
+    """A stream of config.data.csv typed for the server's model; refuses options that need the whole
     file in memory."""
-    assert config.csv is not None
+    assert config.data.csv is not None
     needs_memory = {
-        "--validation-split": config.validation_split > 0,
-        "--show-graph/--graph-dot": config.show_graph or config.graph_dot is not None,
+        "--validation-split": config.data.validation_split > 0,
+        "--show-graph/--graph-dot": config.output.show_graph or config.output.graph_dot is not None,
     }
     for flag, given in needs_memory.items():
         if given:
@@ -186,22 +186,22 @@ def open_for_model(config: TrainConfig, info: ModelInfo) -> CsvStream:
                 f"data: {flag} needs the data in memory; it cannot be used with a streamed CSV"
             )
     stream = CsvStream(
-        config.csv,
-        config.features,
-        config.target,
+        config.data.csv,
+        config.data.features,
+        config.data.target,
         input_dtype=info.input.dtype,
         target_dtype=info.target.dtype,
-        shuffle_buffer=config.shuffle_buffer,
+        shuffle_buffer=config.data.shuffle_buffer,
     )
     if len(info.input.shape) != 2 or info.input.shape[1] != stream.feature_count():
         raise DataError(
-            f"data: {config.csv} has {stream.feature_count()} feature columns, but the server's "
+            f"data: {config.data.csv} has {stream.feature_count()} feature columns, but the server's "
             f"model {info.model_spec} takes inputs of shape {list(info.input.shape)}"
         )
     target_sample = tuple(info.target.shape[1:])
     if target_sample not in ((), (1,)) or (target_sample == ()) != stream.class_targets:
         raise DataError(
-            f"data: {config.csv} has one target column, but the server's model "
+            f"data: {config.data.csv} has one target column, but the server's model "
             f"{info.model_spec} (loss {info.loss}) takes targets of shape {list(info.target.shape)}"
         )
     return stream

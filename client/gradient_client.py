@@ -3,16 +3,15 @@
 Every call has a deadline. Calls that change the server carry a request_id (one is made when
 the caller gives none), so retrying them after UNAVAILABLE is safe: the server answers a
 repeated id with the first answer and applies nothing twice. Errors leave as GradserveError.
+Results are gradserve.types, decoded by gradserve.serde; they are re-exported here so that
+`from gradserve.client.gradient_client import GradientClient, TrainStep, ModelInfo` works.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,144 +19,53 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gradserve import serde
 from gradserve.client.errors import error_from_rpc
-from gradserve.codec import (
-    DEFAULT_CHUNK_BYTES,
-    ChunkAssembler,
-    dtype_from_proto,
-    tensor_from_proto,
-    tensor_to_chunks,
-    tensor_to_proto,
-)
+from gradserve.client.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, new_request_id
+from gradserve.codec import DEFAULT_CHUNK_BYTES, ChunkAssembler, tensor_to_chunks, tensor_to_proto
+from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, channel_options
 from gradserve.errors import UnavailableError
+from gradserve.types import (
+    EvaluationResult,
+    GradientResult,
+    Graph,
+    GraphDescription,
+    GraphEdge,
+    GraphNode,
+    ModelInfo,
+    NodeKind,
+    Reduction,
+    StepResult,
+    TensorSpec,
+    TrainStep,
+    UpdateResult,
+)
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-SERVICE_NAME = "gradserve.v1.GradientService"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retry UNAVAILABLE with capped exponential backoff and full jitter."""
-
-    max_attempts: int = 6
-    initial_backoff: float = 0.05
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-
-    def backoff(self, attempt: int) -> float:
-        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
-        return random.uniform(0, ceiling)
-
-
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
-@dataclass(frozen=True)
-class GradientResult:
-    loss: float
-    batch_size: int
-    accumulated_batches: int
-    accumulated_samples: int
-    model_version: int
-    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class UpdateResult:
-    model_version: int
-    applied_batches: int
-    applied_samples: int
-    gradient_norm: float
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    loss: float | None
-    batch_size: int
-    model_version: int
-    predictions: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    model: str
-    model_spec: str
-    parameters: tuple[TensorSpec, ...]
-    parameter_count: int
-    input: TensorSpec
-    target: TensorSpec
-    loss: str
-    optimizer: str
-    model_version: int
-    accumulated_batches: int
-    accumulated_samples: int
-    max_message_bytes: int
-    max_batch_elements: int
-
-
-@dataclass(frozen=True)
-class TrainStep:
-    """Batches to accumulate, then an update when learning_rate is given (Train stream)."""
-
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
-    learning_rate: float | None = None
-    reduction: str = "sum"
-    expected_version: int | None = None
-
-
-@dataclass(frozen=True)
-class StepResult:
-    losses: tuple[float, ...]
-    model_version: int
-    accumulated_batches: int
-    applied: bool
-    applied_batches: int
-    gradient_norm: float
-
-
-def _train_step_to_proto(step: TrainStep) -> pb.TrainStep:
-    message = pb.TrainStep(
-        batches=[
-            pb.Batch(inputs=tensor_to_proto(inputs), targets=tensor_to_proto(targets))
-            for inputs, targets in step.batches
-        ],
-        apply_update=step.learning_rate is not None,
-        learning_rate=step.learning_rate or 0.0,
-        reduction=pb.REDUCTION_MEAN if step.reduction == "mean" else pb.REDUCTION_SUM,
-    )
-    if step.expected_version is not None:
-        message.expected_version = step.expected_version
-    return message
-
-
-def _step_result(message: pb.StepResult) -> StepResult:
-    return StepResult(
-        losses=tuple(message.losses),
-        model_version=message.model_version,
-        accumulated_batches=message.accumulated_batches,
-        applied=message.applied,
-        applied_batches=message.applied_batches,
-        gradient_norm=message.gradient_norm,
-    )
-
-
-def _spec(message: pb.TensorSpec) -> TensorSpec:
-    return TensorSpec(message.name, dtype_from_proto(message.dtype), tuple(message.shape))
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "NO_RETRY",
+    "SERVICE_NAME",
+    "EvaluationResult",
+    "GradientClient",
+    "GradientResult",
+    "Graph",
+    "GraphDescription",
+    "GraphEdge",
+    "GraphNode",
+    "ModelInfo",
+    "NodeKind",
+    "Reduction",
+    "RetryPolicy",
+    "StepResult",
+    "TensorSpec",
+    "TrainStep",
+    "UpdateResult",
+    "new_request_id",
+]
 
 
 class GradientClient:
@@ -173,7 +81,7 @@ class GradientClient:
         target: str,
         *,
         timeout: float = 30.0,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
@@ -184,9 +92,8 @@ class GradientClient:
         self.retry = retry
         self._metadata = tuple(metadata)
         if channel is None:
-            options = [
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
+            options: list[tuple[str, int]] = [
+                *channel_options(max_message_bytes),
                 # Reconnect soon after a server restart: gRPC's default backoff grows to 120 s,
                 # and calls fail fast while the channel waits it out.
                 ("grpc.initial_reconnect_backoff_ms", 100),
@@ -269,37 +176,27 @@ class GradientClient:
         if based_on_version is not None:
             request.based_on_version = based_on_version
         response = self._call(self._stub.ComputeGradients, request)
-        return GradientResult(
-            loss=response.loss,
-            batch_size=response.batch_size,
-            accumulated_batches=response.accumulated_batches,
-            accumulated_samples=response.accumulated_samples,
-            model_version=response.model_version,
-            gradients=_tensors_by_name(response.gradients),
-        )
+        return serde.gradient_result_from_proto(response)
 
     def apply_update(
         self,
         learning_rate: float,
         *,
-        reduction: str = "sum",
+        reduction: str | Reduction = Reduction.SUM,
         expected_version: int | None = None,
         request_id: str | None = None,
     ) -> UpdateResult:
+        """`reduction`: Reduction or "sum"/"mean"; any other value raises ValueError before
+        anything is sent."""
         request = pb.ApplyUpdateRequest(
             learning_rate=learning_rate,
-            reduction=pb.REDUCTION_MEAN if reduction == "mean" else pb.REDUCTION_SUM,
+            reduction=serde.reduction_to_proto(Reduction.parse(reduction)),
             request_id=request_id or new_request_id(),
         )
         if expected_version is not None:
             request.expected_version = expected_version
         response = self._call(self._stub.ApplyUpdate, request)
-        return UpdateResult(
-            model_version=response.model_version,
-            applied_batches=response.applied_batches,
-            applied_samples=response.applied_samples,
-            gradient_norm=response.gradient_norm,
-        )
+        return serde.update_result_from_proto(response)
 
     def evaluate(
         self,
@@ -314,20 +211,14 @@ class GradientClient:
         if targets is not None:
             request.targets.CopyFrom(tensor_to_proto(targets))
         response = self._call(self._stub.Evaluate, request)
-        predictions = None
-        if response.HasField("predictions"):
-            predictions = tensor_from_proto(response.predictions, "predictions").clone()
-        return EvaluationResult(
-            loss=response.loss if response.has_loss else None,
-            batch_size=response.batch_size,
-            model_version=response.model_version,
-            predictions=predictions,
-        )
+        return serde.evaluation_result_from_proto(response)
 
     def get_parameters(self, names: Iterable[str] = ()) -> tuple[int, dict[str, torch.Tensor]]:
         """(model_version, {name: value}); all parameters when `names` is empty."""
         response = self._call(self._stub.GetParameters, pb.GetParametersRequest(names=list(names)))
-        return response.model_version, _tensors_by_name(response.parameters)
+        return response.model_version, serde.named_tensors_from_proto(
+            response.parameters, "parameters"
+        )
 
     def set_parameters(
         self,
@@ -347,21 +238,7 @@ class GradientClient:
 
     def model_info(self) -> ModelInfo:
         response = self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest())
-        return ModelInfo(
-            model=response.model,
-            model_spec=response.model_spec,
-            parameters=tuple(_spec(p) for p in response.parameters),
-            parameter_count=response.parameter_count,
-            input=_spec(response.input),
-            target=_spec(response.target),
-            loss=response.loss,
-            optimizer=response.optimizer,
-            model_version=response.model_version,
-            accumulated_batches=response.accumulated_batches,
-            accumulated_samples=response.accumulated_samples,
-            max_message_bytes=response.max_message_bytes,
-            max_batch_elements=response.max_batch_elements,
-        )
+        return serde.model_info_from_proto(response)
 
     def discard_gradients(self) -> int:
         """Drop the accumulated gradients; returns how many batches were dropped."""
@@ -385,7 +262,7 @@ class GradientClient:
             max_nodes=max_nodes,
         )
         response = self._call(self._stub.DescribeGraph, request)
-        return graph_from_proto(response)
+        return serde.graph_description_from_proto(response)
 
     # -- streams -------------------------------------------------------------------------
 
@@ -413,7 +290,7 @@ class GradientClient:
                 if finished.is_set():
                     return
                 yield pb.TrainRequest(
-                    steps=[_train_step_to_proto(step) for step in steps],
+                    steps=[serde.train_step_to_proto(step) for step in steps],
                     request_id=new_request_id(),
                 )
 
@@ -423,7 +300,7 @@ class GradientClient:
         try:
             for response in call:
                 slots.release()
-                yield [_step_result(result) for result in response.steps]
+                yield [serde.step_result_from_proto(result) for result in response.steps]
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
         finally:
@@ -508,85 +385,3 @@ class GradientClient:
                 ):
                     raise error_from_rpc(error) from None
             time.sleep(self.retry.backoff(attempt))
-
-
-def _tensors_by_name(messages: Iterable[pb.Tensor]) -> dict[str, torch.Tensor]:
-    # clone(): the decoded tensor is a read-only view of the message's bytes.
-    return {m.name: tensor_from_proto(m, f"parameters[{m.name}]").clone() for m in messages}
-
-
-# -- DescribeGraph results -------------------------------------------------------------
-
-_GRAPH_NODE_KINDS = {
-    pb.GRAPH_NODE_KIND_BACKWARD: "backward",
-    pb.GRAPH_NODE_KIND_PARAMETER: "parameter",
-    pb.GRAPH_NODE_KIND_INPUT: "input",
-}
-
-
-@dataclass(frozen=True)
-class GraphNode:
-    id: int
-    # "backward" (a grad_fn such as MulBackward0), "parameter" (a leaf), "input" (no grad).
-    kind: str
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype | None
-    requires_grad: bool
-    gradient: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class GraphEdge:
-    # source passes gradient to target in backward(); carries_gradient False: target is an
-    # input the operation of source used.
-    source: int
-    target: int
-    slot: int
-    carries_gradient: bool
-
-
-@dataclass(frozen=True)
-class GraphDescription:
-    nodes: tuple[GraphNode, ...]
-    edges: tuple[GraphEdge, ...]
-    root: int
-    loss: float
-    model_version: int
-    batch_size: int
-    max_nodes: int
-
-    def children(self, node_id: int) -> list[tuple[GraphEdge, GraphNode]]:
-        """Edges out of a node with their targets, in operand (slot) order."""
-        out = [edge for edge in self.edges if edge.source == node_id]
-        out.sort(key=lambda e: (e.slot < 0, e.slot, not e.carries_gradient))
-        return [(edge, self.nodes[edge.target]) for edge in out]
-
-
-def graph_from_proto(response: pb.DescribeGraphResponse) -> GraphDescription:
-    nodes = []
-    for index, message in enumerate(response.nodes):
-        gradient = None
-        if message.HasField("gradient"):
-            gradient = tensor_from_proto(message.gradient, f"nodes[{index}].gradient").clone()
-        nodes.append(
-            GraphNode(
-                id=message.id,
-                kind=_GRAPH_NODE_KINDS.get(message.kind, "unknown"),
-                name=message.name,
-                shape=tuple(message.shape),
-                dtype=dtype_from_proto(message.dtype) if message.dtype else None,
-                requires_grad=message.requires_grad,
-                gradient=gradient,
-            )
-        )
-    edges = tuple(GraphEdge(e.from_id, e.to_id, e.slot, e.carries_gradient) for e in response.edges)
-    return GraphDescription(
-        nodes=tuple(nodes),
-        edges=edges,
-        root=response.root_id,
-        loss=response.loss,
-        model_version=response.model_version,
-        batch_size=response.batch_size,
-        max_nodes=response.max_nodes,
-    )

@@ -29,11 +29,19 @@ from pathlib import Path
 
 import torch
 
-from gradserve.client import train
-from gradserve.client.config import TrainConfig
+from gradserve.client.config import (
+    ConnectionConfig,
+    DataConfig,
+    EmbeddedServerConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from gradserve.client.connection import connect
 from gradserve.client.data import DataError
-from gradserve.client.gradient_client import GraphDescription, GraphEdge, GraphNode
+from gradserve.client.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from gradserve.client.training_data import load_data
 from gradserve.errors import GradserveError, UnavailableError
+from gradserve.types import GraphDescription, GraphEdge, GraphNode, NodeKind
 
 # Tensors with at most this many elements are printed in full; larger ones by their norm.
 SHOW_ELEMENTS = 4
@@ -51,9 +59,9 @@ def _values(tensor: torch.Tensor) -> str:
 
 def node_label(node: GraphNode) -> str:
     """One line for a node: name, what it is, shape, and the leaf gradient when present."""
-    if node.kind == "backward":
+    if node.kind is NodeKind.BACKWARD:
         return f"{node.name}  {_shape(node.shape)}"
-    if node.kind == "parameter":
+    if node.kind is NodeKind.PARAMETER:
         text = f"{node.name}  parameter {_shape(node.shape)}"
         if not node.requires_grad:
             text += "  requires_grad=False"
@@ -63,18 +71,19 @@ def node_label(node: GraphNode) -> str:
     return f"{node.name}  input {_shape(node.shape)}  no grad"
 
 
-def render_tree(graph: GraphDescription) -> str:
+def render_tree(description: GraphDescription) -> str:
     """The graph as an indented tree from the loss down (a node reached twice is printed once,
     then referred to by its id)."""
+    graph = description.graph
     lines = [
-        f"loss = {graph.loss:.6g}  (batch of {graph.batch_size}, "
-        f"model version {graph.model_version})"
+        f"loss = {graph.loss:.6g}  (batch of {description.batch_size}, "
+        f"model version {description.model_version})"
     ]
     printed: set[int] = set()
 
     def visit(node: GraphNode, prefix: str, last: bool) -> None:
         branch = "└── " if last else "├── "
-        if node.id in printed and node.kind == "backward":
+        if node.id in printed and node.kind is NodeKind.BACKWARD:
             lines.append(f"{prefix}{branch}{node.name}  (#{node.id}, shown above)")
             return
         printed.add(node.id)
@@ -93,10 +102,11 @@ def _quote(text: str) -> str:
     return '"' + escaped + '"'
 
 
-def render_dot(graph: GraphDescription) -> str:
+def render_dot(description: GraphDescription) -> str:
     """Graphviz DOT, drawn like the tutorial: leaves at the top, arrows in the direction of the
     forward pass, the loss at the bottom; backward() sends gradients against the arrows.
     Dashed: inputs/targets, which take part in the forward pass but receive no gradient."""
+    graph = description.graph
     lines = [
         "digraph gradserve {",
         '  graph [fontname="Helvetica", label="gradserve DescribeGraph: forward along the '
@@ -105,10 +115,10 @@ def render_dot(graph: GraphDescription) -> str:
         '  edge [color="#555555"];',
     ]
     for node in graph.nodes:
-        if node.kind == "backward":
+        if node.kind is NodeKind.BACKWARD:
             attributes = 'shape=box, style="rounded,filled", fillcolor="#e8e8e8"'
             label = f"{node.name}\n{_shape(node.shape)}"
-        elif node.kind == "parameter":
+        elif node.kind is NodeKind.PARAMETER:
             attributes = 'shape=ellipse, style=filled, fillcolor="#cfe8ff"'
             label = f"{node.name} (leaf)\n{_shape(node.shape)}, requires_grad"
             if node.gradient is not None:
@@ -148,43 +158,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--dot", type=Path, default=None, help="also write the graph as Graphviz DOT here")
     args = parser.parse_args(argv)
     config = TrainConfig(
-        server=args.server,
-        model=args.model,
-        seed=args.seed,
-        samples=args.samples,
-        batch_size=args.batch_size,
-        metrics_port=0,
+        connection=ConnectionConfig(server=args.server),
+        embedded=EmbeddedServerConfig(model=args.model),
         # A remote server is only read: no initial parameters are set on it.
-        init="auto" if args.server is None else "server",
+        data=DataConfig(
+            seed=args.seed, samples=args.samples, init="auto" if args.server is None else "server"
+        ),
+        schedule=ScheduleConfig(batch_size=args.batch_size),
     )
+    size = args.batch_size
     try:
-        with train.connect(config) as (client, _):
-            client.wait_until_ready(config.connect_timeout_seconds)
+        with connect(config) as (client, _):
             info = client.model_info()
-            dataset, initial = train.load_data(config, info)
+            dataset, initial = load_data(config, info)
             if initial:
                 client.set_parameters(initial)
             graph = client.describe_graph(
-                dataset.inputs[: config.batch_size],
-                dataset.targets[: config.batch_size],
+                dataset.inputs[:size],
+                dataset.targets[:size],
                 return_gradients=True,
                 max_nodes=args.max_nodes,
             )
     except DataError as error:
         print(f"graph: {error}", file=sys.stderr)
-        return train.EXIT_USAGE
+        return EXIT_USAGE
     except UnavailableError as error:
         print(f"graph: cannot reach the server: {error}", file=sys.stderr)
-        return train.EXIT_UNREACHABLE
+        return EXIT_UNREACHABLE
     except GradserveError as error:
         where = f" ({error.field})" if error.field else ""
         print(f"graph: the server refused: {error.code.name}{where}: {error}", file=sys.stderr)
-        return train.EXIT_FAILED
+        return EXIT_FAILED
     sys.stdout.write(render_tree(graph))
     if args.dot is not None:
         args.dot.write_text(render_dot(graph))
         print(f"wrote {args.dot} (render: dot -Tpng {args.dot} -o graph.png)", file=sys.stderr)
-    return train.EXIT_OK
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,7 +10,13 @@ import torch
 from helpers import linear_batch
 from proxy import FaultyProxy
 
-from gradserve.client.gradient_client import NO_RETRY, GradientClient, RetryPolicy, TrainStep
+from gradserve.client.gradient_client import (
+    NO_RETRY,
+    GradientClient,
+    Reduction,
+    RetryPolicy,
+    TrainStep,
+)
 from gradserve.errors import (
     FailedPreconditionError,
     GradserveError,
@@ -122,6 +128,27 @@ def test_apply_update_matches_local_sgd(client: GradientClient, reduction: str) 
         expected -= 0.1 * accumulated[name]
         assert torch.equal(after[name], expected), name
     assert client.model_info().accumulated_batches == 0
+
+
+@pytest.mark.parametrize("reduction", ["Mean", "avg", "mena", ""])
+def test_an_unknown_reduction_is_an_error_not_a_sum(client: GradientClient, reduction: str) -> None:
+    # A typo once trained silently with SUM; now nothing is sent and nothing changes.
+    x, y = linear_batch(4)
+    client.compute_gradients(x, y)
+    with pytest.raises(ValueError, match="reduction"):
+        client.apply_update(0.1, reduction=reduction)
+    with pytest.raises(ValueError, match="reduction"):
+        TrainStep.of([(x, y)], 0.1, reduction)
+    info = client.model_info()
+    assert (info.model_version, info.accumulated_batches) == (0, 1)
+
+
+def test_reductions_accept_the_enum_and_its_names(client: GradientClient) -> None:
+    x, y = linear_batch(4)
+    for reduction in (Reduction.MEAN, "mean", Reduction.SUM, "sum"):
+        client.compute_gradients(x, y)
+        client.compute_gradients(x, y)
+        assert client.apply_update(0.0, reduction=reduction).applied_batches == 2
 
 
 def test_evaluate_with_and_without_targets(client: GradientClient) -> None:
@@ -332,7 +359,7 @@ def test_proxy_passes_streams_through(make_server) -> None:
         assert through.upload_parameters(values, chunk_bytes=4) == 1  # client stream
         assert through.stream_parameters(chunk_bytes=4) == (1, values)  # server stream
         direct.set_parameters(values)
-        steps = [TrainStep(batches(2, seed=seed), learning_rate=0.1) for seed in range(3)]
+        steps = [TrainStep.of(batches(2, seed=seed), learning_rate=0.1) for seed in range(3)]
         streamed = [r for group in through.train_stream([[s] for s in steps]) for r in group]
         expected = [r for group in direct.train_stream([[s] for s in steps]) for r in group]
         assert streamed == expected  # bidi stream

@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 from gradserve.client import graph as client_graph
 from gradserve.client import train
 from gradserve.client.data import seed_data
-from gradserve.client.gradient_client import GradientClient, GraphDescription
+from gradserve.client.gradient_client import GradientClient, GraphDescription, NodeKind
 from gradserve.codec import tensor_from_proto, tensor_to_proto
 from gradserve.errors import ResourceExhaustedError
 from gradserve.server.graph import DEFAULT_MAX_NODES, MAX_NODES, build_graph
@@ -318,12 +318,12 @@ def linear_graph(server) -> GraphDescription:
 
 
 def test_client_describe_graph(linear_graph):
-    graph = linear_graph
+    graph = linear_graph.graph
     assert graph.nodes[graph.root].name == "MeanBackward0"
     kinds = {n.name: n.kind for n in graph.nodes}
-    assert kinds["w"] == kinds["b"] == "parameter"
-    assert kinds["inputs"] == kinds["targets"] == "input"
-    assert graph.nodes[[n.name for n in graph.nodes].index("w")].gradient.shape == (1,)
+    assert kinds["w"] == kinds["b"] == NodeKind.PARAMETER
+    assert kinds["inputs"] == kinds["targets"] == NodeKind.INPUT
+    assert graph.node("w").gradient.shape == (1,)
 
 
 def test_tree_shows_the_tutorial_chain_in_order(linear_graph):
@@ -366,9 +366,9 @@ def test_dot_renders_to_a_valid_png(linear_graph, tmp_path: Path):
 def test_dot_has_every_node_and_edge(linear_graph):
     text = client_graph.render_dot(linear_graph)
     assert text.startswith("digraph gradserve {")
-    for node in linear_graph.nodes:
+    for node in linear_graph.graph.nodes:
         assert f"  n{node.id} [label=" in text
-    for edge in linear_graph.edges:
+    for edge in linear_graph.graph.edges:
         assert f"  n{edge.target} -> n{edge.source}" in text
     dashed = [line for line in text.splitlines() if "->" in line and "dashed" in line]
     assert len(dashed) == 2  # the inputs/targets edges

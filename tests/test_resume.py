@@ -12,23 +12,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from gradserve.client.config import TrainConfig
+from gradserve.client.config import ScheduleConfig, TrainConfig, TransportConfig
 from gradserve.client.data import seed_data
 from gradserve.client.gradient_client import GradientClient, RetryPolicy
+from gradserve.client.loop import train
 from gradserve.client.metrics import TrainMetrics
-from gradserve.client.resume import train_resumable
+from gradserve.client.recorder import Recorder
+from gradserve.client.session import make_plan, make_transport
 from gradserve.server.checkpoints import TENSORS, list_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 30  # 300 steps of the seed training: long enough for three kills, a few seconds
 ERRORS: list[str] = []
-CONFIG = TrainConfig(epochs=EPOCHS, batch_size=10, learning_rate=0.01, seed=0, metrics_port=0)
+CONFIG = TrainConfig(
+    schedule=ScheduleConfig(epochs=EPOCHS, batch_size=10, learning_rate=0.01),
+    transport=TransportConfig(kind="unary"),
+)
 
 
 class ServerProcess:
@@ -82,21 +86,19 @@ class ServerProcess:
             self.process.stdout.close()
 
 
-def run_training(
-    address: str, loop: Callable[..., object] = train_resumable, config: TrainConfig = CONFIG
-) -> tuple[int, dict[str, torch.Tensor]]:
-    """The seed training through `loop` (the unary or the stream trainer) from the tutorial's
+def run_training(address: str, config: TrainConfig = CONFIG) -> tuple[int, dict[str, torch.Tensor]]:
+    """The seed training over config's transport (unary or stream) from the tutorial's
     initial w, b; returns the final (version, parameters)."""
-    seed = seed_data(config.seed, config.samples)
+    seed = seed_data(config.data.seed, config.data.samples)
     client = GradientClient(
         address, timeout=10.0, retry=RetryPolicy(max_attempts=40, max_backoff=0.5)
     )
     with client:
-        loop(
+        train(
             client,
-            seed.dataset,
-            config,
-            TrainMetrics("test", "linear"),
+            make_plan(config, seed.dataset),
+            make_transport(client, config),
+            Recorder(TrainMetrics("test", "linear")),
             initial={"w": seed.initial_w, "b": seed.initial_b},
         )
         return client.get_parameters()
@@ -139,7 +141,7 @@ def test_training_survives_three_kill_9s_bitwise(make_server, tmp_path, caplog) 
         except BaseException as error:
             outcome["error"] = error
 
-    caplog.set_level(logging.INFO, logger="gradserve.client.resume")
+    caplog.set_level(logging.INFO, logger="gradserve.client.loop")
     trainer = threading.Thread(target=train_in_thread)
     try:
         trainer.start()

@@ -11,18 +11,22 @@ import time
 import pytest
 import torch
 
-from gradserve.client.stream_trainer import train_streamed
+from gradserve.client.config import TransportConfig
 from tests import test_resume as resume_test
 from tests.test_resume import CONFIG, ServerProcess, version_of, wait_for_version
 
 # The stream is fast: a longer run, one step per request and one request in flight, so the
 # kills land mid-run.
-STREAM_CONFIG = dataclasses.replace(CONFIG, epochs=100, steps_per_request=1, window=1)
-STEPS = STREAM_CONFIG.epochs * 10
+STREAM_CONFIG = dataclasses.replace(
+    CONFIG,
+    schedule=dataclasses.replace(CONFIG.schedule, epochs=100),
+    transport=TransportConfig(kind="stream", steps_per_request=1, window=1),
+)
+STEPS = STREAM_CONFIG.schedule.epochs * 10
 
 
 def run_training(address: str) -> tuple[int, dict[str, torch.Tensor]]:
-    return resume_test.run_training(address, train_streamed, STREAM_CONFIG)
+    return resume_test.run_training(address, STREAM_CONFIG)
 
 
 @pytest.mark.slow

@@ -12,26 +12,31 @@ import torch
 from helpers import TIMEOUT, compute, decoded, linear_batch
 from proxy import FaultyProxy
 
-from gradserve.client.config import TrainConfig
+from gradserve.client.config import ScheduleConfig, TrainConfig, TransportConfig
 from gradserve.client.data import seed_data
 from gradserve.client.gradient_client import GradientClient, RetryPolicy
+from gradserve.client.loop import train
 from gradserve.client.metrics import TrainMetrics
-from gradserve.client.resume import train_resumable
+from gradserve.client.recorder import Recorder
+from gradserve.client.session import make_plan, make_transport
 from gradserve.codec import tensor_to_proto
 from gradserve.v1 import gradserve_pb2 as pb
 
-CONFIG = TrainConfig(epochs=10, batch_size=10, learning_rate=0.01, seed=0, metrics_port=0)
+CONFIG = TrainConfig(
+    schedule=ScheduleConfig(epochs=10, batch_size=10, learning_rate=0.01),
+    transport=TransportConfig(kind="unary"),
+)
 
 
 def train_through(address: str) -> tuple[int, dict[str, torch.Tensor]]:
-    seed = seed_data(CONFIG.seed, CONFIG.samples)
+    seed = seed_data(CONFIG.data.seed, CONFIG.data.samples)
     retry = RetryPolicy(max_attempts=10, initial_backoff=0.001, max_backoff=0.01)
     with GradientClient(address, timeout=10.0, retry=retry) as client:
-        train_resumable(
+        train(
             client,
-            seed.dataset,
-            CONFIG,
-            TrainMetrics("test", "linear"),
+            make_plan(CONFIG, seed.dataset),
+            make_transport(client, CONFIG),
+            Recorder(TrainMetrics("test", "linear")),
             initial={"w": seed.initial_w, "b": seed.initial_b},
         )
         return client.get_parameters()

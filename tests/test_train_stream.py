@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import grpc
 import pytest
 import torch
 
-from gradserve.client.config import TrainConfig
+from gradserve.client.config import ParallelConfig, ScheduleConfig, TrainConfig, TransportConfig
 from gradserve.client.data import seed_data
 from gradserve.client.gradient_client import GradientClient, TrainStep
+from gradserve.client.loop import train
 from gradserve.client.metrics import TrainMetrics
-from gradserve.client.stream_trainer import train_streamed
+from gradserve.client.recorder import Recorder
+from gradserve.client.session import make_plan, make_transport
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.app import GradientServer
 from gradserve.v1 import gradserve_pb2 as pb
@@ -47,7 +48,7 @@ def test_seed_run_over_the_stream_is_bitwise_the_local_loop(
 ) -> None:
     data = seed_data(3)
     x, y = data.dataset.inputs, data.dataset.targets
-    steps = [TrainStep(((x[i : i + 10], y[i : i + 10]),), 0.01) for i in range(0, 100, 10)] * 100
+    steps = [TrainStep.of(((x[i : i + 10], y[i : i + 10]),), 0.01) for i in range(0, 100, 10)] * 100
     groups = [steps[i : i + steps_per_request] for i in range(0, len(steps), steps_per_request)]
     with client_for(server) as client:
         client.set_parameters({"w": data.initial_w, "b": data.initial_b})
@@ -66,8 +67,8 @@ def test_accumulating_steps_match_the_unary_calls(make_server) -> None:
     batches = [(torch.rand(5, 1), torch.rand(5, 1)) for _ in range(6)]
     with client_for(streamed) as fast, client_for(unary) as slow:
         groups = [
-            [TrainStep(tuple(batches[:3]), 0.1, "mean"), TrainStep(tuple(batches[3:5]))],
-            [TrainStep(tuple(batches[5:]), 0.05)],
+            [TrainStep.of(batches[:3], 0.1, "mean"), TrainStep.of(batches[3:5])],
+            [TrainStep.of(batches[5:], 0.05)],
         ]
         results = [r for group in fast.train_stream(groups) for r in group]
         for inputs, targets in batches[:3]:
@@ -91,7 +92,7 @@ def test_a_bad_batch_anywhere_rejects_the_whole_request(server: GradientServer, 
     good = (torch.rand(4, 1), torch.rand(4, 1))
     bad = (torch.rand(4, 2), torch.rand(4, 1))
     with client_for(server) as client, pytest.raises(InvalidArgumentError) as caught:
-        list(client.train_stream([[TrainStep((good,), 0.1), TrainStep((good, bad), 0.1)]]))
+        list(client.train_stream([[TrainStep.of((good,), 0.1), TrainStep.of((good, bad), 0.1)]]))
     assert caught.value.field == "steps[1].batches[1].inputs.shape"
     Snapshot.take(server, stub).assert_same(before)
 
@@ -100,7 +101,10 @@ def test_a_failing_step_says_how_many_steps_were_applied(server: GradientServer)
     batch = (torch.rand(4, 1), torch.rand(4, 1))
     with client_for(server) as client:
         version = client.model_info().model_version
-        steps = [TrainStep((batch,), 0.1), TrainStep((batch,), 0.1, expected_version=version)]
+        steps = [
+            TrainStep.of((batch,), 0.1),
+            TrainStep.of((batch,), 0.1, expected_version=version),
+        ]
         with pytest.raises(VersionConflictError) as caught:
             list(client.train_stream([steps]))
         assert "1 of 2 steps" in str(caught.value)
@@ -110,7 +114,7 @@ def test_a_failing_step_says_how_many_steps_were_applied(server: GradientServer)
 def test_a_diverging_stream_stops_with_failed_precondition(server: GradientServer) -> None:
     batch = (torch.full((4, 1), 1e30), torch.zeros(4, 1))
     with client_for(server) as client, pytest.raises(FailedPreconditionError):
-        list(client.train_stream([[TrainStep((batch,), 0.1)]]))
+        list(client.train_stream([[TrainStep.of((batch,), 0.1)]]))
 
 
 def test_negative_learning_rate_in_a_step_names_the_step(server: GradientServer, stub) -> None:
@@ -158,13 +162,17 @@ def test_the_stream_is_refused_in_sync_mode_rather_than_bypassing_the_rounds(mak
     batch = (torch.rand(4, 1), torch.rand(4, 1))
     with client_for(server) as client:
         with pytest.raises(FailedPreconditionError) as caught:
-            list(client.train_stream([[TrainStep((batch,), 0.1)]]))
+            list(client.train_stream([[TrainStep.of((batch,), 0.1)]]))
         assert caught.value.field == "mode"
         assert client.model_info().accumulated_batches == 0
 
 
 def test_shared_trainers_interleave_on_one_model_without_conflicts(server: GradientServer) -> None:
-    config = dataclasses.replace(TrainConfig(), epochs=5, steps_per_request=1, window=2)
+    config = TrainConfig(
+        schedule=ScheduleConfig(epochs=5),
+        transport=TransportConfig(steps_per_request=1, window=2),
+        parallel=ParallelConfig(shared=True),
+    )
     data = seed_data(0).dataset
     summaries: list[object] = []
     errors: list[BaseException] = []
@@ -173,8 +181,11 @@ def test_shared_trainers_interleave_on_one_model_without_conflicts(server: Gradi
         try:
             with client_for(server) as client:
                 summaries.append(
-                    train_streamed(
-                        client, data, config, TrainMetrics("t", "linear"), exclusive=False
+                    train(
+                        client,
+                        make_plan(config, data),
+                        make_transport(client, config),
+                        Recorder(TrainMetrics("t", "linear")),
                     )
                 )
         except BaseException as error:

@@ -1,0 +1,74 @@
+"""Connecting the trainer: a GradientClient to --server, or to an embedded server.
+
+`embedded_server_config` is the one place the client builds a gradserve.server config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from gradserve.client.config import TrainConfig
+from gradserve.client.gradient_client import GradientClient
+from gradserve.client.retry import RetryPolicy
+from gradserve.client.security import bearer_metadata, channel_credentials, read_token
+from gradserve.server.app import create_server
+from gradserve.server.config import ServerConfig
+
+
+def embedded_server_config(config: TrainConfig, *, sync_workers: int = 0) -> ServerConfig:
+    """A loopback server on a free port for this run; with sync_workers, in sync mode with a
+    round of sync_workers * accumulation_steps contributions (one per batch of each worker)."""
+    base = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        model=config.embedded.model,
+        loss=config.embedded.loss,
+        optimizer=config.embedded.optimizer,
+        seed=config.data.seed,
+        shutdown_grace_seconds=1.0,
+    )
+    if not sync_workers:
+        return base
+    return dataclasses.replace(
+        base,
+        workers=max(8, 2 * sync_workers + 2),
+        mode="sync",
+        sync_contributions=sync_workers * config.schedule.accumulation_steps,
+        sync_timeout_seconds=config.connection.timeout_seconds,
+    )
+
+
+def client_for(config: TrainConfig, target: str) -> GradientClient:
+    connection = config.connection
+    return GradientClient(
+        target,
+        timeout=connection.timeout_seconds,
+        retry=RetryPolicy(
+            max_attempts=connection.retry_attempts,
+            max_backoff=connection.retry_max_backoff_seconds,
+        ),
+        credentials=channel_credentials(connection.tls_ca, connection.tls_cert, connection.tls_key),
+        metadata=bearer_metadata(read_token(connection.token_file)),
+    )
+
+
+@contextmanager
+def connect(config: TrainConfig, *, sync_workers: int = 0) -> Iterator[tuple[GradientClient, str]]:
+    """A ready client to --server, or to an embedded server that lives as long as the block;
+    and how to name where it is ("embedded 127.0.0.1:PORT" or the address)."""
+    embedded = None
+    target = config.connection.server
+    if target is None:
+        embedded = create_server(embedded_server_config(config, sync_workers=sync_workers))
+        target = embedded.address
+    client = client_for(config, target)
+    try:
+        client.wait_until_ready(config.connection.connect_timeout_seconds)
+        yield client, ("embedded " if embedded else "") + target
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop(0)

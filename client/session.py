@@ -1,0 +1,98 @@
+"""One trainer's run on a connected server: its data, its plan and transport, the loop.
+
+Every run goes through `run_training`: a lone trainer, --shared, one shard of --workers or
+--shard-index; what differs is only the plan's sharding and versioning and the transport.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import torch
+
+from gradserve.client.config import TrainConfig
+from gradserve.client.data import Dataset
+from gradserve.client.gradient_client import GradientClient
+from gradserve.client.graph import render_dot, render_tree
+from gradserve.client.loop import train
+from gradserve.client.plan import BatchSource, Shard, StepPlan, Versioning
+from gradserve.client.recorder import Recorder, TrainSummary
+from gradserve.client.training_data import training_sets
+from gradserve.client.transport import Transport
+from gradserve.client.transport_stream import StreamTransport
+from gradserve.client.transport_unary import UnaryTransport
+from gradserve.types import ModelInfo
+
+
+def make_plan(config: TrainConfig, train_set: Dataset | BatchSource) -> StepPlan:
+    parallel = config.parallel
+    if parallel.sharded:
+        versioning = Versioning.AS_COMPUTED
+    elif parallel.shared:
+        versioning = Versioning.NONE
+    else:
+        versioning = Versioning.EXACT
+    return StepPlan(
+        train_set,
+        config.schedule,
+        config.data.seed,
+        shard=Shard(parallel.shard_index, parallel.shard_count),
+        versioning=versioning,
+    )
+
+
+def make_transport(client: GradientClient, config: TrainConfig) -> Transport:
+    # A shard takes part in sync rounds, which the Train stream does not (the server refuses).
+    if config.transport.kind == "unary" or config.parallel.sharded:
+        return UnaryTransport(client)
+    return StreamTransport(client, config.transport.steps_per_request, config.transport.window)
+
+
+def run_training(
+    client: GradientClient,
+    config: TrainConfig,
+    info: ModelInfo,
+    recorder: Recorder,
+    *,
+    validate: bool = True,
+    set_initial: bool = True,
+    graph_out: TextIO | None = None,
+) -> TrainSummary:
+    """Train this process's part of the run. `set_initial`: set the initial parameters the
+    data implies (a --workers child leaves that to its parent)."""
+    train_set, validation_set, initial = training_sets(config, info)
+    if not set_initial or config.parallel.shard_index > 0:
+        initial = {}
+    # Step s of the run applies at version start_version + s (how the loop resumes).
+    start_version = client.set_parameters(initial) if initial else info.model_version
+    if isinstance(train_set, Dataset) and graph_out is not None:
+        show_graph(client, train_set, config, graph_out)
+    plan = make_plan(config, train_set)
+    return train(
+        client,
+        plan,
+        make_transport(client, config),
+        recorder,
+        validation_set=validation_set if validate else None,
+        classification=info.target.dtype == torch.int64,
+        initial=initial if plan.versioning is Versioning.EXACT else None,
+        start_version=start_version,
+        connect_timeout=config.connection.connect_timeout_seconds,
+    )
+
+
+def show_graph(
+    client: GradientClient, train_set: Dataset, config: TrainConfig, out: TextIO
+) -> None:
+    """The autograd graph of the first batch (in data order), as a tree and/or DOT."""
+    output = config.output
+    if not output.show_graph and output.graph_dot is None:
+        return
+    size = config.schedule.batch_size
+    graph = client.describe_graph(
+        train_set.inputs[:size], train_set.targets[:size], return_gradients=True
+    )
+    if output.show_graph:
+        out.write(render_tree(graph))
+    if output.graph_dot is not None:
+        output.graph_dot.write_text(render_dot(graph))

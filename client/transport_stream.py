@@ -1,0 +1,83 @@
+"""The stream transport: a plan's steps packed into Train requests, several in flight.
+
+Requests hold up to `steps_per_request` steps (and REQUEST_BYTES of batches) and span epochs,
+except where the caller pauses at the end of each epoch; up to `window` requests are in
+flight. The server runs the unary calls' arithmetic, so the parameters are bitwise the unary
+transport's, with one round trip per request instead of two per step. With an EXACT plan every
+step carries its expected_version; a broken stream is OutOfStep and the loop resumes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from gradserve.client.gradient_client import GradientClient
+from gradserve.client.plan import PlannedStep, StepPlan, Versioning
+from gradserve.client.transport import OutOfStep, StepDone, TrainingDiverged
+from gradserve.errors import FailedPreconditionError, UnavailableError, VersionConflictError
+from gradserve.types import TrainStep
+
+# A request stops growing at this many bytes of batches, well under the 64 MiB message limit.
+REQUEST_BYTES = 8 * 1024 * 1024
+
+
+class StreamTransport:
+    def __init__(self, client: GradientClient, steps_per_request: int, window: int) -> None:
+        self.client = client
+        self.steps_per_request = steps_per_request
+        self.window = window
+
+    def run(
+        self, plan: StepPlan, first_step: int, start_version: int, *, pause_at_epoch_end: bool
+    ) -> Iterator[StepDone]:
+        try:
+            yield from self._stream(plan, first_step, start_version, pause_at_epoch_end)
+        except FailedPreconditionError as error:
+            raise TrainingDiverged(f"training diverged: {error}") from None
+        except (UnavailableError, VersionConflictError) as error:
+            if plan.versioning is not Versioning.EXACT:
+                raise
+            raise OutOfStep(f"the stream broke: {error}") from error
+
+    def _stream(
+        self, plan: StepPlan, first_step: int, start_version: int, pause_at_epoch_end: bool
+    ) -> Iterator[StepDone]:
+        sent: deque[tuple[PlannedStep, ...]] = deque()
+        # Released once the caller has taken an epoch's last step and asked for more.
+        epoch_taken = threading.Semaphore(0)
+        finished = threading.Event()
+
+        def requests() -> Iterator[list[TrainStep]]:
+            group: list[PlannedStep] = []
+            size = 0
+            for step in plan.steps(first_step):
+                group.append(step)
+                size += step.payload_bytes
+                pause = pause_at_epoch_end and step.closes_epoch
+                if len(group) == self.steps_per_request or size >= REQUEST_BYTES or pause:
+                    sent.append(tuple(group))
+                    yield [s.train_step(plan.expected_version(s, start_version)) for s in group]
+                    group, size = [], 0
+                    # Bounded waits: stop feeding once the consumer is gone.
+                    while pause and not epoch_taken.acquire(timeout=0.1):
+                        if finished.is_set():
+                            return
+            if group:
+                sent.append(tuple(group))
+                yield [s.train_step(plan.expected_version(s, start_version)) for s in group]
+
+        request_started = time.perf_counter()
+        try:
+            for results in self.client.train_stream(requests(), window=self.window):
+                steps = sent.popleft()
+                share = (time.perf_counter() - request_started) / len(results)
+                request_started = time.perf_counter()
+                for step, result in zip(steps, results, strict=True):
+                    yield StepDone(step, result.losses, result.model_version, share)
+                if pause_at_epoch_end and steps[-1].closes_epoch:
+                    epoch_taken.release()
+        finally:
+            finished.set()

@@ -134,6 +134,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _server_address(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "empty; expected HOST:PORT (omit --server for an embedded server)"
+        )
+    return text.strip()
+
+
 def _learning_rate(text: str) -> float:
     value = float(text)
     if not value >= 0.0 or value == float("inf"):
@@ -155,6 +163,7 @@ def parse_args(
     add = parser.add_argument
     add(
         "--server",
+        type=_server_address,
         default=env.get(ENV_SERVER) or None,
         help=f"HOST:PORT of a gradserve server [{ENV_SERVER}]; default: embedded",
     )

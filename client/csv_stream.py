@@ -11,15 +11,13 @@ shuffle; with a smaller one rows move at most about a buffer's length from where
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from gradserve.client.data import DataError
+from gradserve.client.data import DataError, parse_value, read_rows
 
 if TYPE_CHECKING:
     from gradserve.client.config import TrainConfig
@@ -69,13 +67,7 @@ class CsvStream:
         return not self.target_dtype.is_floating_point
 
     def _rows(self) -> Iterator[tuple[int, list[str]]]:
-        try:
-            with self.path.open(newline="") as handle:
-                for line, row in enumerate(csv.reader(handle), start=1):
-                    if row:
-                        yield line, row
-        except OSError as error:
-            raise DataError(f"data: cannot read {self.path}: {error.strerror}") from None
+        return read_rows(self.path)
 
     def _parsed(self) -> Iterator[Row]:
         rows = self._rows()
@@ -93,26 +85,12 @@ class CsvStream:
             raise DataError(
                 f"data: {self.path} line {line}: {len(row)} fields, expected {len(self.header)}"
             )
-        values = []
-        for position in self._positions:
-            try:
-                value = float(row[position])
-            except ValueError:
-                raise DataError(
-                    f"data: {self.path} line {line} column {self.header[position]!r}: "
-                    f"{row[position]!r} is not a number"
-                ) from None
-            if not math.isfinite(value):
-                raise DataError(
-                    f"data: {self.path} line {line} column {self.header[position]!r}: "
-                    f"{row[position]} is not a finite number"
-                )
-            values.append(value)
-        if self.class_targets and values[-1] != round(values[-1]):
-            raise DataError(
-                f"data: {self.path} line {line} column {self.target!r}: {row[self._positions[-1]]} "
-                "is not a whole number; the server's model takes class indices"
-            )
+        dtypes = [self.input_dtype] * len(self.features) + [self.target_dtype]
+        values = [
+            parse_value(row[position], f"{self.path} line {line} column {self.header[position]!r}",
+                        dtype)
+            for position, dtype in zip(self._positions, dtypes, strict=True)
+        ]  # fmt: skip
         return values[:-1], values[-1]
 
     def _batch(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:

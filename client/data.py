@@ -57,21 +57,24 @@ class CsvColumns:
 
 
 def read_csv(
-    path: Path, features: Sequence[str] = (), target: str | None = None
+    path: Path,
+    features: Sequence[str] = (),
+    target: str | None = None,
+    *,
+    input_dtype: torch.dtype | None = None,
+    target_dtype: torch.dtype | None = None,
 ) -> tuple[CsvColumns, torch.Tensor, torch.Tensor]:
     """Read numeric columns: (columns, features as float64 [N, F], target as float64 [N]).
 
     With a header row, columns are named; without one they are numbered from 0. By default
-    the last column is the target and all others are features."""
-    try:
-        with path.open(newline="") as handle:
-            rows = [row for row in csv.reader(handle) if row]
-    except OSError as error:
-        raise DataError(f"data: cannot read {path}: {error.strerror}") from None
+    the last column is the target and all others are features. Given the model's dtypes, every
+    value is checked to fit them (see parse_value)."""
+    rows = list(read_rows(path))
     if not rows:
         raise DataError(f"data: {path} is empty")
-    header = rows[0] if not _is_numeric_row(rows[0]) else [str(i) for i in range(len(rows[0]))]
-    body = rows[1:] if header is rows[0] else rows
+    first = rows[0][1]
+    header = first if not _is_numeric_row(first) else [str(i) for i in range(len(first))]
+    body = rows[1:] if header is first else rows
     if not body:
         raise DataError(f"data: {path} has a header but no rows")
     target_name = target or header[-1]
@@ -80,28 +83,74 @@ def read_csv(
         if name not in header:
             raise DataError(f"data: {path} has no column {name!r} (columns: {', '.join(header)})")
     positions = [header.index(name) for name in (*feature_names, target_name)]
+    dtypes = [input_dtype] * len(feature_names) + [target_dtype]
     values: list[list[float]] = []
-    for line, row in enumerate(body, start=2 if header is rows[0] else 1):
+    for line, row in body:
         if len(row) != len(header):
             raise DataError(f"data: {path} line {line}: {len(row)} fields, expected {len(header)}")
-        parsed = []
-        for position in positions:
-            try:
-                value = float(row[position])
-            except ValueError:
-                raise DataError(
-                    f"data: {path} line {line} column {header[position]!r}: "
-                    f"{row[position]!r} is not a number"
-                ) from None
-            if not math.isfinite(value):
-                raise DataError(
-                    f"data: {path} line {line} column {header[position]!r}: {row[position]} "
-                    "is not a finite number"
-                )
-            parsed.append(value)
-        values.append(parsed)
+        values.append(
+            [
+                parse_value(row[position], f"{path} line {line} column {header[position]!r}", dtype)
+                for position, dtype in zip(positions, dtypes, strict=True)
+            ]
+        )
     table = torch.tensor(values, dtype=torch.float64)
     return CsvColumns(feature_names, target_name), table[:, :-1], table[:, -1]
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the non-empty rows of a UTF-8 CSV file."""
+    line = 0
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            for line, row in enumerate(csv.reader(handle), start=1):
+                if row:
+                    yield line, row
+    except OSError as error:
+        raise DataError(f"data: cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"data: {path} line {_first_non_utf8_line(path)}: not UTF-8 text; "
+                        "save the file as UTF-8") from None  # fmt: skip
+    except csv.Error as error:
+        raise DataError(f"data: {path} line {line + 1}: {error}") from None
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    # The decoder reads ahead in blocks, so the reader's line count is not where it failed.
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
+def parse_value(text: str, where: str, dtype: torch.dtype | None = None) -> float:
+    """One CSV cell as a number that the model's dtype can hold; `where` names the file, line
+    and column for the message. Integer dtypes take class indices: whole numbers >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"data: {where}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"data: {where}: {text} is not a finite number")
+    if dtype is None:
+        return value
+    if dtype.is_floating_point:
+        largest = torch.finfo(dtype).max
+        if abs(value) > largest:
+            raise DataError(
+                f"data: {where}: {text} is out of range for the model's {dtype} "
+                f"(largest magnitude {largest:.7g})"
+            )
+    elif value != round(value):
+        raise DataError(
+            f"data: {where}: {text} is not a whole number; the server's model takes class indices"
+        )
+    elif value < 0 or value > torch.iinfo(dtype).max:
+        raise DataError(f"data: {where}: {text} is not a class index (a whole number >= 0)")
+    return value
 
 
 def _is_numeric_row(row: Sequence[str]) -> bool:

@@ -280,9 +280,18 @@ class GradientClient:
         (default: the client's timeout per group of the window, at least an hour)."""
         slots = threading.Semaphore(window)
         finished = threading.Event()
+        # gRPC reads `requests` on a thread of its own and turns what it raises into UNKNOWN
+        # "Exception iterating requests!": keep the caller's error and raise it here instead.
+        failures: list[Exception] = []
+
+        def caught(steps_iterable: Iterable[Sequence[TrainStep]]) -> Iterator[Sequence[TrainStep]]:
+            try:
+                yield from steps_iterable
+            except Exception as error:  # the caller's own (bad data, say): half-close, re-raise
+                failures.append(error)
 
         def gated() -> Iterator[pb.TrainRequest]:
-            for steps in requests:
+            for steps in caught(requests):
                 # Wait for a free slot; stop feeding once the consumer is gone.
                 while not slots.acquire(timeout=0.1):
                     if finished.is_set():
@@ -302,10 +311,14 @@ class GradientClient:
                 slots.release()
                 yield [serde.step_result_from_proto(result) for result in response.steps]
         except grpc.RpcError as error:
+            if failures:
+                raise failures[0] from None
             raise error_from_rpc(error) from None
         finally:
             finished.set()
             call.cancel()
+        if failures:
+            raise failures[0]
 
     def stream_parameters(
         self, names: Iterable[str] = (), *, chunk_bytes: int = 0

@@ -47,13 +47,16 @@ def load_data(config: TrainConfig, info: ModelInfo) -> tuple[Dataset, dict[str, 
         if config.data.init == "seed" or auto_seed:
             initial = {"w": seed.initial_w, "b": seed.initial_b}
     else:
-        _, features, target = read_csv(config.data.csv, config.data.features, config.data.target)
-        if info.target.dtype in (torch.int64, torch.int32):
-            if not bool((target == target.round()).all()):
-                raise DataError(
-                    f"data: the model's loss {info.loss} needs integer class targets; "
-                    f"column {config.data.target or 'target'} has fractions"
-                )
+        # Every value is checked against the model's dtypes here, naming its row and column:
+        # finite in float64 is not enough for a float32 model, class indices must be >= 0.
+        _, features, target = read_csv(
+            config.data.csv,
+            config.data.features,
+            config.data.target,
+            input_dtype=info.input.dtype,
+            target_dtype=info.target.dtype,
+        )
+        if not info.target.dtype.is_floating_point:
             targets = target.to(info.target.dtype)
         else:
             targets = target.to(info.target.dtype).reshape(-1, 1)

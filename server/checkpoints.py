@@ -31,9 +31,11 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from gradserve import types
 from gradserve.errors import FailedPreconditionError
-from gradserve.server import parameter_store
-from gradserve.server.parameter_store import ParameterStore, StoreState
+from gradserve.server.config import CheckpointConfig
+from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.store_state import StoreState
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 _NAME = re.compile(r"^checkpoint-(\d{10})-v(\d+)$")
+# The request-id window's results, from gradserve.types; older checkpoints' names for them.
+_RESULT_TYPES = frozenset(
+    ("GradientResult", "UpdateResult", "SetResult", "TrainResult", "StepResult")
+)
+_RESULT_RENAMED = {"StepOutcome": "StepResult"}
 
 
 class CheckpointError(ValueError):
@@ -101,12 +108,16 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "$dict" in value:
         return {_decode(k, tensors): _decode(v, tensors) for k, v in value["$dict"]}
     if "$dataclass" in value:
-        # Only the result dataclasses of the parameter store, looked up by name: a manifest
-        # cannot make this code build anything else.
-        cls = getattr(parameter_store, value["$dataclass"], None)
+        # Only result types, looked up by name: a manifest cannot make this build anything else.
+        name = _RESULT_RENAMED.get(value["$dataclass"], value["$dataclass"])
+        cls = getattr(types, name, None) if name in _RESULT_TYPES else None
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise CheckpointError(f"unknown result type {value['$dataclass']!r}")
-        return cls(**{k: _decode(v, tensors) for k, v in value["fields"].items()})
+        fields = {k: _decode(v, tensors) for k, v in value["fields"].items()}
+        if cls is types.GradientResult and isinstance(fields.get("gradients"), tuple):
+            # Checkpoints written before the shared types kept (name, tensor) pairs.
+            fields["gradients"] = dict(fields["gradients"])
+        return cls(**fields)
     raise CheckpointError(f"unknown JSON object with keys {sorted(value)}")
 
 
@@ -248,20 +259,14 @@ class Checkpointer:
     saving per update) so every update path, unary or streaming, is covered without hooks.
     """
 
-    def __init__(
-        self,
-        store: ParameterStore,
-        directory: Path,
-        *,
-        every_updates: int | None = None,
-        every_seconds: float | None = None,
-        keep: int = 3,
-    ) -> None:
+    def __init__(self, store: ParameterStore, config: CheckpointConfig) -> None:
+        if config.directory is None:
+            raise ValueError("Checkpointer: the config has no directory")
         self.store = store
-        self.directory = Path(directory)
-        self.every_updates = every_updates or None
-        self.every_seconds = every_seconds or None
-        self.keep = max(1, keep)
+        self.directory = Path(config.directory)
+        self.every_updates = config.every_updates or None
+        self.every_seconds = config.every_seconds or None
+        self.keep = max(1, config.keep)
         self.last: CheckpointInfo | None = None
         self._save_lock = threading.Lock()
         self._stopping = threading.Event()

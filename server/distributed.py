@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import math
 import os
 import signal
 import threading
@@ -33,17 +32,16 @@ import torch
 import torch.distributed as dist
 from grpc_health.v1 import health_pb2
 
+from gradserve.defaults import SERVICE_NAME
 from gradserve.errors import FailedPreconditionError, GradserveError, UnavailableError
-from gradserve.server.app import SERVICE_NAME, GradientServer
+from gradserve.server.accumulation import Gradients, check_gradients, check_loss
+from gradserve.server.app import GradientServer
 from gradserve.server.config import ServerConfig
 from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import (
-    ParameterStore,
-    Reduction,
-    StoreState,
-    UpdateResult,
-)
+from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.store_state import StoreState
+from gradserve.types import Reduction, UpdateResult
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,9 +77,9 @@ class DistributedParameterStore(ParameterStore):
 
     # -- rank 0: the hooks ParameterStore calls with its lock held --------------------------
 
-    def _accumulate(
-        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
-    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+    def _compute(
+        self, inputs: torch.Tensor, targets: torch.Tensor, weight: float
+    ) -> tuple[float, Gradients]:
         def send() -> None:
             header = [OP_COMPUTE, DTYPES.index(inputs.dtype), DTYPES.index(targets.dtype)]
             header += [inputs.dim(), targets.dim()]
@@ -93,7 +91,7 @@ class DistributedParameterStore(ParameterStore):
             dist.broadcast(self._to_device(targets.contiguous()), 0)
 
         self._collective(send)
-        return self._collective(lambda: self._compute_and_add(inputs, targets, weight))
+        return self._collective(lambda: self._compute_shards(inputs, targets))
 
     def _step(
         self, learning_rate: float, reduction: Reduction, expected_version: int | None
@@ -155,15 +153,16 @@ class DistributedParameterStore(ParameterStore):
 
     # -- every rank ------------------------------------------------------------------------
 
-    def _compute_and_add(
-        self, inputs: torch.Tensor, targets: torch.Tensor, weight: float
-    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
-        """This rank's shard, all-reduced into the full batch's loss and gradients."""
+    def _compute_shards(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[float, Gradients]:
+        """This rank's shard, all-reduced into the full batch's loss and gradients, checked
+        as the store checks its own (accumulation.py); every rank then adds them (_add)."""
         total = inputs.shape[0]
         rows = torch.tensor_split(torch.arange(total), self.world_size)[self.rank]
         parameters = self._parameters
         share = len(rows) / total if total else 0.0
-        grads: tuple[torch.Tensor | None, ...]
+        grads: Gradients
         if len(rows):
             self.model.module.train()
             shard_loss = self.model.loss.function(
@@ -189,40 +188,9 @@ class DistributedParameterStore(ParameterStore):
             count = parameter.numel()
             gradients.append(buffer[offset : offset + count].view_as(parameter))
             offset += count
-        return self._add_gradients(float(loss), tuple(gradients), int(total), weight)
-
-    def _add_gradients(
-        self,
-        loss_value: float,
-        gradients: Sequence[torch.Tensor | None],
-        batch_size: int,
-        weight: float,
-    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
-        """ParameterStore._accumulate's checks and arithmetic, given the reduced gradients."""
-        if not math.isfinite(loss_value):
-            raise FailedPreconditionError(
-                f"inputs: the loss is {loss_value} for this batch at model version "
-                f"{self.version}; nothing was accumulated",
-                field="inputs",
-            )
-        for name, gradient in zip(self._named, gradients, strict=True):
-            if gradient is not None and not bool(torch.isfinite(gradient).all()):
-                raise FailedPreconditionError(
-                    f"inputs: the gradient of {name} is not finite for this batch at "
-                    f"model version {self.version}; nothing was accumulated",
-                    field="inputs",
-                )
-        with torch.no_grad():
-            for parameter, gradient in zip(self._parameters, gradients, strict=True):
-                if gradient is None:
-                    continue
-                scaled = gradient * weight if weight != 1.0 else gradient
-                if parameter.grad is None:
-                    parameter.grad = scaled.clone()
-                else:
-                    parameter.grad += scaled
-        self.accumulated_batches += 1
-        self.accumulated_samples += batch_size
+        loss_value = float(loss)
+        check_loss(loss_value, self.version)
+        check_gradients(self._named, tuple(gradients), self.version)
         return loss_value, tuple(gradients)
 
     def _broadcast_parameters(self) -> None:
@@ -297,7 +265,8 @@ class DistributedParameterStore(ParameterStore):
                 dist.broadcast(targets, 0)
                 # Rank 0 raises the same error from the same reduced values.
                 with contextlib.suppress(GradserveError):
-                    self._compute_and_add(inputs, targets, float(weight))
+                    _, gradients = self._compute_shards(inputs, targets)
+                    self._add(gradients, int(inputs.shape[0]), float(weight))
             elif op == OP_STEP:
                 learning_rate = self._to_device(torch.zeros(1, dtype=torch.float64))
                 dist.broadcast(learning_rate, 0)
@@ -320,7 +289,7 @@ def is_rank_zero() -> bool:
 
 def init_process_group(config: ServerConfig) -> None:
     timeout = float(os.environ.get(ENV_TIMEOUT, "30"))
-    backend = "nccl" if config.device.startswith("cuda") else "gloo"
+    backend = "nccl" if config.model.device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
@@ -335,17 +304,10 @@ def init_process_group(config: ServerConfig) -> None:
 
 def follow_rank_zero(config: ServerConfig) -> int:
     """A rank > 0: build the same model (same seed) and execute rank 0's commands."""
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    model = build_configured(
-        config.model,
-        config.loss,
-        config.seed,
-        model_file=config.model_file,
-        factories=config.model_factories,
-        device=config.device,
-    )
-    optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
+    if config.runtime.torch_threads is not None:
+        torch.set_num_threads(config.runtime.torch_threads)
+    model = build_configured(config.model)
+    optimizer = build_optimizer(config.model.optimizer, list(model.module.parameters()))
     store = DistributedParameterStore(model, optimizer, request_id_window=0)
     # Rank 0 decides when to stop (OP_STOP); a launcher's SIGINT/SIGTERM goes to rank 0 too.
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -13,7 +13,6 @@ never names code, it only sees the model the operator chose (GetModelInfo).
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from torch import nn
 
 from gradserve.errors import InvalidArgumentError
 from gradserve.server.config import ModelConfig
+from gradserve.server.model_files import spec_from_file
 from gradserve.server.models import ACTIVATIONS, LOSSES, BatchSpec, LinearRegression, Loss, Model
 from gradserve.server.networks import build_cnn, build_mlp
 
@@ -279,81 +279,6 @@ def build(
     if name == "cnn":
         return _cnn(spec, args, loss, seed)
     return _factory(name, spec, args, registered[name], loss=loss, seed=seed)
-
-
-# -- JSON model files -----------------------------------------------------------------------
-
-_FILE_KEYS = {
-    "linear": {"model", "loss"},
-    "mlp": {"model", "loss", "sizes", "activation", "dropout", "batch_norm"},
-    "cnn": {"model", "loss", "input", "outputs", "channels", "activation", "dropout", "batch_norm"},
-}
-
-
-def spec_from_file(path: Path) -> tuple[str, str | None]:
-    """(spec, loss) from a JSON file such as
-    {"model": "mlp", "sizes": [64, 128, 10], "activation": "relu", "dropout": 0.1,
-     "batch_norm": false, "loss": "cross_entropy"}
-    or {"model": "cnn", "input": [1, 8, 8], "outputs": 10, "channels": [8, 16]},
-    or {"model": "NAME", "options": {...}} for a registered factory."""
-    where = f"model_file {path}"
-    try:
-        document = json.loads(path.read_text())
-    except OSError as error:
-        raise InvalidArgumentError(f"{where}: {error.strerror}", field="model_file") from None
-    except json.JSONDecodeError as error:
-        raise InvalidArgumentError(f"{where}: not JSON: {error}", field="model_file") from None
-    if not isinstance(document, dict) or not isinstance(document.get("model"), str):
-        raise InvalidArgumentError(
-            f'{where}: expected an object with a "model" name', field="model_file"
-        )
-    name = document["model"]
-    allowed = _FILE_KEYS.get(name, {"model", "loss", "options"})
-    unknown = sorted(set(document) - allowed)
-    if unknown:
-        raise InvalidArgumentError(
-            f"{where}: unknown keys for {name}: {', '.join(unknown)}", field="model_file"
-        )
-    loss = document.get("loss")
-    if loss is not None and not isinstance(loss, str):
-        raise InvalidArgumentError(f'{where}: "loss" must be a string', field="model_file")
-    try:
-        parts = [name, *_file_parts(name, document)]
-    except (TypeError, ValueError) as error:
-        raise InvalidArgumentError(f"{where}: {error}", field="model_file") from None
-    return ":".join(parts), loss
-
-
-def _joined(value: Any, separator: str, key: str) -> str:
-    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-        raise TypeError(f'"{key}" must be a list of integers')
-    return separator.join(map(str, value))
-
-
-def _file_parts(name: str, document: dict[str, Any]) -> list[str]:
-    if name == "linear":
-        return []
-    if name not in _FILE_KEYS:
-        options = document.get("options", {})
-        if not isinstance(options, dict):
-            raise TypeError('"options" must be an object')
-        return [f"{key}={value}" for key, value in options.items()]
-    if name == "mlp":
-        parts = [_joined(document.get("sizes"), "-", "sizes")]
-    else:
-        outputs = document.get("outputs")
-        if not isinstance(outputs, int):
-            raise TypeError('"outputs" must be an integer')
-        parts = [f"{_joined(document.get('input'), 'x', 'input')}-{outputs}"]
-        if "channels" in document:
-            parts.append("channels=" + _joined(document["channels"], "-", "channels"))
-    if "activation" in document:
-        parts.append(str(document["activation"]))
-    if "dropout" in document:
-        parts.append(f"dropout={document['dropout']}")
-    if document.get("batch_norm"):
-        parts.append("batchnorm")
-    return parts
 
 
 # -- device -----------------------------------------------------------------------------------

@@ -13,32 +13,24 @@ Rank 0 runs the usual ParameterStore behind gRPC; every other rank loops on comm
 - ping: rank 0 sends one when idle, so a dead rank is noticed without traffic.
 A collective that fails or outlasts GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS (the process group's
 timeout) marks the store failed: health turns NOT_SERVING and every call that needs the ranks
-fails with UNAVAILABLE. Per-shard batch statistics (batchnorm) and dropout masks differ from one
+fails with UNAVAILABLE (distributed_launch.py joins the group, runs the followers and the
+heartbeat). Per-shard batch statistics (batchnorm) and dropout masks differ from one
 process's, as with DistributedDataParallel.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
-import os
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from grpc_health.v1 import health_pb2
 
-from gradserve.defaults import SERVICE_NAME
 from gradserve.errors import FailedPreconditionError, GradserveError, UnavailableError
 from gradserve.server.accumulation import Gradients, check_gradients, check_loss
-from gradserve.server.app import GradientServer
-from gradserve.server.config import ServerConfig
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.store_state import StoreState
 from gradserve.types import Reduction, UpdateResult
@@ -47,7 +39,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENV_TIMEOUT = "GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS"
-ENV_HEARTBEAT = "GRADSERVE_DISTRIBUTED_HEARTBEAT_SECONDS"
 
 OP_STOP, OP_PING, OP_COMPUTE, OP_STEP, OP_SYNC, OP_RESTORE = range(6)
 HEADER = 8
@@ -57,11 +48,6 @@ DTYPES = (
     torch.uint8, torch.bool, torch.int16, torch.int8,
 )  # fmt: skip
 REDUCTIONS = (Reduction.SUM, Reduction.MEAN)
-
-
-def launched() -> bool:
-    """Started by torchrun (or with its environment) with more than one rank."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 class DistributedParameterStore(ParameterStore):
@@ -276,74 +262,3 @@ class DistributedParameterStore(ParameterStore):
             elif op == OP_SYNC:
                 self._broadcast_parameters()
                 ParameterStore._drop_gradients(self)
-
-
-def store_factory() -> Callable[..., ParameterStore] | None:
-    """The store class rank 0 serves with: distributed once the group is joined."""
-    return DistributedParameterStore if dist.is_initialized() else None
-
-
-def is_rank_zero() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def init_process_group(config: ServerConfig) -> None:
-    timeout = float(os.environ.get(ENV_TIMEOUT, "30"))
-    backend = "nccl" if config.model.device.startswith("cuda") else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-    logger.info(
-        "rank %d of %d (%s), collective timeout %gs",
-        dist.get_rank(),
-        dist.get_world_size(),
-        backend,
-        timeout,
-    )
-
-
-def follow_rank_zero(config: ServerConfig) -> int:
-    """A rank > 0: build the same model (same seed) and execute rank 0's commands."""
-    if config.runtime.torch_threads is not None:
-        torch.set_num_threads(config.runtime.torch_threads)
-    model = build_configured(config.model)
-    optimizer = build_optimizer(config.model.optimizer, list(model.module.parameters()))
-    store = DistributedParameterStore(model, optimizer, request_id_window=0)
-    # Rank 0 decides when to stop (OP_STOP); a launcher's SIGINT/SIGTERM goes to rank 0 too.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    try:
-        store.follow()
-    except (RuntimeError, dist.DistBackendError) as error:
-        logger.error("rank %d: rank 0 stopped answering: %s", store.rank, error)
-        return 1
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-def attach(running: GradientServer) -> threading.Thread | None:
-    """Rank 0, once serving: report NOT_SERVING on failure, and start the heartbeat."""
-    store = running.store
-    if not isinstance(store, DistributedParameterStore):
-        return None
-
-    def not_serving() -> None:
-        for name in ("", SERVICE_NAME):
-            running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    store.on_failure = not_serving
-    interval = float(
-        os.environ.get(ENV_HEARTBEAT, str(float(os.environ.get(ENV_TIMEOUT, "30")) / 4))
-    )
-    thread = threading.Thread(
-        target=store.heartbeat, args=(interval,), name="gradserve-heartbeat", daemon=True
-    )
-    thread.start()
-    return thread
-
-
-def shutdown(store: ParameterStore) -> None:
-    if isinstance(store, DistributedParameterStore):
-        store.stop_ranks()
-        dist.destroy_process_group()

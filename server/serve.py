@@ -12,7 +12,7 @@ from types import FrameType
 from prometheus_client import start_http_server
 
 from gradserve.errors import GradserveError
-from gradserve.server import distributed
+from gradserve.server import distributed_launch as distributed
 from gradserve.server.app import create_server, format_address
 from gradserve.server.flags import parse_args
 

@@ -99,9 +99,13 @@ class ParameterStore:
                     for (name, p), g in zip(self._named.items(), gradients, strict=True)
                 }
             return GradientResult(
-                loss, batch_size, self.accumulated_batches, self.accumulated_samples,
-                self.version, own,
-            )  # fmt: skip
+                loss=loss,
+                batch_size=batch_size,
+                accumulated_batches=self.accumulated_batches,
+                accumulated_samples=self.accumulated_samples,
+                model_version=self.version,
+                gradients=own,
+            )
 
         with self._lock:
             return self._request_ids.remembered("compute_gradients", request_id, run)
@@ -315,9 +319,14 @@ class ParameterStore:
         batch_size = self.model.check_batch(inputs, targets)
         with self._lock:
             graph = trace_graph(
-                self.model, self._named, self._parameters, inputs, targets,
-                max_nodes=cap, return_gradients=return_gradients,
-            )  # fmt: skip
+                self.model,
+                self._named,
+                self._parameters,
+                inputs,
+                targets,
+                max_nodes=cap,
+                return_gradients=return_gradients,
+            )
             return GraphDescription(graph, batch_size, self.version, cap)
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -14,30 +14,38 @@ from gradserve.client.gradient_client import GradientClient
 from gradserve.client.retry import RetryPolicy
 from gradserve.client.security import bearer_metadata, channel_credentials, read_token
 from gradserve.server.app import create_server
-from gradserve.server.config import ServerConfig
+from gradserve.server.config import (
+    CoordinationConfig,
+    ModelConfig,
+    NetworkConfig,
+    RuntimeConfig,
+    ServerConfig,
+)
 
 
 def embedded_server_config(config: TrainConfig, *, sync_workers: int = 0) -> ServerConfig:
     """A loopback server on a free port for this run; with sync_workers, in sync mode with a
     round of sync_workers * accumulation_steps contributions (one per batch of each worker)."""
     base = ServerConfig(
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        model=config.embedded.model,
-        loss=config.embedded.loss,
-        optimizer=config.embedded.optimizer,
-        seed=config.data.seed,
-        shutdown_grace_seconds=1.0,
+        network=NetworkConfig(host="127.0.0.1", port=0, metrics_port=0),
+        model=ModelConfig(
+            spec=config.embedded.model,
+            loss=config.embedded.loss,
+            optimizer=config.embedded.optimizer,
+            seed=config.data.seed,
+        ),
+        runtime=RuntimeConfig(shutdown_grace_seconds=1.0),
     )
     if not sync_workers:
         return base
     return dataclasses.replace(
         base,
-        workers=max(8, 2 * sync_workers + 2),
-        mode="sync",
-        sync_contributions=sync_workers * config.schedule.accumulation_steps,
-        sync_timeout_seconds=config.connection.timeout_seconds,
+        runtime=dataclasses.replace(base.runtime, workers=max(8, 2 * sync_workers + 2)),
+        coordination=CoordinationConfig(
+            mode="sync",
+            sync_contributions=sync_workers * config.schedule.accumulation_steps,
+            sync_timeout_seconds=config.connection.timeout_seconds,
+        ),
     )
 
 

@@ -10,36 +10,29 @@ import logging
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.defaults import SERVICE_NAME, channel_options
 from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from gradserve.server.checkpoints import Checkpointer
 from gradserve.server.config import ServerConfig
-from gradserve.server.coordination import build_coordinator, coordination_config
+from gradserve.server.coordination import build_coordinator
 from gradserve.server.interceptors import ServerInterceptor
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.servicer import GradientServicer
-from gradserve.v1 import gradserve_pb2, gradserve_pb2_grpc
+from gradserve.v1 import gradserve_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = gradserve_pb2.DESCRIPTOR.services_by_name["GradientService"].full_name
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Message limits for both directions; used by the server and by every channel."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
+# Kept importable from here for code that embeds a server (they live in gradserve.defaults).
+__all__ = ["SERVICE_NAME", "GradientServer", "channel_options", "create_server"]
 
 
 def format_address(host: str, port: int) -> str:
@@ -60,12 +53,12 @@ class GradientServer:
 
     @property
     def address(self) -> str:
-        return format_address(self.config.host, self.port)
+        return format_address(self.config.network.host, self.port)
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
         self.health.enter_graceful_shutdown()
-        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        grace = self.config.runtime.shutdown_grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
         if self.checkpointer is not None:
             # After the calls in flight are done: the final checkpoint holds all of them.
@@ -83,65 +76,44 @@ def create_server(
     store_factory: Callable[..., ParameterStore] | None = None,
 ) -> GradientServer:
     """`store_factory`: the store class to serve with (server/distributed.py's on rank 0)."""
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    model = build_configured(
-        config.model,
-        config.loss,
-        config.seed,
-        model_file=config.model_file,
-        factories=config.model_factories,
-        device=config.device,
-    )
-    optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
+    runtime, limits, model_config = config.runtime, config.limits, config.model
+    if runtime.torch_threads is not None:
+        torch.set_num_threads(runtime.torch_threads)
+    model = build_configured(model_config)
+    optimizer = build_optimizer(model_config.optimizer, list(model.module.parameters()))
     store = (store_factory or ParameterStore)(
-        model, optimizer, request_id_window=config.request_id_window
+        model, optimizer, request_id_window=limits.request_id_window
     )
     metrics = metrics or ServerMetrics()
+    metrics.watch(store)
     checkpointer = None
-    if config.checkpoint_dir:
-        checkpointer = Checkpointer(
-            store,
-            Path(config.checkpoint_dir),
-            every_updates=config.checkpoint_every_updates,
-            every_seconds=config.checkpoint_every_seconds,
-            keep=config.checkpoint_keep,
-        )
+    if config.checkpoints.directory:
+        checkpointer = Checkpointer(store, config.checkpoints)
         # Before the port is bound: nobody sees the model until the checkpoint is in it.
         checkpointer.restore_latest()
-    metrics.model_version.set(store.version)
     interceptors: list[grpc.ServerInterceptor] = [ServerInterceptor(metrics)]
-    tokens = load_tokens(config)
+    tokens = load_tokens(config.security)
     if tokens:
         # First in the chain, so a denied call reaches nothing else.
         interceptors.insert(
             0,
             BearerTokenInterceptor(
                 tokens,
-                allow_unauthenticated_health=config.auth_allow_unauthenticated_health,
+                allow_unauthenticated_health=config.security.auth_allow_unauthenticated_health,
                 metrics=metrics,
             ),
         )
-    credentials = server_credentials(config)
+    credentials = server_credentials(config.security)
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="gradserve"),
+        futures.ThreadPoolExecutor(max_workers=runtime.workers, thread_name_prefix="gradserve"),
         interceptors=interceptors,
-        options=channel_options(config.max_message_bytes),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        options=channel_options(limits.max_message_bytes),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
+    coordinator = build_coordinator(store, config.coordination, metrics, limits)
     gradserve_pb2_grpc.add_GradientServiceServicer_to_server(
-        GradientServicer(
-            store,
-            metrics,
-            max_batch_elements=config.max_batch_elements,
-            max_message_bytes=config.max_message_bytes,
-            checkpointer=checkpointer,
-            coordinator=build_coordinator(
-                store, coordination_config(config), metrics, config.request_id_window
-            ),
-        ),
-        server,
+        GradientServicer(coordinator, checkpointer), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -150,13 +122,13 @@ def create_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = format_address(config.host, config.port)
+    address = format_address(config.network.host, config.network.port)
     if credentials is None:
         port = server.add_insecure_port(address)
     else:
         port = server.add_secure_port(address, credentials)
     if port == 0:
-        raise OSError(f"could not bind {format_address(config.host, config.port)}")
+        raise OSError(f"could not bind {address}")
     server.start()
     # The model is built and any checkpoint restored before anyone is told it is ready.
     for name in ("", SERVICE_NAME):

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from gradserve.errors import InvalidArgumentError
-from gradserve.server.config import ServerConfig
+from gradserve.server.config import SecurityConfig
 from gradserve.server.metrics import ServerMetrics, method_label
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ OPEN_SERVICES = frozenset(
 DENIED_MESSAGE = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
 
 
-def load_tokens(config: ServerConfig) -> tuple[str, ...]:
+def load_tokens(config: SecurityConfig) -> tuple[str, ...]:
     tokens = list(config.auth_tokens)
     if config.auth_tokens_file:
         text = Path(config.auth_tokens_file).read_text()
@@ -54,7 +54,7 @@ def _read(path: str, what: str) -> bytes:
         raise InvalidArgumentError(f"{what}: cannot read {path}: {error.strerror}") from None
 
 
-def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def server_credentials(config: SecurityConfig) -> grpc.ServerCredentials | None:
     """TLS credentials for the listening port; None for plaintext (no --tls-cert)."""
     if not config.tls_cert:
         if config.tls_key or config.tls_client_ca:

@@ -7,14 +7,12 @@ spec, the optimizer's non-tensor state, the request-id window, and the sha256 of
 file). Both are written into a hidden temporary folder, fsync'd, and the folder is renamed into
 place and its parent fsync'd: a crash leaves either the whole checkpoint or none. The newest
 `keep` are kept. A checkpoint that does not read back (bad checksum, truncated, unparsable) is
-skipped with a warning and the one before it is used. Nothing here unpickles: tensors go
-through safetensors, everything else through JSON.
+skipped with a warning and the one before it is used. Nothing unpickles: tensors go
+through safetensors, everything else through JSON (checkpoint_encoding.py holds that part).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -27,24 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
-import torch
 from safetensors import SafetensorError
 
 from gradserve.errors import FailedPreconditionError
-from gradserve.server import parameter_store
-from gradserve.server.parameter_store import ParameterStore, StoreState
+from gradserve.server.checkpoint_encoding import (
+    TENSORS,
+    CheckpointError,
+    decode_state,
+    encode_state,
+)
+from gradserve.server.config import CheckpointConfig
+from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.store_state import StoreState
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TENSORS = "tensors.safetensors"
 _NAME = re.compile(r"^checkpoint-(\d{10})-v(\d+)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint on disk cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -53,110 +50,6 @@ class CheckpointInfo:
     sequence: int
     model_version: int
     accumulated_batches: int
-
-
-# -- encoding: nested Python values <-> JSON + a table of tensors --------------------------
-
-
-def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON for `value`; tensors go into `tensors` under `key` (a dotted path) and are
-    referenced by it. Dicts and tuples are tagged so int keys and tuples come back as such."""
-    if isinstance(value, torch.Tensor):
-        # safetensors refuses tensors that share storage: every one gets its own copy.
-        tensors[key] = value.detach().clone().contiguous()
-        return {"$tensor": key}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list):
-        return [_encode(item, f"{key}.{i}", tensors) for i, item in enumerate(value)]
-    if isinstance(value, tuple):
-        return {"$tuple": [_encode(item, f"{key}.{i}", tensors) for i, item in enumerate(value)]}
-    if isinstance(value, dict):
-        return {
-            "$dict": [
-                [_encode(k, f"{key}.key{i}", tensors), _encode(v, f"{key}.{k}", tensors)]
-                for i, (k, v) in enumerate(value.items())
-            ]
-        }
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            "$dataclass": type(value).__name__,
-            "fields": {
-                f.name: _encode(getattr(value, f.name), f"{key}.{f.name}", tensors)
-                for f in dataclasses.fields(value)
-            },
-        }
-    raise TypeError(f"cannot checkpoint a {type(value).__name__} at {key}")
-
-
-def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(value, list):
-        return [_decode(item, tensors) for item in value]
-    if not isinstance(value, dict):
-        return value
-    if "$tensor" in value:
-        return tensors[value["$tensor"]]
-    if "$tuple" in value:
-        return tuple(_decode(item, tensors) for item in value["$tuple"])
-    if "$dict" in value:
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["$dict"]}
-    if "$dataclass" in value:
-        # Only the result dataclasses of the parameter store, looked up by name: a manifest
-        # cannot make this code build anything else.
-        cls = getattr(parameter_store, value["$dataclass"], None)
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise CheckpointError(f"unknown result type {value['$dataclass']!r}")
-        return cls(**{k: _decode(v, tensors) for k, v in value["fields"].items()})
-    raise CheckpointError(f"unknown JSON object with keys {sorted(value)}")
-
-
-def encode_state(
-    state: StoreState, *, model_spec: str, optimizer: str
-) -> tuple[bytes, dict[str, Any]]:
-    """(safetensors bytes, manifest) for one store state."""
-    tensors: dict[str, torch.Tensor] = {}
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "model_version": state.version,
-        "accumulated_batches": state.accumulated_batches,
-        "accumulated_samples": state.accumulated_samples,
-        "model_spec": model_spec,
-        "optimizer": optimizer,
-        "parameters": _encode(state.parameters, "parameters", tensors),
-        "gradients": _encode(state.gradients, "gradients", tensors),
-        "optimizer_state": _encode(state.optimizer, "optimizer", tensors),
-        "request_ids": [
-            [method, request_id, _encode(result, f"request_ids.{i}", tensors)]
-            for i, (method, request_id, result) in enumerate(state.request_ids)
-        ],
-        "saved_at": time.time(),
-    }
-    data = safetensors.torch.save(tensors)
-    manifest["tensors_sha256"] = hashlib.sha256(data).hexdigest()
-    manifest["tensors_bytes"] = len(data)
-    return data, manifest
-
-
-def decode_state(data: bytes, manifest: dict[str, Any]) -> StoreState:
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"format_version {manifest.get('format_version')!r}")
-    if len(data) != manifest["tensors_bytes"]:
-        raise CheckpointError(f"{TENSORS}: {len(data)} bytes, expected {manifest['tensors_bytes']}")
-    if hashlib.sha256(data).hexdigest() != manifest["tensors_sha256"]:
-        raise CheckpointError(f"{TENSORS}: sha256 differs from the manifest's")
-    tensors = safetensors.torch.load(data)
-    return StoreState(
-        version=int(manifest["model_version"]),
-        accumulated_batches=int(manifest["accumulated_batches"]),
-        accumulated_samples=int(manifest["accumulated_samples"]),
-        parameters=_decode(manifest["parameters"], tensors),
-        gradients=_decode(manifest["gradients"], tensors),
-        optimizer=_decode(manifest["optimizer_state"], tensors),
-        request_ids=tuple(
-            (method, request_id, _decode(result, tensors))
-            for method, request_id, result in manifest["request_ids"]
-        ),
-    )
 
 
 # -- files -----------------------------------------------------------------------------
@@ -248,20 +141,14 @@ class Checkpointer:
     saving per update) so every update path, unary or streaming, is covered without hooks.
     """
 
-    def __init__(
-        self,
-        store: ParameterStore,
-        directory: Path,
-        *,
-        every_updates: int | None = None,
-        every_seconds: float | None = None,
-        keep: int = 3,
-    ) -> None:
+    def __init__(self, store: ParameterStore, config: CheckpointConfig) -> None:
+        if config.directory is None:
+            raise ValueError("Checkpointer: the config has no directory")
         self.store = store
-        self.directory = Path(directory)
-        self.every_updates = every_updates or None
-        self.every_seconds = every_seconds or None
-        self.keep = max(1, keep)
+        self.directory = Path(config.directory)
+        self.every_updates = config.every_updates or None
+        self.every_seconds = config.every_seconds or None
+        self.keep = max(1, config.keep)
         self.last: CheckpointInfo | None = None
         self._save_lock = threading.Lock()
         self._stopping = threading.Event()

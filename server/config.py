@@ -1,63 +1,60 @@
-"""Server configuration: one frozen dataclass, built from flags whose defaults come from the
-environment (GRADSERVE_*). Nothing here runs at import time."""
+"""Server configuration: frozen dataclasses, one per concern, nested in ServerConfig.
+
+Each section is defined once and handed whole to what it configures (CoordinationConfig to
+the coordinator, CheckpointConfig to the Checkpointer, ...). The command line and environment
+stay flat (server/flags.py); `ServerConfig.from_flat` routes flat names (`checkpoint_dir`,
+`mode`, ...) onto their sections. Nothing here runs at import time.
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
-ENV_HOST = "GRADSERVE_HOST"
-ENV_PORT = "GRADSERVE_PORT"
-ENV_MODEL = "GRADSERVE_MODEL"
-ENV_LOSS = "GRADSERVE_LOSS"
-ENV_MODEL_FILE = "GRADSERVE_MODEL_FILE"
-ENV_MODEL_FACTORIES = "GRADSERVE_MODEL_FACTORIES"
-ENV_DEVICE = "GRADSERVE_DEVICE"
-ENV_OPTIMIZER = "GRADSERVE_OPTIMIZER"
-ENV_SEED = "GRADSERVE_SEED"
-ENV_METRICS_PORT = "GRADSERVE_METRICS_PORT"
-ENV_MAX_MESSAGE_BYTES = "GRADSERVE_MAX_MESSAGE_BYTES"
-ENV_MAX_BATCH_ELEMENTS = "GRADSERVE_MAX_BATCH_ELEMENTS"
-ENV_MAX_CONCURRENT_RPCS = "GRADSERVE_MAX_CONCURRENT_RPCS"
-ENV_WORKERS = "GRADSERVE_WORKERS"
-ENV_TORCH_THREADS = "GRADSERVE_TORCH_THREADS"
-ENV_REQUEST_ID_WINDOW = "GRADSERVE_REQUEST_ID_WINDOW"
-ENV_SHUTDOWN_GRACE = "GRADSERVE_SHUTDOWN_GRACE_SECONDS"
-ENV_LOG_LEVEL = "GRADSERVE_LOG_LEVEL"
-ENV_CHECKPOINT_DIR = "GRADSERVE_CHECKPOINT_DIR"
-ENV_CHECKPOINT_EVERY_UPDATES = "GRADSERVE_CHECKPOINT_EVERY_UPDATES"
-ENV_CHECKPOINT_EVERY_SECONDS = "GRADSERVE_CHECKPOINT_EVERY_SECONDS"
-ENV_CHECKPOINT_KEEP = "GRADSERVE_CHECKPOINT_KEEP"
-ENV_TLS_CERT = "GRADSERVE_TLS_CERT"
-ENV_TLS_KEY = "GRADSERVE_TLS_KEY"
-ENV_TLS_CLIENT_CA = "GRADSERVE_TLS_CLIENT_CA"
-ENV_AUTH_TOKENS_FILE = "GRADSERVE_AUTH_TOKENS_FILE"
-# Tokens themselves, comma- or newline-separated (for secrets injected as environment).
-ENV_AUTH_TOKENS = "GRADSERVE_AUTH_TOKENS"
-ENV_AUTH_ALLOW_UNAUTHENTICATED_HEALTH = "GRADSERVE_AUTH_ALLOW_UNAUTHENTICATED_HEALTH"
-ENV_MODE = "GRADSERVE_MODE"
-ENV_SYNC_CONTRIBUTIONS = "GRADSERVE_SYNC_CONTRIBUTIONS"
-ENV_SYNC_UNIT = "GRADSERVE_SYNC_UNIT"
-ENV_SYNC_TIMEOUT = "GRADSERVE_SYNC_TIMEOUT_SECONDS"
-ENV_SYNC_TIMEOUT_POLICY = "GRADSERVE_SYNC_TIMEOUT_POLICY"
-ENV_MAX_STALENESS = "GRADSERVE_MAX_STALENESS"
-ENV_STALE_POLICY = "GRADSERVE_STALE_POLICY"
-
-MIB = 1024 * 1024
+from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, MIB
+from gradserve.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class NetworkConfig:
     # Loopback by default: serving other hosts is a choice (containers set 0.0.0.0).
     host: str = "127.0.0.1"
     # 0 picks a free port; the bound one is printed and returned by create_server.
     port: int = 50051
-    model: str = "linear"
-    # None: the model's default (mse for linear, cross_entropy for mlp).
+    # Prometheus /metrics port; 0 turns the endpoint off.
+    metrics_port: int = 8001
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # The largest message received or sent, on the server and on every channel.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # The most elements the inputs or targets of one batch may have.
+    max_batch_elements: int = 16 * MIB
+    # Calls in progress at once; past it RESOURCE_EXHAUSTED. None: unlimited.
+    max_concurrent_rpcs: int | None = 256
+    # Recent request ids remembered for deduplication.
+    request_id_window: int = 1024
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    # gRPC handler threads.
+    workers: int = 8
+    # torch's intra-op threads; None keeps torch's default (one per core it sees).
+    torch_threads: int | None = None
+    shutdown_grace_seconds: float = 5.0
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # The --model spec (server/model_specs.py).
+    spec: str = "linear"
+    # None: the model's default (mse for linear, cross_entropy for classifiers).
     loss: str | None = None
-    # A JSON model description (server/model_specs.py); replaces `model` (and `loss` unless set).
+    # A JSON model description; replaces `spec` (and `loss` unless set).
     model_file: str | None = None
     # NAME=package.module:function entries: trusted code the operator adds to the registry.
     model_factories: tuple[str, ...] = ()
@@ -66,26 +63,60 @@ class ServerConfig:
     optimizer: str = "sgd"
     # Seeds torch before the model's parameters are drawn; None leaves torch's RNG alone.
     seed: int | None = 0
-    # Prometheus /metrics port; 0 turns the endpoint off.
-    metrics_port: int = 8001
-    # The largest message received or sent, on the server and on every channel.
-    max_message_bytes: int = 64 * MIB
-    # The most elements the inputs or targets of one batch may have.
-    max_batch_elements: int = 16 * MIB
-    # Calls in progress at once; past it RESOURCE_EXHAUSTED. None: unlimited.
-    max_concurrent_rpcs: int | None = 256
-    workers: int = 8
-    # torch's intra-op threads; None keeps torch's default (one per core it sees).
-    torch_threads: int | None = None
-    request_id_window: int = 1024
-    shutdown_grace_seconds: float = 5.0
-    log_level: str = "INFO"
-    # Checkpoints (server/checkpoints.py): restored on start, saved every N updates and/or
-    # every T seconds (None: not), on shutdown and on SaveCheckpoint; the newest `keep` kept.
-    checkpoint_dir: str | None = None
-    checkpoint_every_updates: int | None = None
-    checkpoint_every_seconds: float | None = None
-    checkpoint_keep: int = 3
+
+
+MODES = ("direct", "sync", "async")
+SYNC_UNITS = ("batches", "samples")
+SYNC_TIMEOUT_POLICIES = ("apply", "abort")
+STALE_POLICIES = ("reject", "downweight")
+
+
+@dataclass(frozen=True)
+class CoordinationConfig:
+    """Many workers on one model (server/coordination.py, docs/scaling.md)."""
+
+    # "direct" (each call acts at once), "sync" (ApplyUpdate waits for N contributions) or
+    # "async" (bounded staleness).
+    mode: str = "direct"
+    # sync: contributions per update, counted in `sync_unit`.
+    sync_contributions: int = 1
+    sync_unit: str = "batches"
+    sync_timeout_seconds: float = 30.0
+    sync_timeout_policy: str = "apply"
+    # async: the largest staleness accepted at full weight.
+    max_staleness: int = 4
+    stale_policy: str = "reject"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("mode", self.mode, MODES),
+            ("sync_unit", self.sync_unit, SYNC_UNITS),
+            ("sync_timeout_policy", self.sync_timeout_policy, SYNC_TIMEOUT_POLICIES),
+            ("stale_policy", self.stale_policy, STALE_POLICIES),
+        ):
+            if value not in allowed:
+                raise InvalidArgumentError(f"{name}: {value!r}, expected one of {allowed}")
+        if self.sync_contributions < 1:
+            raise InvalidArgumentError("sync_contributions: must be >= 1")
+        if not self.sync_timeout_seconds > 0:
+            raise InvalidArgumentError("sync_timeout_seconds: must be > 0")
+        if self.max_staleness < 0:
+            raise InvalidArgumentError("max_staleness: must be >= 0")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints (server/checkpoints.py): restored on start, saved every N updates and/or
+    every T seconds (None: not), on shutdown and on SaveCheckpoint; the newest `keep` kept."""
+
+    directory: str | None = None
+    every_updates: int | None = None
+    every_seconds: float | None = None
+    keep: int = 3
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
     # TLS: certificate chain and key (PEM files); with tls_client_ca, clients must present a
     # certificate signed by that CA (mTLS).
     tls_cert: str | None = None
@@ -97,260 +128,68 @@ class ServerConfig:
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     # Health checks (and reflection) without a token, so orchestrators can probe.
     auth_allow_unauthenticated_health: bool = True
-    # Many workers on one model (server/coordination.py, docs/scaling.md): "direct" (each call
-    # acts at once), "sync" (ApplyUpdate waits for N contributions) or "async" (bounded staleness).
-    mode: str = "direct"
-    sync_contributions: int = 1
-    sync_unit: str = "batches"
-    sync_timeout_seconds: float = 30.0
-    sync_timeout_policy: str = "apply"
-    max_staleness: int = 4
-    stale_policy: str = "reject"
 
 
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("", "none") else int(text)
+_SECTIONS: dict[str, type[Any]] = {
+    "network": NetworkConfig,
+    "limits": LimitsConfig,
+    "runtime": RuntimeConfig,
+    "model": ModelConfig,
+    "coordination": CoordinationConfig,
+    "checkpoints": CheckpointConfig,
+    "security": SecurityConfig,
+}
+# Flat names (flags, environment) that are not the field's own name.
+_RENAMED = {
+    ("model", "spec"): "model",
+    ("checkpoints", "directory"): "checkpoint_dir",
+    ("checkpoints", "every_updates"): "checkpoint_every_updates",
+    ("checkpoints", "every_seconds"): "checkpoint_every_seconds",
+    ("checkpoints", "keep"): "checkpoint_keep",
+}
+# flat name -> (section, field)
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    _RENAMED.get((section, f.name), f.name): (section, f.name)
+    for section, cls in _SECTIONS.items()
+    for f in dataclasses.fields(cls)
+}
 
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("", "none") else float(text)
+@dataclass(frozen=True)
+class ServerConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def with_flat(self, **flat: Any) -> ServerConfig:
+        """A copy with settings given by their flat (flag) names applied, e.g.
+        `mode="sync"`, `checkpoint_dir=...`: what the flags, the environment and tests use."""
+        changes: dict[str, dict[str, Any]] = {}
+        for name, value in flat.items():
+            if name not in FLAT_NAMES:
+                raise TypeError(f"ServerConfig: unknown setting {name!r}")
+            section, field_name = FLAT_NAMES[name]
+            changes.setdefault(section, {})[field_name] = value
+        sections = {
+            section: dataclasses.replace(getattr(self, section), **fields)
+            for section, fields in changes.items()
+        }
+        return dataclasses.replace(self, **sections)
+
+    @classmethod
+    def from_flat(cls, **flat: Any) -> ServerConfig:
+        """A config from flat names, as the flags and environment give them."""
+        return cls().with_flat(**flat)
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
-
-def parse_args(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> ServerConfig:
-    env = os.environ if environ is None else environ
+def flat_defaults() -> dict[str, Any]:
+    """Every flat name with its default value (the flags' defaults)."""
     default = ServerConfig()
-
-    def env_or(name: str, value: object) -> str:
-        return env.get(name, "" if value is None else str(value))
-
-    parser = argparse.ArgumentParser(
-        prog="gradserve-server",
-        description="Serve a PyTorch model's gradients over gRPC (gradserve.v1.GradientService).",
-    )
-    add = parser.add_argument
-    add("--host", default=env_or(ENV_HOST, default.host), help=f"address to bind [{ENV_HOST}]")
-    add(
-        "--port",
-        type=int,
-        default=int(env_or(ENV_PORT, default.port)),
-        help=f"port to bind, 0 for a free one [{ENV_PORT}]",
-    )
-    add(
-        "--model",
-        default=env_or(ENV_MODEL, default.model),
-        help="model spec: linear | mlp:IN-H-...-OUT[:relu|tanh|sigmoid|gelu][:dropout=P][:batchnorm]"
-        f" | cnn:CxHxW-OUT[:channels=8-16][:...] | a --model-factory NAME [{ENV_MODEL}]",
-    )
-    add(
-        "--model-file",
-        default=env_or(ENV_MODEL_FILE, default.model_file) or None,
-        help=f"JSON model description, instead of --model [{ENV_MODEL_FILE}]",
-    )
-    add(
-        "--model-factory",
-        dest="model_factories",
-        action="append",
-        default=[f for f in env_or(ENV_MODEL_FACTORIES, "").split(",") if f],
-        help="NAME=package.module:function: register a trusted nn.Module factory as model NAME "
-        f"(repeatable; comma-separated in {ENV_MODEL_FACTORIES})",
-    )
-    add(
-        "--device",
-        default=env_or(ENV_DEVICE, default.device),
-        help=f"cpu | cuda | cuda:N: where the model lives [{ENV_DEVICE}]",
-    )
-    add(
-        "--loss",
-        default=env_or(ENV_LOSS, default.loss),
-        help=f"mse | l1 | huber | cross_entropy | bce_with_logits (default: the model's) [{ENV_LOSS}]",
-    )
-    add(
-        "--optimizer",
-        default=env_or(ENV_OPTIMIZER, default.optimizer),
-        help=f"sgd | sgd:momentum=0.9,... | adam:... | adamw:... [{ENV_OPTIMIZER}]",
-    )
-    add(
-        "--seed",
-        type=_optional_int,
-        default=_optional_int(env_or(ENV_SEED, default.seed)),
-        help=f"torch seed for the initial parameters, 'none' for random [{ENV_SEED}]",
-    )
-    add(
-        "--metrics-port",
-        type=int,
-        default=int(env_or(ENV_METRICS_PORT, default.metrics_port)),
-        help=f"Prometheus /metrics port, 0 for none [{ENV_METRICS_PORT}]",
-    )
-    add(
-        "--max-message-bytes",
-        type=int,
-        default=int(env_or(ENV_MAX_MESSAGE_BYTES, default.max_message_bytes)),
-        help=f"largest gRPC message received or sent [{ENV_MAX_MESSAGE_BYTES}]",
-    )
-    add(
-        "--max-batch-elements",
-        type=int,
-        default=int(env_or(ENV_MAX_BATCH_ELEMENTS, default.max_batch_elements)),
-        help=f"most elements in one batch tensor [{ENV_MAX_BATCH_ELEMENTS}]",
-    )
-    add(
-        "--max-concurrent-rpcs",
-        type=_optional_int,
-        default=_optional_int(env_or(ENV_MAX_CONCURRENT_RPCS, default.max_concurrent_rpcs)),
-        help=f"calls in progress at once, 'none' for no limit [{ENV_MAX_CONCURRENT_RPCS}]",
-    )
-    add(
-        "--workers",
-        type=int,
-        default=int(env_or(ENV_WORKERS, default.workers)),
-        help=f"gRPC handler threads [{ENV_WORKERS}]",
-    )
-    add(
-        "--torch-threads",
-        type=_optional_int,
-        default=_optional_int(env_or(ENV_TORCH_THREADS, default.torch_threads)),
-        help=f"torch intra-op threads (default: torch's) [{ENV_TORCH_THREADS}]",
-    )
-    add(
-        "--request-id-window",
-        type=int,
-        default=int(env_or(ENV_REQUEST_ID_WINDOW, default.request_id_window)),
-        help=f"recent request ids remembered for deduplication [{ENV_REQUEST_ID_WINDOW}]",
-    )
-    add(
-        "--shutdown-grace",
-        type=float,
-        dest="shutdown_grace_seconds",
-        default=float(env_or(ENV_SHUTDOWN_GRACE, default.shutdown_grace_seconds)),
-        help=f"seconds in-flight calls get on SIGTERM [{ENV_SHUTDOWN_GRACE}]",
-    )
-    add(
-        "--log-level",
-        default=env_or(ENV_LOG_LEVEL, default.log_level),
-        help=f"DEBUG | INFO | WARNING | ERROR [{ENV_LOG_LEVEL}]",
-    )
-    add(
-        "--checkpoint-dir",
-        default=env_or(ENV_CHECKPOINT_DIR, default.checkpoint_dir) or None,
-        help=f"restore from and save checkpoints to this directory [{ENV_CHECKPOINT_DIR}]",
-    )
-    add(
-        "--checkpoint-every-updates",
-        type=_optional_int,
-        default=_optional_int(
-            env_or(ENV_CHECKPOINT_EVERY_UPDATES, default.checkpoint_every_updates)
-        ),
-        help=f"save a checkpoint every N updates [{ENV_CHECKPOINT_EVERY_UPDATES}]",
-    )
-    add(
-        "--checkpoint-every-seconds",
-        type=_optional_float,
-        default=_optional_float(
-            env_or(ENV_CHECKPOINT_EVERY_SECONDS, default.checkpoint_every_seconds)
-        ),
-        help=f"save a checkpoint every T seconds when something changed [{ENV_CHECKPOINT_EVERY_SECONDS}]",
-    )
-    add(
-        "--checkpoint-keep",
-        type=int,
-        default=int(env_or(ENV_CHECKPOINT_KEEP, default.checkpoint_keep)),
-        help=f"checkpoints kept, newest first [{ENV_CHECKPOINT_KEEP}]",
-    )
-    add(
-        "--tls-cert",
-        default=env_or(ENV_TLS_CERT, default.tls_cert) or None,
-        help=f"server certificate chain (PEM); turns TLS on [{ENV_TLS_CERT}]",
-    )
-    add(
-        "--tls-key",
-        default=env_or(ENV_TLS_KEY, default.tls_key) or None,
-        help=f"its key [{ENV_TLS_KEY}]",
-    )
-    add(
-        "--tls-client-ca",
-        default=env_or(ENV_TLS_CLIENT_CA, default.tls_client_ca) or None,
-        help=f"require client certificates signed by this CA (mTLS) [{ENV_TLS_CLIENT_CA}]",
-    )
-    add(
-        "--auth-tokens-file",
-        default=env_or(ENV_AUTH_TOKENS_FILE, default.auth_tokens_file) or None,
-        help=f"require 'authorization: Bearer <token>', tokens one per line [{ENV_AUTH_TOKENS_FILE}]; "
-        f"tokens can also come from {ENV_AUTH_TOKENS}",
-    )
-    add(
-        "--auth-allow-unauthenticated-health",
-        type=_bool,
-        default=_bool(
-            env_or(ENV_AUTH_ALLOW_UNAUTHENTICATED_HEALTH, default.auth_allow_unauthenticated_health)
-        ),
-        help="true: health checks and reflection need no token (default) "
-        f"[{ENV_AUTH_ALLOW_UNAUTHENTICATED_HEALTH}]",
-    )
-    # Secrets from the environment only, never from argv (visible in ps).
-    parser.set_defaults(
-        auth_tokens=tuple(
-            t.strip()
-            for t in env.get(ENV_AUTH_TOKENS, "").replace(",", "\n").splitlines()
-            if t.strip()
-        )
-    )
-    add(
-        "--mode",
-        choices=("direct", "sync", "async"),
-        default=env_or(ENV_MODE, default.mode),
-        help=f"many workers: direct (each call acts at once), sync (ApplyUpdate waits for "
-        f"--sync-contributions), async (bounded staleness) [{ENV_MODE}]",
-    )
-    add(
-        "--sync-contributions",
-        type=int,
-        default=int(env_or(ENV_SYNC_CONTRIBUTIONS, default.sync_contributions)),
-        help=f"sync: contributions per update, in --sync-unit [{ENV_SYNC_CONTRIBUTIONS}]",
-    )
-    add(
-        "--sync-unit",
-        choices=("batches", "samples"),
-        default=env_or(ENV_SYNC_UNIT, default.sync_unit),
-        help=f"sync: what --sync-contributions counts [{ENV_SYNC_UNIT}]",
-    )
-    add(
-        "--sync-timeout",
-        dest="sync_timeout_seconds",
-        type=float,
-        default=float(env_or(ENV_SYNC_TIMEOUT, default.sync_timeout_seconds)),
-        help=f"sync: seconds a round waits from its first ApplyUpdate [{ENV_SYNC_TIMEOUT}]",
-    )
-    add(
-        "--sync-timeout-policy",
-        choices=("apply", "abort"),
-        default=env_or(ENV_SYNC_TIMEOUT_POLICY, default.sync_timeout_policy),
-        help=f"sync: on timeout apply what arrived, or abort the round (ABORTED, gradients "
-        f"discarded) [{ENV_SYNC_TIMEOUT_POLICY}]",
-    )
-    add(
-        "--max-staleness",
-        type=int,
-        default=int(env_or(ENV_MAX_STALENESS, default.max_staleness)),
-        help=f"async: versions a contribution may lag at full weight [{ENV_MAX_STALENESS}]",
-    )
-    add(
-        "--stale-policy",
-        choices=("reject", "downweight"),
-        default=env_or(ENV_STALE_POLICY, default.stale_policy),
-        help=f"async: staler contributions are rejected (ABORTED) or weighted 1/(1+staleness) "
-        f"[{ENV_STALE_POLICY}]",
-    )
-    args = parser.parse_args(argv)
-    return ServerConfig(
-        **{**vars(args), "loss": args.loss or None, "model_factories": tuple(args.model_factories)}
-    )
+    return {
+        name: getattr(getattr(default, section), field_name)
+        for name, (section, field_name) in FLAT_NAMES.items()
+    }

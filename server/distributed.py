@@ -13,43 +13,32 @@ Rank 0 runs the usual ParameterStore behind gRPC; every other rank loops on comm
 - ping: rank 0 sends one when idle, so a dead rank is noticed without traffic.
 A collective that fails or outlasts GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS (the process group's
 timeout) marks the store failed: health turns NOT_SERVING and every call that needs the ranks
-fails with UNAVAILABLE. Per-shard batch statistics (batchnorm) and dropout masks differ from one
+fails with UNAVAILABLE (distributed_launch.py joins the group, runs the followers and the
+heartbeat). Per-shard batch statistics (batchnorm) and dropout masks differ from one
 process's, as with DistributedDataParallel.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
-import math
-import os
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from grpc_health.v1 import health_pb2
 
 from gradserve.errors import FailedPreconditionError, GradserveError, UnavailableError
-from gradserve.server.app import SERVICE_NAME, GradientServer
-from gradserve.server.config import ServerConfig
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import (
-    ParameterStore,
-    Reduction,
-    StoreState,
-    UpdateResult,
-)
+from gradserve.server.accumulation import Gradients, check_gradients, check_loss
+from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.store_state import StoreState
+from gradserve.types import Reduction, UpdateResult
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENV_TIMEOUT = "GRADSERVE_DISTRIBUTED_TIMEOUT_SECONDS"
-ENV_HEARTBEAT = "GRADSERVE_DISTRIBUTED_HEARTBEAT_SECONDS"
 
 OP_STOP, OP_PING, OP_COMPUTE, OP_STEP, OP_SYNC, OP_RESTORE = range(6)
 HEADER = 8
@@ -59,11 +48,6 @@ DTYPES = (
     torch.uint8, torch.bool, torch.int16, torch.int8,
 )  # fmt: skip
 REDUCTIONS = (Reduction.SUM, Reduction.MEAN)
-
-
-def launched() -> bool:
-    """Started by torchrun (or with its environment) with more than one rank."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 class DistributedParameterStore(ParameterStore):
@@ -79,9 +63,9 @@ class DistributedParameterStore(ParameterStore):
 
     # -- rank 0: the hooks ParameterStore calls with its lock held --------------------------
 
-    def _accumulate(
-        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
-    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+    def _compute(
+        self, inputs: torch.Tensor, targets: torch.Tensor, weight: float
+    ) -> tuple[float, Gradients]:
         def send() -> None:
             header = [OP_COMPUTE, DTYPES.index(inputs.dtype), DTYPES.index(targets.dtype)]
             header += [inputs.dim(), targets.dim()]
@@ -93,7 +77,7 @@ class DistributedParameterStore(ParameterStore):
             dist.broadcast(self._to_device(targets.contiguous()), 0)
 
         self._collective(send)
-        return self._collective(lambda: self._compute_and_add(inputs, targets, weight))
+        return self._collective(lambda: self._compute_shards(inputs, targets))
 
     def _step(
         self, learning_rate: float, reduction: Reduction, expected_version: int | None
@@ -155,15 +139,16 @@ class DistributedParameterStore(ParameterStore):
 
     # -- every rank ------------------------------------------------------------------------
 
-    def _compute_and_add(
-        self, inputs: torch.Tensor, targets: torch.Tensor, weight: float
-    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
-        """This rank's shard, all-reduced into the full batch's loss and gradients."""
+    def _compute_shards(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[float, Gradients]:
+        """This rank's shard, all-reduced into the full batch's loss and gradients, checked
+        as the store checks its own (accumulation.py); every rank then adds them (_add)."""
         total = inputs.shape[0]
         rows = torch.tensor_split(torch.arange(total), self.world_size)[self.rank]
         parameters = self._parameters
         share = len(rows) / total if total else 0.0
-        grads: tuple[torch.Tensor | None, ...]
+        grads: Gradients
         if len(rows):
             self.model.module.train()
             shard_loss = self.model.loss.function(
@@ -189,40 +174,9 @@ class DistributedParameterStore(ParameterStore):
             count = parameter.numel()
             gradients.append(buffer[offset : offset + count].view_as(parameter))
             offset += count
-        return self._add_gradients(float(loss), tuple(gradients), int(total), weight)
-
-    def _add_gradients(
-        self,
-        loss_value: float,
-        gradients: Sequence[torch.Tensor | None],
-        batch_size: int,
-        weight: float,
-    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
-        """ParameterStore._accumulate's checks and arithmetic, given the reduced gradients."""
-        if not math.isfinite(loss_value):
-            raise FailedPreconditionError(
-                f"inputs: the loss is {loss_value} for this batch at model version "
-                f"{self.version}; nothing was accumulated",
-                field="inputs",
-            )
-        for name, gradient in zip(self._named, gradients, strict=True):
-            if gradient is not None and not bool(torch.isfinite(gradient).all()):
-                raise FailedPreconditionError(
-                    f"inputs: the gradient of {name} is not finite for this batch at "
-                    f"model version {self.version}; nothing was accumulated",
-                    field="inputs",
-                )
-        with torch.no_grad():
-            for parameter, gradient in zip(self._parameters, gradients, strict=True):
-                if gradient is None:
-                    continue
-                scaled = gradient * weight if weight != 1.0 else gradient
-                if parameter.grad is None:
-                    parameter.grad = scaled.clone()
-                else:
-                    parameter.grad += scaled
-        self.accumulated_batches += 1
-        self.accumulated_samples += batch_size
+        loss_value = float(loss)
+        check_loss(loss_value, self.version)
+        check_gradients(self._named, tuple(gradients), self.version)
         return loss_value, tuple(gradients)
 
     def _broadcast_parameters(self) -> None:
@@ -297,7 +251,8 @@ class DistributedParameterStore(ParameterStore):
                 dist.broadcast(targets, 0)
                 # Rank 0 raises the same error from the same reduced values.
                 with contextlib.suppress(GradserveError):
-                    self._compute_and_add(inputs, targets, float(weight))
+                    _, gradients = self._compute_shards(inputs, targets)
+                    self._add(gradients, int(inputs.shape[0]), float(weight))
             elif op == OP_STEP:
                 learning_rate = self._to_device(torch.zeros(1, dtype=torch.float64))
                 dist.broadcast(learning_rate, 0)
@@ -307,81 +262,3 @@ class DistributedParameterStore(ParameterStore):
             elif op == OP_SYNC:
                 self._broadcast_parameters()
                 ParameterStore._drop_gradients(self)
-
-
-def store_factory() -> Callable[..., ParameterStore] | None:
-    """The store class rank 0 serves with: distributed once the group is joined."""
-    return DistributedParameterStore if dist.is_initialized() else None
-
-
-def is_rank_zero() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def init_process_group(config: ServerConfig) -> None:
-    timeout = float(os.environ.get(ENV_TIMEOUT, "30"))
-    backend = "nccl" if config.device.startswith("cuda") else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
-    logger.info(
-        "rank %d of %d (%s), collective timeout %gs",
-        dist.get_rank(),
-        dist.get_world_size(),
-        backend,
-        timeout,
-    )
-
-
-def follow_rank_zero(config: ServerConfig) -> int:
-    """A rank > 0: build the same model (same seed) and execute rank 0's commands."""
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    model = build_configured(
-        config.model,
-        config.loss,
-        config.seed,
-        model_file=config.model_file,
-        factories=config.model_factories,
-        device=config.device,
-    )
-    optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
-    store = DistributedParameterStore(model, optimizer, request_id_window=0)
-    # Rank 0 decides when to stop (OP_STOP); a launcher's SIGINT/SIGTERM goes to rank 0 too.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    try:
-        store.follow()
-    except (RuntimeError, dist.DistBackendError) as error:
-        logger.error("rank %d: rank 0 stopped answering: %s", store.rank, error)
-        return 1
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-def attach(running: GradientServer) -> threading.Thread | None:
-    """Rank 0, once serving: report NOT_SERVING on failure, and start the heartbeat."""
-    store = running.store
-    if not isinstance(store, DistributedParameterStore):
-        return None
-
-    def not_serving() -> None:
-        for name in ("", SERVICE_NAME):
-            running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    store.on_failure = not_serving
-    interval = float(
-        os.environ.get(ENV_HEARTBEAT, str(float(os.environ.get(ENV_TIMEOUT, "30")) / 4))
-    )
-    thread = threading.Thread(
-        target=store.heartbeat, args=(interval,), name="gradserve-heartbeat", daemon=True
-    )
-    thread.start()
-    return thread
-
-
-def shutdown(store: ParameterStore) -> None:
-    if isinstance(store, DistributedParameterStore):
-        store.stop_ranks()
-        dist.destroy_process_group()

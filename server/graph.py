@@ -15,7 +15,8 @@ AccumulateGrad node per leaf parameter. backward() walks exactly these links fro
   there, in the `None` slot when the operation has exactly as many `None` slots as it took
   named constants.
 
-Pure torch, no protobuf, no locks: the caller owns the tensors and the graph's lifetime.
+Pure torch, no protobuf, no locks: the caller owns the tensors and the graph's lifetime. The
+Graph types themselves are gradserve.types' (the client reads the same ones).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
@@ -32,69 +31,22 @@ from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.types import Graph, GraphEdge, GraphNode, NodeKind
 
 # Node caps: the default when a request gives none, and the most a request may ask for.
 DEFAULT_MAX_NODES = 1024
 MAX_NODES = 65536
 
 
-class NodeKind(Enum):
-    BACKWARD = "backward"
-    PARAMETER = "parameter"
-    INPUT = "input"
-
-
-@dataclass(frozen=True)
-class GraphNode:
-    id: int
-    kind: NodeKind
-    # BACKWARD: "MulBackward0"; PARAMETER: the parameter's name; INPUT: "inputs", "targets".
-    name: str
-    # BACKWARD: shape of the gradient it receives (its forward op's output); else the tensor's.
-    shape: tuple[int, ...]
-    dtype: torch.dtype | None
-    requires_grad: bool
-    # PARAMETER nodes only, when asked for: this batch's d loss / d parameter.
-    gradient: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class GraphEdge:
-    # source passes gradient to target (target is in source's next_functions) or, when
-    # carries_gradient is False, target is an INPUT the operation of source used.
-    source: int
-    target: int
-    # Position in source's next_functions; -1 when unknown (an INPUT with no matching slot).
-    slot: int
-    carries_gradient: bool = True
-
-
-@dataclass(frozen=True)
-class Graph:
-    nodes: tuple[GraphNode, ...]
-    edges: tuple[GraphEdge, ...]
-    root: int
-    loss: float
-
-    def node(self, name: str) -> GraphNode:
-        """The first node with this name (tests and rendering)."""
-        return next(node for node in self.nodes if node.name == name)
-
-    def children(self, node_id: int) -> list[tuple[GraphEdge, GraphNode]]:
-        """Edges out of a node with their targets, gradient slots first, in slot order."""
-        out = [edge for edge in self.edges if edge.source == node_id]
-        out.sort(key=lambda e: (e.slot < 0, e.slot, not e.carries_gradient))
-        return [(edge, self.nodes[edge.target]) for edge in out]
-
-    def with_gradients(self, gradients: Mapping[str, torch.Tensor]) -> Graph:
-        """A copy whose PARAMETER nodes carry the given gradients (by parameter name)."""
-        nodes = tuple(
-            dataclasses.replace(node, gradient=gradients[node.name])
-            if node.kind is NodeKind.PARAMETER and node.name in gradients
-            else node
-            for node in self.nodes
-        )
-        return dataclasses.replace(self, nodes=nodes)
+def with_gradients(graph: Graph, gradients: Mapping[str, torch.Tensor]) -> Graph:
+    """A copy whose PARAMETER nodes carry the given gradients (by parameter name)."""
+    nodes = tuple(
+        dataclasses.replace(node, gradient=gradients[node.name])
+        if node.kind is NodeKind.PARAMETER and node.name in gradients
+        else node
+        for node in graph.nodes
+    )
+    return dataclasses.replace(graph, nodes=nodes)
 
 
 def effective_max_nodes(requested: int) -> int:

@@ -16,12 +16,11 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gradserve.defaults import SERVICE_NAME
 from gradserve.errors import GradserveError, InvalidArgumentError
 from gradserve.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
-
-SERVICE = "gradserve.v1.GradientService"
 
 
 # Messages and field paths can echo what a client sent (a parameter name, a run name): the
@@ -110,7 +109,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return wrapped
         handler = continuation(details)
         service, _, method = method_path.lstrip("/").rpartition("/")
-        if handler is None or service != SERVICE:
+        if handler is None or service != SERVICE_NAME:
             return handler
         wrapped = self._wrap(handler, method)
         self._wrapped[method_path] = wrapped
@@ -127,10 +126,10 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         else:
             kind, behavior = "client_stream", handler.stream_unary
         handled = {
-            code: metrics.handled.labels(kind, SERVICE, method, code.name)
+            code: metrics.handled.labels(kind, SERVICE_NAME, method, code.name)
             for code in grpc.StatusCode
         }
-        latency = metrics.handling_seconds.labels(kind, SERVICE, method)
+        latency = metrics.handling_seconds.labels(kind, SERVICE_NAME, method)
 
         def reject(error: GradserveError, context: grpc.ServicerContext) -> None:
             metrics.rejected.labels(method, error.code.name).inc()

@@ -2,12 +2,18 @@
 
 RPC metrics use go-grpc-prometheus' names so existing dashboards work. Collectors live in a
 registry per server (tests run several servers in one process); `serve.py` exposes it over HTTP.
+State gauges (model version, accumulated batches) read the store when scraped (`watch`), so
+no path that changes the store can leave them stale; counters and last-value gauges are
+recorded from results, once per call, by the coordinator (`record_*`).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gradserve.types import GradientResult, SetResult, TrainResult, UpdateResult
 from gradserve.v1 import gradserve_pb2
 
 # The method label takes values from this closed set alone: a client can call any path it
@@ -28,6 +34,11 @@ def method_label(method_path: str) -> str:
     the server serves it, else "unknown"."""
     service, _, method = method_path.lstrip("/").rpartition("/")
     return method if method in _LABELLED_SERVICES.get(service, ()) else UNKNOWN_METHOD
+
+
+class WatchedState(Protocol):
+    version: int
+    accumulated_batches: int
 
 
 # Seed steps take well under a millisecond; large parameter transfers take seconds.
@@ -106,3 +117,39 @@ class ServerMetrics:
             ["outcome"],
             registry=r,
         )
+
+    def watch(self, state: WatchedState) -> None:
+        """The state gauges read `state` at each scrape. One int attribute each, read without
+        the store's lock: a scrape never waits behind a long Train request."""
+        self.model_version.set_function(lambda: state.version)
+        self.accumulated_batches.set_function(lambda: state.accumulated_batches)
+
+    def record_gradients(self, result: GradientResult, method: str = "ComputeGradients") -> None:
+        if result.replayed:
+            self.replayed.labels(method).inc()
+            return
+        self.last_loss.set(result.loss)
+        self.samples.inc(result.batch_size)
+
+    def record_update(self, result: UpdateResult, method: str = "ApplyUpdate") -> None:
+        if result.replayed:
+            self.replayed.labels(method).inc()
+            return
+        self.updates.inc()
+        self.gradient_norm.set(result.gradient_norm)
+
+    def record_train(self, result: TrainResult, samples: int) -> None:
+        if result.replayed:
+            self.replayed.labels("Train").inc()
+            return
+        self.samples.inc(samples)
+        for step in result.steps:
+            if step.losses:
+                self.last_loss.set(step.losses[-1])
+            if step.applied:
+                self.updates.inc()
+                self.gradient_norm.set(step.gradient_norm)
+
+    def record_set(self, result: SetResult, method: str) -> None:
+        if result.replayed:
+            self.replayed.labels(method).inc()

@@ -13,7 +13,6 @@ never names code, it only sees the model the operator chose (GetModelInfo).
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +23,21 @@ import torch
 from torch import nn
 
 from gradserve.errors import InvalidArgumentError
-from gradserve.server import models
-from gradserve.server.models import ACTIVATIONS, LOSSES, BatchSpec, Loss, Model
+from gradserve.server.config import ModelConfig
+from gradserve.server.model_files import spec_from_file
+from gradserve.server.models import ACTIVATIONS, LOSSES, BatchSpec, LinearRegression, Loss, Model
 from gradserve.server.networks import build_cnn, build_mlp
 
 BUILT_IN = ("linear", "mlp", "cnn")
+# Models whose outputs are class scores; their default loss is cross_entropy.
+CLASSIFIERS = ("mlp", "cnn")
+DEFAULT_MLP = "784-256-10"
 DEFAULT_CNN_CHANNELS = (8, 16)
+
+
+def default_loss(model_name: str) -> str:
+    """The one default-loss rule: cross_entropy for classifiers, mse for everything else."""
+    return "cross_entropy" if model_name in CLASSIFIERS else "mse"
 
 
 @dataclass(frozen=True)
@@ -133,16 +141,22 @@ def _assemble(
     return Model(name, spec, module, loss, input_spec, BatchSpec(torch.float32, output_shape))
 
 
+def _linear(spec: str, args: list[str], loss: Loss, seed: int | None) -> Model:
+    if args:
+        raise _bad(spec, "linear takes no arguments")
+    if loss.class_targets:
+        raise InvalidArgumentError(f"loss: {loss.name} needs a classifier", field="loss")
+    if seed is not None:
+        torch.manual_seed(seed)
+    sample = BatchSpec(torch.float32, (1,))
+    return Model("linear", "linear", LinearRegression(), loss, sample, sample)
+
+
 def _mlp(spec: str, args: list[str], loss: Loss, seed: int | None) -> Model:
-    if not args:
-        return models.build_model(spec, loss.name, seed)
-    sizes = _ints(args[0], "-", spec, "layer sizes")
+    sizes = _ints(args[0] if args else DEFAULT_MLP, "-", spec, "layer sizes")
     if len(sizes) < 2:
         raise _bad(spec, "need at least two layer sizes, like 64-128-10")
     options = _parse_options(spec, args[1:], ("activation", "dropout", "batch_norm"))
-    if not options.dropout and not options.batch_norm:
-        # The registry's plain MLP, so its spec string and parameters stay the seed server's.
-        return models.build_model(f"mlp:{args[0]}:{options.activation}", loss.name, seed)
     if seed is not None:
         torch.manual_seed(seed)
     module = build_mlp(
@@ -252,94 +266,19 @@ def build(
     if name not in BUILT_IN and name not in registered:
         known = ", ".join((*BUILT_IN, *registered))
         raise InvalidArgumentError(f"model: unknown model {name!r}; known: {known}", field="model")
-    if name == "linear":
-        return models.build_model(spec, loss_name, seed)
-    loss_key = loss_name or ("cross_entropy" if name in ("mlp", "cnn") else "mse")
+    loss_key = loss_name or default_loss(name)
     loss = LOSSES.get(loss_key)
     if loss is None:
         raise InvalidArgumentError(
             f"loss: unknown loss {loss_key!r}; known: {', '.join(LOSSES)}", field="loss"
         )
+    if name == "linear":
+        return _linear(spec, args, loss, seed)
     if name == "mlp":
         return _mlp(spec, args, loss, seed)
     if name == "cnn":
         return _cnn(spec, args, loss, seed)
     return _factory(name, spec, args, registered[name], loss=loss, seed=seed)
-
-
-# -- JSON model files -----------------------------------------------------------------------
-
-_FILE_KEYS = {
-    "linear": {"model", "loss"},
-    "mlp": {"model", "loss", "sizes", "activation", "dropout", "batch_norm"},
-    "cnn": {"model", "loss", "input", "outputs", "channels", "activation", "dropout", "batch_norm"},
-}
-
-
-def spec_from_file(path: Path) -> tuple[str, str | None]:
-    """(spec, loss) from a JSON file such as
-    {"model": "mlp", "sizes": [64, 128, 10], "activation": "relu", "dropout": 0.1,
-     "batch_norm": false, "loss": "cross_entropy"}
-    or {"model": "cnn", "input": [1, 8, 8], "outputs": 10, "channels": [8, 16]},
-    or {"model": "NAME", "options": {...}} for a registered factory."""
-    where = f"model_file {path}"
-    try:
-        document = json.loads(path.read_text())
-    except OSError as error:
-        raise InvalidArgumentError(f"{where}: {error.strerror}", field="model_file") from None
-    except json.JSONDecodeError as error:
-        raise InvalidArgumentError(f"{where}: not JSON: {error}", field="model_file") from None
-    if not isinstance(document, dict) or not isinstance(document.get("model"), str):
-        raise InvalidArgumentError(
-            f'{where}: expected an object with a "model" name', field="model_file"
-        )
-    name = document["model"]
-    allowed = _FILE_KEYS.get(name, {"model", "loss", "options"})
-    unknown = sorted(set(document) - allowed)
-    if unknown:
-        raise InvalidArgumentError(
-            f"{where}: unknown keys for {name}: {', '.join(unknown)}", field="model_file"
-        )
-    loss = document.get("loss")
-    if loss is not None and not isinstance(loss, str):
-        raise InvalidArgumentError(f'{where}: "loss" must be a string', field="model_file")
-    try:
-        parts = [name, *_file_parts(name, document)]
-    except (TypeError, ValueError) as error:
-        raise InvalidArgumentError(f"{where}: {error}", field="model_file") from None
-    return ":".join(parts), loss
-
-
-def _joined(value: Any, separator: str, key: str) -> str:
-    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-        raise TypeError(f'"{key}" must be a list of integers')
-    return separator.join(map(str, value))
-
-
-def _file_parts(name: str, document: dict[str, Any]) -> list[str]:
-    if name == "linear":
-        return []
-    if name not in _FILE_KEYS:
-        options = document.get("options", {})
-        if not isinstance(options, dict):
-            raise TypeError('"options" must be an object')
-        return [f"{key}={value}" for key, value in options.items()]
-    if name == "mlp":
-        parts = [_joined(document.get("sizes"), "-", "sizes")]
-    else:
-        outputs = document.get("outputs")
-        if not isinstance(outputs, int):
-            raise TypeError('"outputs" must be an integer')
-        parts = [f"{_joined(document.get('input'), 'x', 'input')}-{outputs}"]
-        if "channels" in document:
-            parts.append("channels=" + _joined(document["channels"], "-", "channels"))
-    if "activation" in document:
-        parts.append(str(document["activation"]))
-    if "dropout" in document:
-        parts.append(f"dropout={document['dropout']}")
-    if document.get("batch_norm"):
-        parts.append("batchnorm")
-    return parts
 
 
 # -- device -----------------------------------------------------------------------------------
@@ -371,21 +310,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_configured(
-    model: str,
-    loss: str | None,
-    seed: int | None,
-    *,
-    model_file: str | None = None,
-    factories: Sequence[str] = (),
-    device: str = "cpu",
-) -> Model:
+def build_configured(config: ModelConfig) -> Model:
     """The server's model from its configuration, on its device. A model file replaces the
     --model spec; its loss applies unless --loss is given."""
-    where = resolve_device(device)
-    if model_file is not None:
-        model, file_loss = spec_from_file(Path(model_file))
+    where = resolve_device(config.device)
+    spec, loss = config.spec, config.loss
+    if config.model_file is not None:
+        spec, file_loss = spec_from_file(Path(config.model_file))
         loss = loss or file_loss
-    built = build(model, loss, seed, factories=factories)
+    built = build(spec, loss, config.seed, factories=config.model_factories)
     built.module.to(where)
     return built

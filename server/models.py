@@ -1,13 +1,12 @@
-"""The server's model registry: models and losses picked by name, never code from a client.
+"""What a served model is: its module, its loss, the batches it accepts; the losses by name.
 
-A spec is `name[:args]`: `linear` (the seed's y = w * x + b), `mlp:IN-H1-...-OUT[:activation]`.
 Each model states the batch it accepts (dtype and per-sample shape of inputs and targets), and
-`check_batch` enforces it with errors that name the field.
+`check_batch` enforces it with errors that name the field. Specs are parsed into models in
+model_specs.py (the one parser), networks in networks.py; nothing here is a client's code.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,79 +138,3 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "gelu": nn.GELU,
 }
-
-DEFAULT_MLP = "784-256-10"
-
-
-def _parse_sizes(text: str, spec: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split("-")]
-    except ValueError:
-        raise InvalidArgumentError(
-            f"model spec {spec!r}: layer sizes must be integers joined by '-', like 784-256-10",
-            field="model",
-        ) from None
-    if len(sizes) < 2 or any(size < 1 or size > 1_000_000 for size in sizes):
-        raise InvalidArgumentError(
-            f"model spec {spec!r}: need at least two layer sizes, each in [1, 1000000]",
-            field="model",
-        )
-    return sizes
-
-
-def build_mlp(sizes: list[int], activation: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if index < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
-
-
-def default_loss(model_name: str) -> str:
-    return "cross_entropy" if model_name == "mlp" else "mse"
-
-
-MODEL_NAMES = ("linear", "mlp")
-
-
-def build_model(spec: str, loss_name: str | None = None, seed: int | None = 0) -> Model:
-    """Build a registered model from its spec; InvalidArgumentError for anything unknown."""
-    name, _, args = spec.partition(":")
-    if name not in MODEL_NAMES:
-        raise InvalidArgumentError(
-            f"model: unknown model {name!r}; known: {', '.join(MODEL_NAMES)}", field="model"
-        )
-    loss_key = loss_name or default_loss(name)
-    loss = LOSSES.get(loss_key)
-    if loss is None:
-        raise InvalidArgumentError(
-            f"loss: unknown loss {loss_key!r}; known: {', '.join(LOSSES)}", field="loss"
-        )
-    if seed is not None:
-        torch.manual_seed(seed)
-    if name == "linear":
-        if args:
-            raise InvalidArgumentError(
-                f"model spec {spec!r}: linear takes no arguments", field="model"
-            )
-        if loss.class_targets:
-            raise InvalidArgumentError(f"loss: {loss.name} needs a classifier", field="loss")
-        sample = BatchSpec(torch.float32, (1,))
-        return Model("linear", "linear", LinearRegression(), loss, sample, sample)
-    size_text, _, activation = (args or DEFAULT_MLP).partition(":")
-    activation = activation or "relu"
-    if activation not in ACTIVATIONS:
-        raise InvalidArgumentError(
-            f"model spec {spec!r}: unknown activation {activation!r}; "
-            f"known: {', '.join(ACTIVATIONS)}",
-            field="model",
-        )
-    sizes = _parse_sizes(size_text, spec)
-    module = build_mlp(sizes, activation)
-    full_spec = f"mlp:{'-'.join(map(str, sizes))}:{activation}"
-    inputs = BatchSpec(torch.float32, (sizes[0],))
-    if loss.class_targets:
-        targets = BatchSpec(torch.int64, ())
-        return Model("mlp", full_spec, module, loss, inputs, targets, num_classes=sizes[-1])
-    return Model("mlp", full_spec, module, loss, inputs, BatchSpec(torch.float32, (sizes[-1],)))

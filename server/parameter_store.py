@@ -2,153 +2,53 @@
 
 Plain torch, no protobuf. The rule for concurrent calls: every ComputeGradients that returns
 has added its batch's gradients; an update applies everything that finished before it took the
-lock; a rejected call changes nothing (checks run before any state is touched).
+lock; a rejected call changes nothing (checks run before any state is touched). The pieces live
+beside it: accumulation.py (one batch into .grad), updates.py (the step's arithmetic),
+train_steps.py (Train's checks), parameter_access.py (parameter checks), graph_trace.py
+(DescribeGraph), request_ids.py (replays), store_state.py (what a checkpoint holds).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import Enum
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 import torch
 
-from gradserve.errors import (
-    FailedPreconditionError,
-    GradserveError,
-    InvalidArgumentError,
-    ResourceExhaustedError,
-    VersionConflictError,
-)
-from gradserve.server.graph import ConstantUses, Graph, build_graph, effective_max_nodes
-from gradserve.server.models import Model, all_finite
+from gradserve.errors import FailedPreconditionError, VersionConflictError
+from gradserve.server.accumulation import Gradients, add_gradients, batch_gradients
+from gradserve.server.error_scope import scoped
+from gradserve.server.graph import effective_max_nodes
+from gradserve.server.graph_trace import trace_graph
+from gradserve.server.models import Model
 from gradserve.server.optimizers import Optimizer
+from gradserve.server.parameter_access import check_names, check_state, check_values
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
+from gradserve.server.store_state import StoreState
+from gradserve.server.train_steps import check_steps
+from gradserve.server.updates import check_learning_rate, divide_gradients, total_norm
+from gradserve.types import (
+    DiscardResult,
+    EvaluationResult,
+    GradientResult,
+    GraphDescription,
+    ModelInfo,
+    Reduction,
+    SetResult,
+    StepResult,
+    TensorSpec,
+    TrainResult,
+    TrainStep,
+    UpdateResult,
+)
 
 T = TypeVar("T")
-
-
-class Reduction(Enum):
-    SUM = "sum"
-    MEAN = "mean"
-
-
-@dataclass(frozen=True, slots=True)
-class GradientResult:
-    loss: float
-    batch_size: int
-    accumulated_batches: int
-    accumulated_samples: int
-    model_version: int
-    # This batch's own gradients, by parameter name; empty unless asked for.
-    gradients: tuple[tuple[str, torch.Tensor], ...] = ()
-    replayed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateResult:
-    model_version: int
-    applied_batches: int
-    applied_samples: int
-    gradient_norm: float
-    replayed: bool = False
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    loss: float | None
-    batch_size: int
-    model_version: int
-    predictions: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class DiscardResult:
-    discarded_batches: int
-    model_version: int
-
-
-@dataclass(frozen=True, slots=True)
-class SetResult:
-    model_version: int
-    replayed: bool = False
-
-
-@dataclass(frozen=True)
-class ParameterInfo:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    model: str
-    model_spec: str
-    parameters: tuple[ParameterInfo, ...]
-    parameter_count: int
-    input_dtype: torch.dtype
-    input_shape: tuple[int, ...]
-    target_dtype: torch.dtype
-    target_shape: tuple[int, ...]
-    loss: str
-    optimizer: str
-    model_version: int
-    accumulated_batches: int
-    accumulated_samples: int
-
-
-@dataclass(frozen=True)
-class GraphDescription:
-    graph: Graph
-    batch_size: int
-    model_version: int
-    # The node cap the call ran under.
-    max_nodes: int
-
-
-# One Train request runs under the lock from start to end: bound how long that can be.
-MAX_BATCHES_PER_REQUEST = 100_000
-
-
-@dataclass(frozen=True)
-class TrainStep:
-    """Batches to accumulate, then optionally an update (see the Train RPC)."""
-
-    batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    apply_update: bool = False
-    learning_rate: float = 0.0
-    reduction: Reduction = Reduction.SUM
-    expected_version: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StepOutcome:
-    losses: tuple[float, ...]
-    model_version: int
-    accumulated_batches: int
-    applied: bool = False
-    applied_batches: int = 0
-    gradient_norm: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TrainResult:
-    steps: tuple[StepOutcome, ...]
-    replayed: bool = False
-
-
-def check_learning_rate(learning_rate: float) -> None:
-    if not math.isfinite(learning_rate) or learning_rate < 0:
-        raise InvalidArgumentError(
-            f"learning_rate: {learning_rate}, expected a finite number >= 0",
-            field="learning_rate",
-        )
+_NOTE = (
+    "{index} of {count} steps of this request were applied before it; batches of this step "
+    "that ran before the failure stay accumulated, as with the unary calls"
+)
 
 
 class ParameterStore:
@@ -163,11 +63,18 @@ class ParameterStore:
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
         self._request_ids = RequestIdWindow(request_id_window)
+        # Read without the lock only where one int is enough (metrics gauges); anything that
+        # needs a consistent view goes through snapshot() or holds the lock.
         self.version = 0
         self.accumulated_batches = 0
         self.accumulated_samples = 0
 
-    # -- gradients -----------------------------------------------------------------------
+    def snapshot(self) -> tuple[int, int, int]:
+        """(version, accumulated batches, accumulated samples), read together under the lock."""
+        with self._lock:
+            return self.version, self.accumulated_batches, self.accumulated_samples
+
+    # -- gradients and updates -------------------------------------------------------------
 
     def compute_gradients(
         self,
@@ -182,32 +89,26 @@ class ParameterStore:
         contributions); the loss and the returned gradients are the batch's own."""
         check_request_id(request_id)
         batch_size = self.model.check_batch(inputs, targets)
-        with self._lock:
-            replay = self._request_ids.get("compute_gradients", request_id)
-            if replay is not None:
-                return cast(GradientResult, dataclasses.replace(replay, replayed=True))
-            loss_value, gradients = self._accumulate(inputs, targets, batch_size, weight)
-            own: tuple[tuple[str, torch.Tensor], ...] = ()
+
+        def run() -> GradientResult:
+            loss, gradients = self._accumulate(inputs, targets, batch_size, weight)
+            own: dict[str, torch.Tensor] = {}
             if return_gradients:
-                own = tuple(
-                    (
-                        name,
-                        (gradient if gradient is not None else torch.zeros_like(parameter)).cpu(),
-                    )
-                    for (name, parameter), gradient in zip(
-                        self._named.items(), gradients, strict=True
-                    )
-                )
-            result = GradientResult(
-                loss=loss_value,
+                own = {
+                    name: (g if g is not None else torch.zeros_like(p)).cpu()
+                    for (name, p), g in zip(self._named.items(), gradients, strict=True)
+                }
+            return GradientResult(
+                loss=loss,
                 batch_size=batch_size,
                 accumulated_batches=self.accumulated_batches,
                 accumulated_samples=self.accumulated_samples,
                 model_version=self.version,
                 gradients=own,
             )
-            self._request_ids.put("compute_gradients", request_id, result)
-            return result
+
+        with self._lock:
+            return self._request_ids.remembered("compute_gradients", request_id, run)
 
     def apply_update(
         self,
@@ -220,132 +121,64 @@ class ParameterStore:
         check_request_id(request_id)
         check_learning_rate(learning_rate)
         with self._lock:
-            replay = self._request_ids.get("apply_update", request_id)
-            if replay is not None:
-                return cast(UpdateResult, dataclasses.replace(replay, replayed=True))
-            result = self._step(learning_rate, reduction, expected_version)
-            self._request_ids.put("apply_update", request_id, result)
-            return result
+            return self._request_ids.remembered(
+                "apply_update",
+                request_id,
+                lambda: self._step(learning_rate, reduction, expected_version),
+            )
 
     def train(self, steps: Sequence[TrainStep], *, request_id: str = "") -> TrainResult:
         """Run steps in order: each step's batches as compute_gradients, then its update as
         apply_update. Everything is checked before anything runs; a step that fails while
         running raises with the number of steps already applied in the message."""
         check_request_id(request_id)
-        sizes = self._check_steps(steps)
-        with self._lock:
-            replay = self._request_ids.get("train", request_id)
-            if replay is not None:
-                return cast(TrainResult, dataclasses.replace(replay, replayed=True))
-            outcomes: list[StepOutcome] = []
+        sizes = check_steps(self.model, steps)
+
+        def run() -> TrainResult:
+            results = []
             for index, step in enumerate(steps):
-                try:
-                    outcomes.append(self._run_step(step, sizes[index]))
-                except GradserveError as error:
-                    error.message = (
-                        f"steps[{index}]: {error.message} ({index} of {len(steps)} steps of "
-                        "this request were applied before it; batches of this step that ran "
-                        "before the failure stay accumulated, as with the unary calls)"
-                    )
-                    error.args = (error.message,)
-                    raise
-            result = TrainResult(tuple(outcomes))
-            self._request_ids.put("train", request_id, result)
-            return result
+                note = _NOTE.format(index=index, count=len(steps))
+                with scoped(f"steps[{index}]", note=note):
+                    results.append(self._run_step(step, sizes[index]))
+            return TrainResult(tuple(results))
 
-    def _check_steps(self, steps: Sequence[TrainStep]) -> list[list[int]]:
-        if not steps:
-            raise InvalidArgumentError("steps: the request has no steps", field="steps")
-        total = sum(len(step.batches) for step in steps)
-        if total > MAX_BATCHES_PER_REQUEST:
-            raise ResourceExhaustedError(
-                f"steps: {total} batches in one request, at most {MAX_BATCHES_PER_REQUEST}",
-                field="steps",
-            )
-        sizes: list[list[int]] = []
-        for index, step in enumerate(steps):
-            if not step.batches and not step.apply_update:
-                raise InvalidArgumentError(
-                    f"steps[{index}]: neither batches nor an update", field=f"steps[{index}]"
-                )
-            step_sizes = []
-            for batch_index, (inputs, targets) in enumerate(step.batches):
-                try:
-                    step_sizes.append(self.model.check_batch(inputs, targets))
-                except GradserveError as error:
-                    where = f"steps[{index}].batches[{batch_index}]"
-                    error.field = f"{where}.{error.field}" if error.field else where
-                    error.message = f"{where}.{error.message}"
-                    error.args = (error.message,)
-                    raise
-            if step.apply_update:
-                try:
-                    check_learning_rate(step.learning_rate)
-                except GradserveError as error:
-                    error.field = f"steps[{index}].learning_rate"
-                    error.message = f"steps[{index}].{error.message}"
-                    error.args = (error.message,)
-                    raise
-            sizes.append(step_sizes)
-        return sizes
+        with self._lock:
+            return self._request_ids.remembered("train", request_id, run)
 
-    def _run_step(self, step: TrainStep, sizes: list[int]) -> StepOutcome:
+    def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
         losses = tuple(
             self._accumulate(inputs, targets, size)[0]
             for (inputs, targets), size in zip(step.batches, sizes, strict=True)
         )
         if not step.apply_update:
-            return StepOutcome(losses, self.version, self.accumulated_batches)
+            return StepResult(losses, self.version, self.accumulated_batches)
         update = self._step(step.learning_rate, step.reduction, step.expected_version)
-        return StepOutcome(
-            losses,
-            update.model_version,
-            0,
-            applied=True,
-            applied_batches=update.applied_batches,
-            gradient_norm=update.gradient_norm,
+        return StepResult(
+            losses, update.model_version, 0, True, update.applied_batches, update.gradient_norm
         )
 
     def _accumulate(
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
-    ) -> tuple[float, tuple[torch.Tensor | None, ...]]:
-        """Forward, loss, gradients, and add them to .grad. Call with the lock held."""
+    ) -> tuple[float, Gradients]:
+        """Compute one batch's gradients, then add them. Call with the lock held."""
+        loss, gradients = self._compute(inputs, targets, weight)
+        self._add(gradients, batch_size, weight)
+        return loss, gradients
+
+    def _compute(
+        self, inputs: torch.Tensor, targets: torch.Tensor, weight: float
+    ) -> tuple[float, Gradients]:
+        """Forward, loss and checked gradients (distributed.py computes these over ranks)."""
         if inputs.device != self.device:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
-        module = self.model.module
-        if not module.training:  # Module.train() walks every submodule: skip it when set
-            module.train()
-        loss = self.model.loss.function(self.model.module(inputs), targets)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FailedPreconditionError(
-                f"inputs: the loss is {loss_value} for this batch at model version "
-                f"{self.version}; nothing was accumulated",
-                field="inputs",
-            )
-        # autograd.grad rather than backward(): the batch's gradients are checked before
-        # anything is added, and adding them below is the same arithmetic backward() does.
-        gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
-        for name, gradient in zip(self._named, gradients, strict=True):
-            if gradient is not None and not all_finite(gradient):
-                raise FailedPreconditionError(
-                    f"inputs: the gradient of {name} is not finite for this batch at "
-                    f"model version {self.version}; nothing was accumulated",
-                    field="inputs",
-                )
-        with torch.no_grad():
-            for parameter, gradient in zip(self._parameters, gradients, strict=True):
-                if gradient is None:
-                    continue
-                # A down-weighted (stale) contribution adds weight * gradient.
-                added = gradient if weight == 1.0 else gradient * weight
-                if parameter.grad is None:
-                    parameter.grad = added.clone()
-                else:
-                    parameter.grad += added
+        return batch_gradients(
+            self.model, self._named, self._parameters, inputs, targets, version=self.version
+        )
+
+    def _add(self, gradients: Gradients, batch_size: int, weight: float) -> None:
+        add_gradients(self._parameters, gradients, weight)
         self.accumulated_batches += 1
         self.accumulated_samples += batch_size
-        return loss_value, gradients
 
     def _step(
         self, learning_rate: float, reduction: Reduction, expected_version: int | None
@@ -357,19 +190,13 @@ class ParameterStore:
                 "nothing to apply: no gradients accumulated since the last update",
                 field="learning_rate",
             )
-        with torch.no_grad():
-            if reduction is Reduction.MEAN and self.accumulated_batches > 1:
-                for parameter in self._parameters:
-                    if parameter.grad is not None:
-                        parameter.grad /= self.accumulated_batches
-            norm = _total_norm(self._parameters)
+        if reduction is Reduction.MEAN:
+            divide_gradients(self._parameters, self.accumulated_batches)
+        norm = total_norm(self._parameters)
         self.optimizer.step(learning_rate)
         self.optimizer.zero_grad()
         result = UpdateResult(
-            model_version=self.version + 1,
-            applied_batches=self.accumulated_batches,
-            applied_samples=self.accumulated_samples,
-            gradient_norm=norm,
+            self.version + 1, self.accumulated_batches, self.accumulated_samples, norm
         )
         self.version += 1
         self.accumulated_batches = 0
@@ -382,7 +209,21 @@ class ParameterStore:
             self._drop_gradients()
             return DiscardResult(discarded_batches=discarded, model_version=self.version)
 
-    # -- evaluation and parameters -------------------------------------------------------
+    def _drop_gradients(self) -> None:
+        for parameter in self._parameters:
+            parameter.grad = None
+        self.accumulated_batches = 0
+        self.accumulated_samples = 0
+
+    def _check_version(self, expected_version: int | None) -> None:
+        if expected_version is not None and expected_version != self.version:
+            raise VersionConflictError(
+                f"expected_version: {expected_version}, but the model is at version "
+                f"{self.version}; nothing was applied",
+                field="expected_version",
+            )
+
+    # -- evaluation, parameters, the graph -------------------------------------------------
 
     def evaluate(
         self,
@@ -401,10 +242,7 @@ class ParameterStore:
             if targets is not None:
                 loss = self.model.loss.function(predictions, targets).item()
             return EvaluationResult(
-                loss=loss,
-                batch_size=batch_size,
-                model_version=self.version,
-                predictions=predictions.cpu() if return_predictions else None,
+                loss, batch_size, self.version, predictions.cpu() if return_predictions else None
             )
 
     def read_parameters(
@@ -412,13 +250,7 @@ class ParameterStore:
     ) -> tuple[int, list[T]]:
         """Call reader(name, value) for the named parameters (all when names is empty) under
         the lock, so a reader sees one version without copying; return (version, results)."""
-        for index, name in enumerate(names):
-            if name not in self._named:
-                raise InvalidArgumentError(
-                    f"names[{index}]: no parameter {name!r}; the model has "
-                    f"{', '.join(self._named)}",
-                    field=f"names[{index}]",
-                )
+        check_names(self._named, names)
         selected = names or list(self._named)
         with self._lock:
             return self.version, [
@@ -433,42 +265,32 @@ class ParameterStore:
         request_id: str = "",
     ) -> SetResult:
         check_request_id(request_id)
-        self._check_values(values)
-        with self._lock:
-            replay = self._request_ids.get("set_parameters", request_id)
-            if replay is not None:
-                return cast(SetResult, dataclasses.replace(replay, replayed=True))
+        check_values(self._named, values)
+
+        def run() -> SetResult:
             self._check_version(expected_version)
             with torch.no_grad():
                 for name, value in values:
                     self._named[name].copy_(value)
             self._drop_gradients()
             self.version += 1
-            result = SetResult(model_version=self.version)
-            self._request_ids.put("set_parameters", request_id, result)
-            return result
+            return SetResult(model_version=self.version)
+
+        with self._lock:
+            return self._request_ids.remembered("set_parameters", request_id, run)
 
     def info(self) -> ModelInfo:
         model = self.model
-        parameters = tuple(
-            ParameterInfo(name, parameter.dtype, tuple(parameter.shape))
-            for name, parameter in self._named.items()
-        )
-        with self._lock:
-            version, batches, samples = (
-                self.version,
-                self.accumulated_batches,
-                self.accumulated_samples,
-            )
+        version, batches, samples = self.snapshot()
         return ModelInfo(
             model=model.name,
             model_spec=model.spec,
-            parameters=parameters,
+            parameters=tuple(
+                TensorSpec(name, p.dtype, tuple(p.shape)) for name, p in self._named.items()
+            ),
             parameter_count=sum(parameter.numel() for parameter in self._parameters),
-            input_dtype=model.input.dtype,
-            input_shape=model.input.shape,
-            target_dtype=model.target.dtype,
-            target_shape=model.target.shape,
+            input=TensorSpec("inputs", model.input.dtype, model.input.shape),
+            target=TensorSpec("targets", model.target.dtype, model.target.shape),
             loss=model.loss.name,
             optimizer=self.optimizer.description,
             model_version=version,
@@ -484,7 +306,30 @@ class ParameterStore:
                 for name, p in self._named.items()
             }
 
-    # -- checkpoints ---------------------------------------------------------------------
+    def describe_graph(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        max_nodes: int = 0,
+        return_gradients: bool = False,
+    ) -> GraphDescription:
+        """The autograd graph ComputeGradients would build for this batch, changing nothing."""
+        cap = effective_max_nodes(max_nodes)
+        batch_size = self.model.check_batch(inputs, targets)
+        with self._lock:
+            graph = trace_graph(
+                self.model,
+                self._named,
+                self._parameters,
+                inputs,
+                targets,
+                max_nodes=cap,
+                return_gradients=return_gradients,
+            )
+            return GraphDescription(graph, batch_size, self.version, cap)
+
+    # -- checkpoints -----------------------------------------------------------------------
 
     def export_state(self) -> StoreState:
         """A consistent copy of everything a checkpoint holds, taken under the lock."""
@@ -507,24 +352,7 @@ class ParameterStore:
 
     def restore_state(self, state: StoreState) -> None:
         """Put a checkpoint's state back: parameters, .grad, optimizer, version, counts, ids."""
-        for name, value in state.parameters.items():
-            parameter = self._named.get(name)
-            if (
-                parameter is None
-                or value.shape != parameter.shape
-                or value.dtype != parameter.dtype
-            ):
-                raise InvalidArgumentError(
-                    f"checkpoint: parameter {name!r} {value.dtype} {list(value.shape)} does not "
-                    "match the model",
-                    field="checkpoint",
-                )
-        if set(state.parameters) != set(self._named):
-            raise InvalidArgumentError(
-                f"checkpoint: parameters {sorted(state.parameters)}, the model has "
-                f"{sorted(self._named)}",
-                field="checkpoint",
-            )
+        check_state(self._named, state)
         with self._lock, torch.no_grad():
             for name, parameter in self._named.items():
                 parameter.copy_(state.parameters[name])
@@ -537,128 +365,3 @@ class ParameterStore:
             self._request_ids = RequestIdWindow(self._request_ids.capacity)
             for method, request_id, result in state.request_ids:
                 self._request_ids.put(method, request_id, result)
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _check_version(self, expected_version: int | None) -> None:
-        if expected_version is not None and expected_version != self.version:
-            raise VersionConflictError(
-                f"expected_version: {expected_version}, but the model is at version "
-                f"{self.version}; nothing was applied",
-                field="expected_version",
-            )
-
-    def _check_values(self, values: Sequence[tuple[str, torch.Tensor]]) -> None:
-        if not values:
-            raise InvalidArgumentError("parameters: no parameters given", field="parameters")
-        seen: set[str] = set()
-        for index, (name, value) in enumerate(values):
-            field = f"parameters[{index}]"
-            parameter = self._named.get(name)
-            if parameter is None:
-                raise InvalidArgumentError(
-                    f"{field}.name: no parameter {name!r}; the model has {', '.join(self._named)}",
-                    field=f"{field}.name",
-                )
-            if name in seen:
-                raise InvalidArgumentError(
-                    f"{field}.name: {name!r} is given twice", field=f"{field}.name"
-                )
-            seen.add(name)
-            if value.dtype != parameter.dtype:
-                raise InvalidArgumentError(
-                    f"{field}.dtype: {value.dtype} for {name!r}, expected {parameter.dtype}",
-                    field=f"{field}.dtype",
-                )
-            if value.shape != parameter.shape:
-                raise InvalidArgumentError(
-                    f"{field}.shape: {list(value.shape)} for {name!r}, "
-                    f"expected {list(parameter.shape)}",
-                    field=f"{field}.shape",
-                )
-            if value.is_floating_point() and not all_finite(value):
-                raise InvalidArgumentError(
-                    f"{field}.data: {name!r} contains NaN or Inf", field=f"{field}.data"
-                )
-
-    def _drop_gradients(self) -> None:
-        for parameter in self._parameters:
-            parameter.grad = None
-        self.accumulated_batches = 0
-        self.accumulated_samples = 0
-
-    # -- the graph -----------------------------------------------------------------------
-
-    def describe_graph(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        *,
-        max_nodes: int = 0,
-        return_gradients: bool = False,
-    ) -> GraphDescription:
-        """The autograd graph ComputeGradients would build for this batch, changing nothing.
-
-        Under the lock and in train mode, like ComputeGradients; the optional leaf gradients
-        come from torch.autograd.grad (never backward()), so no .grad, version, accumulator,
-        buffer, RNG state or train/eval mode is left changed."""
-        cap = effective_max_nodes(max_nodes)
-        batch_size = self.model.check_batch(inputs, targets)
-        module = self.model.module
-        with self._lock, torch.random.fork_rng(devices=[]):
-            was_training = module.training
-            buffers = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
-            try:
-                module.train()
-                uses = ConstantUses({"inputs": inputs, "targets": targets})
-                with uses:
-                    loss = self.model.loss.function(module(inputs), targets)
-                graph = build_graph(
-                    loss,
-                    self._named,
-                    max_nodes=cap,
-                    constants={"inputs": inputs, "targets": targets},
-                    constant_uses=uses.uses,
-                )
-                if return_gradients:
-                    gradients = torch.autograd.grad(loss, self._parameters, allow_unused=True)
-                    graph = graph.with_gradients(
-                        {
-                            name: g if g is not None else torch.zeros_like(p)
-                            for (name, p), g in zip(self._named.items(), gradients, strict=True)
-                        }
-                    )
-            finally:
-                module.train(was_training)
-                with torch.no_grad():
-                    for buffer, saved in buffers:
-                        buffer.copy_(saved)
-            return GraphDescription(
-                graph=graph, batch_size=batch_size, model_version=self.version, max_nodes=cap
-            )
-
-
-def _total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
-    # Each gradient's norm reduced in float64 (one op each, no float64 copy), then combined.
-    norms = [
-        torch.linalg.vector_norm(p.grad, dtype=torch.float64).item()
-        for p in parameters
-        if p.grad is not None
-    ]
-    return math.sqrt(sum(norm * norm for norm in norms))
-
-
-@dataclass(frozen=True)
-class StoreState:
-    """Everything a checkpoint holds, as plain torch and Python values."""
-
-    version: int
-    accumulated_batches: int
-    accumulated_samples: int
-    parameters: dict[str, torch.Tensor]
-    # Only the parameters whose .grad is set.
-    gradients: dict[str, torch.Tensor]
-    # The optimizer's state_dict (tensors and plain values).
-    optimizer: dict[str, Any]
-    # The request-id window, oldest first: (method, request_id, result).
-    request_ids: tuple[tuple[str, str, Any], ...]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from gradserve.errors import InvalidArgumentError
 
 MAX_REQUEST_ID_BYTES = 128
+
+R = TypeVar("R")
 
 
 def check_request_id(request_id: str) -> None:
@@ -34,6 +37,17 @@ class RequestIdWindow:
         if not request_id:
             return None
         return self._results.get((method, request_id))
+
+    def remembered(self, method: str, request_id: str, run: Callable[[], R]) -> R:
+        """run()'s result, remembered under the id; a repeated id gets the first result back,
+        marked replayed (every result type has a `replayed` field), and run() is not called."""
+        if request_id:
+            earlier = self._results.get((method, request_id))
+            if earlier is not None:
+                return dataclasses.replace(earlier, replayed=True)  # type: ignore[no-any-return]
+        result = run()
+        self.put(method, request_id, result)
+        return result
 
     def put(self, method: str, request_id: str, result: Any) -> None:
         if not request_id or self.capacity <= 0:

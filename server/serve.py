@@ -12,9 +12,9 @@ from types import FrameType
 from prometheus_client import start_http_server
 
 from gradserve.errors import GradserveError
-from gradserve.server import distributed
+from gradserve.server import distributed_launch as distributed
 from gradserve.server.app import create_server, format_address
-from gradserve.server.config import parse_args
+from gradserve.server.flags import parse_args
 
 logger = logging.getLogger("gradserve.server")
 
@@ -22,7 +22,8 @@ logger = logging.getLogger("gradserve.server")
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.runtime.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if distributed.launched():
         # torchrun: every rank joins; ranks > 0 follow rank 0, which serves gRPC.
@@ -37,9 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"gradserve-server: {error}", file=sys.stderr)
         return 1
-    if config.metrics_port:
-        start_http_server(config.metrics_port, addr=config.host, registry=running.metrics.registry)
-        print(f"metrics on {format_address(config.host, config.metrics_port)}", flush=True)
+    network = config.network
+    if network.metrics_port:
+        start_http_server(
+            network.metrics_port, addr=network.host, registry=running.metrics.registry
+        )
+        print(f"metrics on {format_address(network.host, network.metrics_port)}", flush=True)
     distributed.attach(running)
     print(f"listening on {running.address}", flush=True)
 
@@ -47,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         logger.info(
-            "%s: stopping (grace %.1fs)", signal.Signals(signum).name, config.shutdown_grace_seconds
+            "%s: stopping (grace %.1fs)",
+            signal.Signals(signum).name,
+            config.runtime.shutdown_grace_seconds,
         )
         stop_requested.set()
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
 
-from gradserve.server.app import GradientServer, channel_options, create_server
-from gradserve.server.config import ServerConfig
+from gradserve.defaults import channel_options
+from gradserve.server.app import GradientServer, create_server
+from gradserve.server.config import NetworkConfig, ServerConfig
 from gradserve.v1 import gradserve_pb2_grpc
 
 ServerFactory = Callable[..., GradientServer]
@@ -17,11 +17,14 @@ ServerFactory = Callable[..., GradientServer]
 
 @pytest.fixture
 def make_server() -> Iterator[ServerFactory]:
-    """make_server(**config_overrides) starts a server on 127.0.0.1:0; all stop after the test."""
+    """make_server(**settings) starts a server on 127.0.0.1:0; all stop after the test.
+
+    Settings by their flat (flag) names, e.g. mode="sync", checkpoint_dir=...; they apply on
+    top of the port-0 network section."""
     started: list[GradientServer] = []
 
     def make(**overrides: object) -> GradientServer:
-        config = dataclasses.replace(ServerConfig(port=0, metrics_port=0), **overrides)
+        config = ServerConfig(network=NetworkConfig(port=0, metrics_port=0)).with_flat(**overrides)
         running = create_server(config)
         started.append(running)
         return running
@@ -42,7 +45,7 @@ def make_stub() -> Iterator[Callable[[GradientServer], gradserve_pb2_grpc.Gradie
 
     def make(running: GradientServer) -> gradserve_pb2_grpc.GradientServiceStub:
         channel = grpc.insecure_channel(
-            running.address, options=channel_options(running.config.max_message_bytes)
+            running.address, options=channel_options(running.config.limits.max_message_bytes)
         )
         channels.append(channel)
         return gradserve_pb2_grpc.GradientServiceStub(channel)

@@ -28,8 +28,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gradserve.codec import tensor_to_proto
-from gradserve.server.app import GradientServer, channel_options, create_server
-from gradserve.server.config import ServerConfig
+from gradserve.defaults import channel_options
+from gradserve.server.app import GradientServer, create_server
+from gradserve.server.config import CheckpointConfig, ModelConfig, NetworkConfig, ServerConfig
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -92,11 +93,13 @@ def _target(
     tmp: Path, batch: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], **overrides: Any
 ) -> Iterator[Target]:
     config = ServerConfig(
-        port=0, metrics_port=0, seed=0, checkpoint_dir=str(tmp), checkpoint_keep=2, **overrides
+        network=NetworkConfig(port=0, metrics_port=0),
+        model=ModelConfig(seed=0, **overrides),
+        checkpoints=CheckpointConfig(directory=str(tmp), keep=2),
     )
     server = create_server(config)
     channel = grpc.insecure_channel(
-        server.address, options=channel_options(config.max_message_bytes)
+        server.address, options=channel_options(config.limits.max_message_bytes)
     )
     try:
         yield Target(
@@ -121,7 +124,7 @@ def linear(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     yield from _target(
-        tmp_path_factory.mktemp("classifier"), classifier_batch, model="mlp:3-4-3:tanh:batchnorm"
+        tmp_path_factory.mktemp("classifier"), classifier_batch, spec="mlp:3-4-3:tanh:batchnorm"
     )
 
 

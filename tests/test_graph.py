@@ -22,7 +22,8 @@ from gradserve.client.gradient_client import GradientClient, GraphDescription, N
 from gradserve.codec import tensor_from_proto, tensor_to_proto
 from gradserve.errors import ResourceExhaustedError
 from gradserve.server.graph import DEFAULT_MAX_NODES, MAX_NODES, build_graph
-from gradserve.server.models import build_mlp
+from gradserve.server.models import ACTIVATIONS
+from gradserve.server.networks import build_mlp
 from gradserve.v1 import gradserve_pb2 as pb
 
 TIMEOUT = 10.0
@@ -173,7 +174,7 @@ def test_mlp_graph_matches_a_local_model(make_server, make_stub):
     server = make_server(model="mlp:6-5-4-3")
     stub = make_stub(server)
     values = parameters(stub)
-    local = build_mlp([6, 5, 4, 3], "relu")
+    local = build_mlp([6, 5, 4, 3], ACTIVATIONS["relu"])
     local.load_state_dict(values)
     inputs = torch.rand(7, 6)
     targets = torch.tensor([0, 1, 2, 0, 1, 2, 0])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import TIMEOUT, apply, compute, linear_batch, set_parameters
 
-from gradserve.server.interceptors import SERVICE
+from gradserve.defaults import SERVICE_NAME as SERVICE
 from gradserve.v1 import gradserve_pb2 as pb
 
 

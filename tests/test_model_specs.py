@@ -14,7 +14,7 @@ from torch.nn import functional
 from gradserve.codec import tensor_from_proto, tensor_to_proto
 from gradserve.errors import InvalidArgumentError
 from gradserve.server import serve
-from gradserve.server.config import parse_args
+from gradserve.server.flags import parse_args
 from gradserve.v1 import gradserve_pb2 as pb
 
 # -- rejected specs ---------------------------------------------------------------------------
@@ -75,8 +75,8 @@ def test_cuda_without_cuda_is_a_clear_startup_error(capsys) -> None:
 def test_device_model_file_and_factories_come_from_flags_and_environment() -> None:
     environ = {"GRADSERVE_DEVICE": "cpu", "GRADSERVE_MODEL_FACTORIES": "a=m:f,b=m:g"}
     config = parse_args(["--model-factory", "c=m:h", "--model-file", "spec.json"], environ)
-    assert (config.device, config.model_file) == ("cpu", "spec.json")
-    assert config.model_factories == ("a=m:f", "b=m:g", "c=m:h")
+    assert (config.model.device, config.model.model_file) == ("cpu", "spec.json")
+    assert config.model.model_factories == ("a=m:f", "b=m:g", "c=m:h")
 
 
 # -- files and factories ------------------------------------------------------------------------

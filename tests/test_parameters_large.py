@@ -16,7 +16,7 @@ def test_parameters_over_4_mib_round_trip(make_server, make_stub) -> None:
     parameters = get_parameters(stub)
     size = sum(value.numel() * value.element_size() for value in parameters.values())
     assert size > 8 * 1024 * 1024
-    assert server.config.max_message_bytes > size
+    assert server.config.limits.max_message_bytes > size
 
     generator = torch.Generator().manual_seed(0)
     new = {

@@ -19,7 +19,7 @@ from helpers import linear_batch
 from gradserve.client.gradient_client import NO_RETRY, GradientClient
 from gradserve.client.security import bearer_metadata, channel_credentials, read_token
 from gradserve.errors import UnauthenticatedError, UnavailableError
-from gradserve.server.config import parse_args
+from gradserve.server.flags import parse_args
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -168,7 +168,7 @@ def test_health_needs_no_token_unless_configured(make_server) -> None:
 
 def test_tokens_come_from_the_environment_and_are_never_printed(tmp_path) -> None:
     config = parse_args([], {"GRADSERVE_AUTH_TOKENS": f"{TOKEN},{OTHER_TOKEN}"})
-    assert config.auth_tokens == (TOKEN, OTHER_TOKEN)
+    assert config.security.auth_tokens == (TOKEN, OTHER_TOKEN)
     assert TOKEN not in repr(config) and TOKEN not in str(config)
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")

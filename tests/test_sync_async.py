@@ -226,3 +226,16 @@ def test_train_cli_workers_equal_one_worker_with_larger_batches() -> None:
         torch.testing.assert_close(
             torch.tensor(two["parameters"][name]), torch.tensor(values), atol=1e-6, rtol=0
         )
+
+
+def test_sync_abort_resets_the_accumulated_batches_gauge(make_server) -> None:
+    """An aborted round discards its gradients: the gauge says so (it used to keep the last count)."""
+    sync = make_server(
+        mode="sync", sync_contributions=4, sync_timeout_seconds=0.3, sync_timeout_policy="abort"
+    )
+    outcomes = [r for [r] in run_workers(sync.address, [[b] for b in linear_batches(3, 8, 7)])]
+    assert all(isinstance(r, VersionConflictError) for r in outcomes), outcomes
+    registry = sync.metrics.registry
+    assert sync.store.info().accumulated_batches == 0
+    assert registry.get_sample_value("gradserve_accumulated_batches") == 0
+    assert registry.get_sample_value("gradserve_model_version") == 0

@@ -194,6 +194,17 @@ def named_tensors_from_proto(messages: Iterable[pb.Tensor], field: str) -> dict[
     }
 
 
+def named_tensor_views_from_proto(
+    messages: Iterable[pb.Tensor], field: str
+) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) in message order, repeats kept, each a read-only view of its message
+    (for a receiver that only copies them somewhere: SetParameters on the server)."""
+    return [
+        (message.name, tensor_from_proto(message, f"{field}[{index}]"))
+        for index, message in enumerate(messages)
+    ]
+
+
 # -- Train steps ---------------------------------------------------------------------------
 
 

@@ -1,0 +1,76 @@
+"""The checks that guard reading and replacing parameters: names, dtypes, shapes, values.
+
+Each raises InvalidArgumentError naming the field at fault before anything is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from gradserve.errors import InvalidArgumentError
+from gradserve.server.models import all_finite
+from gradserve.server.store_state import StoreState
+
+
+def check_names(named: Mapping[str, torch.Tensor], names: Sequence[str]) -> None:
+    for index, name in enumerate(names):
+        if name not in named:
+            raise InvalidArgumentError(
+                f"names[{index}]: no parameter {name!r}; the model has {', '.join(named)}",
+                field=f"names[{index}]",
+            )
+
+
+def check_values(
+    named: Mapping[str, torch.Tensor], values: Sequence[tuple[str, torch.Tensor]]
+) -> None:
+    if not values:
+        raise InvalidArgumentError("parameters: no parameters given", field="parameters")
+    seen: set[str] = set()
+    for index, (name, value) in enumerate(values):
+        field = f"parameters[{index}]"
+        parameter = named.get(name)
+        if parameter is None:
+            raise InvalidArgumentError(
+                f"{field}.name: no parameter {name!r}; the model has {', '.join(named)}",
+                field=f"{field}.name",
+            )
+        if name in seen:
+            raise InvalidArgumentError(
+                f"{field}.name: {name!r} is given twice", field=f"{field}.name"
+            )
+        seen.add(name)
+        if value.dtype != parameter.dtype:
+            raise InvalidArgumentError(
+                f"{field}.dtype: {value.dtype} for {name!r}, expected {parameter.dtype}",
+                field=f"{field}.dtype",
+            )
+        if value.shape != parameter.shape:
+            raise InvalidArgumentError(
+                f"{field}.shape: {list(value.shape)} for {name!r}, "
+                f"expected {list(parameter.shape)}",
+                field=f"{field}.shape",
+            )
+        if value.is_floating_point() and not all_finite(value):
+            raise InvalidArgumentError(
+                f"{field}.data: {name!r} contains NaN or Inf", field=f"{field}.data"
+            )
+
+
+def check_state(named: Mapping[str, torch.Tensor], state: StoreState) -> None:
+    """A checkpoint's parameters are exactly the model's, with their dtypes and shapes."""
+    for name, value in state.parameters.items():
+        parameter = named.get(name)
+        if parameter is None or value.shape != parameter.shape or value.dtype != parameter.dtype:
+            raise InvalidArgumentError(
+                f"checkpoint: parameter {name!r} {value.dtype} {list(value.shape)} does not "
+                "match the model",
+                field="checkpoint",
+            )
+    if set(state.parameters) != set(named):
+        raise InvalidArgumentError(
+            f"checkpoint: parameters {sorted(state.parameters)}, the model has {sorted(named)}",
+            field="checkpoint",
+        )

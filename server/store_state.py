@@ -1,0 +1,22 @@
+"""StoreState: everything a checkpoint holds of a ParameterStore, as plain torch and Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class StoreState:
+    version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    parameters: dict[str, torch.Tensor]
+    # Only the parameters whose .grad is set.
+    gradients: dict[str, torch.Tensor]
+    # The optimizer's state_dict (tensors and plain values).
+    optimizer: dict[str, Any]
+    # The request-id window, oldest first: (method, request_id, result).
+    request_ids: tuple[tuple[str, str, Any], ...]

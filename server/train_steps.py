@@ -1,0 +1,41 @@
+"""The checks a Train request passes before any of its steps runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.server.error_scope import scoped
+from gradserve.server.models import Model
+from gradserve.server.updates import check_learning_rate
+from gradserve.types import TrainStep
+
+# One Train request runs under the lock from start to end: bound how long that can be.
+MAX_BATCHES_PER_REQUEST = 100_000
+
+
+def check_steps(model: Model, steps: Sequence[TrainStep]) -> list[list[int]]:
+    """Every step's batch sizes; the first malformed field raises, naming its path."""
+    if not steps:
+        raise InvalidArgumentError("steps: the request has no steps", field="steps")
+    total = sum(len(step.batches) for step in steps)
+    if total > MAX_BATCHES_PER_REQUEST:
+        raise ResourceExhaustedError(
+            f"steps: {total} batches in one request, at most {MAX_BATCHES_PER_REQUEST}",
+            field="steps",
+        )
+    sizes: list[list[int]] = []
+    for index, step in enumerate(steps):
+        if not step.batches and not step.apply_update:
+            raise InvalidArgumentError(
+                f"steps[{index}]: neither batches nor an update", field=f"steps[{index}]"
+            )
+        step_sizes = []
+        for batch_index, (inputs, targets) in enumerate(step.batches):
+            with scoped(f"steps[{index}].batches[{batch_index}]"):
+                step_sizes.append(model.check_batch(inputs, targets))
+        if step.apply_update:
+            with scoped(f"steps[{index}]"):
+                check_learning_rate(step.learning_rate)
+        sizes.append(step_sizes)
+    return sizes

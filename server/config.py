@@ -80,6 +80,8 @@ class ServerConfig:
     request_id_window: int = 1024
     shutdown_grace_seconds: float = 5.0
     log_level: str = "INFO"
+    # OTLP/gRPC trace collector (server/tracing.py); None: $OTEL_EXPORTER_OTLP_ENDPOINT or off.
+    otlp_endpoint: str | None = None
     # Checkpoints (server/checkpoints.py): restored on start, saved every N updates and/or
     # every T seconds (None: not), on shutdown and on SaveCheckpoint; the newest `keep` kept.
     checkpoint_dir: str | None = None
@@ -238,6 +240,11 @@ def parse_args(
         "--log-level",
         default=env_or(ENV_LOG_LEVEL, default.log_level),
         help=f"DEBUG | INFO | WARNING | ERROR [{ENV_LOG_LEVEL}]",
+    )
+    add(
+        "--otlp-endpoint",
+        help="HOST:PORT or http[s]://HOST:PORT of an OTLP/gRPC collector: export traces "
+        "(needs gradserve[tracing]) [OTEL_EXPORTER_OTLP_ENDPOINT]",
     )
     add(
         "--checkpoint-dir",

@@ -29,6 +29,7 @@ from gradserve.server.graph import ConstantUses, Graph, build_graph, effective_m
 from gradserve.server.models import Model, all_finite
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
+from gradserve.server.tracing import traced
 
 T = TypeVar("T")
 
@@ -169,6 +170,7 @@ class ParameterStore:
 
     # -- gradients -----------------------------------------------------------------------
 
+    @traced("gradserve.compute_gradients")
     def compute_gradients(
         self,
         inputs: torch.Tensor,
@@ -209,6 +211,7 @@ class ParameterStore:
             self._request_ids.put("compute_gradients", request_id, result)
             return result
 
+    @traced("gradserve.apply_update")
     def apply_update(
         self,
         learning_rate: float,
@@ -227,6 +230,7 @@ class ParameterStore:
             self._request_ids.put("apply_update", request_id, result)
             return result
 
+    @traced("gradserve.train")
     def train(self, steps: Sequence[TrainStep], *, request_id: str = "") -> TrainResult:
         """Run steps in order: each step's batches as compute_gradients, then its update as
         apply_update. Everything is checked before anything runs; a step that fails while
@@ -384,6 +388,7 @@ class ParameterStore:
 
     # -- evaluation and parameters -------------------------------------------------------
 
+    @traced("gradserve.evaluate")
     def evaluate(
         self,
         inputs: torch.Tensor,
@@ -425,6 +430,7 @@ class ParameterStore:
                 reader(name, self._named[name].detach().cpu()) for name in selected
             ]
 
+    @traced("gradserve.set_parameters")
     def set_parameters(
         self,
         values: Sequence[tuple[str, torch.Tensor]],

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -91,14 +94,14 @@ def traced() -> Iterator[Traced]:
     root.removeHandler(handler)
 
 
-def client_for(running: object, **options: object) -> GradientClient:
-    return GradientClient(running.address, timeout=10.0, **options)  # type: ignore[attr-defined]
+def client_for(address: str, **options: object) -> GradientClient:
+    return GradientClient(address, timeout=10.0, **options)
 
 
 def test_every_rpc_has_a_server_span_and_the_store_work_child_spans(traced, make_server):
     running = make_server()
     x, y = linear_batch(10, torch.Generator().manual_seed(0))
-    with client_for(running) as client:
+    with client_for(running.address) as client:
         client.compute_gradients(x, y)
         client.apply_update(learning_rate=0.01)
         client.model_info()
@@ -130,7 +133,7 @@ def test_the_train_stream_has_a_span_per_request(traced, make_server):
     running = make_server()
     x, y = linear_batch(10, torch.Generator().manual_seed(0))
     step = TrainStep(batches=((x, y),), apply_update=True, learning_rate=0.01)
-    with client_for(running) as client:
+    with client_for(running.address) as client:
         results = list(client.train_stream([[step, step], [step]]))
     assert len(results) == 2
 
@@ -144,7 +147,7 @@ def test_the_train_stream_has_a_span_per_request(traced, make_server):
 def test_an_incoming_traceparent_is_continued(traced, make_server):
     running = make_server()
     x, y = linear_batch(4)
-    with client_for(running, metadata=[("traceparent", TRACEPARENT)]) as client:
+    with client_for(running.address, metadata=[("traceparent", TRACEPARENT)]) as client:
         client.compute_gradients(x, y)
 
     (compute,) = traced.server_spans("ComputeGradients")
@@ -159,7 +162,7 @@ def test_a_rejected_call_carries_its_code_and_the_failing_store_span_is_an_error
     traced, make_server
 ):
     running = make_server()
-    with client_for(running) as client, pytest.raises(InvalidArgumentError):
+    with client_for(running.address) as client, pytest.raises(InvalidArgumentError):
         client.compute_gradients(torch.zeros(10, 2), torch.zeros(10, 1))
 
     (compute,) = traced.server_spans("ComputeGradients")
@@ -179,7 +182,7 @@ def test_a_server_failure_is_an_error_span_and_its_log_line_carries_the_trace_id
 ):
     running = make_server(model="broken", model_factories=("broken=test_tracing:broken",))
     with (
-        client_for(running, metadata=[("traceparent", TRACEPARENT)]) as client,
+        client_for(running.address, metadata=[("traceparent", TRACEPARENT)]) as client,
         pytest.raises(InternalError),
     ):
         client.compute_gradients(torch.zeros(2, 1), torch.zeros(2, 1))
@@ -226,36 +229,26 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mis
 
 
 def test_spans_reach_an_otlp_grpc_receiver(make_server):
-    receiver = Receiver()
-    collector = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, collector)
-    port = collector.add_insecure_port("127.0.0.1:0")
-    collector.start()
+    receiver, collector, port = receive_spans()
     on = tracing.configure_tracing(
         f"127.0.0.1:{port}", service_name="gradserve-test", log_handlers=[]
     )
     try:
         running = make_server()
         x, y = linear_batch(4)
-        with client_for(running) as client:
+        with client_for(running.address) as client:
             client.compute_gradients(x, y)
         assert on.force_flush()
     finally:
         on.shutdown()
         collector.stop(0)
 
-    names, services = set(), set()
-    for request in receiver.requests:
-        for resource_spans in request.resource_spans:
-            services |= {
-                a.value.string_value
-                for a in resource_spans.resource.attributes
-                if a.key == "service.name"
-            }
-            for scope_spans in resource_spans.scope_spans:
-                names |= {s.name for s in scope_spans.spans}
-    assert services == {"gradserve-test"}
-    assert {f"/{SERVICE}/ComputeGradients", "gradserve.compute_gradients"} <= names
+    spans = exported_spans(receiver)
+    assert {service for service, *_ in spans} == {"gradserve-test"}
+    assert {name for _, name, *_ in spans} == {
+        f"/{SERVICE}/ComputeGradients",
+        "gradserve.compute_gradients",
+    }
 
 
 def test_the_flag_and_the_environment_choose_the_endpoint():
@@ -280,3 +273,81 @@ def test_tracing_off_imports_nothing_and_span_is_a_shared_no_op():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def receive_spans() -> tuple[Receiver, grpc.Server, int]:
+    receiver = Receiver()
+    collector = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, collector)
+    port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    return receiver, collector, port
+
+
+def exported_spans(receiver: Receiver) -> list[tuple[str, str, int, dict[str, object]]]:
+    """(service.name, span name, status code, attributes) of everything received."""
+    found = []
+    for request in receiver.requests:
+        for resource_spans in request.resource_spans:
+            (service,) = [
+                a.value.string_value
+                for a in resource_spans.resource.attributes
+                if a.key == "service.name"
+            ]
+            for scope_spans in resource_spans.scope_spans:
+                for exported in scope_spans.spans:
+                    attributes = {
+                        a.key: getattr(a.value, a.value.WhichOneof("value"))
+                        for a in exported.attributes
+                    }
+                    found.append((service, exported.name, exported.status.code, attributes))
+    return found
+
+
+@pytest.mark.parametrize("launch", ["flag", "opentelemetry-instrument"])
+def test_a_server_process_exports_its_spans_on_exit(launch):
+    """`gradserve-server --otlp-endpoint`, and the agent's `opentelemetry-instrument
+    gradserve-server` (the agent's interceptor, not a second one): spans of a good and a
+    rejected call reach the collector when the server ends on SIGTERM."""
+    bin_dir = Path(sys.executable).parent
+    receiver, collector, port = receive_spans()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GRADSERVE_", "OTEL_"))}
+    command = [str(bin_dir / "gradserve-server"), "--port", "0", "--metrics-port", "0"]
+    if launch == "flag":
+        command += ["--otlp-endpoint", f"127.0.0.1:{port}"]
+    else:
+        if not (bin_dir / "opentelemetry-instrument").exists():
+            pytest.skip("opentelemetry-instrument is not installed (the tracing extra has it)")
+        command.insert(0, str(bin_dir / "opentelemetry-instrument"))
+        environ |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_SERVICE_NAME": "gradserve-server",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+        }
+    process = subprocess.Popen(
+        command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        address = next(line.split()[-1] for line in process.stdout if "listening on" in line)
+        with client_for(address) as client:
+            client.compute_gradients(torch.zeros(2, 1), torch.zeros(2, 1))
+            with pytest.raises(InvalidArgumentError):
+                client.compute_gradients(torch.zeros(2, 2), torch.zeros(2, 1))
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+        assert process.returncode == 0, errors
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        collector.stop(0)
+
+    spans = exported_spans(receiver)
+    assert {service for service, *_ in spans} == {"gradserve-server"}
+    server = [s for s in spans if s[1] == f"/{SERVICE}/ComputeGradients"]
+    assert sorted(attributes["rpc.grpc.status_code"] for *_, attributes in server) == [0, 3]
+    store = [s for s in spans if s[1] == "gradserve.compute_gradients"]
+    error = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
+    assert sorted(code for _, _, code, _ in store) == [0, error]

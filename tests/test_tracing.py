@@ -351,3 +351,17 @@ def test_a_server_process_exports_its_spans_on_exit(launch):
     store = [s for s in spans if s[1] == "gradserve.compute_gradients"]
     error = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
     assert sorted(code for _, _, code, _ in store) == [0, error]
+
+
+def test_asking_for_tracing_without_the_extra_ends_the_server_with_exit_2():
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None  # as if the tracing extra were not installed\n"
+        "from gradserve.server.serve import main\n"
+        "sys.exit(main(['--port', '0', '--metrics-port', '0', '--otlp-endpoint', '127.0.0.1:1']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2
+    assert "pip install 'gradserve[tracing]'" in done.stderr

@@ -27,6 +27,7 @@ from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.servicer import GradientServicer
+from gradserve.server.tracing import server_interceptors
 from gradserve.v1 import gradserve_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def create_server(
                 metrics=metrics,
             ),
         )
+    interceptors[:0] = server_interceptors(runtime.otlp_endpoint)  # first: spans see every call
     credentials = server_credentials(config.security)
 
     server = grpc.server(

@@ -46,6 +46,9 @@ class RuntimeConfig:
     torch_threads: int | None = None
     shutdown_grace_seconds: float = 5.0
     log_level: str = "INFO"
+    # OTLP/gRPC collector for traces (server/tracing.py); None: OTEL_EXPORTER_OTLP_ENDPOINT,
+    # and without either, no tracing.
+    otlp_endpoint: str | None = None
 
 
 @dataclass(frozen=True)

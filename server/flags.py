@@ -182,6 +182,12 @@ def parse_args(
         help=f"DEBUG | INFO | WARNING | ERROR [{ENV_LOG_LEVEL}]",
     )
     add(
+        "--otlp-endpoint",
+        default=None,
+        help="export traces over OTLP/gRPC to HOST:PORT (needs the 'tracing' extra); "
+        "default: OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing (docs/observability.md)",
+    )
+    add(
         "--checkpoint-dir",
         default=env_or(ENV_CHECKPOINT_DIR, default["checkpoint_dir"]) or None,
         help=f"restore from and save checkpoints to this directory [{ENV_CHECKPOINT_DIR}]",

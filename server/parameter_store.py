@@ -27,6 +27,7 @@ from gradserve.server.optimizers import Optimizer
 from gradserve.server.parameter_access import check_names, check_state, check_values
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
 from gradserve.server.store_state import StoreState
+from gradserve.server.tracing import traced
 from gradserve.server.train_steps import check_steps
 from gradserve.server.updates import check_learning_rate, divide_gradients, total_norm
 from gradserve.types import (
@@ -76,6 +77,7 @@ class ParameterStore:
 
     # -- gradients and updates -------------------------------------------------------------
 
+    @traced("gradserve.compute_gradients")
     def compute_gradients(
         self,
         inputs: torch.Tensor,
@@ -110,6 +112,7 @@ class ParameterStore:
         with self._lock:
             return self._request_ids.remembered("compute_gradients", request_id, run)
 
+    @traced("gradserve.apply_update")
     def apply_update(
         self,
         learning_rate: float,
@@ -127,6 +130,7 @@ class ParameterStore:
                 lambda: self._step(learning_rate, reduction, expected_version),
             )
 
+    @traced("gradserve.train")
     def train(self, steps: Sequence[TrainStep], *, request_id: str = "") -> TrainResult:
         """Run steps in order: each step's batches as compute_gradients, then its update as
         apply_update. Everything is checked before anything runs; a step that fails while
@@ -225,6 +229,7 @@ class ParameterStore:
 
     # -- evaluation, parameters, the graph -------------------------------------------------
 
+    @traced("gradserve.evaluate")
     def evaluate(
         self,
         inputs: torch.Tensor,
@@ -257,6 +262,7 @@ class ParameterStore:
                 reader(name, self._named[name].detach().cpu()) for name in selected
             ]
 
+    @traced("gradserve.set_parameters")
     def set_parameters(
         self,
         values: Sequence[tuple[str, torch.Tensor]],

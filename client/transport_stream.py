@@ -9,6 +9,7 @@ step carries its expected_version; a broken stream is OutOfStep and the loop res
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -17,8 +18,16 @@ from collections.abc import Iterator
 from gradserve.client.gradient_client import GradientClient
 from gradserve.client.plan import PlannedStep, StepPlan, Versioning
 from gradserve.client.transport import OutOfStep, StepDone, TrainingDiverged
-from gradserve.errors import FailedPreconditionError, UnavailableError, VersionConflictError
+from gradserve.client.transport_unary import UnaryTransport
+from gradserve.errors import (
+    FailedPreconditionError,
+    ResourceExhaustedError,
+    UnavailableError,
+    VersionConflictError,
+)
 from gradserve.types import TrainStep
+
+logger = logging.getLogger(__name__)
 
 # A request stops growing at this many bytes of batches, well under the 64 MiB message limit.
 REQUEST_BYTES = 8 * 1024 * 1024
@@ -29,12 +38,32 @@ class StreamTransport:
         self.client = client
         self.steps_per_request = steps_per_request
         self.window = window
+        # Set once the server refused a stream for want of capacity: unary calls from then on.
+        self._unary: UnaryTransport | None = None
 
     def run(
         self, plan: StepPlan, first_step: int, start_version: int, *, pause_at_epoch_end: bool
     ) -> Iterator[StepDone]:
+        if self._unary is not None:
+            yield from self._unary.run(
+                plan, first_step, start_version, pause_at_epoch_end=pause_at_epoch_end
+            )
+            return
+        streamed = False
         try:
-            yield from self._stream(plan, first_step, start_version, pause_at_epoch_end)
+            for done in self._stream(plan, first_step, start_version, pause_at_epoch_end):
+                streamed = True
+                yield done
+        except ResourceExhaustedError as error:
+            # The server had all its --max-streams open and refused this one before reading
+            # a request: nothing ran, so the same steps go over the unary calls instead.
+            if error.field != "max_streams" or streamed:
+                raise
+            logger.warning("%s; this run goes on over unary calls", error.message)
+            self._unary = UnaryTransport(self.client)
+            yield from self._unary.run(
+                plan, first_step, start_version, pause_at_epoch_end=pause_at_epoch_end
+            )
         except FailedPreconditionError as error:
             raise TrainingDiverged(f"training diverged: {error}") from None
         except (UnavailableError, VersionConflictError) as error:

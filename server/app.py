@@ -27,6 +27,7 @@ from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.servicer import GradientServicer
+from gradserve.server.stream_admission import StreamAdmission
 from gradserve.server.tracing import server_interceptors
 from gradserve.v1 import gradserve_pb2_grpc
 
@@ -50,6 +51,7 @@ class GradientServer:
     store: ParameterStore
     metrics: ServerMetrics
     health: health.HealthServicer
+    streams: StreamAdmission
     checkpointer: Checkpointer | None = None
 
     @property
@@ -61,6 +63,7 @@ class GradientServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.runtime.shutdown_grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        self.streams.close()
         if self.checkpointer is not None:
             # After the calls in flight are done: the final checkpoint holds all of them.
             self.checkpointer.close()
@@ -92,7 +95,15 @@ def create_server(
         checkpointer = Checkpointer(store, config.checkpoints)
         # Before the port is bound: nobody sees the model until the checkpoint is in it.
         checkpointer.restore_latest()
-    interceptors: list[grpc.ServerInterceptor] = [ServerInterceptor(metrics)]
+    # After the error map, so a refused stream is an ordinary RESOURCE_EXHAUSTED status.
+    admission = StreamAdmission(
+        runtime.max_streams,
+        runtime.stream_idle_seconds,
+        on_refused=metrics.streams_refused.inc,
+        on_idle=metrics.streams_idle_cancelled.inc,
+    )
+    metrics.open_streams.set_function(lambda: admission.active)
+    interceptors: list[grpc.ServerInterceptor] = [ServerInterceptor(metrics), admission]
     tokens = load_tokens(config.security)
     if tokens:
         # First in the chain, so a denied call reaches nothing else.
@@ -108,7 +119,11 @@ def create_server(
     credentials = server_credentials(config.security)
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=runtime.workers, thread_name_prefix="gradserve"),
+        # Threads for short calls plus one per admitted stream: streams cannot starve the
+        # unary calls and health (docs/availability.md).
+        futures.ThreadPoolExecutor(
+            max_workers=runtime.workers + runtime.max_streams, thread_name_prefix="gradserve"
+        ),
         interceptors=interceptors,
         options=channel_options(limits.max_message_bytes),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
@@ -138,4 +153,7 @@ def create_server(
     logger.info("model %s, optimizer %s", model.spec, optimizer.description)
     if checkpointer is not None:
         checkpointer.start()
-    return GradientServer(config, server, port, store, metrics, health_servicer, checkpointer)
+    admission.start()
+    return GradientServer(
+        config, server, port, store, metrics, health_servicer, admission, checkpointer
+    )

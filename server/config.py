@@ -41,7 +41,12 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     # gRPC handler threads.
+    # Handler threads for short (unary) calls; streams get threads of their own on top.
     workers: int = 8
+    # Streaming RPCs open at once (Train, the parameter streams); one more is refused
+    # RESOURCE_EXHAUSTED. A stream waiting on its client this long is cancelled (0: never).
+    max_streams: int = 64
+    stream_idle_seconds: float = 300.0
     # torch's intra-op threads; None keeps torch's default (one per core it sees).
     torch_threads: int | None = None
     shutdown_grace_seconds: float = 5.0

@@ -26,6 +26,8 @@ ENV_MAX_MESSAGE_BYTES = "GRADSERVE_MAX_MESSAGE_BYTES"
 ENV_MAX_BATCH_ELEMENTS = "GRADSERVE_MAX_BATCH_ELEMENTS"
 ENV_MAX_CONCURRENT_RPCS = "GRADSERVE_MAX_CONCURRENT_RPCS"
 ENV_WORKERS = "GRADSERVE_WORKERS"
+ENV_MAX_STREAMS = "GRADSERVE_MAX_STREAMS"
+ENV_STREAM_IDLE_SECONDS = "GRADSERVE_STREAM_IDLE_SECONDS"
 ENV_TORCH_THREADS = "GRADSERVE_TORCH_THREADS"
 ENV_REQUEST_ID_WINDOW = "GRADSERVE_REQUEST_ID_WINDOW"
 ENV_SHUTDOWN_GRACE = "GRADSERVE_SHUTDOWN_GRACE_SECONDS"
@@ -155,7 +157,21 @@ def parse_args(
         "--workers",
         type=int,
         default=int(env_or(ENV_WORKERS, default["workers"])),
-        help=f"gRPC handler threads [{ENV_WORKERS}]",
+        help=f"gRPC handler threads for unary calls and health [{ENV_WORKERS}]",
+    )
+    add(
+        "--max-streams",
+        type=int,
+        default=int(env_or(ENV_MAX_STREAMS, default["max_streams"])),
+        help="streams open at once, each with a thread of its own beside --workers; one more "
+        f"is refused RESOURCE_EXHAUSTED [{ENV_MAX_STREAMS}]",
+    )
+    add(
+        "--stream-idle-seconds",
+        type=float,
+        default=float(env_or(ENV_STREAM_IDLE_SECONDS, default["stream_idle_seconds"])),
+        help="cancel a stream that waits this long on its client, 0 for never "
+        f"[{ENV_STREAM_IDLE_SECONDS}]",
     )
     add(
         "--torch-threads",

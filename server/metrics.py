@@ -118,6 +118,19 @@ class ServerMetrics:
             registry=r,
         )
 
+        # Streams (server/stream_admission.py): capacity apart from short calls.
+        self.open_streams = Gauge("gradserve_open_streams", "Streaming RPCs open now.", registry=r)
+        self.streams_refused = Counter(
+            "gradserve_streams_refused_total",
+            "Streams refused because --max-streams were open.",
+            registry=r,
+        )
+        self.streams_idle_cancelled = Counter(
+            "gradserve_streams_idle_cancelled_total",
+            "Streams cancelled after waiting --stream-idle-seconds on their client.",
+            registry=r,
+        )
+
     def watch(self, state: WatchedState) -> None:
         """The state gauges read `state` at each scrape. One int attribute each, read without
         the store's lock: a scrape never waits behind a long Train request."""

@@ -147,7 +147,9 @@ def test_idle_streams_and_hanging_uploads_do_not_starve_short_calls(
         )
         assert done.returncode == 0, done.stderr
         assert "goes on over unary calls" in done.stderr
-        assert_parameters_equal(json.loads(done.stdout.strip().splitlines()[-1]), seed_loop(epochs=3))
+        assert_parameters_equal(
+            json.loads(done.stdout.strip().splitlines()[-1]), seed_loop(epochs=3)
+        )
 
         assert rss_mb(child.pid) < RSS_BOUND_MB
     finally:

@@ -7,6 +7,7 @@ runs the proto_path module from the unpacked wheel, not from the checkout.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,30 @@ def test_proto_path_from_the_wheel_is_an_include_root_for_protoc(
 
 def test_proto_path_in_a_checkout_is_the_repository_proto() -> None:
     assert include_directory() == ROOT / "proto"
+
+
+def test_the_unpacked_wheel_runs_the_server_and_the_trainer(wheel: Path, tmp_path: Path) -> None:
+    """The wheel alone, not the checkout: -S skips site-packages' .pth files (the editable
+    install's finder), and PYTHONPATH puts the unpacked wheel before the dependencies."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    dependencies = [p for p in sys.path if p.endswith("site-packages")]
+    env = {"PYTHONPATH": ":".join([str(site), *dependencies])}
+
+    def module(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-S", "-m", *args], capture_output=True, text=True,
+                              timeout=300, check=False, env=env, cwd=tmp_path)  # fmt: skip
+
+    where = module("gradserve.client.train", "--epochs", "2", "--json")
+    assert where.returncode == 0, where.stderr
+    assert json.loads(where.stdout.strip().splitlines()[-1])["epochs"] == 2
+    served = module("gradserve.server.serve", "--help")
+    assert served.returncode == 0 and "usage: gradserve-server" in served.stdout
+    located = module("gradserve.server.healthcheck", "--help")
+    assert located.returncode == 0, located.stderr
+    imported = subprocess.run(
+        [sys.executable, "-S", "-c", "import gradserve.server.app as a; print(a.__file__)"],
+        capture_output=True, text=True, timeout=60, check=True, env=env,
+    )  # fmt: skip
+    assert imported.stdout.strip().startswith(str(site))

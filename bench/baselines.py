@@ -53,7 +53,7 @@ def local_mlp_loop(
     lr: float = 0.01,
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """Forward, cross_entropy, backward, SGD step per batch; (seconds, final state)."""
-    torch.manual_seed(seed)  # the server's initialisation (server/models.py build_mlp)
+    torch.manual_seed(seed)  # the server's initialisation (server/networks.py build_mlp)
     layers: list[nn.Module] = []
     for index in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[index], sizes[index + 1]))

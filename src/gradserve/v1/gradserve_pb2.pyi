@@ -75,18 +75,20 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RETURN_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     BASED_ON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
     return_gradients: bool
     based_on_version: int
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class ComputeGradientsResponse(_message.Message):
     __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "gradients", "accumulated_samples")
@@ -105,38 +107,55 @@ class ComputeGradientsResponse(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., model_version: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., accumulated_samples: _Optional[int] = ...) -> None: ...
 
 class ApplyUpdateRequest(_message.Message):
-    __slots__ = ("learning_rate", "request_id", "expected_version", "reduction")
+    __slots__ = ("learning_rate", "request_id", "expected_version", "reduction", "run", "hyperparameters", "max_grad_norm")
+    class HyperparametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     request_id: str
     expected_version: int
     reduction: Reduction
-    def __init__(self, learning_rate: _Optional[float] = ..., request_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., reduction: _Optional[_Union[Reduction, str]] = ...) -> None: ...
+    run: str
+    hyperparameters: _containers.ScalarMap[str, float]
+    max_grad_norm: float
+    def __init__(self, learning_rate: _Optional[float] = ..., request_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., run: _Optional[str] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class ApplyUpdateResponse(_message.Message):
-    __slots__ = ("model_version", "applied_batches", "gradient_norm", "applied_samples")
+    __slots__ = ("model_version", "applied_batches", "gradient_norm", "applied_samples", "clipped")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
     model_version: int
     applied_batches: int
     gradient_norm: float
     applied_samples: int
-    def __init__(self, model_version: _Optional[int] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., applied_samples: _Optional[int] = ...) -> None: ...
+    clipped: bool
+    def __init__(self, model_version: _Optional[int] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., applied_samples: _Optional[int] = ..., clipped: _Optional[bool] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "return_predictions")
+    __slots__ = ("inputs", "targets", "return_predictions", "run")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     RETURN_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     return_predictions: bool
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_predictions: _Optional[bool] = ...) -> None: ...
+    run: str
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_predictions: _Optional[bool] = ..., run: _Optional[str] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("loss", "batch_size", "model_version", "predictions", "has_loss")
@@ -153,10 +172,12 @@ class EvaluateResponse(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_version: _Optional[int] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., has_loss: _Optional[bool] = ...) -> None: ...
 
 class GetParametersRequest(_message.Message):
-    __slots__ = ("names",)
+    __slots__ = ("names", "run")
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+    run: str
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., run: _Optional[str] = ...) -> None: ...
 
 class GetParametersResponse(_message.Message):
     __slots__ = ("parameters", "model_version")
@@ -167,14 +188,16 @@ class GetParametersResponse(_message.Message):
     def __init__(self, parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class SetParametersRequest(_message.Message):
-    __slots__ = ("parameters", "request_id", "expected_version")
+    __slots__ = ("parameters", "request_id", "expected_version", "run")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     parameters: _containers.RepeatedCompositeFieldContainer[Tensor]
     request_id: str
     expected_version: int
-    def __init__(self, parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., request_id: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, parameters: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., request_id: _Optional[str] = ..., expected_version: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class SetParametersResponse(_message.Message):
     __slots__ = ("model_version",)
@@ -183,11 +206,13 @@ class SetParametersResponse(_message.Message):
     def __init__(self, model_version: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements")
+    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements", "run")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +226,7 @@ class GetModelInfoResponse(_message.Message):
     ACCUMULATED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_spec: str
     parameters: _containers.RepeatedCompositeFieldContainer[TensorSpec]
@@ -214,11 +240,14 @@ class GetModelInfoResponse(_message.Message):
     accumulated_samples: int
     max_message_bytes: int
     max_batch_elements: int
-    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class DiscardGradientsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class DiscardGradientsResponse(_message.Message):
     __slots__ = ("discarded_batches", "model_version")
@@ -259,16 +288,18 @@ class GraphEdge(_message.Message):
     def __init__(self, from_id: _Optional[int] = ..., to_id: _Optional[int] = ..., slot: _Optional[int] = ..., carries_gradient: _Optional[bool] = ...) -> None: ...
 
 class DescribeGraphRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "return_gradients", "max_nodes")
+    __slots__ = ("inputs", "targets", "return_gradients", "max_nodes", "run")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     RETURN_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     MAX_NODES_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     return_gradients: bool
     max_nodes: int
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_gradients: _Optional[bool] = ..., max_nodes: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_gradients: _Optional[bool] = ..., max_nodes: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class DescribeGraphResponse(_message.Message):
     __slots__ = ("nodes", "edges", "root_id", "loss", "model_version", "batch_size", "max_nodes")
@@ -297,42 +328,57 @@ class Batch(_message.Message):
     def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class TrainStep(_message.Message):
-    __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version")
+    __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version", "hyperparameters", "max_grad_norm")
+    class HyperparametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     APPLY_UPDATE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     REDUCTION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     batches: _containers.RepeatedCompositeFieldContainer[Batch]
     apply_update: bool
     learning_rate: float
     reduction: Reduction
     expected_version: int
-    def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., apply_update: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+    hyperparameters: _containers.ScalarMap[str, float]
+    max_grad_norm: float
+    def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., apply_update: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., expected_version: _Optional[int] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("steps", "request_id")
+    __slots__ = ("steps", "request_id", "run")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     steps: _containers.RepeatedCompositeFieldContainer[TrainStep]
     request_id: str
-    def __init__(self, steps: _Optional[_Iterable[_Union[TrainStep, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    run: str
+    def __init__(self, steps: _Optional[_Iterable[_Union[TrainStep, _Mapping]]] = ..., request_id: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("losses", "model_version", "accumulated_batches", "applied", "applied_batches", "gradient_norm")
+    __slots__ = ("losses", "model_version", "accumulated_batches", "applied", "applied_batches", "gradient_norm", "clipped")
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     APPLIED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
     losses: _containers.RepeatedScalarFieldContainer[float]
     model_version: int
     accumulated_batches: int
     applied: bool
     applied_batches: int
     gradient_norm: float
-    def __init__(self, losses: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., applied: _Optional[bool] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ...) -> None: ...
+    clipped: bool
+    def __init__(self, losses: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., applied: _Optional[bool] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., clipped: _Optional[bool] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("steps", "request_id")
@@ -343,12 +389,14 @@ class TrainResponse(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StreamParametersRequest(_message.Message):
-    __slots__ = ("names", "chunk_bytes")
+    __slots__ = ("names", "chunk_bytes", "run")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     chunk_bytes: int
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class StreamParametersResponse(_message.Message):
     __slots__ = ("name", "dtype", "shape", "offset", "data", "model_version", "expected_version", "request_id")
@@ -371,7 +419,7 @@ class StreamParametersResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., model_version: _Optional[int] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UploadParametersRequest(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "offset", "data", "model_version", "expected_version", "request_id")
+    __slots__ = ("name", "dtype", "shape", "offset", "data", "model_version", "expected_version", "request_id", "run")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +428,7 @@ class UploadParametersRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -388,7 +437,8 @@ class UploadParametersRequest(_message.Message):
     model_version: int
     expected_version: int
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., model_version: _Optional[int] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    run: str
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., model_version: _Optional[int] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
 
 class UploadParametersResponse(_message.Message):
     __slots__ = ("model_version",)
@@ -417,15 +467,171 @@ class ParameterChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., model_version: _Optional[int] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SaveCheckpointRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("run", "name")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    name: str
+    def __init__(self, run: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class SaveCheckpointResponse(_message.Message):
-    __slots__ = ("name", "model_version", "accumulated_batches")
+    __slots__ = ("name", "model_version", "accumulated_batches", "digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version: int
     accumulated_batches: int
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ...) -> None: ...
+    digest: str
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class CreateRunRequest(_message.Message):
+    __slots__ = ("run", "model", "loss", "optimizer", "seed", "from_checkpoint", "with_optimizer_state", "request_id")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    WITH_OPTIMIZER_STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    model: str
+    loss: str
+    optimizer: str
+    seed: int
+    from_checkpoint: str
+    with_optimizer_state: bool
+    request_id: str
+    def __init__(self, run: _Optional[str] = ..., model: _Optional[str] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., seed: _Optional[int] = ..., from_checkpoint: _Optional[str] = ..., with_optimizer_state: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CreateRunResponse(_message.Message):
+    __slots__ = ("run", "info")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    info: GetModelInfoResponse
+    def __init__(self, run: _Optional[str] = ..., info: _Optional[_Union[GetModelInfoResponse, _Mapping]] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunSummary(_message.Message):
+    __slots__ = ("run", "model_spec", "optimizer", "model_version", "loaded", "parameter_bytes")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    model_spec: str
+    optimizer: str
+    model_version: int
+    loaded: bool
+    parameter_bytes: int
+    def __init__(self, run: _Optional[str] = ..., model_spec: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., loaded: _Optional[bool] = ..., parameter_bytes: _Optional[int] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
+
+class DeleteRunRequest(_message.Message):
+    __slots__ = ("run", "delete_checkpoints")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    DELETE_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    delete_checkpoints: bool
+    def __init__(self, run: _Optional[str] = ..., delete_checkpoints: _Optional[bool] = ...) -> None: ...
+
+class DeleteRunResponse(_message.Message):
+    __slots__ = ("deleted_checkpoints",)
+    DELETED_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    deleted_checkpoints: int
+    def __init__(self, deleted_checkpoints: _Optional[int] = ...) -> None: ...
+
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
+
+class CheckpointSummary(_message.Message):
+    __slots__ = ("name", "model_version", "accumulated_batches", "digest", "saved_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SAVED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_version: int
+    accumulated_batches: int
+    digest: str
+    saved_at: float
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., digest: _Optional[str] = ..., saved_at: _Optional[float] = ...) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointSummary]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointSummary, _Mapping]]] = ...) -> None: ...
+
+class LoadCheckpointRequest(_message.Message):
+    __slots__ = ("run", "name", "with_optimizer_state", "request_id")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WITH_OPTIMIZER_STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    name: str
+    with_optimizer_state: bool
+    request_id: str
+    def __init__(self, run: _Optional[str] = ..., name: _Optional[str] = ..., with_optimizer_state: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class LoadCheckpointResponse(_message.Message):
+    __slots__ = ("model_version", "checkpoint_version", "restored_parameters", "restored_buffers", "restored_optimizer_state", "discarded_batches", "digest")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_OPTIMIZER_STATE_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    checkpoint_version: int
+    restored_parameters: int
+    restored_buffers: int
+    restored_optimizer_state: bool
+    discarded_batches: int
+    digest: str
+    def __init__(self, model_version: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., restored_parameters: _Optional[int] = ..., restored_buffers: _Optional[int] = ..., restored_optimizer_state: _Optional[bool] = ..., discarded_batches: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class DeleteCheckpointRequest(_message.Message):
+    __slots__ = ("run", "name")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    name: str
+    def __init__(self, run: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteCheckpointResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStateDigestRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
+
+class GetStateDigestResponse(_message.Message):
+    __slots__ = ("digest", "model_version")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    model_version: int
+    def __init__(self, digest: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...

@@ -95,6 +95,41 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointResponse.FromString,
                 _registered_method=True)
+        self.CreateRun = channel.unary_unary(
+                '/gradserve.v1.GradientService/CreateRun',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.CreateRunRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.CreateRunResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/gradserve.v1.GradientService/ListRuns',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/gradserve.v1.GradientService/DeleteRun',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteRunResponse.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/gradserve.v1.GradientService/ListCheckpoints',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.LoadCheckpoint = channel.unary_unary(
+                '/gradserve.v1.GradientService/LoadCheckpoint',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.LoadCheckpointRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.LoadCheckpointResponse.FromString,
+                _registered_method=True)
+        self.DeleteCheckpoint = channel.unary_unary(
+                '/gradserve.v1.GradientService/DeleteCheckpoint',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteCheckpointRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetStateDigest = channel.unary_unary(
+                '/gradserve.v1.GradientService/GetStateDigest',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -202,6 +237,60 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRun(self, request, context):
+        """Create a training run: a model from the operator's registry with its own parameters,
+        optimizer, version, accumulator and checkpoints; from a checkpoint of a run the caller
+        may read when from_checkpoint is set (a fork). Idempotent under request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """The runs the caller may see.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRun(self, request, context):
+        """Delete a run (and, when asked, its checkpoints). The default run cannot be deleted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """The checkpoints of a run, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadCheckpoint(self, request, context):
+        """Load a checkpoint of the run into it: parameters and buffers, and optimizer state when
+        asked. Accumulated gradients are dropped and the version increases by one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCheckpoint(self, request, context):
+        """Delete one checkpoint of a run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStateDigest(self, request, context):
+        """A SHA-256 over the run's parameters, buffers, optimizer state and version, in the
+        canonical order docs/protocol.md gives; checkpoint manifests carry the same digest, so
+        equal digests prove an exact resume or fork. Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +353,41 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.SaveCheckpoint,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointResponse.SerializeToString,
+            ),
+            'CreateRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRun,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.CreateRunRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.CreateRunResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteRunRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteRunResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'LoadCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadCheckpoint,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.LoadCheckpointRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.LoadCheckpointResponse.SerializeToString,
+            ),
+            'DeleteCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCheckpoint,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteCheckpointRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteCheckpointResponse.SerializeToString,
+            ),
+            'GetStateDigest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStateDigest,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -591,6 +715,195 @@ class GradientService:
             '/gradserve.v1.GradientService/SaveCheckpoint',
             gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.SaveCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/CreateRun',
+            gradserve_dot_v1_dot_gradserve__pb2.CreateRunRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.CreateRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/ListRuns',
+            gradserve_dot_v1_dot_gradserve__pb2.ListRunsRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/DeleteRun',
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteRunRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/ListCheckpoints',
+            gradserve_dot_v1_dot_gradserve__pb2.ListCheckpointsRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/LoadCheckpoint',
+            gradserve_dot_v1_dot_gradserve__pb2.LoadCheckpointRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.LoadCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/DeleteCheckpoint',
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteCheckpointRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStateDigest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/GetStateDigest',
+            gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,4 @@
-"""Builds a running gradserve server from a ServerConfig: store, servicer, standard services.
+"""Builds a running gradserve server from a ServerConfig: runs, servicer, standard services.
 
 `create_server` binds and starts, and returns a handle with the bound port; blocking and signal
 handling are serve.py's business, so tests and the trainer's embedded server use this directly.
@@ -20,12 +20,12 @@ from gradserve.defaults import SERVICE_NAME, channel_options
 from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from gradserve.server.checkpoints import Checkpointer
 from gradserve.server.config import ServerConfig
-from gradserve.server.coordination import build_coordinator
 from gradserve.server.interceptors import ServerInterceptor
 from gradserve.server.metrics import ServerMetrics
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.principals import PrincipalTable
+from gradserve.server.run_loading import Run, RunBuilder, RunSpec
+from gradserve.server.runs import DEFAULT_RUN, RunRegistry
 from gradserve.server.servicer import GradientServicer
 from gradserve.server.stream_admission import StreamAdmission
 from gradserve.server.tracing import server_interceptors
@@ -48,15 +48,25 @@ class GradientServer:
     config: ServerConfig
     server: grpc.Server
     port: int
-    store: ParameterStore
+    runs: RunRegistry
     metrics: ServerMetrics
     health: health.HealthServicer
     streams: StreamAdmission
-    checkpointer: Checkpointer | None = None
+    default_run: Run
 
     @property
     def address(self) -> str:
         return format_address(self.config.network.host, self.port)
+
+    @property
+    def store(self) -> ParameterStore:
+        """The default run's store (the one model of a server that serves no other runs)."""
+        assert self.default_run.coordinator is not None  # the default run is never unloaded
+        return self.default_run.coordinator.store
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        return self.default_run.checkpointer
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
@@ -64,11 +74,8 @@ class GradientServer:
         grace = self.config.runtime.shutdown_grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
         self.streams.close()
-        if self.checkpointer is not None:
-            # After the calls in flight are done: the final checkpoint holds all of them.
-            self.checkpointer.close()
-            saved = self.checkpointer.save()
-            logger.info("checkpoint %s at model version %d", saved.path.name, saved.model_version)
+        # After the calls in flight are done: each run's final checkpoint holds all of them.
+        self.runs.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -83,18 +90,14 @@ def create_server(
     runtime, limits, model_config = config.runtime, config.limits, config.model
     if runtime.torch_threads is not None:
         torch.set_num_threads(runtime.torch_threads)
-    model = build_configured(model_config)
-    optimizer = build_optimizer(model_config.optimizer, list(model.module.parameters()))
-    store = (store_factory or ParameterStore)(
-        model, optimizer, request_id_window=limits.request_id_window
-    )
     metrics = metrics or ServerMetrics()
-    metrics.watch(store)
-    checkpointer = None
-    if config.checkpoints.directory:
-        checkpointer = Checkpointer(store, config.checkpoints)
-        # Before the port is bound: nobody sees the model until the checkpoint is in it.
-        checkpointer.restore_latest()
+    builder = RunBuilder(config, metrics, store_factory or ParameterStore)
+    # Built and its checkpoint restored before the port is bound: nobody sees the model
+    # until the checkpoint is in it.
+    default = builder.build(DEFAULT_RUN, "", RunSpec(model_config.spec, model_config.loss,
+                                                     model_config.optimizer, model_config.seed))  # fmt: skip
+    runs = RunRegistry(builder)
+    runs.start(default)
     # After the error map, so a refused stream is an ordinary RESOURCE_EXHAUSTED status.
     admission = StreamAdmission(
         runtime.max_streams,
@@ -110,7 +113,7 @@ def create_server(
         interceptors.insert(
             0,
             BearerTokenInterceptor(
-                tokens,
+                [entry.token for entry in tokens],
                 allow_unauthenticated_health=config.security.auth_allow_unauthenticated_health,
                 metrics=metrics,
             ),
@@ -128,9 +131,8 @@ def create_server(
         options=channel_options(limits.max_message_bytes),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
-    coordinator = build_coordinator(store, config.coordination, metrics, limits)
     gradserve_pb2_grpc.add_GradientServiceServicer_to_server(
-        GradientServicer(coordinator, checkpointer), server
+        GradientServicer(runs, limits, PrincipalTable(tokens)), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -150,10 +152,6 @@ def create_server(
     # The model is built and any checkpoint restored before anyone is told it is ready.
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    logger.info("model %s, optimizer %s", model.spec, optimizer.description)
-    if checkpointer is not None:
-        checkpointer.start()
+    logger.info("model %s, optimizer %s", default.model_spec, default.optimizer_description)
     admission.start()
-    return GradientServer(
-        config, server, port, store, metrics, health_servicer, admission, checkpointer
-    )
+    return GradientServer(config, server, port, runs, metrics, health_servicer, admission, default)

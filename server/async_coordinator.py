@@ -21,7 +21,7 @@ import torch
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.config import CoordinationConfig, LimitsConfig
 from gradserve.server.coordination import RoundCoordinator
-from gradserve.server.metrics import ServerMetrics
+from gradserve.server.metrics import RunMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.types import GradientResult, Reduction, UpdateResult
 
@@ -33,7 +33,7 @@ class AsyncCoordinator(RoundCoordinator):
         self,
         store: ParameterStore,
         config: CoordinationConfig,
-        metrics: ServerMetrics | None = None,
+        metrics: RunMetrics | None = None,
         limits: LimitsConfig | None = None,
     ) -> None:
         super().__init__(store, config, metrics, limits)

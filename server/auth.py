@@ -21,6 +21,7 @@ import grpc
 from gradserve.errors import InvalidArgumentError
 from gradserve.server.config import SecurityConfig
 from gradserve.server.metrics import ServerMetrics, method_label
+from gradserve.server.principals import TokenEntry, read_token_entries
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +36,9 @@ OPEN_SERVICES = frozenset(
 DENIED_MESSAGE = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
 
 
-def load_tokens(config: SecurityConfig) -> tuple[str, ...]:
-    tokens = list(config.auth_tokens)
-    if config.auth_tokens_file:
-        text = Path(config.auth_tokens_file).read_text()
-        tokens += [
-            line.strip()
-            for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
-    return tuple(tokens)
+def load_tokens(config: SecurityConfig) -> tuple[TokenEntry, ...]:
+    """The configured tokens with their principals (server/principals.py has the format)."""
+    return tuple(read_token_entries(config.auth_tokens, config.auth_tokens_file))
 
 
 def _read(path: str, what: str) -> bytes:

@@ -123,6 +123,36 @@ class CheckpointConfig:
     keep: int = 3
 
 
+RUN_ACCESS = ("all", "admin")
+
+
+@dataclass(frozen=True)
+class RunsConfig:
+    """Training runs that clients create (server/runs.py, docs/runs.md)."""
+
+    # Runs at once, the default run included.
+    max_runs: int = 64
+    # Bytes of parameters across all runs that are loaded (unloaded idle runs do not count).
+    max_parameter_bytes: int = 4 * 1024 * MIB
+    # Checkpoint and unload a run idle this long; loaded back on its next call. None: never.
+    # Needs a checkpoint directory.
+    idle_seconds: float | None = None
+    # Who may use the default run: "all" principals, or "admin" principals only.
+    default_run_access: str = "all"
+    # Model files (NAME.json) that CreateRun may name as "file:NAME".
+    model_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_runs < 1:
+            raise InvalidArgumentError("max_runs: must be >= 1")
+        if self.default_run_access not in RUN_ACCESS:
+            raise InvalidArgumentError(
+                f"default_run_access: {self.default_run_access!r}, expected one of {RUN_ACCESS}"
+            )
+        if self.idle_seconds is not None and not self.idle_seconds > 0:
+            raise InvalidArgumentError("run_idle_seconds: must be > 0")
+
+
 @dataclass(frozen=True)
 class SecurityConfig:
     # TLS: certificate chain and key (PEM files); with tls_client_ca, clients must present a
@@ -146,11 +176,14 @@ _SECTIONS: dict[str, type[Any]] = {
     "coordination": CoordinationConfig,
     "checkpoints": CheckpointConfig,
     "security": SecurityConfig,
+    "runs": RunsConfig,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
     ("model", "spec"): "model",
     ("checkpoints", "directory"): "checkpoint_dir",
+    ("runs", "max_parameter_bytes"): "max_run_parameter_bytes",
+    ("runs", "idle_seconds"): "run_idle_seconds",
     ("checkpoints", "every_updates"): "checkpoint_every_updates",
     ("checkpoints", "every_seconds"): "checkpoint_every_seconds",
     ("checkpoints", "keep"): "checkpoint_keep",
@@ -172,6 +205,7 @@ class ServerConfig:
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

@@ -19,7 +19,7 @@ import torch
 
 from gradserve.errors import FailedPreconditionError
 from gradserve.server.config import CoordinationConfig, LimitsConfig
-from gradserve.server.metrics import ServerMetrics
+from gradserve.server.metrics import RunMetrics, ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.types import (
     DiscardResult,
@@ -43,11 +43,11 @@ class DirectCoordinator:
     def __init__(
         self,
         store: ParameterStore,
-        metrics: ServerMetrics | None = None,
+        metrics: RunMetrics | None = None,
         limits: LimitsConfig | None = None,
     ) -> None:
         self.store = store
-        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.metrics = metrics if metrics is not None else ServerMetrics().for_run("", store)
         self.limits = limits if limits is not None else LimitsConfig()
 
     def compute_gradients(
@@ -149,7 +149,7 @@ class RoundCoordinator(DirectCoordinator):
         self,
         store: ParameterStore,
         config: CoordinationConfig,
-        metrics: ServerMetrics | None = None,
+        metrics: RunMetrics | None = None,
         limits: LimitsConfig | None = None,
     ) -> None:
         super().__init__(store, metrics, limits)
@@ -166,7 +166,7 @@ class RoundCoordinator(DirectCoordinator):
 def build_coordinator(
     store: ParameterStore,
     config: CoordinationConfig,
-    metrics: ServerMetrics | None = None,
+    metrics: RunMetrics | None = None,
     limits: LimitsConfig | None = None,
 ) -> DirectCoordinator:
     # Imported here: the modes build on this module's classes.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from gradserve.server.config import ServerConfig, flat_defaults
 
@@ -27,6 +28,11 @@ ENV_MAX_BATCH_ELEMENTS = "GRADSERVE_MAX_BATCH_ELEMENTS"
 ENV_MAX_CONCURRENT_RPCS = "GRADSERVE_MAX_CONCURRENT_RPCS"
 ENV_WORKERS = "GRADSERVE_WORKERS"
 ENV_MAX_STREAMS = "GRADSERVE_MAX_STREAMS"
+ENV_MAX_RUNS = "GRADSERVE_MAX_RUNS"
+ENV_MAX_RUN_PARAMETER_BYTES = "GRADSERVE_MAX_RUN_PARAMETER_BYTES"
+ENV_RUN_IDLE_SECONDS = "GRADSERVE_RUN_IDLE_SECONDS"
+ENV_DEFAULT_RUN_ACCESS = "GRADSERVE_DEFAULT_RUN_ACCESS"
+ENV_MODEL_DIR = "GRADSERVE_MODEL_DIR"
 ENV_STREAM_IDLE_SECONDS = "GRADSERVE_STREAM_IDLE_SECONDS"
 ENV_TORCH_THREADS = "GRADSERVE_TORCH_THREADS"
 ENV_REQUEST_ID_WINDOW = "GRADSERVE_REQUEST_ID_WINDOW"
@@ -316,7 +322,44 @@ def parse_args(
         help=f"async: staler contributions are rejected (ABORTED) or weighted 1/(1+staleness) "
         f"[{ENV_STALE_POLICY}]",
     )
+    add_run_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{**vars(args), "loss": args.loss or None, "model_factories": tuple(args.model_factories)}
+    )
+
+
+def add_run_flags(
+    add: Callable[..., object], env_or: Callable[[str, object], str], default: dict[str, Any]
+) -> None:
+    """Training runs that clients create (docs/runs.md)."""
+    add(
+        "--max-runs",
+        type=int,
+        default=int(env_or(ENV_MAX_RUNS, default["max_runs"])),
+        help=f"training runs at once, the default run included [{ENV_MAX_RUNS}]",
+    )
+    add(
+        "--max-run-parameter-bytes",
+        type=int,
+        default=int(env_or(ENV_MAX_RUN_PARAMETER_BYTES, default["max_run_parameter_bytes"])),
+        help=f"bytes of parameters across loaded runs [{ENV_MAX_RUN_PARAMETER_BYTES}]",
+    )
+    add(
+        "--run-idle-seconds",
+        type=_optional_float,
+        default=_optional_float(env_or(ENV_RUN_IDLE_SECONDS, default["run_idle_seconds"])),
+        help="checkpoint and unload a run idle this long, load it back on its next call "
+        f"(needs --checkpoint-dir) [{ENV_RUN_IDLE_SECONDS}]",
+    )
+    add(
+        "--default-run-access",
+        choices=("all", "admin"),
+        default=env_or(ENV_DEFAULT_RUN_ACCESS, default["default_run_access"]),
+        help=f"which principals may use the default run [{ENV_DEFAULT_RUN_ACCESS}]",
+    )
+    add(
+        "--model-dir",
+        default=env_or(ENV_MODEL_DIR, default["model_dir"]) or None,
+        help=f"model files (NAME.json) CreateRun may name as file:NAME [{ENV_MODEL_DIR}]",
     )

@@ -2,13 +2,15 @@
 
 RPC metrics use go-grpc-prometheus' names so existing dashboards work. Collectors live in a
 registry per server (tests run several servers in one process); `serve.py` exposes it over HTTP.
-State gauges (model version, accumulated batches) read the store when scraped (`watch`), so
-no path that changes the store can leave them stale; counters and last-value gauges are
-recorded from results, once per call, by the coordinator (`record_*`).
+Training state is labelled by run: each run records through its RunMetrics (`for_run`), whose
+state gauges (model version, accumulated batches) read the store when scraped, so no path
+that changes the store can leave them stale; counters and last-value gauges are recorded from
+results, once per call, by the run's coordinator (`record_*`). RPC metrics have no run label.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,8 +39,11 @@ def method_label(method_path: str) -> str:
 
 
 class WatchedState(Protocol):
-    version: int
-    accumulated_batches: int
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def accumulated_batches(self) -> int: ...
 
 
 # Seed steps take well under a millisecond; large parameter transfers take seconds.
@@ -65,26 +70,40 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Training state, by run (server/runs.py): the run label takes run names, which the
+        # server bounds by --max-runs; "" is the default run, which Prometheus reads as no
+        # label at all, so queries written before runs keep working.
         self.model_version = Gauge(
-            "gradserve_model_version", "Version of the parameters (updates applied).", registry=r
+            "gradserve_model_version",
+            "Version of the parameters (updates applied).",
+            ["run"],
+            registry=r,
         )
         self.accumulated_batches = Gauge(
             "gradserve_accumulated_batches",
             "Batches whose gradients are accumulated and not yet applied.",
+            ["run"],
             registry=r,
         )
         self.last_loss = Gauge(
-            "gradserve_last_loss", "Loss of the last batch ComputeGradients ran.", registry=r
+            "gradserve_last_loss",
+            "Loss of the last batch ComputeGradients ran.",
+            ["run"],
+            registry=r,
         )
         self.gradient_norm = Gauge(
             "gradserve_gradient_norm",
             "L2 norm of the gradient the last update applied.",
+            ["run"],
             registry=r,
         )
         self.samples = Counter(
-            "gradserve_samples_total", "Samples whose gradients were computed.", registry=r
+            "gradserve_samples_total", "Samples whose gradients were computed.", ["run"], registry=r
         )
-        self.updates = Counter("gradserve_updates_total", "Optimizer steps applied.", registry=r)
+        self.updates = Counter(
+            "gradserve_updates_total", "Optimizer steps applied.", ["run"], registry=r
+        )
+        self.runs = Gauge("gradserve_runs", "Training runs on this server.", registry=r)
         self.rejected = Counter(
             "gradserve_rejected_requests_total",
             "Requests rejected, by method and reason (the status code's name).",
@@ -131,11 +150,45 @@ class ServerMetrics:
             registry=r,
         )
 
-    def watch(self, state: WatchedState) -> None:
-        """The state gauges read `state` at each scrape. One int attribute each, read without
-        the store's lock: a scrape never waits behind a long Train request."""
-        self.model_version.set_function(lambda: state.version)
-        self.accumulated_batches.set_function(lambda: state.accumulated_batches)
+    def for_run(self, run: str, state: WatchedState) -> RunMetrics:
+        """The metrics one run records into; its state gauges read `state` at each scrape
+        (one int attribute each, read without the store's lock: a scrape never waits
+        behind a long Train request)."""
+        self.model_version.labels(run).set_function(lambda: state.version)
+        self.accumulated_batches.labels(run).set_function(lambda: state.accumulated_batches)
+        return RunMetrics(self, run)
+
+    def forget_run(self, run: str) -> None:
+        """Remove a deleted run's series."""
+        for family in (
+            self.model_version,
+            self.accumulated_batches,
+            self.last_loss,
+            self.gradient_norm,
+            self.samples,
+            self.updates,
+        ):
+            with contextlib.suppress(KeyError):  # never recorded into
+                family.remove(run)
+
+
+class RunMetrics:
+    """One run's view of the server's metrics: its labelled children, bound once, and the
+    server-wide collectors the coordinators record into. Counters and last-value gauges are
+    recorded from results, once per call, by the coordinator (`record_*`)."""
+
+    def __init__(self, server: ServerMetrics, run: str) -> None:
+        self.server = server
+        self.run = run
+        self.last_loss = server.last_loss.labels(run)
+        self.gradient_norm = server.gradient_norm.labels(run)
+        self.samples = server.samples.labels(run)
+        self.updates = server.updates.labels(run)
+        self.replayed = server.replayed
+        self.staleness = server.staleness
+        self.stale_contributions = server.stale_contributions
+        self.sync_rounds = server.sync_rounds
+        self.registry = server.registry
 
     def record_gradients(self, result: GradientResult, method: str = "ComputeGradients") -> None:
         if result.replayed:

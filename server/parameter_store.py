@@ -229,6 +229,12 @@ class ParameterStore:
 
     # -- evaluation, parameters, the graph -------------------------------------------------
 
+    def parameter_bytes(self) -> int:
+        """Bytes of the model's parameters and buffers (what a run costs in memory)."""
+        module = self.model.module
+        tensors = [*module.parameters(), *module.buffers()]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
     @traced("gradserve.evaluate")
     def evaluate(
         self,

@@ -1,12 +1,17 @@
-"""The GradientService servicer: decode the request, make one call to the coordinator, encode.
+"""The GradientService servicer: decode the request, make one call to the run's coordinator,
+encode.
 
-No torch arithmetic, no metrics and no error handling here: the coordinator (coordination.py)
-does the work through the store and records what it did; the interceptor turns the project's
-errors into statuses; gradserve.serde converts between plain types and messages.
+No torch arithmetic, no metrics and no error handling here: the run's coordinator
+(coordination.py) does the work through its store and records what it did; the interceptor
+turns the project's errors into statuses; gradserve.serde converts between plain types and
+messages. Every request names its run; the registry (runs.py) finds it for the caller's
+principal. The RPCs that manage runs and their checkpoints are in run_rpcs.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Iterator
 
 import grpc
@@ -20,9 +25,11 @@ from gradserve.codec import (
     tensor_into_proto,
     tensor_to_chunks,
 )
-from gradserve.errors import FailedPreconditionError, InvalidArgumentError
-from gradserve.server.checkpoints import Checkpointer
-from gradserve.server.coordination import DirectCoordinator
+from gradserve.errors import InvalidArgumentError
+from gradserve.server.config import LimitsConfig
+from gradserve.server.principals import PrincipalTable
+from gradserve.server.run_rpcs import RunRpcs
+from gradserve.server.runs import RunRegistry
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -31,14 +38,13 @@ def _optional(message: object, name: str) -> int | None:
     return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
 
 
-class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
+class GradientServicer(RunRpcs, pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, coordinator: DirectCoordinator, checkpointer: Checkpointer | None = None
+        self, runs: RunRegistry, limits: LimitsConfig, principals: PrincipalTable | None = None
     ) -> None:
-        self._coordinator = coordinator
-        self._checkpointer = checkpointer
-        self._max_elements = coordinator.limits.max_batch_elements
-        self._max_message_bytes = coordinator.limits.max_message_bytes
+        super().__init__(runs, principals or PrincipalTable())
+        self._max_elements = limits.max_batch_elements
+        self._max_message_bytes = limits.max_message_bytes
 
     def _batch(self, message: pb.Tensor, field: str) -> torch.Tensor:
         return tensor_from_proto(message, field, max_elements=self._max_elements)
@@ -49,36 +55,41 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         if not context.is_active():
             # The caller is gone (cancelled, deadline passed) while the call queued: skip the work.
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled before it ran")
-        result = self._coordinator.compute_gradients(
-            self._batch(request.inputs, "inputs"),
-            self._batch(request.targets, "targets"),
-            request_id=request.request_id,
-            return_gradients=request.return_gradients,
-            based_on_version=_optional(request, "based_on_version"),
-        )
+        inputs = self._batch(request.inputs, "inputs")
+        targets = self._batch(request.targets, "targets")
+        with self._use(request.run, context) as coordinator:
+            result = coordinator.compute_gradients(
+                inputs,
+                targets,
+                request_id=request.request_id,
+                return_gradients=request.return_gradients,
+                based_on_version=_optional(request, "based_on_version"),
+            )
         return serde.gradient_result_to_proto(result)
 
     def ApplyUpdate(
         self, request: pb.ApplyUpdateRequest, context: grpc.ServicerContext
     ) -> pb.ApplyUpdateResponse:
-        result = self._coordinator.apply_update(
-            request.learning_rate,
-            reduction=serde.reduction_from_proto(request.reduction),
-            expected_version=_optional(request, "expected_version"),
-            request_id=request.request_id,
-            time_remaining=context.time_remaining(),
-        )
+        reduction = serde.reduction_from_proto(request.reduction)
+        with self._use(request.run, context) as coordinator:
+            result = coordinator.apply_update(
+                request.learning_rate,
+                reduction=reduction,
+                expected_version=_optional(request, "expected_version"),
+                request_id=request.request_id,
+                time_remaining=context.time_remaining(),
+            )
         return serde.update_result_to_proto(result)
 
     def Evaluate(
         self, request: pb.EvaluateRequest, context: grpc.ServicerContext
     ) -> pb.EvaluateResponse:
         targets = self._batch(request.targets, "targets") if request.HasField("targets") else None
-        result = self._coordinator.evaluate(
-            self._batch(request.inputs, "inputs"),
-            targets,
-            return_predictions=request.return_predictions,
-        )
+        inputs = self._batch(request.inputs, "inputs")
+        with self._use(request.run, context) as coordinator:
+            result = coordinator.evaluate(
+                inputs, targets, return_predictions=request.return_predictions
+            )
         return serde.evaluation_result_to_proto(result)
 
     def GetParameters(
@@ -86,70 +97,76 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     ) -> pb.GetParametersResponse:
         response = pb.GetParametersResponse()
         # Each parameter is written straight into the response, under the store's lock.
-        response.model_version, _ = self._coordinator.read_parameters(
-            list(request.names),
-            lambda name, value: tensor_into_proto(value, response.parameters.add(), name),
-        )
+        with self._use(request.run, context) as coordinator:
+            response.model_version, _ = coordinator.read_parameters(
+                list(request.names),
+                lambda name, value: tensor_into_proto(value, response.parameters.add(), name),
+            )
         return response
 
     def SetParameters(
         self, request: pb.SetParametersRequest, context: grpc.ServicerContext
     ) -> pb.SetParametersResponse:
-        result = self._coordinator.set_parameters(
-            serde.named_tensor_views_from_proto(request.parameters, "parameters"),
-            expected_version=_optional(request, "expected_version"),
-            request_id=request.request_id,
-        )
+        values = serde.named_tensor_views_from_proto(request.parameters, "parameters")
+        with self._use(request.run, context) as coordinator:
+            result = coordinator.set_parameters(
+                values,
+                expected_version=_optional(request, "expected_version"),
+                request_id=request.request_id,
+            )
         return pb.SetParametersResponse(model_version=result.model_version)
 
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        return serde.model_info_to_proto(self._coordinator.info())
+        with self._use(request.run, context) as coordinator:
+            info = dataclasses.replace(coordinator.info(), run=request.run)
+        return serde.model_info_to_proto(info)
 
     def DiscardGradients(
         self, request: pb.DiscardGradientsRequest, context: grpc.ServicerContext
     ) -> pb.DiscardGradientsResponse:
-        result = self._coordinator.discard_gradients()
+        with self._use(request.run, context) as coordinator:
+            result = coordinator.discard_gradients()
         return pb.DiscardGradientsResponse(
             discarded_batches=result.discarded_batches, model_version=result.model_version
-        )
-
-    def SaveCheckpoint(
-        self, request: pb.SaveCheckpointRequest, context: grpc.ServicerContext
-    ) -> pb.SaveCheckpointResponse:
-        if self._checkpointer is None:
-            raise FailedPreconditionError(
-                "this server has no checkpoint directory (--checkpoint-dir)", field="checkpoint_dir"
-            )
-        saved = self._checkpointer.save()
-        return pb.SaveCheckpointResponse(
-            name=saved.path.name,
-            model_version=saved.model_version,
-            accumulated_batches=saved.accumulated_batches,
         )
 
     def DescribeGraph(
         self, request: pb.DescribeGraphRequest, context: grpc.ServicerContext
     ) -> pb.DescribeGraphResponse:
-        result = self._coordinator.describe_graph(
-            self._batch(request.inputs, "inputs"),
-            self._batch(request.targets, "targets"),
-            max_nodes=request.max_nodes,
-            return_gradients=request.return_gradients,
-        )
+        inputs = self._batch(request.inputs, "inputs")
+        targets = self._batch(request.targets, "targets")
+        with self._use(request.run, context) as coordinator:
+            result = coordinator.describe_graph(
+                inputs,
+                targets,
+                max_nodes=request.max_nodes,
+                return_gradients=request.return_gradients,
+            )
         return serde.graph_description_to_proto(result)
 
     def Train(
         self, request_iterator: Iterator[pb.TrainRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.TrainResponse]:
-        for request in request_iterator:
-            steps = [
-                serde.train_step_from_proto(step, f"steps[{index}]", self._max_elements)
-                for index, step in enumerate(request.steps)
-            ]
-            result = self._coordinator.train(steps, request_id=request.request_id)
-            yield serde.train_result_to_proto(result, request.request_id)
+        requests = iter(request_iterator)
+        first = next(requests, None)
+        if first is None:
+            return
+        # One run for the whole stream: it stays loaded while the stream is open.
+        with self._use(first.run, context) as coordinator:
+            for request in itertools.chain([first], requests):
+                if request.run != first.run:
+                    raise InvalidArgumentError(
+                        f"run: {request.run[:80]!r}, but this stream trains {first.run[:80]!r}",
+                        field="run",
+                    )
+                steps = [
+                    serde.train_step_from_proto(step, f"steps[{index}]", self._max_elements)
+                    for index, step in enumerate(request.steps)
+                ]
+                result = coordinator.train(steps, request_id=request.request_id)
+                yield serde.train_result_to_proto(result, request.request_id)
 
     def StreamParameters(
         self, request: pb.StreamParametersRequest, context: grpc.ServicerContext
@@ -164,10 +181,11 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
             )
         # The chunks' bytes are cut under the lock (one version, one copy of each byte) and
         # sent after it is released.
-        version, chunked = self._coordinator.read_parameters(
-            list(request.names),
-            lambda name, value: list(tensor_to_chunks(name, value, chunk_bytes)),
-        )
+        with self._use(request.run, context) as coordinator:
+            version, chunked = coordinator.read_parameters(
+                list(request.names),
+                lambda name, value: list(tensor_to_chunks(name, value, chunk_bytes)),
+            )
         for chunks in chunked:
             for chunk in chunks:
                 chunk.model_version = version
@@ -176,18 +194,20 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def UploadParameters(
         self, request_iterator: Iterator[pb.UploadParametersRequest], context: grpc.ServicerContext
     ) -> pb.UploadParametersResponse:
-        specs = self._coordinator.info().parameters
-        assembler = ChunkAssembler({spec.name: (spec.dtype, spec.shape) for spec in specs})
-        first: pb.UploadParametersRequest | None = None
-        for chunk in request_iterator:
-            first = first or chunk
-            assembler.add(chunk)
-        values = assembler.tensors()
-        assert first is not None  # tensors() rejects an empty upload
-        result = self._coordinator.set_parameters(
-            values,
-            expected_version=_optional(first, "expected_version"),
-            request_id=first.request_id,
-            method="UploadParameters",
-        )
+        chunks = iter(request_iterator)
+        first = next(chunks, None)
+        run = first.run if first is not None else ""
+        with self._use(run, context) as coordinator:
+            specs = coordinator.info().parameters
+            assembler = ChunkAssembler({spec.name: (spec.dtype, spec.shape) for spec in specs})
+            for chunk in itertools.chain([first] if first is not None else [], chunks):
+                assembler.add(chunk)
+            values = assembler.tensors()
+            assert first is not None  # tensors() rejects an empty upload
+            result = coordinator.set_parameters(
+                values,
+                expected_version=_optional(first, "expected_version"),
+                request_id=first.request_id,
+                method="UploadParameters",
+            )
         return pb.UploadParametersResponse(model_version=result.model_version)

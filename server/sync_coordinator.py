@@ -29,7 +29,7 @@ import grpc
 from gradserve.errors import FailedPreconditionError, GradserveError, VersionConflictError
 from gradserve.server.config import CoordinationConfig, LimitsConfig
 from gradserve.server.coordination import RoundCoordinator
-from gradserve.server.metrics import ServerMetrics
+from gradserve.server.metrics import RunMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
 from gradserve.server.updates import check_learning_rate
@@ -53,7 +53,7 @@ class SyncCoordinator(RoundCoordinator):
         self,
         store: ParameterStore,
         config: CoordinationConfig,
-        metrics: ServerMetrics | None = None,
+        metrics: RunMetrics | None = None,
         limits: LimitsConfig | None = None,
     ) -> None:
         super().__init__(store, config, metrics, limits)

@@ -23,8 +23,7 @@ LR = 0.1
 def coordinator(**coordination: object) -> DirectCoordinator:
     model = build_configured(ModelConfig(seed=0))
     store = ParameterStore(model, build_optimizer("sgd", list(model.module.parameters())))
-    metrics = ServerMetrics()
-    metrics.watch(store)
+    metrics = ServerMetrics().for_run("", store)
     return build_coordinator(store, CoordinationConfig(**coordination), metrics)  # type: ignore[arg-type]
 
 
@@ -44,7 +43,7 @@ def parameters(c: DirectCoordinator) -> dict[str, torch.Tensor]:
 
 
 def gauge(c: DirectCoordinator, name: str) -> float | None:
-    return c.metrics.registry.get_sample_value(name)
+    return c.metrics.registry.get_sample_value(name, {"run": ""})
 
 
 def test_direct_compute_update_and_train_are_the_local_loop() -> None:

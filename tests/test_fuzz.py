@@ -56,6 +56,13 @@ UNARY = (
     "DiscardGradients",
     "DescribeGraph",
     "SaveCheckpoint",
+    "CreateRun",
+    "ListRuns",
+    "DeleteRun",
+    "ListCheckpoints",
+    "LoadCheckpoint",
+    "DeleteCheckpoint",
+    "GetStateDigest",
 )
 STREAMING = ("Train", "UploadParameters", "StreamParameters")
 
@@ -206,6 +213,15 @@ def _valid_bytes() -> dict[str, bytes]:
             name="w", dtype=pb.DATA_TYPE_FLOAT32, shape=[1], data=bytes(4)
         ).SerializeToString(),
         "StreamParameters": pb.StreamParametersRequest(chunk_bytes=2).SerializeToString(),
+        "CreateRun": pb.CreateRunRequest(
+            run="fuzzed", model="linear", optimizer="sgd", seed=1, request_id="c"
+        ).SerializeToString(),
+        "ListRuns": b"",
+        "DeleteRun": pb.DeleteRunRequest(run="fuzzed").SerializeToString(),
+        "ListCheckpoints": pb.ListCheckpointsRequest(run="fuzzed").SerializeToString(),
+        "LoadCheckpoint": pb.LoadCheckpointRequest(run="fuzzed", name="x").SerializeToString(),
+        "DeleteCheckpoint": pb.DeleteCheckpointRequest(run="fuzzed", name="x").SerializeToString(),
+        "GetStateDigest": pb.GetStateDigestRequest(run="fuzzed").SerializeToString(),
     }
 
 

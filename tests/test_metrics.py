@@ -12,8 +12,20 @@ from helpers import TIMEOUT, apply, compute, linear_batch, set_parameters
 from gradserve.defaults import SERVICE_NAME as SERVICE
 from gradserve.v1 import gradserve_pb2 as pb
 
+# Training state is labelled by run; these tests use the default run ("").
+RUN_LABELLED = {
+    "gradserve_model_version",
+    "gradserve_accumulated_batches",
+    "gradserve_gradient_norm",
+    "gradserve_last_loss",
+    "gradserve_samples_total",
+    "gradserve_updates_total",
+}
+
 
 def sample(server, name: str, **labels: str) -> float | None:
+    if name in RUN_LABELLED:
+        labels = {"run": "", **labels}
     return server.metrics.registry.get_sample_value(name, labels)
 
 

@@ -70,8 +70,9 @@ def test_lost_answers_are_retried_and_replayed_not_reapplied(make_server) -> Non
 
 
 def test_a_call_cancelled_while_queued_is_skipped(make_server, make_stub) -> None:
-    # One worker: the second call waits in the queue while the first waits for the lock.
-    server = make_server(workers=1)
+    # One worker and no stream threads (the pool has --workers + --max-streams threads): the
+    # second call waits in the queue while the first waits for the lock.
+    server = make_server(workers=1, max_streams=0)
     stub = make_stub(server)
     x, y = linear_batch(4)
     store = server.store

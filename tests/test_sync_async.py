@@ -237,5 +237,5 @@ def test_sync_abort_resets_the_accumulated_batches_gauge(make_server) -> None:
     assert all(isinstance(r, VersionConflictError) for r in outcomes), outcomes
     registry = sync.metrics.registry
     assert sync.store.info().accumulated_batches == 0
-    assert registry.get_sample_value("gradserve_accumulated_batches") == 0
-    assert registry.get_sample_value("gradserve_model_version") == 0
+    assert registry.get_sample_value("gradserve_accumulated_batches", {"run": ""}) == 0
+    assert registry.get_sample_value("gradserve_model_version", {"run": ""}) == 0

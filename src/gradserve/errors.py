@@ -63,7 +63,15 @@ class UnavailableError(GradserveError):
 
 
 class NotFoundError(GradserveError):
+    """No such run or checkpoint, or not the caller's (names do not leak)."""
+
     code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(GradserveError):
+    """A name that is taken (a run, a checkpoint)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class UnauthenticatedError(GradserveError):
@@ -83,6 +91,7 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[GradserveError]] = {
         ResourceExhaustedError,
         UnavailableError,
         NotFoundError,
+        AlreadyExistsError,
         UnauthenticatedError,
         InternalError,
     )

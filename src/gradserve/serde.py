@@ -93,6 +93,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         accumulated_samples=info.accumulated_samples,
         max_batch_elements=info.max_batch_elements,
         max_message_bytes=info.max_message_bytes,
+        run=info.run,
     )
 
 
@@ -114,6 +115,7 @@ def model_info_from_proto(message: pb.GetModelInfoResponse) -> ModelInfo:
         accumulated_samples=message.accumulated_samples,
         max_batch_elements=message.max_batch_elements,
         max_message_bytes=message.max_message_bytes,
+        run=message.run,
     )
 
 

@@ -59,6 +59,8 @@ class ModelInfo:
     # The server's limits: elements of one batch tensor, bytes of one message.
     max_batch_elements: int = 0
     max_message_bytes: int = 0
+    # The run this describes ("" for the default run).
+    run: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,114 @@
+"""The RPCs that manage runs and their checkpoints, and how every RPC finds its run.
+
+Part of the GradientService servicer (servicer.py inherits it): decode, one call to the run
+registry or to the run's checkpointer, encode. `_use` gives every other RPC its run's
+coordinator for the caller's principal, and checks the `gradserve-run` metadata that clients
+send for proxies against the run the request names: a proxy that placed the call by one name
+must not reach another run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from gradserve import serde
+from gradserve.errors import FailedPreconditionError, InvalidArgumentError
+from gradserve.server.coordination import DirectCoordinator
+from gradserve.server.principals import Principal, PrincipalTable
+from gradserve.server.run_loading import RunSpec
+from gradserve.server.runs import RunRegistry, check_run_name
+from gradserve.v1 import gradserve_pb2 as pb
+
+RUN_METADATA = "gradserve-run"
+
+
+class RunRpcs:
+    def __init__(self, runs: RunRegistry, principals: PrincipalTable) -> None:
+        self._runs = runs
+        self._principals = principals
+
+    def _principal(self, context: grpc.ServicerContext) -> Principal:
+        return self._principals.of(context.invocation_metadata())
+
+    @contextmanager
+    def _use(self, run: str, context: grpc.ServicerContext) -> Iterator[DirectCoordinator]:
+        metadata = context.invocation_metadata()
+        for key, value in metadata or ():
+            if key == RUN_METADATA and value != run:
+                raise InvalidArgumentError(
+                    f"run: the request names {run[:80]!r} but its {RUN_METADATA} metadata "
+                    f"names {str(value)[:80]!r}",
+                    field="run",
+                )
+        with self._runs.use(run, self._principals.of(metadata)) as coordinator:
+            yield coordinator
+
+    def CreateRun(
+        self, request: pb.CreateRunRequest, context: grpc.ServicerContext
+    ) -> pb.CreateRunResponse:
+        if request.from_checkpoint:
+            raise FailedPreconditionError(
+                "from_checkpoint: forking is not served yet", field="from_checkpoint"
+            )
+        if not request.model:
+            raise InvalidArgumentError("model: a model spec is needed", field="model")
+        spec = RunSpec(
+            model=request.model,
+            loss=request.loss or None,
+            optimizer=request.optimizer or "sgd",
+            seed=request.seed if request.HasField("seed") else 0,
+        )
+        principal = self._principal(context)
+        run = self._runs.create(request.run, spec, principal, request_id=request.request_id)
+        with self._runs.use(run.name, principal) as coordinator:
+            info = dataclasses.replace(coordinator.info(), run=run.name)
+        return pb.CreateRunResponse(run=run.name, info=serde.model_info_to_proto(info))
+
+    def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsResponse:
+        return pb.ListRunsResponse(
+            runs=[
+                pb.RunSummary(
+                    run=summary.run,
+                    model_spec=summary.model_spec,
+                    optimizer=summary.optimizer,
+                    model_version=summary.model_version,
+                    loaded=summary.loaded,
+                    parameter_bytes=summary.parameter_bytes,
+                )
+                for summary in self._runs.list(self._principal(context))
+            ]
+        )
+
+    def DeleteRun(
+        self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteRunResponse:
+        if request.run:
+            check_run_name(request.run)
+        deleted = self._runs.delete(
+            request.run, self._principal(context), delete_checkpoints=request.delete_checkpoints
+        )
+        return pb.DeleteRunResponse(deleted_checkpoints=deleted)
+
+    def SaveCheckpoint(
+        self, request: pb.SaveCheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.SaveCheckpointResponse:
+        run = self._runs.run(request.run, self._principal(context))
+        with self._use(request.run, context):
+            checkpointer = run.checkpointer
+            if checkpointer is None:
+                raise FailedPreconditionError(
+                    "this server has no checkpoint directory (--checkpoint-dir)",
+                    field="checkpoint_dir",
+                )
+            saved = checkpointer.save()
+        return pb.SaveCheckpointResponse(
+            name=saved.path.name,
+            model_version=saved.model_version,
+            accumulated_batches=saved.accumulated_batches,
+        )

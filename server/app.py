@@ -83,7 +83,10 @@ def create_server(
     model = build_configured(model_config)
     optimizer = build_optimizer(model_config.optimizer, list(model.module.parameters()))
     store = (store_factory or ParameterStore)(
-        model, optimizer, request_id_window=limits.request_id_window
+        model,
+        optimizer,
+        request_id_window=limits.request_id_window,
+        request_id_window_bytes=limits.request_id_window_bytes,
     )
     metrics = metrics or ServerMetrics()
     metrics.watch(store)

@@ -37,7 +37,7 @@ class AsyncCoordinator(RoundCoordinator):
         limits: LimitsConfig | None = None,
     ) -> None:
         super().__init__(store, config, metrics, limits)
-        # The version read and the accumulation must not straddle an update.
+        # An update and the snapshot taken when it found nothing to apply go together.
         self._lock = threading.Lock()
 
     def compute_gradients(
@@ -49,8 +49,11 @@ class AsyncCoordinator(RoundCoordinator):
         return_gradients: bool = False,
         based_on_version: int | None = None,
     ) -> GradientResult:
-        with self._lock:
-            version = self.store.snapshot()[0]
+        seen: list[float] = []
+
+        def weigh(version: int) -> float:
+            # Called by the store under its lock, after the request-id lookup: a retried,
+            # accepted batch is answered from the window, whatever its staleness now.
             based_on = version if based_on_version is None else based_on_version
             staleness = version - based_on
             if staleness < 0:
@@ -70,15 +73,20 @@ class AsyncCoordinator(RoundCoordinator):
                         field="based_on_version",
                     )
                 weight = 1.0 / (1.0 + staleness)
-            result = self.store.compute_gradients(
-                inputs,
-                targets,
-                request_id=request_id,
-                return_gradients=return_gradients,
-                weight=weight,
-            )
+            seen.extend((staleness, weight))
+            return weight
+
+        result = self.store.compute_gradients(
+            inputs,
+            targets,
+            request_id=request_id,
+            return_gradients=return_gradients,
+            weigh=weigh,
+            max_response_bytes=self.limits.max_message_bytes,
+        )
         self.metrics.record_gradients(result)
-        if not result.replayed:
+        if seen:
+            staleness, weight = seen
             self.metrics.staleness.observe(staleness)
             if weight != 1.0:
                 self.metrics.stale_contributions.labels("downweighted").inc()

@@ -104,8 +104,8 @@ def encode_state(
         "gradients": _encode(state.gradients, "gradients", tensors),
         "optimizer_state": _encode(state.optimizer, "optimizer", tensors),
         "request_ids": [
-            [method, request_id, _encode(result, f"request_ids.{i}", tensors)]
-            for i, (method, request_id, result) in enumerate(state.request_ids)
+            [method, request_id, _encode(result, f"request_ids.{i}", tensors), digest]
+            for i, (method, request_id, result, digest) in enumerate(state.request_ids)
         ],
         "saved_at": time.time(),
     }
@@ -131,7 +131,8 @@ def decode_state(data: bytes, manifest: dict[str, Any]) -> StoreState:
         gradients=_decode(manifest["gradients"], tensors),
         optimizer=_decode(manifest["optimizer_state"], tensors),
         request_ids=tuple(
-            (method, request_id, _decode(result, tensors))
-            for method, request_id, result in manifest["request_ids"]
+            # Entries written before fingerprints have three fields: "" matches any payload.
+            (entry[0], entry[1], _decode(entry[2], tensors), entry[3] if len(entry) > 3 else "")
+            for entry in manifest["request_ids"]
         ),
     )

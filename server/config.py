@@ -34,8 +34,11 @@ class LimitsConfig:
     max_batch_elements: int = 16 * MIB
     # Calls in progress at once; past it RESOURCE_EXHAUSTED. None: unlimited.
     max_concurrent_rpcs: int | None = 256
-    # Recent request ids remembered for deduplication.
+    # Recent request ids remembered for deduplication, per RPC.
     request_id_window: int = 1024
+    # Bytes of remembered results (returned gradients, Train losses) per RPC; past it the
+    # oldest results are dropped and their replays refused (docs/protocol.md).
+    request_id_window_bytes: int = 64 * MIB
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,11 @@ class DirectCoordinator:
         based_on_version: int | None = None,
     ) -> GradientResult:
         result = self.store.compute_gradients(
-            inputs, targets, request_id=request_id, return_gradients=return_gradients
+            inputs,
+            targets,
+            request_id=request_id,
+            return_gradients=return_gradients,
+            max_response_bytes=self.limits.max_message_bytes,
         )
         self.metrics.record_gradients(result)
         return result
@@ -99,9 +103,13 @@ class DirectCoordinator:
         return self.store.evaluate(inputs, targets, return_predictions=return_predictions)
 
     def read_parameters(
-        self, names: Sequence[str], reader: Callable[[str, torch.Tensor], T]
+        self,
+        names: Sequence[str],
+        reader: Callable[[str, torch.Tensor], T],
+        *,
+        max_bytes: int | None = None,
     ) -> tuple[int, list[T]]:
-        return self.store.read_parameters(names, reader)
+        return self.store.read_parameters(names, reader, max_bytes=max_bytes)
 
     def set_parameters(
         self,

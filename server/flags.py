@@ -36,6 +36,7 @@ ENV_MODEL_DIR = "GRADSERVE_MODEL_DIR"
 ENV_STREAM_IDLE_SECONDS = "GRADSERVE_STREAM_IDLE_SECONDS"
 ENV_TORCH_THREADS = "GRADSERVE_TORCH_THREADS"
 ENV_REQUEST_ID_WINDOW = "GRADSERVE_REQUEST_ID_WINDOW"
+ENV_REQUEST_ID_WINDOW_BYTES = "GRADSERVE_REQUEST_ID_WINDOW_BYTES"
 ENV_SHUTDOWN_GRACE = "GRADSERVE_SHUTDOWN_GRACE_SECONDS"
 ENV_LOG_LEVEL = "GRADSERVE_LOG_LEVEL"
 ENV_CHECKPOINT_DIR = "GRADSERVE_CHECKPOINT_DIR"
@@ -189,7 +190,14 @@ def parse_args(
         "--request-id-window",
         type=int,
         default=int(env_or(ENV_REQUEST_ID_WINDOW, default["request_id_window"])),
-        help=f"recent request ids remembered for deduplication [{ENV_REQUEST_ID_WINDOW}]",
+        help=f"recent request ids remembered for deduplication, per RPC [{ENV_REQUEST_ID_WINDOW}]",
+    )
+    add(
+        "--request-id-window-bytes",
+        type=int,
+        default=int(env_or(ENV_REQUEST_ID_WINDOW_BYTES, default["request_id_window_bytes"])),
+        help="bytes of remembered results (returned gradients, Train losses) per RPC "
+        f"[{ENV_REQUEST_ID_WINDOW_BYTES}]",
     )
     add(
         "--shutdown-grace",

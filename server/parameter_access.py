@@ -9,18 +9,51 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from gradserve.errors import InvalidArgumentError
+from gradserve.codec import encoded_tensor_bytes
+from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
 from gradserve.server.models import all_finite
 from gradserve.server.store_state import StoreState
 
 
-def check_names(named: Mapping[str, torch.Tensor], names: Sequence[str]) -> None:
+def check_names(
+    named: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    max_bytes: int | None = None,
+    *,
+    size_field: str = "names",
+) -> list[str]:
+    """The parameters to read (all when `names` is empty): each known and asked for once, and
+    with `max_bytes` their encoded size within it, all from shapes and dtypes, before any read."""
+    seen: dict[str, int] = {}
     for index, name in enumerate(names):
         if name not in named:
             raise InvalidArgumentError(
                 f"names[{index}]: no parameter {name!r}; the model has {', '.join(named)}",
                 field=f"names[{index}]",
             )
+        if name in seen:
+            raise InvalidArgumentError(
+                f"names[{index}]: {name!r} is asked for twice (first as names[{seen[name]}])",
+                field=f"names[{index}]",
+            )
+        seen[name] = index
+    selected = list(names) or list(named)
+    if max_bytes is not None:
+        size = sum(
+            encoded_tensor_bytes(name, named[name].dtype, named[name].shape) for name in selected
+        )
+        if size > max_bytes:
+            instead = (
+                "ask for fewer names or use StreamParameters"
+                if size_field == "names"
+                else "nothing was accumulated; send it without return_gradients"
+            )
+            raise ResourceExhaustedError(
+                f"{size_field}: the response would hold about {size} bytes of tensors, over "
+                f"the server's message limit of {max_bytes} (max_message_bytes): {instead}",
+                field=size_field,
+            )
+    return selected
 
 
 def check_values(

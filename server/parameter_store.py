@@ -25,7 +25,7 @@ from gradserve.server.graph_trace import trace_graph
 from gradserve.server.models import Model
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.parameter_access import check_names, check_state, check_values
-from gradserve.server.request_ids import RequestIdWindow, check_request_id
+from gradserve.server.request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
 from gradserve.server.store_state import StoreState
 from gradserve.server.tracing import traced
 from gradserve.server.train_steps import check_steps
@@ -55,7 +55,13 @@ _NOTE = (
 class ParameterStore:
     """One model's parameters, gradients and version, safe to call from many threads."""
 
-    def __init__(self, model: Model, optimizer: Optimizer, request_id_window: int = 1024) -> None:
+    def __init__(
+        self,
+        model: Model,
+        optimizer: Optimizer,
+        request_id_window: int = 1024,
+        request_id_window_bytes: int = DEFAULT_WINDOW_BYTES,
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
         self._named = dict(model.module.named_parameters())
@@ -63,7 +69,7 @@ class ParameterStore:
         # The model's device (--device); requests move there once, results come back to CPU.
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
-        self._request_ids = RequestIdWindow(request_id_window)
+        self._request_ids = RequestIdWindow(request_id_window, request_id_window_bytes)
         # Read without the lock only where one int is enough (metrics gauges); anything that
         # needs a consistent view goes through snapshot() or holds the lock.
         self.version = 0
@@ -85,14 +91,20 @@ class ParameterStore:
         *,
         request_id: str = "",
         return_gradients: bool = False,
-        weight: float = 1.0,
+        weigh: Callable[[int], float] | None = None,
+        max_response_bytes: int | None = None,
     ) -> GradientResult:
-        """`weight` scales what is added to .grad (async mode's down-weighting of stale
-        contributions); the loss and the returned gradients are the batch's own."""
+        """`weigh(version)` gives the factor for what is added to .grad (async mode's
+        staleness check and down-weighting), called under the lock when the batch runs, not
+        for a replay; the loss and the returned gradients are the batch's own. With
+        `return_gradients`, a response over `max_response_bytes` is refused before any work."""
         check_request_id(request_id)
         batch_size = self.model.check_batch(inputs, targets)
+        if return_gradients and max_response_bytes is not None:
+            check_names(self._named, (), max_response_bytes, size_field="return_gradients")
 
         def run() -> GradientResult:
+            weight = 1.0 if weigh is None else weigh(self.version)
             loss, gradients = self._accumulate(inputs, targets, batch_size, weight)
             own: dict[str, torch.Tensor] = {}
             if return_gradients:
@@ -110,7 +122,9 @@ class ParameterStore:
             )
 
         with self._lock:
-            return self._request_ids.remembered("compute_gradients", request_id, run)
+            return self._request_ids.remembered(
+                "compute_gradients", request_id, run, inputs, targets, return_gradients
+            )
 
     @traced("gradserve.apply_update")
     def apply_update(
@@ -128,6 +142,9 @@ class ParameterStore:
                 "apply_update",
                 request_id,
                 lambda: self._step(learning_rate, reduction, expected_version),
+                learning_rate,
+                reduction,
+                expected_version,
             )
 
     @traced("gradserve.train")
@@ -147,7 +164,7 @@ class ParameterStore:
             return TrainResult(tuple(results))
 
         with self._lock:
-            return self._request_ids.remembered("train", request_id, run)
+            return self._request_ids.remembered("train", request_id, run, tuple(steps))
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
         losses = tuple(
@@ -257,12 +274,16 @@ class ParameterStore:
             )
 
     def read_parameters(
-        self, names: Sequence[str], reader: Callable[[str, torch.Tensor], T]
+        self,
+        names: Sequence[str],
+        reader: Callable[[str, torch.Tensor], T],
+        *,
+        max_bytes: int | None = None,
     ) -> tuple[int, list[T]]:
         """Call reader(name, value) for the named parameters (all when names is empty) under
-        the lock, so a reader sees one version without copying; return (version, results)."""
-        check_names(self._named, names)
-        selected = names or list(self._named)
+        the lock, so a reader sees one version without copying; return (version, results).
+        Names are checked, and with `max_bytes` the encoded size too, before anything is read."""
+        selected = check_names(self._named, names, max_bytes)
         with self._lock:
             return self.version, [
                 reader(name, self._named[name].detach().cpu()) for name in selected
@@ -289,7 +310,9 @@ class ParameterStore:
             return SetResult(model_version=self.version)
 
         with self._lock:
-            return self._request_ids.remembered("set_parameters", request_id, run)
+            return self._request_ids.remembered(
+                "set_parameters", request_id, run, tuple(values), expected_version
+            )
 
     def info(self) -> ModelInfo:
         model = self.model
@@ -357,8 +380,8 @@ class ParameterStore:
                 # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
                 optimizer=copy.deepcopy(self.optimizer.state_dict()),
                 request_ids=tuple(
-                    (method, request_id, result)
-                    for (method, request_id), result in self._request_ids.items()
+                    (method, request_id, entry.result, entry.fingerprint)
+                    for method, request_id, entry in self._request_ids.items()
                 ),
             )
 
@@ -374,6 +397,7 @@ class ParameterStore:
             self.version = state.version
             self.accumulated_batches = state.accumulated_batches
             self.accumulated_samples = state.accumulated_samples
-            self._request_ids = RequestIdWindow(self._request_ids.capacity)
-            for method, request_id, result in state.request_ids:
-                self._request_ids.put(method, request_id, result)
+            window = self._request_ids
+            self._request_ids = RequestIdWindow(window.capacity, window.max_bytes)
+            for method, request_id, result, digest in state.request_ids:
+                self._request_ids.put(method, request_id, result, digest)

@@ -1,17 +1,34 @@
-"""The window of recent request ids: a repeated id gets the first call's result back (AIP-155)."""
+"""The windows of recent request ids: a repeated id gets the first call's result back (AIP-155).
+
+One window per method, so cheap calls cannot push an update's id out. Each window is bounded in
+count and in the bytes of the results it keeps (returned gradients, Train losses): past the byte
+budget the oldest results are dropped but their ids stay, so a replay of one is refused with
+FAILED_PRECONDITION instead of running twice. Each entry keeps a fingerprint of its request's
+payload: the same id with another payload is INVALID_ARGUMENT naming `request_id`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gradserve.errors import InvalidArgumentError
+import torch
+
+from gradserve.errors import FailedPreconditionError, InvalidArgumentError
 
 MAX_REQUEST_ID_BYTES = 128
+DEFAULT_WINDOW = 1024
+DEFAULT_WINDOW_BYTES = 64 * 1024 * 1024
+# What one remembered float of a Train result costs in memory (a float object and its slot).
+_FLOAT_BYTES = 32
 
 R = TypeVar("R")
+# Dtypes numpy reads directly (it has no bfloat16).
+_NUMPY_READS = frozenset((torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8))
 
 
 def check_request_id(request_id: str) -> None:
@@ -22,42 +39,133 @@ def check_request_id(request_id: str) -> None:
         )
 
 
-class RequestIdWindow:
-    """Results of the last `capacity` requests that carried an id, oldest evicted first.
+def fingerprint(*parts: object) -> str:
+    """A 128-bit digest of a request's decoded fields: tensors by dtype, shape and bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        _feed(digest, part)
+    return digest.hexdigest()
 
-    Keys are (method, request_id): the same id sent to two methods names two requests.
-    Not thread-safe: the parameter store calls it under its lock.
+
+def _feed(digest: Any, part: object) -> None:
+    if isinstance(part, torch.Tensor):
+        digest.update(f"T{part.dtype}{part.shape}:".encode())
+        if part.device.type == "cpu" and part.dtype in _NUMPY_READS and part.is_contiguous():
+            digest.update(part.detach().numpy())  # the common case, without a copy
+        else:
+            flat = part.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(flat.view(torch.uint8).numpy())
+    elif isinstance(part, list | tuple):
+        digest.update(f"({len(part)}:".encode())
+        for item in part:
+            _feed(digest, item)
+    elif dataclasses.is_dataclass(part) and not isinstance(part, type):
+        digest.update(f"{type(part).__name__}{{".encode())
+        for item in dataclasses.fields(part):
+            _feed(digest, getattr(part, item.name))
+    else:
+        digest.update(f"{part!r};".encode())
+
+
+def payload_bytes(result: object) -> int:
+    """The bytes a result holds beyond its fixed fields: what the byte budget counts."""
+    gradients: Mapping[str, torch.Tensor] = getattr(result, "gradients", None) or {}
+    total = sum(tensor.numel() * tensor.element_size() for tensor in gradients.values())
+    steps: Sequence[Any] = getattr(result, "steps", None) or ()
+    return total + sum(_FLOAT_BYTES * len(step.losses) for step in steps)
+
+
+@dataclass
+class Remembered:
+    # "" for entries from checkpoints that kept none: any payload then matches.
+    fingerprint: str
+    # None once dropped for the byte budget: the id is remembered, its answer is not.
+    result: Any | None
+    size: int
+
+
+class RequestIdWindow:
+    """Results of the last `capacity` requests with an id, per method, in `max_bytes` each.
+
+    Not thread-safe: the parameter store (or a coordinator) calls it under its lock.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
         self.capacity = capacity
-        self._results: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._windows: dict[str, OrderedDict[str, Remembered]] = {}
+        self._held: dict[str, int] = {}
 
-    def get(self, method: str, request_id: str) -> Any | None:
-        if not request_id:
-            return None
-        return self._results.get((method, request_id))
-
-    def remembered(self, method: str, request_id: str, run: Callable[[], R]) -> R:
-        """run()'s result, remembered under the id; a repeated id gets the first result back,
-        marked replayed (every result type has a `replayed` field), and run() is not called."""
-        if request_id:
-            earlier = self._results.get((method, request_id))
-            if earlier is not None:
-                return dataclasses.replace(earlier, replayed=True)  # type: ignore[no-any-return]
+    def remembered(self, method: str, request_id: str, run: Callable[[], R], *payload: object) -> R:
+        """run()'s result, remembered under the id; a repeated id with the same payload (the
+        request's decoded fields, fingerprinted only when it has an id) gets the first result
+        back, marked replayed, and run() is not called."""
+        if not request_id or self.capacity <= 0:
+            return run()
+        digest = fingerprint(*payload)
+        earlier = self.replay(method, request_id, digest)
+        if earlier is not None:
+            return earlier  # type: ignore[no-any-return]
         result = run()
-        self.put(method, request_id, result)
+        self.put(method, request_id, result, digest)
         return result
 
-    def put(self, method: str, request_id: str, result: Any) -> None:
+    def replay(self, method: str, request_id: str, digest: str) -> Any | None:
+        """The remembered result marked replayed, None for an unknown id; raises when the id
+        came with another payload or its result was dropped for the byte budget."""
+        window = self._windows.get(method)
+        entry = None if window is None else window.get(request_id)
+        if entry is None:
+            return None
+        if entry.fingerprint and digest and entry.fingerprint != digest:
+            raise InvalidArgumentError(
+                f"request_id: {request_id!r} was already used by another {method} request "
+                "with a different payload; nothing was done (use a new id for a new request)",
+                field="request_id",
+            )
+        if entry.result is None:
+            raise FailedPreconditionError(
+                f"request_id: {request_id!r} already ran; its result ({entry.size} bytes) is no "
+                "longer kept (--request-id-window-bytes), so it is not run again and cannot be "
+                "returned",
+                field="request_id",
+            )
+        return dataclasses.replace(entry.result, replayed=True)
+
+    def put(self, method: str, request_id: str, result: Any | None, digest: str = "") -> None:
         if not request_id or self.capacity <= 0:
             return
-        self._results[(method, request_id)] = result
-        while len(self._results) > self.capacity:
-            self._results.popitem(last=False)
+        window = self._windows.setdefault(method, OrderedDict())
+        self._forget(method, window.pop(request_id, None))
+        size = 0 if result is None else payload_bytes(result)
+        window[request_id] = Remembered(digest, result, size)
+        self._held[method] = self._held.get(method, 0) + (0 if result is None else size)
+        while len(window) > self.capacity:
+            self._forget(method, window.popitem(last=False)[1])
+        if self._held[method] > self.max_bytes:
+            self._trim(method, window)
+
+    def _forget(self, method: str, entry: Remembered | None) -> None:
+        if entry is not None and entry.result is not None:
+            self._held[method] -= entry.size
+
+    def _trim(self, method: str, window: OrderedDict[str, Remembered]) -> None:
+        """Drop the oldest results until the method's results fit its byte budget."""
+        for entry in window.values():
+            if self._held[method] <= self.max_bytes:
+                return
+            if entry.result is not None and entry.size > 0:
+                self._held[method] -= entry.size
+                entry.result = None
+
+    def held_bytes(self, method: str) -> int:
+        return self._held.get(method, 0)
 
     def __len__(self) -> int:
-        return len(self._results)
+        return sum(len(window) for window in self._windows.values())
 
-    def items(self) -> Iterator[tuple[tuple[str, str], Any]]:
-        return iter(self._results.items())
+    def items(self) -> Iterator[tuple[str, str, Remembered]]:
+        """(method, request_id, entry), each method's oldest first."""
+        for method, window in self._windows.items():
+            for request_id, entry in window.items():
+                yield method, request_id, entry

@@ -198,8 +198,12 @@ class RunBuilder:
         config = self.model_config(run.spec) if run.name else self.config.model
         model = build_configured(config)
         optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
+        limits = self.config.limits
         store = self._store_factory(
-            model, optimizer, request_id_window=self.config.limits.request_id_window
+            model,
+            optimizer,
+            request_id_window=limits.request_id_window,
+            request_id_window_bytes=limits.request_id_window_bytes,
         )
         checkpointer = None
         directory = self.directory(run.name)

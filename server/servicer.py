@@ -20,6 +20,7 @@ import torch
 from gradserve import serde
 from gradserve.codec import (
     DEFAULT_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
     ChunkAssembler,
     tensor_from_proto,
     tensor_into_proto,
@@ -96,11 +97,13 @@ class GradientServicer(RunRpcs, pb_grpc.GradientServiceServicer):  # type: ignor
         self, request: pb.GetParametersRequest, context: grpc.ServicerContext
     ) -> pb.GetParametersResponse:
         response = pb.GetParametersResponse()
-        # Each parameter is written straight into the response, under the store's lock.
+        # Each parameter is written straight into the response, under the store's lock, once
+        # the names and the response's size are checked.
         with self._use(request.run, context) as coordinator:
             response.model_version, _ = coordinator.read_parameters(
                 list(request.names),
                 lambda name, value: tensor_into_proto(value, response.parameters.add(), name),
+                max_bytes=self._max_message_bytes,
             )
         return response
 
@@ -179,17 +182,16 @@ class GradientServicer(RunRpcs, pb_grpc.GradientServiceServicer):  # type: ignor
                 f"chunk_bytes: {chunk_bytes}, expected 0 (default) or 1..{largest}",
                 field="chunk_bytes",
             )
-        # The chunks' bytes are cut under the lock (one version, one copy of each byte) and
-        # sent after it is released.
+        # Smaller chunks would cost a message each for little data (docs/protocol.md).
+        chunk_bytes = max(chunk_bytes, min(MIN_CHUNK_BYTES, largest))
+        # One consistent copy under the lock (the names are checked and unique, so it is at
+        # most the model's size); the chunks are cut from it one at a time as they are sent.
         with self._use(request.run, context) as coordinator:
-            version, chunked = coordinator.read_parameters(
-                list(request.names),
-                lambda name, value: list(tensor_to_chunks(name, value, chunk_bytes)),
+            version, values = coordinator.read_parameters(
+                list(request.names), lambda name, value: (name, value.clone())
             )
-        for chunks in chunked:
-            for chunk in chunks:
-                chunk.model_version = version
-                yield chunk
+        for name, value in values:
+            yield from tensor_to_chunks(name, value, chunk_bytes, version)
 
     def UploadParameters(
         self, request_iterator: Iterator[pb.UploadParametersRequest], context: grpc.ServicerContext

@@ -18,5 +18,6 @@ class StoreState:
     gradients: dict[str, torch.Tensor]
     # The optimizer's state_dict (tensors and plain values).
     optimizer: dict[str, Any]
-    # The request-id window, oldest first: (method, request_id, result).
-    request_ids: tuple[tuple[str, str, Any], ...]
+    # The request-id windows, each oldest first: (method, request_id, result, fingerprint);
+    # result None: dropped for the byte budget; fingerprint "": not known (older checkpoints).
+    request_ids: tuple[tuple[str, str, Any, str], ...]

@@ -63,7 +63,9 @@ class SyncCoordinator(RoundCoordinator):
         # Results of recent rounds by the version they started at, for late workers.
         self._completed: OrderedDict[int, UpdateResult] = OrderedDict()
         # Waiters' ids: the store only remembers the id of the call that applied the round.
-        self._request_ids = RequestIdWindow(self.limits.request_id_window)
+        self._request_ids = RequestIdWindow(
+            self.limits.request_id_window, self.limits.request_id_window_bytes
+        )
 
     def contributions(self) -> int:
         _, batches, samples = self.store.snapshot()
@@ -88,6 +90,9 @@ class SyncCoordinator(RoundCoordinator):
                 lambda: self._wait_for_round(
                     learning_rate, expected_version, call_deadline, request_id
                 ),
+                learning_rate,
+                reduction,
+                expected_version,
             )
         if result.replayed:
             self.metrics.record_update(result)

@@ -67,8 +67,8 @@ def test_request_ids_survive_a_restart(make_server, tmp_path) -> None:
     first.stop(0)
     second = make_server(checkpoint_dir=str(tmp_path))
     with GradientClient(second.address) as client:
-        # The same id as the last update: answered from the window, not applied again.
-        result = client.apply_update(0.05, request_id="u1")
+        # The last update retried: answered from the window, not applied again.
+        result = client.apply_update(0.05, request_id="u1", expected_version=1)
         assert result.model_version == 2
         assert client.model_info().model_version == 2
     assert second.metrics.replayed.labels("ApplyUpdate")._value.get() == 1

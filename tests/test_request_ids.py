@@ -14,10 +14,11 @@ def replayed(server, method: str) -> float:
 
 
 def test_repeated_compute_gradients_returns_the_first_answer(server, stub) -> None:
-    first = compute(stub, *linear_batch(5), request_id="batch-1", return_gradients=True)
+    batch = linear_batch(5)
+    first = compute(stub, *batch, request_id="batch-1", return_gradients=True)
     before = Snapshot.take(server, stub)
-    # Different data under the same id: still the first call's answer, nothing accumulated.
-    again = compute(stub, *linear_batch(3), request_id="batch-1", return_gradients=True)
+    # The same request again (a retry): the first call's answer, nothing accumulated.
+    again = compute(stub, *batch, request_id="batch-1", return_gradients=True)
     assert again == first
     Snapshot.take(server, stub).assert_same(before)
     assert before.accumulated_batches == 1
@@ -29,7 +30,7 @@ def test_repeated_apply_update_returns_the_first_answer(server, stub) -> None:
     first = apply(stub, 0.1, request_id="step-1")
     compute(stub, *linear_batch(5))
     before = Snapshot.take(server, stub)
-    again = apply(stub, 0.5, request_id="step-1")
+    again = apply(stub, 0.1, request_id="step-1")
     assert again == first
     assert first.model_version == 1
     Snapshot.take(server, stub).assert_same(before)
@@ -41,7 +42,7 @@ def test_repeated_set_parameters_changes_nothing(server, stub) -> None:
     first = set_parameters(stub, {"w": torch.tensor([1.5])}, request_id="set-1")
     compute(stub, *linear_batch(5))
     before = Snapshot.take(server, stub)
-    again = set_parameters(stub, {"w": torch.tensor([-7.0])}, request_id="set-1")
+    again = set_parameters(stub, {"w": torch.tensor([1.5])}, request_id="set-1")
     assert again == first
     Snapshot.take(server, stub).assert_same(before)
     assert before.parameters["w"].item() == 1.5
@@ -61,11 +62,12 @@ def test_the_window_evicts_the_oldest_id(make_server, make_stub) -> None:
 
 
 def test_the_same_id_on_two_methods_is_two_requests(server, stub) -> None:
-    compute(stub, *linear_batch(4), request_id="same")
+    batch = linear_batch(4)
+    compute(stub, *batch, request_id="same")
     update = apply(stub, 0.1, request_id="same")
     assert (update.model_version, update.applied_batches) == (1, 1)
     assert set_parameters(stub, {"b": torch.zeros(1)}, request_id="same").model_version == 2
-    assert compute(stub, *linear_batch(4), request_id="same").model_version == 0  # replayed
+    assert compute(stub, *batch, request_id="same").model_version == 0  # replayed
     assert server.store.version == 2
     assert replayed(server, "ComputeGradients") == 1
     assert replayed(server, "ApplyUpdate") == 0

@@ -174,6 +174,14 @@ def decode_shape(dims: Iterable[int], field: str) -> tuple[int, ...]:
     return shape
 
 
+def encoded_tensor_bytes(name: str, dtype: torch.dtype, shape: Sequence[int]) -> int:
+    """An upper bound on the bytes a Tensor message takes inside a repeated field, from its
+    name, dtype and shape alone: sizes are checked before anything is copied."""
+    data = math.prod(shape) * _BY_TORCH[dtype].itemsize
+    # Tags, lengths and the dtype are a few bytes each; a shape dimension at most 11.
+    return data + len(name.encode()) + 11 * len(shape) + 64
+
+
 def tensors_to_proto(named: Iterable[tuple[str, torch.Tensor]]) -> list[pb.Tensor]:
     return [tensor_to_proto(tensor, name) for name, tensor in named]
 
@@ -190,6 +198,17 @@ def _swap_bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+# The server cuts no chunk smaller than this (unless the parameter itself is), and an upload
+# may have no more chunks than cutting at this size gives: a tiny chunk size cannot make one
+# call cost millions of messages.
+MIN_CHUNK_BYTES = 64 * 1024
+
+
+def max_chunks(sizes: Iterable[int]) -> int:
+    """The most chunks parameters of these byte sizes may take: one each, plus one per
+    MIN_CHUNK_BYTES of their data."""
+    return sum(1 + size // MIN_CHUNK_BYTES for size in sizes)
+
 
 # The chunk messages of StreamParameters (server to client) and UploadParameters (client to
 # server): the same fields, so one pair of functions serves both directions.
@@ -204,7 +223,10 @@ def tensor_to_chunks(
     model_version: int = 0,
     message: type[ChunkT] = pb.StreamParametersResponse,  # type: ignore[assignment]
 ) -> Iterator[ChunkT]:
-    """A tensor as chunk messages of at most chunk_bytes each (at least one chunk)."""
+    """A tensor as chunk messages of at most chunk_bytes each (at least one chunk), cut one
+    at a time as they are consumed."""
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes: {chunk_bytes}, expected at least 1")
     wire = _BY_TORCH.get(tensor.dtype)
     if wire is None:
         raise TypeError(f"{tensor.dtype} has no gradserve.v1 DataType")
@@ -243,10 +265,21 @@ class ChunkAssembler:
         self._filled: dict[str, int] = {}
         self._current: str | None = None
         self._chunks = 0
+        self._max_chunks: int | None = None
+        if expected is not None:
+            self._max_chunks = max_chunks(
+                math.prod(shape) * _BY_TORCH[dtype].itemsize for dtype, shape in expected.values()
+            )
 
     def add(self, chunk: Chunk) -> None:
         field = f"chunks[{self._chunks}]"
         self._chunks += 1
+        if self._max_chunks is not None and self._chunks > self._max_chunks:
+            raise ResourceExhaustedError(
+                f"{field}: more than {self._max_chunks} chunks, the most this model's parameters "
+                f"take (one each, plus one per {MIN_CHUNK_BYTES} bytes): send larger chunks",
+                field=field,
+            )
         if chunk.name:
             self._start(chunk, field)
         if self._current is None:
@@ -262,6 +295,11 @@ class ChunkAssembler:
                 field=f"{field}.offset",
             )
         data = chunk.data  # read once: the upb backend builds a new object on every access
+        if not data and not chunk.name:
+            raise InvalidArgumentError(
+                f"{field}.data: empty; only a parameter's first chunk may carry no bytes",
+                field=f"{field}.data",
+            )
         if filled + len(data) > buffer.numel():
             raise InvalidArgumentError(
                 f"{field}.data: more bytes than {name!r} holds ({buffer.numel()})",

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.defaults import SERVICE_NAME, channel_options
+from gradserve.errors import GradserveError
 from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from gradserve.server.checkpoints import Checkpointer
 from gradserve.server.config import ServerConfig
@@ -51,6 +52,7 @@ class GradientServer:
     metrics: ServerMetrics
     health: health.HealthServicer
     checkpointer: Checkpointer | None = None
+    final_checkpoint_failed: bool = False
 
     @property
     def address(self) -> str:
@@ -64,7 +66,12 @@ class GradientServer:
         if self.checkpointer is not None:
             # After the calls in flight are done: the final checkpoint holds all of them.
             self.checkpointer.close()
-            saved = self.checkpointer.save()
+            try:
+                saved = self.checkpointer.save()
+            except GradserveError as error:
+                self.final_checkpoint_failed = True
+                logger.error("no final checkpoint: %s", error)
+                return
             logger.info("checkpoint %s at model version %d", saved.path.name, saved.model_version)
 
     def wait(self) -> None:
@@ -89,7 +96,7 @@ def create_server(
     metrics.watch(store)
     checkpointer = None
     if config.checkpoints.directory:
-        checkpointer = Checkpointer(store, config.checkpoints)
+        checkpointer = Checkpointer(store, config.checkpoints, metrics)
         # Before the port is bound: nobody sees the model until the checkpoint is in it.
         checkpointer.restore_latest()
     interceptors: list[grpc.ServerInterceptor] = [ServerInterceptor(metrics)]

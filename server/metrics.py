@@ -118,6 +118,13 @@ class ServerMetrics:
             registry=r,
         )
 
+        # Checkpoints (server/checkpoints.py): saves that failed (full disk, missing directory).
+        self.checkpoint_failures = Counter(
+            "gradserve_checkpoint_failures_total",
+            "Checkpoint saves that failed (periodic, on demand, durable or final).",
+            registry=r,
+        )
+
     def watch(self, state: WatchedState) -> None:
         """The state gauges read `state` at each scrape. One int attribute each, read without
         the store's lock: a scrape never waits behind a long Train request."""

@@ -27,7 +27,8 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from gradserve.errors import FailedPreconditionError, GradserveError
+from gradserve.errors import GradserveError
+from gradserve.server.checkpoint_checks import ModelLayout, check_same_model, check_state
 from gradserve.server.checkpoint_directory import (
     check_usable,
     remove_leftovers,
@@ -112,24 +113,37 @@ def write_checkpoint(
     return CheckpointInfo(final, sequence, state.version, state.accumulated_batches)
 
 
-def read_checkpoint(path: Path) -> tuple[StoreState, dict[str, Any]]:
-    """The state in one checkpoint folder; CheckpointError (or OSError) when it is unusable."""
+def read_checkpoint(
+    path: Path, layout: ModelLayout | None = None
+) -> tuple[StoreState, dict[str, Any]]:
+    """The state in one checkpoint folder; CheckpointError (or OSError) when it is unusable:
+    unreadable, a checksum that differs, or (with `layout`) content that does not fit."""
     try:
         manifest = json.loads((path / MANIFEST).read_bytes())
         if not isinstance(manifest, dict):
             raise CheckpointError(f"{MANIFEST} is not a JSON object")
-        return decode_state((path / TENSORS).read_bytes(), manifest), manifest
-    except (KeyError, TypeError, ValueError, SafetensorError) as error:
+        state = decode_state((path / TENSORS).read_bytes(), manifest)
+    except (KeyError, TypeError, ValueError, IndexError, SafetensorError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"{type(error).__name__}: {error}") from None
+    match = _NAME.match(path.name)
+    if match and int(match.group(2)) != state.version:
+        raise CheckpointError(f"model_version {state.version}, the folder's name says otherwise")
+    if layout is not None:
+        check_same_model(str(path), manifest, layout)
+        check_state(state, layout)
+    return state, manifest
 
 
-def read_latest(directory: Path) -> tuple[StoreState, dict[str, Any], Path] | None:
-    """The newest checkpoint that reads back, skipping (and logging) the broken ones."""
+def read_latest(
+    directory: Path, layout: ModelLayout | None = None
+) -> tuple[StoreState, dict[str, Any], Path] | None:
+    """The newest checkpoint that reads back (and fits `layout`), skipping (and logging, one
+    line each) the broken ones."""
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            state, manifest = read_checkpoint(path)
+            state, manifest = read_checkpoint(path, layout)
         except (CheckpointError, OSError) as error:
             logger.warning("skipping checkpoint %s: %s", path.name, error)
             continue
@@ -177,19 +191,11 @@ class Checkpointer:
         directory must prove usable (FailedPreconditionError: the server exits 2)."""
         check_usable(self.directory)
         remove_leftovers(self.directory)
-        found = read_latest(self.directory)
+        found = read_latest(self.directory, ModelLayout.of(self.store))
         if found is None:
             logger.info("no checkpoint in %s: starting fresh", self.directory)
             return None
-        state, manifest, path = found
-        info = self.store.info()
-        if manifest["model_spec"] != info.model_spec or manifest["optimizer"] != info.optimizer:
-            raise FailedPreconditionError(
-                f"checkpoint {path} is for model {manifest['model_spec']} with optimizer "
-                f"{manifest['optimizer']}; this server runs {info.model_spec} with "
-                f"{info.optimizer}",
-                field="checkpoint_dir",
-            )
+        state, _, path = found
         self.store.restore_state(state)
         match = _NAME.match(path.name)
         sequence = int(match.group(1)) if match else 0

@@ -17,11 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.defaults import SERVICE_NAME, channel_options
-from gradserve.errors import GradserveError
+from gradserve.errors import FailedPreconditionError, GradserveError
 from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from gradserve.server.checkpoints import Checkpointer
 from gradserve.server.config import ServerConfig
 from gradserve.server.coordination import build_coordinator
+from gradserve.server.durability import GroupCommit
 from gradserve.server.interceptors import ServerInterceptor
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.model_specs import build_configured
@@ -53,6 +54,7 @@ class GradientServer:
     health: health.HealthServicer
     checkpointer: Checkpointer | None = None
     final_checkpoint_failed: bool = False
+    durability: GroupCommit | None = None
 
     @property
     def address(self) -> str:
@@ -63,6 +65,8 @@ class GradientServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.runtime.shutdown_grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        if self.durability is not None:
+            self.durability.close()
         if self.checkpointer is not None:
             # After the calls in flight are done: the final checkpoint holds all of them.
             self.checkpointer.close()
@@ -121,6 +125,12 @@ def create_server(
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     coordinator = build_coordinator(store, config.coordination, metrics, limits)
+    if config.checkpoints.durability == "sync":
+        if checkpointer is None:
+            raise FailedPreconditionError(
+                "--durability sync needs --checkpoint-dir", field="durability"
+            )
+        coordinator.durability = GroupCommit(checkpointer)
     gradserve_pb2_grpc.add_GradientServiceServicer_to_server(
         GradientServicer(coordinator, checkpointer), server
     )
@@ -145,4 +155,13 @@ def create_server(
     logger.info("model %s, optimizer %s", model.spec, optimizer.description)
     if checkpointer is not None:
         checkpointer.start()
-    return GradientServer(config, server, port, store, metrics, health_servicer, checkpointer)
+    return GradientServer(
+        config,
+        server,
+        port,
+        store,
+        metrics,
+        health_servicer,
+        checkpointer,
+        durability=coordinator.durability,
+    )

@@ -25,6 +25,7 @@ import grpc
 import torch
 
 from bench.concurrency import clients
+from bench.durability import durability
 from bench.processes import TORCH_THREADS
 from bench.rows import Row, stats
 from bench.transfers import params
@@ -36,6 +37,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "params": params,
     "clients": clients,
     "rss": rss,
+    "durability": durability,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -53,6 +53,8 @@ class GradientServer:
     health: health.HealthServicer
     streams: StreamAdmission
     default_run: Run
+    # Set by stop() when a run's final checkpoint could not be written (serve.py exits 1).
+    final_checkpoint_failed: bool = False
 
     @property
     def address(self) -> str:
@@ -75,7 +77,7 @@ class GradientServer:
         self.server.stop(grace).wait()
         self.streams.close()
         # After the calls in flight are done: each run's final checkpoint holds all of them.
-        self.runs.close()
+        self.final_checkpoint_failed = not self.runs.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()

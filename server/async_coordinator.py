@@ -112,6 +112,6 @@ class AsyncCoordinator(RoundCoordinator):
             except FailedPreconditionError:
                 # Another worker's update already applied this worker's gradients: no step
                 # was taken here, so none is counted.
-                return UpdateResult(self.store.snapshot()[0], 0, 0, 0.0)
+                return self.durable(UpdateResult(self.store.snapshot()[0], 0, 0, 0.0))
         self.metrics.record_update(result)
-        return result
+        return self.durable(result)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -16,7 +17,25 @@ import torch
 from gradserve import types
 from gradserve.server.store_state import StoreState
 
-FORMAT_VERSION = 1
+# 2: the manifest carries manifest_sha256, over its own canonical JSON (which holds the tensor
+# file's sha256), so an edited count or version is caught too. 1 (tensors only) still reads.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+# Every key decode_state and the restore read, with the JSON type it must have.
+REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "model_version": int,
+    "accumulated_batches": int,
+    "accumulated_samples": int,
+    "model_spec": str,
+    "optimizer": str,
+    "parameters": dict,
+    "gradients": dict,
+    "optimizer_state": dict,
+    "request_ids": list,
+    "tensors_sha256": str,
+    "tensors_bytes": int,
+}
 TENSORS = "tensors.safetensors"
 # The request-id window's results, from gradserve.types; older checkpoints' names for them.
 _RESULT_TYPES = frozenset(
@@ -112,12 +131,33 @@ def encode_state(
     data = safetensors.torch.save(tensors)
     manifest["tensors_sha256"] = hashlib.sha256(data).hexdigest()
     manifest["tensors_bytes"] = len(data)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     return data, manifest
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces) without this digest."""
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_manifest(manifest: dict[str, Any]) -> None:
+    """Every required key with its type, and (format 2) the manifest's own digest."""
+    for key, expected in REQUIRED_KEYS.items():
+        value = manifest.get(key)
+        if key not in manifest or isinstance(value, bool) or not isinstance(value, expected):
+            raise CheckpointError(f"manifest: {key!r} missing or not a {expected}")
+    if manifest["format_version"] not in READABLE_FORMATS:
+        raise CheckpointError(f"format_version {manifest['format_version']!r}")
+    if manifest["format_version"] >= 2 and manifest.get("manifest_sha256") != manifest_digest(
+        manifest
+    ):
+        raise CheckpointError("manifest: manifest_sha256 differs from its content's")
+
+
 def decode_state(data: bytes, manifest: dict[str, Any]) -> StoreState:
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"format_version {manifest.get('format_version')!r}")
+    check_manifest(manifest)
     if len(data) != manifest["tensors_bytes"]:
         raise CheckpointError(f"{TENSORS}: {len(data)} bytes, expected {manifest['tensors_bytes']}")
     if hashlib.sha256(data).hexdigest() != manifest["tensors_sha256"]:

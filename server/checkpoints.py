@@ -27,7 +27,13 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from gradserve.errors import FailedPreconditionError
+from gradserve.errors import GradserveError
+from gradserve.server.checkpoint_checks import ModelLayout, check_same_model, check_state
+from gradserve.server.checkpoint_directory import (
+    check_usable,
+    remove_leftovers,
+    save_failed,
+)
 from gradserve.server.checkpoint_encoding import (
     TENSORS,
     CheckpointError,
@@ -35,6 +41,7 @@ from gradserve.server.checkpoint_encoding import (
     encode_state,
 )
 from gradserve.server.config import CheckpointConfig
+from gradserve.server.metrics import ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.store_state import StoreState
 
@@ -90,7 +97,7 @@ def write_checkpoint(
     existing = list_checkpoints(directory)
     sequence = existing[-1][0] + 1 if existing else 1
     final = directory / f"checkpoint-{sequence:010d}-v{state.version}"
-    temporary = directory / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    temporary = directory / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"  # TEMPORARY_PREFIX
     temporary.mkdir()
     try:
         _write_durably(temporary / TENSORS, data)
@@ -106,24 +113,37 @@ def write_checkpoint(
     return CheckpointInfo(final, sequence, state.version, state.accumulated_batches)
 
 
-def read_checkpoint(path: Path) -> tuple[StoreState, dict[str, Any]]:
-    """The state in one checkpoint folder; CheckpointError (or OSError) when it is unusable."""
+def read_checkpoint(
+    path: Path, layout: ModelLayout | None = None
+) -> tuple[StoreState, dict[str, Any]]:
+    """The state in one checkpoint folder; CheckpointError (or OSError) when it is unusable:
+    unreadable, a checksum that differs, or (with `layout`) content that does not fit."""
     try:
         manifest = json.loads((path / MANIFEST).read_bytes())
         if not isinstance(manifest, dict):
             raise CheckpointError(f"{MANIFEST} is not a JSON object")
-        return decode_state((path / TENSORS).read_bytes(), manifest), manifest
-    except (KeyError, TypeError, ValueError, SafetensorError) as error:
+        state = decode_state((path / TENSORS).read_bytes(), manifest)
+    except (KeyError, TypeError, ValueError, IndexError, SafetensorError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"{type(error).__name__}: {error}") from None
+    match = _NAME.match(path.name)
+    if match and int(match.group(2)) != state.version:
+        raise CheckpointError(f"model_version {state.version}, the folder's name says otherwise")
+    if layout is not None:
+        check_same_model(str(path), manifest, layout)
+        check_state(state, layout)
+    return state, manifest
 
 
-def read_latest(directory: Path) -> tuple[StoreState, dict[str, Any], Path] | None:
-    """The newest checkpoint that reads back, skipping (and logging) the broken ones."""
+def read_latest(
+    directory: Path, layout: ModelLayout | None = None
+) -> tuple[StoreState, dict[str, Any], Path] | None:
+    """The newest checkpoint that reads back (and fits `layout`), skipping (and logging, one
+    line each) the broken ones."""
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            state, manifest = read_checkpoint(path)
+            state, manifest = read_checkpoint(path, layout)
         except (CheckpointError, OSError) as error:
             logger.warning("skipping checkpoint %s: %s", path.name, error)
             continue
@@ -139,9 +159,18 @@ class Checkpointer:
 
     A background thread watches the store's version (a plain int read, every 10 ms when
     saving per update) so every update path, unary or streaming, is covered without hooks.
+    A failing save (full disk, directory gone) is counted, logged once per streak of failures
+    and once when saves work again, and the thread backs off exponentially up to MAX_BACKOFF.
     """
 
-    def __init__(self, store: ParameterStore, config: CheckpointConfig) -> None:
+    MAX_BACKOFF = 5.0
+
+    def __init__(
+        self,
+        store: ParameterStore,
+        config: CheckpointConfig,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         if config.directory is None:
             raise ValueError("Checkpointer: the config has no directory")
         self.store = store
@@ -154,22 +183,19 @@ class Checkpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_saved_at = time.monotonic()
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.failures_in_a_row = 0
 
     def restore_latest(self) -> CheckpointInfo | None:
-        """Load the newest good checkpoint into the store; None when there is none."""
-        found = read_latest(self.directory)
+        """Load the newest good checkpoint into the store; None when there is none. First the
+        directory must prove usable (FailedPreconditionError: the server exits 2)."""
+        check_usable(self.directory)
+        remove_leftovers(self.directory)
+        found = read_latest(self.directory, ModelLayout.of(self.store))
         if found is None:
             logger.info("no checkpoint in %s: starting fresh", self.directory)
             return None
-        state, manifest, path = found
-        info = self.store.info()
-        if manifest["model_spec"] != info.model_spec or manifest["optimizer"] != info.optimizer:
-            raise FailedPreconditionError(
-                f"checkpoint {path} is for model {manifest['model_spec']} with optimizer "
-                f"{manifest['optimizer']}; this server runs {info.model_spec} with "
-                f"{info.optimizer}",
-                field="checkpoint_dir",
-            )
+        state, _, path = found
         self.store.restore_state(state)
         match = _NAME.match(path.name)
         sequence = int(match.group(1)) if match else 0
@@ -183,19 +209,45 @@ class Checkpointer:
         return self.last
 
     def save(self) -> CheckpointInfo:
+        """Write one checkpoint now. A failure raises RESOURCE_EXHAUSTED (disk full) or
+        UNAVAILABLE with the OS reason, and is counted in gradserve_checkpoint_failures_total."""
         with self._save_lock:
             state = self.store.export_state()
             info = self.store.info()
-            self.last = write_checkpoint(
-                self.directory,
-                state,
-                model_spec=info.model_spec,
-                optimizer=info.optimizer,
-                keep=self.keep,
-            )
+            try:
+                saved = write_checkpoint(
+                    self.directory,
+                    state,
+                    model_spec=info.model_spec,
+                    optimizer=info.optimizer,
+                    keep=self.keep,
+                )
+            except OSError as error:
+                raise self._failed(error) from None
+            if self.failures_in_a_row:
+                logger.warning(
+                    "checkpoints to %s work again after %d failed saves",
+                    self.directory,
+                    self.failures_in_a_row,
+                )
+                self.failures_in_a_row = 0
+            self.last = saved
             self._last_saved_at = time.monotonic()
-            logger.debug("saved checkpoint %s", self.last.path.name)
-            return self.last
+            logger.debug("saved checkpoint %s", saved.path.name)
+            return saved
+
+    def _failed(self, error: OSError) -> GradserveError:
+        status = save_failed(self.directory, error)
+        self.metrics.checkpoint_failures.inc()
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row == 1:
+            # One line per streak: a save retried every 10 ms must not flood the log.
+            logger.error(
+                "%s; further failures are counted in gradserve_checkpoint_failures_total, "
+                "not logged, until a save works again",
+                status.message,
+            )
+        return status
 
     def start(self) -> None:
         if self._thread is None and (self.every_updates or self.every_seconds):
@@ -228,9 +280,12 @@ class Checkpointer:
 
     def _run(self) -> None:
         interval = 0.01 if self.every_updates else min(1.0, self.every_seconds or 1.0)
-        while not self._stopping.wait(interval):
-            if self._due():
-                try:
-                    self.save()
-                except OSError:
-                    logger.exception("checkpoint to %s failed", self.directory)
+        delay = interval
+        while not self._stopping.wait(delay):
+            if not self._due():
+                continue
+            try:
+                self.save()
+                delay = interval
+            except GradserveError:
+                delay = min(self.MAX_BACKOFF, max(2 * delay, 0.1))

@@ -124,6 +124,9 @@ class CheckpointConfig:
     every_updates: int | None = None
     every_seconds: float | None = None
     keep: int = 3
+    # "sync": changes are answered after a checkpoint holding them is fsync'd (durability.py);
+    # "async": saved later by the rules above (docs/checkpoints.md: what a crash loses).
+    durability: str = "async"
 
 
 RUN_ACCESS = ("all", "admin")

@@ -19,6 +19,7 @@ import torch
 
 from gradserve.errors import FailedPreconditionError
 from gradserve.server.config import CoordinationConfig, LimitsConfig
+from gradserve.server.durability import GroupCommit
 from gradserve.server.metrics import RunMetrics, ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.types import (
@@ -49,6 +50,15 @@ class DirectCoordinator:
         self.store = store
         self.metrics = metrics if metrics is not None else ServerMetrics().for_run("", store)
         self.limits = limits if limits is not None else LimitsConfig()
+        # --durability sync (server/durability.py): changes wait for their checkpoint.
+        self.durability: GroupCommit | None = None
+
+    def durable(self, result: T) -> T:
+        """`result` once the change behind it is on disk (a no-op unless --durability sync).
+        Called after the store's lock is released, so waiters share one save."""
+        if self.durability is not None:
+            self.durability.wait_durable()
+        return result
 
     def compute_gradients(
         self,
@@ -85,13 +95,13 @@ class DirectCoordinator:
             request_id=request_id,
         )
         self.metrics.record_update(result)
-        return result
+        return self.durable(result)
 
     def train(self, steps: Sequence[TrainStep], *, request_id: str = "") -> TrainResult:
         result = self.store.train(steps, request_id=request_id)
         samples = sum(int(inputs.shape[0]) for step in steps for inputs, _ in step.batches)
         self.metrics.record_train(result, samples)
-        return result
+        return self.durable(result) if any(step.applied for step in result.steps) else result
 
     def evaluate(
         self,
@@ -124,7 +134,7 @@ class DirectCoordinator:
             values, expected_version=expected_version, request_id=request_id
         )
         self.metrics.record_set(result, method)
-        return result
+        return self.durable(result)
 
     def discard_gradients(self) -> DiscardResult:
         return self.store.discard_gradients()

@@ -43,6 +43,7 @@ ENV_CHECKPOINT_DIR = "GRADSERVE_CHECKPOINT_DIR"
 ENV_CHECKPOINT_EVERY_UPDATES = "GRADSERVE_CHECKPOINT_EVERY_UPDATES"
 ENV_CHECKPOINT_EVERY_SECONDS = "GRADSERVE_CHECKPOINT_EVERY_SECONDS"
 ENV_CHECKPOINT_KEEP = "GRADSERVE_CHECKPOINT_KEEP"
+ENV_DURABILITY = "GRADSERVE_DURABILITY"
 ENV_TLS_CERT = "GRADSERVE_TLS_CERT"
 ENV_TLS_KEY = "GRADSERVE_TLS_KEY"
 ENV_TLS_CLIENT_CA = "GRADSERVE_TLS_CLIENT_CA"
@@ -243,6 +244,13 @@ def parse_args(
         type=int,
         default=int(env_or(ENV_CHECKPOINT_KEEP, default["checkpoint_keep"])),
         help=f"checkpoints kept, newest first [{ENV_CHECKPOINT_KEEP}]",
+    )
+    add(
+        "--durability",
+        choices=("async", "sync"),
+        default=env_or(ENV_DURABILITY, default["durability"]),
+        help="sync: answer ApplyUpdate, Train, SetParameters and UploadParameters only once "
+        f"a checkpoint holding the change is fsync'd (needs --checkpoint-dir) [{ENV_DURABILITY}]",
     )
     add(
         "--tls-cert",

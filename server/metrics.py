@@ -149,6 +149,12 @@ class ServerMetrics:
             "Streams cancelled after waiting --stream-idle-seconds on their client.",
             registry=r,
         )
+        # Checkpoints (server/checkpoints.py): saves that failed (full disk, missing directory).
+        self.checkpoint_failures = Counter(
+            "gradserve_checkpoint_failures_total",
+            "Checkpoint saves that failed (periodic, on demand, durable or final).",
+            registry=r,
+        )
 
     def for_run(self, run: str, state: WatchedState) -> RunMetrics:
         """The metrics one run records into; its state gauges read `state` at each scrape

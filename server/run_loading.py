@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradserve.errors import FailedPreconditionError, InvalidArgumentError
+from gradserve.errors import FailedPreconditionError, GradserveError, InvalidArgumentError
 from gradserve.server.checkpoints import Checkpointer, list_checkpoints
 from gradserve.server.config import ModelConfig, ServerConfig
 from gradserve.server.coordination import DirectCoordinator, build_coordinator
+from gradserve.server.durability import GroupCommit
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
@@ -121,22 +122,43 @@ class Run:
             if self.coordinator is None or self.active or self.last_used >= deadline:
                 return
             self._version = self.version
-            self._close_checkpointer()
+            if self.checkpointer is not None:
+                try:
+                    self.checkpointer.save()
+                except GradserveError as error:
+                    # Kept loaded: its state is only in memory (the checkpointer counts and
+                    # logs the failure); the next round tries again.
+                    logger.warning("run %s stays loaded: %s", self.name, error)
+                    return
+                self.checkpointer.close()
+            if self.coordinator.durability is not None:
+                self.coordinator.durability.close()
             self.coordinator = self.checkpointer = None
         logger.info("unloaded idle run %s at version %d", self.name, self._version)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop and save; False when the final checkpoint could not be written."""
         with self.lock:
-            self._close_checkpointer()
+            try:
+                self._close_checkpointer()
+            except GradserveError as error:
+                logger.error("run %s: no final checkpoint: %s", self.name or "(default)", error)
+                return False
+            return True
 
     def discard(self) -> None:
         """Forget the model without saving (the run is being deleted)."""
         with self.lock:
+            if self.coordinator is not None and self.coordinator.durability is not None:
+                self.coordinator.durability.close()
             if self.checkpointer is not None:
                 self.checkpointer.close()
             self.coordinator = self.checkpointer = None
 
     def _close_checkpointer(self) -> None:
+        coordinator = self.coordinator
+        if coordinator is not None and coordinator.durability is not None:
+            coordinator.durability.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
             saved = self.checkpointer.save()
@@ -209,7 +231,7 @@ class RunBuilder:
         directory = self.directory(run.name)
         if directory is not None:
             checkpoints = dataclasses.replace(self.config.checkpoints, directory=str(directory))
-            checkpointer = Checkpointer(store, checkpoints)
+            checkpointer = Checkpointer(store, checkpoints, self.metrics)
             if restore:
                 checkpointer.restore_latest()
             checkpointer.start()
@@ -217,6 +239,13 @@ class RunBuilder:
         coordinator = build_coordinator(
             store, self.config.coordination, metrics, self.config.limits
         )
+        if self.config.checkpoints.durability == "sync":
+            if checkpointer is None:
+                raise FailedPreconditionError(
+                    "--durability sync needs --checkpoint-dir", field="durability"
+                )
+            # Changes are answered once a checkpoint holding them is on disk.
+            coordinator.durability = GroupCommit(checkpointer)
         return coordinator, checkpointer
 
     def persist(self, run: Run) -> None:

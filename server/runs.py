@@ -92,15 +92,15 @@ class RunRegistry:
             )
             self._idle_thread.start()
 
-    def close(self) -> None:
-        """Stop the idle watcher; save and stop every loaded run's checkpointer."""
+    def close(self) -> bool:
+        """Stop the idle watcher; save and stop every loaded run's checkpointer. False when
+        a final checkpoint could not be written."""
         self._stopping.set()
         if self._idle_thread is not None:
             self._idle_thread.join()
         with self._lock:
             runs = list(self._runs.values())
-        for run in runs:
-            run.close()
+        return all([run.close() for run in runs])
 
     # -- lookup --------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     running.stop()
     distributed.shutdown(running.store)
     logger.info("stopped at model version %d", running.store.version)
-    return 0
+    return 1 if running.final_checkpoint_failed else 0
 
 
 if __name__ == "__main__":

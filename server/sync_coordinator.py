@@ -96,7 +96,7 @@ class SyncCoordinator(RoundCoordinator):
             )
         if result.replayed:
             self.metrics.record_update(result)
-        return result
+        return self.durable(result)
 
     def _wait_for_round(
         self,

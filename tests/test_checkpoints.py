@@ -137,7 +137,7 @@ def test_checkpoint_files_are_safetensors_and_json(make_server, make_stub, tmp_p
     assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, TENSORS]
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["model_version"] == 2
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     # safetensors: an 8-byte little-endian header length, then a JSON header.
     data = (folder / TENSORS).read_bytes()
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])

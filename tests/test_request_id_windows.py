@@ -160,7 +160,10 @@ def test_checkpoints_without_fingerprints_still_load(server) -> None:
     update = UpdateResult(1, 1, 4, 0.5)
     state = dataclasses.replace(state, request_ids=(("apply_update", "u", update, "f"),))
     data, manifest = encode_state(state, model_spec="linear", optimizer="sgd")
-    manifest["request_ids"] = [entry[:3] for entry in manifest["request_ids"]]  # the old layout
+    # A checkpoint from before fingerprints: format 1 (no manifest digest), 3-field entries.
+    manifest["request_ids"] = [entry[:3] for entry in manifest["request_ids"]]
+    manifest["format_version"] = 1
+    del manifest["manifest_sha256"]
     restored = decode_state(data, manifest)
     assert restored.request_ids == (("apply_update", "u", update, ""),)
     server.store.restore_state(restored)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gradserve.defaults import SERVICE_NAME, channel_options
 from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
@@ -26,6 +25,7 @@ from gradserve.server.metrics import ServerMetrics
 from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.reflection import enable_server_reflection
 from gradserve.server.servicer import GradientServicer
 from gradserve.server.tracing import server_interceptors
 from gradserve.v1 import gradserve_pb2_grpc
@@ -121,9 +121,7 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     address = format_address(config.network.host, config.network.port)
     if credentials is None:
         port = server.add_insecure_port(address)

@@ -113,6 +113,8 @@ def test_serves_health_reflection_metrics_and_stops_on_sigterm(process) -> None:
     assert "grpc_server_handled_total{" in text
     assert 'grpc_method="GetModelInfo"' in text
     assert "gradserve_model_version 0.0" in text
+    assert "process_resident_memory_bytes " in text
+    assert "python_info{" in text
 
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) == 0

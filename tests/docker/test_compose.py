@@ -305,7 +305,7 @@ def test_grafana_provisioning_follows_grafanas_schema() -> None:
     wanted = {
         "gradserve_train_loss", "gradserve_train_epoch_loss", "gradserve_train_steps_total",
         "grpc_server_handling_seconds_bucket", "grpc_server_handled_total",
-        "gradserve_model_version",
+        "gradserve_model_version", "gradserve_train_model_version",
     }  # fmt: skip
     exprs = " ".join(expr for _, expr in panel_queries(dashboard))
     assert all(name in exprs for name in wanted), wanted - set(re.findall(r"\w+", exprs))

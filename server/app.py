@@ -56,6 +56,10 @@ class GradientServer:
     def address(self) -> str:
         return format_address(self.config.network.host, self.port)
 
+    def drain(self) -> None:
+        """Report NOT_SERVING from now on, still serving: load balancers stop sending calls."""
+        self.health.enter_graceful_shutdown()
+
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
         self.health.enter_graceful_shutdown()

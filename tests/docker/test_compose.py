@@ -252,8 +252,10 @@ def test_compose_file_is_valid_for_compose_v1() -> None:
         "-m",
         "gradserve.server.healthcheck",
     ]
-    grace = float(server["environment"]["GRADSERVE_SHUTDOWN_GRACE_SECONDS"].split(":-")[1][:-1])
-    assert float(server["stop_grace_period"].rstrip("s")) > grace
+    environment = server["environment"]
+    grace = float(environment["GRADSERVE_SHUTDOWN_GRACE_SECONDS"].split(":-")[1][:-1])
+    drain = float(environment["GRADSERVE_DRAIN_SECONDS"].split(":-")[1][:-1])
+    assert float(server["stop_grace_period"].rstrip("s")) > drain + grace
     assert any("--linger" in str(arg) for arg in trainer["command"])
     assert (
         "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"

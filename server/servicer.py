@@ -120,7 +120,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     ) -> pb.SaveCheckpointResponse:
         if self._checkpointer is None:
             raise FailedPreconditionError(
-                "this server has no checkpoint directory (--checkpoint-dir)", field="checkpoint_dir"
+                "this server has no checkpoint directory (--checkpoint-dir)",
+                field="checkpoint_dir",
+                reason="NO_CHECKPOINT_DIRECTORY",
             )
         saved = self._checkpointer.save()
         return pb.SaveCheckpointResponse(

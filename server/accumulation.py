@@ -25,6 +25,7 @@ def check_loss(loss_value: float, version: int) -> None:
             f"inputs: the loss is {loss_value} for this batch at model version "
             f"{version}; nothing was accumulated",
             field="inputs",
+            reason="NOT_FINITE",
         )
 
 
@@ -35,6 +36,7 @@ def check_gradients(names: Iterable[str], gradients: Gradients, version: int) ->
                 f"inputs: the gradient of {name} is not finite for this batch at "
                 f"model version {version}; nothing was accumulated",
                 field="inputs",
+                reason="NOT_FINITE",
             )
 
 

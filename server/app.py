@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gradserve.defaults import SERVICE_NAME, channel_options
 from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
@@ -24,6 +23,7 @@ from gradserve.server.interceptors import ServerInterceptor
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.principals import PrincipalTable
+from gradserve.server.reflection import enable_server_reflection
 from gradserve.server.run_loading import Run, RunBuilder, RunSpec
 from gradserve.server.runs import DEFAULT_RUN, RunRegistry
 from gradserve.server.servicer import GradientServicer
@@ -69,6 +69,10 @@ class GradientServer:
     @property
     def checkpointer(self) -> Checkpointer | None:
         return self.default_run.checkpointer
+
+    def drain(self) -> None:
+        """Report NOT_SERVING from now on, still serving: load balancers stop sending calls."""
+        self.health.enter_graceful_shutdown()
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
@@ -140,9 +144,7 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     address = format_address(config.network.host, config.network.port)
     if credentials is None:
         port = server.add_insecure_port(address)

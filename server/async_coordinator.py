@@ -71,6 +71,7 @@ class AsyncCoordinator(RoundCoordinator):
                         f"the model's {version}, more than max_staleness "
                         f"{self.config.max_staleness}; nothing was accumulated",
                         field="based_on_version",
+                        reason="STALE_CONTRIBUTION",
                     )
                 weight = 1.0 / (1.0 + staleness)
             seen.extend((staleness, weight))

@@ -18,8 +18,9 @@ from typing import Any
 
 import grpc
 
-from gradserve.errors import InvalidArgumentError
+from gradserve.errors import InvalidArgumentError, UnauthenticatedError
 from gradserve.server.config import SecurityConfig
+from gradserve.server.interceptors import status_for
 from gradserve.server.metrics import ServerMetrics, method_label
 from gradserve.server.principals import TokenEntry, read_token_entries
 
@@ -128,11 +129,11 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 def _deny(request: Any, context: grpc.ServicerContext) -> Any:
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
+    context.abort_with_status(status_for(UnauthenticatedError(DENIED_MESSAGE)))
 
 
 def _deny_stream(request: Any, context: grpc.ServicerContext) -> Any:
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
+    context.abort_with_status(status_for(UnauthenticatedError(DENIED_MESSAGE)))
     yield  # pragma: no cover - a generator, so streaming responses get a status
 
 

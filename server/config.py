@@ -53,6 +53,10 @@ class RuntimeConfig:
     # torch's intra-op threads; None keeps torch's default (one per core it sees).
     torch_threads: int | None = None
     shutdown_grace_seconds: float = 5.0
+    # On SIGTERM, seconds of NOT_SERVING health while still serving, so a load balancer drains
+    # this server before it stops. 0 by default: tests, embedded servers and Ctrl-C stop at
+    # once; docker-compose.yml sets a few seconds (docs/docker.md).
+    drain_seconds: float = 0.0
     log_level: str = "INFO"
     # OTLP/gRPC collector for traces (server/tracing.py); None: OTEL_EXPORTER_OTLP_ENDPOINT,
     # and without either, no tracing.

@@ -178,6 +178,7 @@ class RoundCoordinator(DirectCoordinator):
             "Train runs in --mode direct only; in sync or async mode call "
             "ComputeGradients and ApplyUpdate (client/train.py --transport unary)",
             field="mode",
+            reason="UNSUPPORTED_IN_MODE",
         )
 
 

@@ -38,6 +38,7 @@ ENV_TORCH_THREADS = "GRADSERVE_TORCH_THREADS"
 ENV_REQUEST_ID_WINDOW = "GRADSERVE_REQUEST_ID_WINDOW"
 ENV_REQUEST_ID_WINDOW_BYTES = "GRADSERVE_REQUEST_ID_WINDOW_BYTES"
 ENV_SHUTDOWN_GRACE = "GRADSERVE_SHUTDOWN_GRACE_SECONDS"
+ENV_DRAIN = "GRADSERVE_DRAIN_SECONDS"
 ENV_LOG_LEVEL = "GRADSERVE_LOG_LEVEL"
 ENV_CHECKPOINT_DIR = "GRADSERVE_CHECKPOINT_DIR"
 ENV_CHECKPOINT_EVERY_UPDATES = "GRADSERVE_CHECKPOINT_EVERY_UPDATES"
@@ -206,6 +207,13 @@ def parse_args(
         dest="shutdown_grace_seconds",
         default=float(env_or(ENV_SHUTDOWN_GRACE, default["shutdown_grace_seconds"])),
         help=f"seconds in-flight calls get on SIGTERM [{ENV_SHUTDOWN_GRACE}]",
+    )
+    add(
+        "--drain-seconds",
+        type=float,
+        default=float(env_or(ENV_DRAIN, default["drain_seconds"])),
+        help="on SIGTERM, seconds health reports NOT_SERVING while calls are still served, "
+        f"before the grace; a second signal ends it [{ENV_DRAIN}]",
     )
     add(
         "--log-level",

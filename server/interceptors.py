@@ -1,7 +1,10 @@
 """The one place where exceptions become gRPC statuses, and where RPC metrics are recorded.
 
-GradserveError -> its status code, its message, and a google.rpc.BadRequest naming the field.
-Any other exception is a bug: logged here with its traceback, sent as a generic INTERNAL.
+GradserveError -> its status code, its message and google.rpc details (AIP-193): ErrorInfo
+(reason, domain, metadata) always; BadRequest when a field is named; PreconditionFailure for
+FAILED_PRECONDITION and ABORTED; QuotaFailure for RESOURCE_EXHAUSTED; RetryInfo when the
+error has a retry delay. Any other exception is a bug: logged here with its traceback, sent as
+a generic INTERNAL (with its ErrorInfo, nothing else).
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf import any_pb2, duration_pb2, message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.defaults import SERVICE_NAME
-from gradserve.errors import GradserveError, InvalidArgumentError
+from gradserve.errors import GradserveError, InternalError, InvalidArgumentError, Violation
 from gradserve.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -25,9 +28,20 @@ logger = logging.getLogger(__name__)
 
 # Messages and field paths can echo what a client sent (a parameter name, a run name): the
 # status travels in trailing metadata, whose limit is 16 KiB (8 KiB soft) and which carries
-# the message twice (details and the packed Status), so what a status echoes is capped.
+# the message twice (details and the packed Status), so what a status echoes is capped. The
+# other details repeat less: their descriptions and metadata values are capped shorter.
 MAX_STATUS_MESSAGE = 1024
 MAX_STATUS_FIELD = 256
+MAX_DETAIL_TEXT = 128
+MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_METADATA_ENTRIES = 64, 128, 8
+MAX_VIOLATIONS = 3
+
+_PRECONDITION_CODES = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED)
+_RETRY_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+)
 
 
 def capped(text: str, limit: int) -> str:
@@ -36,23 +50,73 @@ def capped(text: str, limit: int) -> str:
     return f"{text[: limit - 40]}... ({len(text) - limit + 40} more characters)"
 
 
-def status_for(error: GradserveError) -> grpc.Status:
-    """The rich status an error travels as (code, message, BadRequest with the field)."""
-    message = capped(error.message, MAX_STATUS_MESSAGE)
-    detail = status_pb2.Status(code=error.code.value[0], message=message)
+def _packed(detail: message.Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+def _violations(error: GradserveError) -> tuple[Violation, ...]:
+    """The error's own violations, else one derived from its reason and field."""
+    if error.violations:
+        return error.violations
+    return (Violation(error.reason, error.field or "model", error.message),)
+
+
+def _details(error: GradserveError, message_text: str) -> list[message.Message]:
+    metadata = {
+        capped(key, MAX_METADATA_KEY): capped(value, MAX_METADATA_VALUE)
+        for key, value in list(error.metadata.items())[:MAX_METADATA_ENTRIES]
+    }
+    details: list[message.Message] = [
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=error.domain, metadata=metadata)
+    ]
     if error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=capped(error.field, MAX_STATUS_FIELD), description=message
+            field=capped(error.field, MAX_STATUS_FIELD), description=message_text
         )
-        packed = any_pb2.Any()
-        packed.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-        detail.details.append(packed)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if error.code in _PRECONDITION_CODES:
+        details.append(
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=capped(v.type, MAX_METADATA_KEY),
+                        subject=capped(v.subject, MAX_DETAIL_TEXT),
+                        description=capped(v.description, MAX_DETAIL_TEXT),
+                    )
+                    for v in _violations(error)[:MAX_VIOLATIONS]
+                ]
+            )
+        )
+    if error.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=capped(v.subject or "server", MAX_DETAIL_TEXT),
+                        description=capped(v.description, MAX_DETAIL_TEXT),
+                    )
+                    for v in _violations(error)[:MAX_VIOLATIONS]
+                ]
+            )
+        )
+    if error.retry_delay is not None and error.code in _RETRY_CODES:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(max(error.retry_delay, 0.0) * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    return details
+
+
+def status_for(error: GradserveError) -> grpc.Status:
+    """The rich status an error travels as (code, message, the details above)."""
+    message_text = capped(error.message, MAX_STATUS_MESSAGE)
+    detail = status_pb2.Status(code=error.code.value[0], message=message_text)
+    detail.details.extend(_packed(d) for d in _details(error, message_text))
     return rpc_status.to_status(detail)
 
 
-_INTERNAL = rpc_status.to_status(
-    status_pb2.Status(code=code_pb2.INTERNAL, message="internal server error")
-)
+_INTERNAL = status_for(InternalError("internal server error"))
 
 
 class _Undecodable:

@@ -1,7 +1,8 @@
 """Where the server's Prometheus metrics are declared: RPC metrics and training state.
 
 RPC metrics use go-grpc-prometheus' names so existing dashboards work. Collectors live in a
-registry per server (tests run several servers in one process); `serve.py` exposes it over HTTP.
+registry per server (tests run several servers in one process), with the process, platform
+and gc collectors (gradserve.runtime_metrics); `serve.py` exposes it over HTTP.
 Training state is labelled by run: each run records through its RunMetrics (`for_run`), whose
 state gauges (model version, accumulated batches) read the store when scraped, so no path
 that changes the store can leave them stale; counters and last-value gauges are recorded from
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gradserve.runtime_metrics import register_runtime_collectors
 from gradserve.types import GradientResult, SetResult, TrainResult, UpdateResult
 from gradserve.v1 import gradserve_pb2
 
@@ -56,6 +58,7 @@ LATENCY_BUCKETS = (
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        register_runtime_collectors(self.registry)
         r = self.registry
         self.handled = Counter(
             "grpc_server_handled_total",

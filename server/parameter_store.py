@@ -209,7 +209,7 @@ class ParameterStore:
         if self.accumulated_batches == 0:
             raise FailedPreconditionError(
                 "nothing to apply: no gradients accumulated since the last update",
-                field="learning_rate",
+                reason="NOTHING_ACCUMULATED",
             )
         if reduction is Reduction.MEAN:
             divide_gradients(self._parameters, self.accumulated_batches)
@@ -242,6 +242,10 @@ class ParameterStore:
                 f"expected_version: {expected_version}, but the model is at version "
                 f"{self.version}; nothing was applied",
                 field="expected_version",
+                metadata={
+                    "expected_version": str(expected_version),
+                    "model_version": str(self.version),
+                },
             )
 
     # -- evaluation, parameters, the graph -------------------------------------------------

@@ -105,6 +105,7 @@ class RunRpcs:
                 raise FailedPreconditionError(
                     "this server has no checkpoint directory (--checkpoint-dir)",
                     field="checkpoint_dir",
+                    reason="NO_CHECKPOINT_DIRECTORY",
                 )
             saved = checkpointer.save()
         return pb.SaveCheckpointResponse(

@@ -1,4 +1,8 @@
-"""`python server/serve.py` / `gradserve-server`: run a gradserve server until SIGTERM or SIGINT."""
+"""`python server/serve.py` / `gradserve-server`: run a gradserve server until SIGTERM or SIGINT.
+
+On the signal: health NOT_SERVING for --drain-seconds while still serving (a second signal
+ends that early), then in-flight calls get --shutdown-grace seconds, then the final checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -47,19 +51,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed.attach(running)
     print(f"listening on {running.address}", flush=True)
 
-    stop_requested = threading.Event()
+    runtime = config.runtime
+    stop_requested, drain_cut_short = threading.Event(), threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop_requested.is_set():
+            logger.info("%s again: ending the drain", name)
+            drain_cut_short.set()
+            return
         logger.info(
-            "%s: stopping (grace %.1fs)",
-            signal.Signals(signum).name,
-            config.runtime.shutdown_grace_seconds,
+            "%s: stopping (drain %.1fs, grace %.1fs)",
+            name,
+            runtime.drain_seconds,
+            runtime.shutdown_grace_seconds,
         )
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     stop_requested.wait()
+    # Health says NOT_SERVING while calls are still served: a balancer's probe sees it and
+    # sends new calls elsewhere before the port closes.
+    running.drain()
+    if runtime.drain_seconds > 0:
+        logger.info("draining: NOT_SERVING for %.1fs, still serving", runtime.drain_seconds)
+        drain_cut_short.wait(runtime.drain_seconds)
     running.stop()
     distributed.shutdown(running.store)
     logger.info("stopped at model version %d", running.store.version)

@@ -114,6 +114,7 @@ class StreamAdmission(grpc.ServerInterceptor):  # type: ignore[misc]
                     f"max_streams: {self.max_streams} streams are open on this server; "
                     "retry later or use the unary calls",
                     field="max_streams",
+                    retry_delay=1.0,  # streams close: unlike the other limits, this one passes
                 )
             self._active[context] = time.monotonic()
 

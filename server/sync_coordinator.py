@@ -181,7 +181,8 @@ class SyncCoordinator(RoundCoordinator):
                 f"sync round {current.number} aborted after {self.config.sync_timeout_seconds:g}s: "
                 f"{arrived} of {self.config.sync_contributions} {self.config.sync_unit} arrived; "
                 f"their gradients ({discarded.discarded_batches} batches) were discarded and the "
-                f"model stays at version {discarded.model_version}"
+                f"model stays at version {discarded.model_version}",
+                reason="SYNC_ROUND_ABORTED",
             )
             label = "aborted"
         else:

@@ -109,3 +109,18 @@ def test_an_unexpected_error_is_internal_without_a_traceback(server, stub, monke
     assert handled(server, "ComputeGradients", "INTERNAL") == 1
     # The server keeps serving.
     assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT).model_version == 0
+
+
+def test_each_server_exports_the_process_collectors(make_server) -> None:
+    # Two servers in one process: each registry has its own copy, nothing clashes.
+    for running in (make_server(), make_server()):
+        registry = running.metrics.registry
+        assert registry.get_sample_value("process_cpu_seconds_total") is not None
+        assert registry.get_sample_value("python_gc_collections_total", {"generation": "0"})
+        info = [
+            sample
+            for family in registry.collect()
+            if family.name == "python_info"
+            for sample in family.samples
+        ]
+        assert info and info[0].labels["implementation"]

@@ -43,7 +43,9 @@ TRAINER_METRICS = {
     "gradserve_train_step_duration_seconds_sum",
     "gradserve_train_step_duration_seconds_count",
     "gradserve_train_epoch",
-    "gradserve_model_version",
+    "gradserve_train_model_version",
+    "process_cpu_seconds_total",
+    "python_info",
 }
 
 
@@ -278,3 +280,10 @@ def test_pushgateway_receives_the_final_metrics(pushgateway: str) -> None:
     assert [s.value for s in steps] == [50.0]
     epoch = families["gradserve_train_epoch"].samples
     assert [s.value for s in epoch if s.labels["run_id"] == run_id] == [5.0]
+    versions = families["gradserve_train_model_version"].samples
+    assert [s.value for s in versions if s.labels["run_id"] == run_id] == [summary["model_version"]]
+    # No validation split: no validation sample at all, rather than a 0.0 that reads as real.
+    for name in ("gradserve_train_validation_loss", "gradserve_train_accuracy"):
+        pushed = families[name].samples if name in families else []
+        assert not [s for s in pushed if s.labels.get("run_id") == run_id], name
+    assert "gradserve_model_version" not in families  # the server's name, not the trainer's

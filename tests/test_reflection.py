@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -83,3 +84,40 @@ def test_calls_an_rpc_with_reflected_types(
     assert info.model == "linear"
     assert [p.name for p in info.parameters] == ["w", "b"]
     assert info.max_message_bytes == 64 * 1024 * 1024
+
+
+def v1_reflection(channel: grpc.Channel, request: reflection_pb2.ServerReflectionRequest):
+    """One request to grpc.reflection.v1 (the path grpcurl tries first); v1's messages are
+    wire-identical to v1alpha's, so v1alpha's classes encode and decode them."""
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (response,) = list(call(iter([request]), timeout=10))
+    return response
+
+
+def test_v1_reflection_is_served(channel: grpc.Channel) -> None:
+    listed = v1_reflection(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
+    services = {service.name for service in listed.list_services_response.service}
+    assert {
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+
+    for symbol, file_name in (
+        (SERVICE, "gradserve/v1/gradserve.proto"),
+        ("grpc.reflection.v1.ServerReflection", "grpc/reflection/v1/reflection.proto"),
+    ):
+        found = v1_reflection(
+            channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        )
+        assert found.WhichOneof("message_response") == "file_descriptor_response", found
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in found.file_descriptor_response.file_descriptor_proto
+        ]
+        assert file_name in {file.name for file in files}

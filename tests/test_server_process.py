@@ -1,5 +1,5 @@
 """`python server/serve.py` as a real process: address line, health, reflection, /metrics,
-graceful SIGTERM, and a clear failure for a bad flag."""
+graceful SIGTERM (with a drain), and a clear failure for a bad flag."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -67,7 +69,14 @@ def lines_of(stream) -> tuple[queue.Queue[str | None], threading.Thread]:
 @pytest.fixture
 def process() -> Iterator[tuple[subprocess.Popen[str], str, int]]:
     metrics_port = free_port()
-    child = serve("--port", "0", "--metrics-port", str(metrics_port))
+    with started("--port", "0", "--metrics-port", str(metrics_port)) as (child, address):
+        yield child, address, metrics_port
+
+
+@contextmanager
+def started(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """serve.py with `args`, once it printed its address; killed afterwards if still alive."""
+    child = serve(*args)
     lines, reader = lines_of(child.stdout)
     try:
         address = None
@@ -80,7 +89,7 @@ def process() -> Iterator[tuple[subprocess.Popen[str], str, int]]:
             if line.startswith("listening on "):
                 address = line.removeprefix("listening on ").strip()
         assert address.startswith("127.0.0.1:")
-        yield child, address, metrics_port
+        yield child, address
     finally:
         if child.poll() is None:
             child.kill()
@@ -113,6 +122,8 @@ def test_serves_health_reflection_metrics_and_stops_on_sigterm(process) -> None:
     assert "grpc_server_handled_total{" in text
     assert 'grpc_method="GetModelInfo"' in text
     assert 'gradserve_model_version{run=""} 0.0' in text
+    assert "process_resident_memory_bytes " in text
+    assert "python_info{" in text
 
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) == 0
@@ -128,3 +139,33 @@ def test_a_bad_model_exits_non_zero_with_one_clear_line() -> None:
     assert "model" in lines[0]
     assert "resnet" in lines[0]
     assert "Traceback" not in stderr
+
+
+def health_status(address: str) -> int:
+    """One Check on a NEW channel, as a load balancer's probe opens one."""
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=TIMEOUT).status
+
+
+def test_sigterm_drains_with_not_serving_while_still_serving() -> None:
+    # A drain far longer than the test: the second SIGTERM ends it, so nothing races a timer.
+    with started("--port", "0", "--metrics-port", "0", "--drain-seconds", "120") as (
+        child,
+        address,
+    ):
+        assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
+        child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while health_status(address) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health never went NOT_SERVING"
+            assert child.poll() is None, "the server stopped instead of draining"
+            time.sleep(0.05)  # polling another process: there is no event to wait on
+        with grpc.insecure_channel(address) as channel:  # new connections are still served
+            info = pb_grpc.GradientServiceStub(channel).GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=TIMEOUT
+            )
+        assert info.model == "linear"
+        assert child.poll() is None
+        child.send_signal(signal.SIGTERM)  # the second signal ends the drain
+        assert child.wait(timeout=30) == 0

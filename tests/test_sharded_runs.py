@@ -89,7 +89,7 @@ def test_sharded_runs_serve_metrics_and_validate(args: tuple[str, ...]) -> None:
     samples, out, err = run_and_scrape(*args)
     assert samples["gradserve_train_steps_total"] > 0
     assert samples["gradserve_train_samples_total"] > 0
-    assert samples["gradserve_model_version"] > 0
+    assert samples["gradserve_train_model_version"] > 0
     assert 0 < samples["gradserve_train_validation_loss"] < 10
     epoch_lines = [line for line in err.splitlines() if line.startswith("Epoch")]
     assert epoch_lines and all(", Validation loss: " in line for line in epoch_lines)

@@ -252,8 +252,10 @@ def test_compose_file_is_valid_for_compose_v1() -> None:
         "-m",
         "gradserve.server.healthcheck",
     ]
-    grace = float(server["environment"]["GRADSERVE_SHUTDOWN_GRACE_SECONDS"].split(":-")[1][:-1])
-    assert float(server["stop_grace_period"].rstrip("s")) > grace
+    environment = server["environment"]
+    grace = float(environment["GRADSERVE_SHUTDOWN_GRACE_SECONDS"].split(":-")[1][:-1])
+    drain = float(environment["GRADSERVE_DRAIN_SECONDS"].split(":-")[1][:-1])
+    assert float(server["stop_grace_period"].rstrip("s")) > drain + grace
     assert any("--linger" in str(arg) for arg in trainer["command"])
     assert (
         "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
@@ -305,7 +307,7 @@ def test_grafana_provisioning_follows_grafanas_schema() -> None:
     wanted = {
         "gradserve_train_loss", "gradserve_train_epoch_loss", "gradserve_train_steps_total",
         "grpc_server_handling_seconds_bucket", "grpc_server_handled_total",
-        "gradserve_model_version",
+        "gradserve_model_version", "gradserve_train_model_version",
     }  # fmt: skip
     exprs = " ".join(expr for _, expr in panel_queries(dashboard))
     assert all(name in exprs for name in wanted), wanted - set(re.findall(r"\w+", exprs))

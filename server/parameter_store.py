@@ -29,7 +29,7 @@ from gradserve.server.request_ids import RequestIdWindow, check_request_id
 from gradserve.server.store_state import StoreState
 from gradserve.server.tracing import traced
 from gradserve.server.train_steps import check_steps
-from gradserve.server.updates import check_learning_rate, divide_gradients, total_norm
+from gradserve.server.updates import StepRollback, check_learning_rate
 from gradserve.types import (
     DiscardResult,
     EvaluationResult,
@@ -60,6 +60,7 @@ class ParameterStore:
         self.optimizer = optimizer
         self._named = dict(model.module.named_parameters())
         self._parameters = list(self._named.values())
+        self._rollback = StepRollback(self._parameters, optimizer)
         # The model's device (--device); requests move there once, results come back to CPU.
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
@@ -180,7 +181,7 @@ class ParameterStore:
         )
 
     def _add(self, gradients: Gradients, batch_size: int, weight: float) -> None:
-        add_gradients(self._parameters, gradients, weight)
+        add_gradients(self._named, gradients, weight, version=self.version)
         self.accumulated_batches += 1
         self.accumulated_samples += batch_size
 
@@ -194,10 +195,7 @@ class ParameterStore:
                 "nothing to apply: no gradients accumulated since the last update",
                 field="learning_rate",
             )
-        if reduction is Reduction.MEAN:
-            divide_gradients(self._parameters, self.accumulated_batches)
-        norm = total_norm(self._parameters)
-        self.optimizer.step(learning_rate)
+        norm = self._rollback.step(learning_rate, reduction, self.accumulated_batches)
         self.optimizer.zero_grad()
         result = UpdateResult(
             self.version + 1, self.accumulated_batches, self.accumulated_samples, norm

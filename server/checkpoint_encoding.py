@@ -102,6 +102,7 @@ def encode_state(
         "optimizer": optimizer,
         "parameters": _encode(state.parameters, "parameters", tensors),
         "gradients": _encode(state.gradients, "gradients", tensors),
+        "buffers": _encode(state.buffers, "buffers", tensors),
         "optimizer_state": _encode(state.optimizer, "optimizer", tensors),
         "request_ids": [
             [method, request_id, _encode(result, f"request_ids.{i}", tensors)]
@@ -134,4 +135,6 @@ def decode_state(data: bytes, manifest: dict[str, Any]) -> StoreState:
             (method, request_id, _decode(result, tensors))
             for method, request_id, result in manifest["request_ids"]
         ),
+        # Checkpoints written before buffers were saved have none.
+        buffers=_decode(manifest["buffers"], tensors) if "buffers" in manifest else {},
     )

@@ -19,6 +19,12 @@ import torch
 
 from gradserve.errors import FailedPreconditionError, VersionConflictError
 from gradserve.server.accumulation import Gradients, add_gradients, batch_gradients
+from gradserve.server.buffers import (
+    BufferKeeper,
+    check_buffer_state,
+    model_buffers,
+    smallest_training_batch,
+)
 from gradserve.server.error_scope import scoped
 from gradserve.server.graph import effective_max_nodes
 from gradserve.server.graph_trace import trace_graph
@@ -61,6 +67,10 @@ class ParameterStore:
         self._named = dict(model.module.named_parameters())
         self._parameters = list(self._named.values())
         self._rollback = StepRollback(self._parameters, optimizer)
+        # Buffers (batch norm's statistics): kept through a refused batch, checkpointed.
+        self._buffers = model_buffers(model.module)
+        self._buffer_keeper = BufferKeeper(self._buffers)
+        self._smallest_batch = smallest_training_batch(model)
         # The model's device (--device); requests move there once, results come back to CPU.
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
@@ -137,7 +147,7 @@ class ParameterStore:
         apply_update. Everything is checked before anything runs; a step that fails while
         running raises with the number of steps already applied in the message."""
         check_request_id(request_id)
-        sizes = check_steps(self.model, steps)
+        sizes = check_steps(self.model, steps, self._smallest_batch)
 
         def run() -> TrainResult:
             results = []
@@ -165,9 +175,11 @@ class ParameterStore:
     def _accumulate(
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
     ) -> tuple[float, Gradients]:
-        """Compute one batch's gradients, then add them. Call with the lock held."""
-        loss, gradients = self._compute(inputs, targets, weight)
-        self._add(gradients, batch_size, weight)
+        """Compute one batch's gradients, then add them. Call with the lock held. A refused
+        batch leaves the buffers its forward pass changed as they were."""
+        with self._buffer_keeper.kept():
+            loss, gradients = self._compute(inputs, targets, weight)
+            self._add(gradients, batch_size, weight)
         return loss, gradients
 
     def _compute(
@@ -348,6 +360,7 @@ class ParameterStore:
                 },
                 # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
                 optimizer=copy.deepcopy(self.optimizer.state_dict()),
+                buffers={n: b.detach().clone() for n, b in self._buffers.items()},
                 request_ids=tuple(
                     (method, request_id, result)
                     for (method, request_id), result in self._request_ids.items()
@@ -355,13 +368,17 @@ class ParameterStore:
             )
 
     def restore_state(self, state: StoreState) -> None:
-        """Put a checkpoint's state back: parameters, .grad, optimizer, version, counts, ids."""
+        """Put a checkpoint's state back: parameters, .grad, buffers (when it has them),
+        optimizer, version, counts, ids."""
         check_state(self._named, state)
+        check_buffer_state(self._buffers, state.buffers)
         with self._lock, torch.no_grad():
             for name, parameter in self._named.items():
                 parameter.copy_(state.parameters[name])
                 gradient = state.gradients.get(name)
                 parameter.grad = None if gradient is None else gradient.clone()
+            for name, value in state.buffers.items():
+                self._buffers[name].copy_(value)
             self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
             self.version = state.version
             self.accumulated_batches = state.accumulated_batches

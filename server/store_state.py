@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,3 +20,6 @@ class StoreState:
     optimizer: dict[str, Any]
     # The request-id window, oldest first: (method, request_id, result).
     request_ids: tuple[tuple[str, str, Any], ...]
+    # The model's buffers (batch norm's running statistics) by name; empty in checkpoints
+    # written before they were saved, which leave the model's own buffers as they are.
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -1,9 +1,11 @@
 """One batch's contribution to .grad, in two halves: compute it, then add it.
 
-`batch_gradients` runs the forward pass, the loss and autograd.grad and checks that the loss
-and every gradient are finite; `add_gradients` adds them to .grad with the same arithmetic
-backward() uses. The store calls both with its lock held; data parallelism
-(server/distributed.py) replaces only the compute, so the checks and the adding are these.
+`batch_gradients` runs the forward pass, the loss and autograd.grad and checks that the loss is
+finite; `add_gradients` adds the gradients to .grad with the same arithmetic backward() uses,
+after checking that the batch's gradients and their sums with .grad are finite (finite values
+can overflow when added), so a refused batch leaves .grad as it was. The store calls both with
+its lock held; data parallelism (server/distributed.py) replaces only the compute, so the
+checks and the adding are these.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from gradserve.errors import FailedPreconditionError
-from gradserve.server.models import Model, all_finite
+from gradserve.server.models import Model, all_finite, all_finite_tensors
 
 Gradients = tuple[torch.Tensor | None, ...]
 
@@ -30,6 +32,9 @@ def check_loss(loss_value: float, version: int) -> None:
 
 
 def check_gradients(names: Iterable[str], gradients: Gradients, version: int) -> None:
+    present = [gradient for gradient in gradients if gradient is not None]
+    if all_finite_tensors(present):
+        return
     for name, gradient in zip(names, gradients, strict=True):
         if gradient is not None and not all_finite(gradient):
             raise FailedPreconditionError(
@@ -49,7 +54,7 @@ def batch_gradients(
     *,
     version: int,
 ) -> tuple[float, Gradients]:
-    """Forward, loss and gradients of one batch, checked; nothing is changed."""
+    """Forward, loss (checked) and gradients of one batch; nothing is changed."""
     module = model.module
     if not module.training:  # Module.train() walks every submodule: skip it when set
         module.train()
@@ -57,22 +62,59 @@ def batch_gradients(
     loss_value = loss.item()
     check_loss(loss_value, version)
     # autograd.grad rather than backward(): the batch's gradients are checked before
-    # anything is added, and add_gradients is the same arithmetic backward() does.
-    gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
-    check_gradients(named, gradients, version)
-    return loss_value, gradients
+    # anything is added (add_gradients checks them with their sums: one reduction for both),
+    # and add_gradients is the same arithmetic backward() does.
+    return loss_value, torch.autograd.grad(loss, parameters, allow_unused=True)
 
 
 def add_gradients(
-    parameters: Sequence[torch.nn.Parameter], gradients: Gradients, weight: float = 1.0
+    named: dict[str, torch.nn.Parameter],
+    gradients: Gradients,
+    weight: float = 1.0,
+    *,
+    version: int = 0,
 ) -> None:
+    """Add one batch's gradients to .grad, or raise leaving every .grad as it was.
+
+    Two finite values can sum past the dtype's range, so the sums are made apart
+    (`grad + added`, the value backward()'s in-place add gives), checked in one reduction,
+    and only then put in place of the old .grad tensors."""
     with torch.no_grad():
-        for parameter, gradient in zip(parameters, gradients, strict=True):
+        summed: list[tuple[str, torch.nn.Parameter]] = []
+        old: list[torch.Tensor] = []
+        added: list[torch.Tensor] = []
+        fresh: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        for (name, parameter), gradient in zip(named.items(), gradients, strict=True):
             if gradient is None:
                 continue
             # A down-weighted (stale) contribution adds weight * gradient.
-            added = gradient if weight == 1.0 else gradient * weight
+            contribution = gradient if weight == 1.0 else gradient * weight
             if parameter.grad is None:
-                parameter.grad = added.clone()
+                fresh.append((parameter, contribution))
             else:
-                parameter.grad += added
+                summed.append((name, parameter))
+                old.append(parameter.grad)
+                added.append(contribution)
+        sums = list(torch._foreach_add(old, added)) if old else []
+        candidates = sums + [contribution for _, contribution in fresh]
+        if not all_finite_tensors(candidates):
+            # The old .grad is finite: the batch's own gradient, or the sum, is not.
+            check_gradients(named, gradients, version)
+            _raise_overflow([name for name, _ in summed], sums, version)
+        for (_, parameter), total in zip(summed, sums, strict=True):
+            parameter.grad = total
+        for parameter, contribution in fresh:
+            parameter.grad = contribution.clone()
+
+
+def _raise_overflow(names: Sequence[str], sums: Sequence[torch.Tensor], version: int) -> None:
+    culprit = next(
+        (name for name, total in zip(names, sums, strict=True) if not all_finite(total)),
+        "a parameter (the weighted gradient)",
+    )
+    raise FailedPreconditionError(
+        f"inputs: adding this batch's gradient of {culprit!r} to the accumulated one is not "
+        f"finite (it overflows) at model version {version}; nothing was accumulated: the "
+        "accumulated gradients are as before; apply or discard them first",
+        field="inputs",
+    )

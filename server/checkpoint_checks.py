@@ -32,6 +32,8 @@ Layout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
 TENSOR_GROUPS: dict[str, tuple[str, bool]] = {
     "parameters": ("parameters", True),
     "gradients": ("parameters", False),  # only the parameters whose .grad is set
+    # Checkpoints written before buffers were saved have none; when present, all of them.
+    "buffers": ("buffers", False),
 }
 _COUNTS = ("version", "accumulated_batches", "accumulated_samples")
 
@@ -52,8 +54,12 @@ class ModelLayout:
             [], lambda name, value: (name, (value.dtype, tuple(value.shape)))
         )
         info = store.info()
+        buffers = {
+            name: (value.dtype, tuple(value.shape))
+            for name, value in store.model.module.named_buffers()
+        }
         return cls(
-            {"parameters": dict(parameters)},
+            {"parameters": dict(parameters), "buffers": buffers},
             store.optimizer.state_dict(),
             info.model_spec,
             info.optimizer,

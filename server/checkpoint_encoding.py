@@ -121,6 +121,7 @@ def encode_state(
         "optimizer": optimizer,
         "parameters": _encode(state.parameters, "parameters", tensors),
         "gradients": _encode(state.gradients, "gradients", tensors),
+        "buffers": _encode(state.buffers, "buffers", tensors),
         "optimizer_state": _encode(state.optimizer, "optimizer", tensors),
         "request_ids": [
             [method, request_id, _encode(result, f"request_ids.{i}", tensors), digest]
@@ -175,4 +176,6 @@ def decode_state(data: bytes, manifest: dict[str, Any]) -> StoreState:
             (entry[0], entry[1], _decode(entry[2], tensors), entry[3] if len(entry) > 3 else "")
             for entry in manifest["request_ids"]
         ),
+        # Checkpoints written before buffers were saved have none.
+        buffers=_decode(manifest["buffers"], tensors) if "buffers" in manifest else {},
     )

@@ -8,7 +8,7 @@ model_specs.py (the one parser), networks in networks.py; nothing here is a clie
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,39 @@ def all_finite(tensor: torch.Tensor) -> bool:
     if tensor.dtype == torch.float64:
         return bool(torch.isfinite(tensor).all())
     return math.isfinite(torch.linalg.vector_norm(tensor, dtype=torch.float64).item())
+
+
+# Below this many elements, copying tensors into one and reducing that once is cheaper than a
+# reduction per tensor (measured on the seed model: 3.0 us against 4.5 us for two).
+_CONCATENATED_ELEMENTS = 1 << 16
+
+
+def float64_norm(tensors: Sequence[torch.Tensor]) -> float:
+    """The 2-norm of all elements of float32/16 `tensors` together, reduced in float64 (so it
+    overflows only if an element is NaN or +-Inf): one reduction, no Python step per tensor."""
+    if not tensors:
+        return 0.0
+    if len(tensors) == 1:
+        together = tensors[0]
+    elif sum(t.numel() for t in tensors) <= _CONCATENATED_ELEMENTS and (
+        len({t.dtype for t in tensors}) == 1
+    ):
+        together = torch.cat([t if t.dim() == 1 else t.reshape(-1) for t in tensors])
+    else:
+        # torch's multi-tensor norm: one call for the list, then the norm of the norms.
+        together = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
+    return float(torch.linalg.vector_norm(together, dtype=torch.float64))
+
+
+def all_finite_tensors(tensors: Sequence[torch.Tensor]) -> bool:
+    """all_finite over many tensors (gradients, parameters, optimizer state) in one fused
+    reduction; float64 tensors take the elementwise check, as above; others are skipped."""
+    narrow = [
+        t for t in tensors if t.is_floating_point() and t.dtype != torch.float64 and t.numel()
+    ]
+    if narrow and not math.isfinite(float64_norm(narrow)):
+        return False
+    return all(all_finite(t) for t in tensors if t.dtype == torch.float64)
 
 
 def _check_tensor(field: str, tensor: torch.Tensor, spec: BatchSpec) -> int:

@@ -25,6 +25,15 @@ class Optimizer(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # What step() changes besides the parameters, for undoing a step whose result is not
+    # finite: `saved_state` copies it, `restore_saved_state` puts the copy back exactly, and
+    # `state_tensors` lists the live tensors the store checks after a step.
+    def saved_state(self) -> object: ...
+
+    def restore_saved_state(self, saved: object) -> None: ...
+
+    def state_tensors(self) -> list[torch.Tensor]: ...
+
 
 class SeedSGD:
     """Plain SGD written as the seed loop writes it, so remote results are bitwise local ones."""
@@ -52,6 +61,16 @@ class SeedSGD:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
 
+    # Plain SGD has no state: a step changes the parameters only.
+    def saved_state(self) -> object:
+        return None
+
+    def restore_saved_state(self, saved: object) -> None:
+        return None
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return []
+
 
 class TorchOptimizer:
     """A torch.optim optimizer whose param groups take each update's learning rate."""
@@ -74,6 +93,34 @@ class TorchOptimizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._optimizer.load_state_dict(state)
+
+    def saved_state(self) -> object:
+        """Copies of every parameter's state (momentum, moments, step counts) and the groups'
+        learning rates; parameters without state yet (before their first step) have none."""
+        state = {
+            parameter: {
+                key: value.clone() if isinstance(value, torch.Tensor) else value
+                for key, value in entries.items()
+            }
+            for parameter, entries in self._optimizer.state.items()
+        }
+        return state, [group["lr"] for group in self._optimizer.param_groups]
+
+    def restore_saved_state(self, saved: object) -> None:
+        state, rates = cast(tuple[dict[torch.Tensor, dict[str, Any]], list[float]], saved)
+        # The copies become the state: the step's own entries, new ones included, are dropped.
+        self._optimizer.state.clear()
+        self._optimizer.state.update(state)
+        for group, rate in zip(self._optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [
+            value
+            for entries in self._optimizer.state.values()
+            for value in entries.values()
+            if isinstance(value, torch.Tensor)
+        ]
 
 
 # Options each torch.optim class accepts from a spec, with their parsers.

@@ -5,12 +5,11 @@ has added its batch's gradients; an update applies everything that finished befo
 lock; a rejected call changes nothing (checks run before any state is touched). The pieces live
 beside it: accumulation.py (one batch into .grad), updates.py (the step's arithmetic),
 train_steps.py (Train's checks), parameter_access.py (parameter checks), graph_trace.py
-(DescribeGraph), request_ids.py (replays), store_state.py (what a checkpoint holds).
+(DescribeGraph), request_ids.py (replays), state_transfer.py (checkpoints in and out).
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -19,17 +18,18 @@ import torch
 
 from gradserve.errors import FailedPreconditionError, VersionConflictError
 from gradserve.server.accumulation import Gradients, add_gradients, batch_gradients
+from gradserve.server.buffers import BufferKeeper, model_buffers, smallest_training_batch
 from gradserve.server.error_scope import scoped
 from gradserve.server.graph import effective_max_nodes
 from gradserve.server.graph_trace import trace_graph
 from gradserve.server.models import Model
 from gradserve.server.optimizers import Optimizer
-from gradserve.server.parameter_access import check_names, check_state, check_values
+from gradserve.server.parameter_access import check_names, check_values
 from gradserve.server.request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
-from gradserve.server.store_state import StoreState
+from gradserve.server.state_transfer import StateTransfer
 from gradserve.server.tracing import traced
 from gradserve.server.train_steps import check_steps
-from gradserve.server.updates import check_learning_rate, divide_gradients, total_norm
+from gradserve.server.updates import StepRollback, check_learning_rate
 from gradserve.types import (
     DiscardResult,
     EvaluationResult,
@@ -52,7 +52,7 @@ _NOTE = (
 )
 
 
-class ParameterStore:
+class ParameterStore(StateTransfer):
     """One model's parameters, gradients and version, safe to call from many threads."""
 
     def __init__(
@@ -66,6 +66,11 @@ class ParameterStore:
         self.optimizer = optimizer
         self._named = dict(model.module.named_parameters())
         self._parameters = list(self._named.values())
+        self._rollback = StepRollback(self._parameters, optimizer)
+        # Buffers (batch norm's statistics): kept through a refused batch, checkpointed.
+        self._buffers = model_buffers(model.module)
+        self._buffer_keeper = BufferKeeper(self._buffers)
+        self._smallest_batch = smallest_training_batch(model)
         # The model's device (--device); requests move there once, results come back to CPU.
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
@@ -153,7 +158,7 @@ class ParameterStore:
         apply_update. Everything is checked before anything runs; a step that fails while
         running raises with the number of steps already applied in the message."""
         check_request_id(request_id)
-        sizes = check_steps(self.model, steps)
+        sizes = check_steps(self.model, steps, self._smallest_batch)
 
         def run() -> TrainResult:
             results = []
@@ -181,9 +186,11 @@ class ParameterStore:
     def _accumulate(
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
     ) -> tuple[float, Gradients]:
-        """Compute one batch's gradients, then add them. Call with the lock held."""
-        loss, gradients = self._compute(inputs, targets, weight)
-        self._add(gradients, batch_size, weight)
+        """Compute one batch's gradients, then add them. Call with the lock held. A refused
+        batch leaves the buffers its forward pass changed as they were."""
+        with self._buffer_keeper.kept():
+            loss, gradients = self._compute(inputs, targets, weight)
+            self._add(gradients, batch_size, weight)
         return loss, gradients
 
     def _compute(
@@ -197,7 +204,7 @@ class ParameterStore:
         )
 
     def _add(self, gradients: Gradients, batch_size: int, weight: float) -> None:
-        add_gradients(self._parameters, gradients, weight)
+        add_gradients(self._named, gradients, weight, version=self.version)
         self.accumulated_batches += 1
         self.accumulated_samples += batch_size
 
@@ -211,10 +218,7 @@ class ParameterStore:
                 "nothing to apply: no gradients accumulated since the last update",
                 reason="NOTHING_ACCUMULATED",
             )
-        if reduction is Reduction.MEAN:
-            divide_gradients(self._parameters, self.accumulated_batches)
-        norm = total_norm(self._parameters)
-        self.optimizer.step(learning_rate)
+        norm = self._rollback.step(learning_rate, reduction, self.accumulated_batches)
         self.optimizer.zero_grad()
         result = UpdateResult(
             self.version + 1, self.accumulated_batches, self.accumulated_samples, norm
@@ -367,41 +371,3 @@ class ParameterStore:
                 return_gradients=return_gradients,
             )
             return GraphDescription(graph, batch_size, self.version, cap)
-
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def export_state(self) -> StoreState:
-        """A consistent copy of everything a checkpoint holds, taken under the lock."""
-        with self._lock:
-            return StoreState(
-                version=self.version,
-                accumulated_batches=self.accumulated_batches,
-                accumulated_samples=self.accumulated_samples,
-                parameters={n: p.detach().clone() for n, p in self._named.items()},
-                gradients={
-                    n: p.grad.detach().clone() for n, p in self._named.items() if p.grad is not None
-                },
-                # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
-                optimizer=copy.deepcopy(self.optimizer.state_dict()),
-                request_ids=tuple(
-                    (method, request_id, entry.result, entry.fingerprint)
-                    for method, request_id, entry in self._request_ids.items()
-                ),
-            )
-
-    def restore_state(self, state: StoreState) -> None:
-        """Put a checkpoint's state back: parameters, .grad, optimizer, version, counts, ids."""
-        check_state(self._named, state)
-        with self._lock, torch.no_grad():
-            for name, parameter in self._named.items():
-                parameter.copy_(state.parameters[name])
-                gradient = state.gradients.get(name)
-                parameter.grad = None if gradient is None else gradient.clone()
-            self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
-            self.version = state.version
-            self.accumulated_batches = state.accumulated_batches
-            self.accumulated_samples = state.accumulated_samples
-            window = self._request_ids
-            self._request_ids = RequestIdWindow(window.capacity, window.max_bytes)
-            for method, request_id, result, digest in state.request_ids:
-                self._request_ids.put(method, request_id, result, digest)

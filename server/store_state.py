@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,3 +21,6 @@ class StoreState:
     # The request-id windows, each oldest first: (method, request_id, result, fingerprint);
     # result None: dropped for the byte budget; fingerprint "": not known (older checkpoints).
     request_ids: tuple[tuple[str, str, Any, str], ...]
+    # The model's buffers (batch norm's running statistics) by name; empty in checkpoints
+    # written before they were saved, which leave the model's own buffers as they are.
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)

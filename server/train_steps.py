@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.server.buffers import check_training_batch
 from gradserve.server.error_scope import scoped
 from gradserve.server.models import Model
 from gradserve.server.updates import check_learning_rate
@@ -14,8 +15,12 @@ from gradserve.types import TrainStep
 MAX_BATCHES_PER_REQUEST = 100_000
 
 
-def check_steps(model: Model, steps: Sequence[TrainStep]) -> list[list[int]]:
-    """Every step's batch sizes; the first malformed field raises, naming its path."""
+def check_steps(
+    model: Model, steps: Sequence[TrainStep], smallest_batch: int = 1
+) -> list[list[int]]:
+    """Every step's batch sizes; the first malformed field raises, naming its path.
+    `smallest_batch`: the fewest samples a training batch may have (2 with batch norm,
+    buffers.smallest_training_batch), so that no step runs when a later one would be refused."""
     if not steps:
         raise InvalidArgumentError("steps: the request has no steps", field="steps")
     total = sum(len(step.batches) for step in steps)
@@ -34,6 +39,7 @@ def check_steps(model: Model, steps: Sequence[TrainStep]) -> list[list[int]]:
         for batch_index, (inputs, targets) in enumerate(step.batches):
             with scoped(f"steps[{index}].batches[{batch_index}]"):
                 step_sizes.append(model.check_batch(inputs, targets))
+                check_training_batch(step_sizes[-1], smallest_batch)
         if step.apply_update:
             with scoped(f"steps[{index}]"):
                 check_learning_rate(step.learning_rate)

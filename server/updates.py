@@ -1,4 +1,5 @@
-"""The update step's pieces: the learning-rate check, the MEAN reduction, the gradient norm."""
+"""The update step: the learning-rate check, the MEAN reduction, the gradient norm, and the step
+itself, taken so that a step whose result is not finite is undone exactly (StepRollback)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from collections.abc import Sequence
 
 import torch
 
-from gradserve.errors import InvalidArgumentError
+from gradserve.errors import FailedPreconditionError, InvalidArgumentError
+from gradserve.server.models import all_finite_tensors, float64_norm
+from gradserve.server.optimizers import Optimizer
+from gradserve.types import Reduction
+
+_UNCHANGED = (
+    "nothing was applied: the parameters, the optimizer state, the version and the "
+    "accumulated gradients are as before this update"
+)
 
 
 def check_learning_rate(learning_rate: float) -> None:
@@ -18,20 +27,87 @@ def check_learning_rate(learning_rate: float) -> None:
         )
 
 
-def divide_gradients(parameters: Sequence[torch.nn.Parameter], batches: int) -> None:
-    """MEAN: the accumulated sum over `batches` batches divided by their number."""
+def divide_gradients(parameters: Sequence[torch.Tensor], batches: int) -> None:
+    """MEAN: the accumulated sum over `batches` batches divided by their number, into new
+    tensors (the old ones are what a refused step puts back)."""
     if batches > 1:
         with torch.no_grad():
             for parameter in parameters:
                 if parameter.grad is not None:
-                    parameter.grad /= batches
+                    parameter.grad = parameter.grad / batches
 
 
-def total_norm(parameters: Sequence[torch.nn.Parameter]) -> float:
-    # Each gradient's norm reduced in float64 (one op each, no float64 copy), then combined.
-    norms = [
-        torch.linalg.vector_norm(p.grad, dtype=torch.float64).item()
-        for p in parameters
-        if p.grad is not None
-    ]
-    return math.sqrt(sum(norm * norm for norm in norms))
+def total_norm(parameters: Sequence[torch.Tensor]) -> float:
+    """The accumulated gradients' 2-norm, reduced in float64."""
+    gradients = [p.grad for p in parameters if p.grad is not None]
+    wide = [g for g in gradients if g.dtype == torch.float64]
+    if not wide:
+        return float64_norm(gradients)
+    narrow = float64_norm([g for g in gradients if g.dtype != torch.float64])
+    return math.hypot(narrow, *(torch.linalg.vector_norm(g).item() for g in wide))
+
+
+class StepRollback:
+    """Takes optimizer steps that leave every parameter and optimizer-state tensor finite, or
+    none: what a step changes is copied first and put back when its result is not finite.
+
+    The parameters' copies live in buffers allocated on the first step (one more copy of the
+    parameters in memory), so saving them is one multi-tensor copy."""
+
+    def __init__(self, parameters: Sequence[torch.nn.Parameter], optimizer: Optimizer) -> None:
+        self._parameters: list[torch.Tensor] = list(parameters)
+        self._optimizer = optimizer
+        self._copies: list[torch.Tensor] = []
+
+    def step(self, learning_rate: float, reduction: Reduction, batches: int) -> float:
+        """One step with the accumulated .grad; returns the gradient norm it stepped with.
+        Raises FailedPreconditionError, changing nothing, when the gradients, the stepped
+        parameters or the optimizer state would not be finite."""
+        accumulated = [p.grad for p in self._parameters] if reduction is Reduction.MEAN else []
+        if accumulated:
+            divide_gradients(self._parameters, batches)
+        try:
+            norm = total_norm(self._parameters)
+            if not math.isfinite(norm) and not all_finite_tensors(
+                [p.grad for p in self._parameters if p.grad is not None]
+            ):
+                raise FailedPreconditionError(
+                    f"learning_rate: the accumulated gradients are not finite; {_UNCHANGED}",
+                    field="learning_rate",
+                )
+            self._stepped(learning_rate)
+        except FailedPreconditionError:
+            if accumulated:  # MEAN divided into new tensors: the undivided ones go back
+                for parameter, gradient in zip(self._parameters, accumulated, strict=True):
+                    parameter.grad = gradient
+            raise
+        return norm
+
+    def _stepped(self, learning_rate: float) -> None:
+        with torch.no_grad():
+            if not self._copies:
+                self._copies = [torch.empty_like(p) for p in self._parameters]
+            torch._foreach_copy_(self._copies, self._parameters)
+            saved = self._optimizer.saved_state()
+            what = "the parameters"
+            try:
+                self._optimizer.step(learning_rate)
+                if all_finite_tensors(self._parameters):
+                    what = "the optimizer state"
+                    if all_finite_tensors(self._optimizer.state_tensors()):
+                        return
+            except RuntimeError as error:
+                # torch.optim refuses a rate its dtype cannot hold, perhaps mid-step.
+                if "overflow" not in str(error):
+                    self._restore(saved)
+                    raise
+            self._restore(saved)
+        raise FailedPreconditionError(
+            f"learning_rate: a step at learning_rate {learning_rate} makes {what} not finite "
+            f"(it overflows); {_UNCHANGED}",
+            field="learning_rate",
+        )
+
+    def _restore(self, saved: object) -> None:
+        torch._foreach_copy_(self._parameters, self._copies)
+        self._optimizer.restore_saved_state(saved)

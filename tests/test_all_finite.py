@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradserve.server.models import all_finite
+from gradserve.server.models import all_finite, all_finite_tensors, float64_norm
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -24,3 +24,20 @@ def test_agrees_with_isfinite_at_the_edges(dtype: torch.dtype) -> None:
     ]
     for case in cases:
         assert all_finite(case) == bool(torch.isfinite(case).all()), case
+
+
+@pytest.mark.parametrize("elements", [1, 3, 70_000])  # one tensor, concatenated, multi-tensor
+def test_all_finite_tensors_agrees_with_isfinite(elements: int) -> None:
+    largest = torch.finfo(torch.float32).max
+    base = [torch.full((elements,), largest), torch.zeros(2, 2), torch.tensor(0.5)]
+    mixed = [torch.ones(3, dtype=torch.bfloat16), torch.ones(2, dtype=torch.float64)]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            lists = [base, base + mixed, [*base, torch.tensor([1.0, bad], dtype=dtype)]]
+            for tensors in lists:
+                expected = all(bool(torch.isfinite(t).all()) for t in tensors)
+                assert all_finite_tensors(tensors) == expected
+    assert all_finite_tensors([]) and all_finite_tensors([torch.arange(3)])
+    # The norm the update reports, however it is reduced, is the float64 norm of everything.
+    exact = torch.linalg.vector_norm(torch.cat([t.double().reshape(-1) for t in base]))
+    assert float64_norm(base) == pytest.approx(exact.item(), rel=1e-12)

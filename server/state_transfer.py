@@ -1,0 +1,95 @@
+"""A store's state in and out of checkpoints: export, restore at start, load at run time.
+
+A mixin of ParameterStore (parameter_store.py), apart so that the store's module holds the
+training calls. Every method takes the store's lock; checks run before anything is copied.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import TYPE_CHECKING
+
+import torch
+
+from gradserve.server.buffers import check_buffer_state
+from gradserve.server.parameter_access import check_state
+from gradserve.server.request_ids import RequestIdWindow
+from gradserve.server.store_state import StoreState
+from gradserve.types import DiscardResult
+
+if TYPE_CHECKING:
+    from gradserve.server.optimizers import Optimizer
+
+
+class StateTransfer:
+    # The store's attributes this mixin reads and writes (parameter_store.py sets them).
+    optimizer: Optimizer
+    version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    _named: dict[str, torch.nn.Parameter]
+    _buffers: dict[str, torch.Tensor]
+    _lock: threading.Lock
+    _request_ids: RequestIdWindow
+
+    def export_state(self) -> StoreState:
+        """A consistent copy of everything a checkpoint holds, taken under the lock."""
+        with self._lock:
+            return StoreState(
+                version=self.version,
+                accumulated_batches=self.accumulated_batches,
+                accumulated_samples=self.accumulated_samples,
+                parameters={n: p.detach().clone() for n, p in self._named.items()},
+                gradients={
+                    n: p.grad.detach().clone() for n, p in self._named.items() if p.grad is not None
+                },
+                # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
+                optimizer=copy.deepcopy(self.optimizer.state_dict()),
+                buffers={n: b.detach().clone() for n, b in self._buffers.items()},
+                request_ids=tuple(
+                    (method, request_id, entry.result, entry.fingerprint)
+                    for method, request_id, entry in self._request_ids.items()
+                ),
+            )
+
+    def restore_state(self, state: StoreState) -> None:
+        """Put a checkpoint's state back: parameters, .grad, buffers (when it has them),
+        optimizer, version, counts, ids."""
+        check_state(self._named, state)
+        check_buffer_state(self._buffers, state.buffers)
+        with self._lock, torch.no_grad():
+            for name, parameter in self._named.items():
+                parameter.copy_(state.parameters[name])
+                gradient = state.gradients.get(name)
+                parameter.grad = None if gradient is None else gradient.clone()
+            for name, value in state.buffers.items():
+                self._buffers[name].copy_(value)
+            self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+            self.version = state.version
+            self.accumulated_batches = state.accumulated_batches
+            self.accumulated_samples = state.accumulated_samples
+            window = self._request_ids
+            self._request_ids = RequestIdWindow(window.capacity, window.max_bytes)
+            for method, request_id, result, digest in state.request_ids:
+                self._request_ids.put(method, request_id, result, digest)
+
+    def load_state(self, state: StoreState, *, with_optimizer_state: bool) -> DiscardResult:
+        """LoadCheckpoint: a checkpoint's parameters and buffers (and optimizer state when
+        asked) into the live model; the version goes up by one, accumulated gradients are
+        dropped, the request-id windows stay. Answers what was dropped, at the new version."""
+        check_state(self._named, state)
+        check_buffer_state(self._buffers, state.buffers)
+        with self._lock, torch.no_grad():
+            for name, parameter in self._named.items():
+                parameter.copy_(state.parameters[name])
+                parameter.grad = None
+            for name, value in state.buffers.items():
+                self._buffers[name].copy_(value)
+            if with_optimizer_state:
+                self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+            discarded = self.accumulated_batches
+            self.version += 1
+            self.accumulated_batches = 0
+            self.accumulated_samples = 0
+            return DiscardResult(discarded_batches=discarded, model_version=self.version)

@@ -63,6 +63,8 @@ UNARY = (
     "LoadCheckpoint",
     "DeleteCheckpoint",
     "GetStateDigest",
+    "ComputeOutputs",
+    "BackwardOutputs",
 )
 STREAMING = ("Train", "UploadParameters", "StreamParameters")
 
@@ -222,6 +224,10 @@ def _valid_bytes() -> dict[str, bytes]:
         "LoadCheckpoint": pb.LoadCheckpointRequest(run="fuzzed", name="x").SerializeToString(),
         "DeleteCheckpoint": pb.DeleteCheckpointRequest(run="fuzzed", name="x").SerializeToString(),
         "GetStateDigest": pb.GetStateDigestRequest(run="fuzzed").SerializeToString(),
+        "ComputeOutputs": pb.ComputeOutputsRequest(inputs=batch.inputs).SerializeToString(),
+        "BackwardOutputs": pb.BackwardOutputsRequest(
+            handle="h", output_gradients=batch.targets, loss=0.5
+        ).SerializeToString(),
     }
 
 

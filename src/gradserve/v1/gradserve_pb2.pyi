@@ -27,6 +27,13 @@ class Reduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REDUCTION_SUM: _ClassVar[Reduction]
     REDUCTION_MEAN: _ClassVar[Reduction]
 
+class WeightedReduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEIGHTED_REDUCTION_UNSPECIFIED: _ClassVar[WeightedReduction]
+    WEIGHTED_REDUCTION_SUM: _ClassVar[WeightedReduction]
+    WEIGHTED_REDUCTION_MEAN: _ClassVar[WeightedReduction]
+    WEIGHTED_REDUCTION_NORMALIZED: _ClassVar[WeightedReduction]
+
 class GraphNodeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GRAPH_NODE_KIND_UNSPECIFIED: _ClassVar[GraphNodeKind]
@@ -47,6 +54,10 @@ DATA_TYPE_INT8: DataType
 REDUCTION_UNSPECIFIED: Reduction
 REDUCTION_SUM: Reduction
 REDUCTION_MEAN: Reduction
+WEIGHTED_REDUCTION_UNSPECIFIED: WeightedReduction
+WEIGHTED_REDUCTION_SUM: WeightedReduction
+WEIGHTED_REDUCTION_MEAN: WeightedReduction
+WEIGHTED_REDUCTION_NORMALIZED: WeightedReduction
 GRAPH_NODE_KIND_UNSPECIFIED: GraphNodeKind
 GRAPH_NODE_KIND_BACKWARD: GraphNodeKind
 GRAPH_NODE_KIND_PARAMETER: GraphNodeKind
@@ -74,21 +85,52 @@ class TensorSpec(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class LossSpec(_message.Message):
+    __slots__ = ("name", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    options: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class LossInfo(_message.Message):
+    __slots__ = ("name", "target", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    target: TensorSpec
+    options: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RETURN_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     BASED_ON_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_REDUCTION_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
     return_gradients: bool
     based_on_version: int
     run: str
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
+    loss: LossSpec
+    sample_weights: Tensor
+    weighted_reduction: WeightedReduction
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ...) -> None: ...
 
 class ComputeGradientsResponse(_message.Message):
     __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "gradients", "accumulated_samples")
@@ -172,12 +214,14 @@ class EvaluateResponse(_message.Message):
     def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_version: _Optional[int] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., has_loss: _Optional[bool] = ...) -> None: ...
 
 class GetParametersRequest(_message.Message):
-    __slots__ = ("names", "run")
+    __slots__ = ("names", "run", "include_buffers")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_BUFFERS_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     run: str
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., run: _Optional[str] = ...) -> None: ...
+    include_buffers: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., run: _Optional[str] = ..., include_buffers: _Optional[bool] = ...) -> None: ...
 
 class GetParametersResponse(_message.Message):
     __slots__ = ("parameters", "model_version")
@@ -212,7 +256,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements", "run")
+    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements", "run", "buffers", "losses")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +271,8 @@ class GetModelInfoResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_spec: str
     parameters: _containers.RepeatedCompositeFieldContainer[TensorSpec]
@@ -241,7 +287,9 @@ class GetModelInfoResponse(_message.Message):
     max_message_bytes: int
     max_batch_elements: int
     run: str
-    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
+    buffers: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    losses: _containers.RepeatedCompositeFieldContainer[LossInfo]
+    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ..., run: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., losses: _Optional[_Iterable[_Union[LossInfo, _Mapping]]] = ...) -> None: ...
 
 class DiscardGradientsRequest(_message.Message):
     __slots__ = ("run",)
@@ -320,12 +368,18 @@ class DescribeGraphResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[GraphNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[GraphEdge, _Mapping]]] = ..., root_id: _Optional[int] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_nodes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("inputs", "targets")
+    __slots__ = ("inputs", "targets", "loss", "sample_weights", "weighted_reduction")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_REDUCTION_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    loss: LossSpec
+    sample_weights: Tensor
+    weighted_reduction: WeightedReduction
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ...) -> None: ...
 
 class TrainStep(_message.Message):
     __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version", "hyperparameters", "max_grad_norm")
@@ -389,14 +443,16 @@ class TrainResponse(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StreamParametersRequest(_message.Message):
-    __slots__ = ("names", "chunk_bytes", "run")
+    __slots__ = ("names", "chunk_bytes", "run", "include_buffers")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_BUFFERS_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     chunk_bytes: int
     run: str
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
+    include_buffers: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ..., run: _Optional[str] = ..., include_buffers: _Optional[bool] = ...) -> None: ...
 
 class StreamParametersResponse(_message.Message):
     __slots__ = ("name", "dtype", "shape", "offset", "data", "model_version", "expected_version", "request_id")
@@ -635,3 +691,57 @@ class GetStateDigestResponse(_message.Message):
     digest: str
     model_version: int
     def __init__(self, digest: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class ComputeOutputsRequest(_message.Message):
+    __slots__ = ("run", "inputs", "request_id")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    inputs: Tensor
+    request_id: str
+    def __init__(self, run: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ComputeOutputsResponse(_message.Message):
+    __slots__ = ("handle", "outputs", "model_version", "expires_in_seconds", "batch_size")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    outputs: Tensor
+    model_version: int
+    expires_in_seconds: float
+    batch_size: int
+    def __init__(self, handle: _Optional[str] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ..., expires_in_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class BackwardOutputsRequest(_message.Message):
+    __slots__ = ("run", "handle", "output_gradients", "loss", "request_id", "based_on_version")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BASED_ON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    handle: str
+    output_gradients: Tensor
+    loss: float
+    request_id: str
+    based_on_version: int
+    def __init__(self, run: _Optional[str] = ..., handle: _Optional[str] = ..., output_gradients: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[float] = ..., request_id: _Optional[str] = ..., based_on_version: _Optional[int] = ...) -> None: ...
+
+class BackwardOutputsResponse(_message.Message):
+    __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "accumulated_samples")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCUMULATED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    batch_size: int
+    accumulated_batches: int
+    model_version: int
+    accumulated_samples: int
+    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., model_version: _Optional[int] = ..., accumulated_samples: _Optional[int] = ...) -> None: ...

@@ -130,6 +130,16 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestResponse.FromString,
                 _registered_method=True)
+        self.ComputeOutputs = channel.unary_unary(
+                '/gradserve.v1.GradientService/ComputeOutputs',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ComputeOutputsRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ComputeOutputsResponse.FromString,
+                _registered_method=True)
+        self.BackwardOutputs = channel.unary_unary(
+                '/gradserve.v1.GradientService/BackwardOutputs',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -291,6 +301,24 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeOutputs(self, request, context):
+        """The first half of a client-computed loss: the model's forward pass on a batch, in training
+        mode, kept on the server under a handle; answers the outputs. The client computes any
+        loss it likes from them and sends dL/d(outputs) with BackwardOutputs. docs/losses.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackwardOutputs(self, request, context):
+        """The second half: backpropagate the client's output gradients through the forward pass
+        the handle names, accumulating into .grad as ComputeGradients does (request ids,
+        versions, modes, finiteness checks). The handle is used up. Idempotent under request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -388,6 +416,16 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.GetStateDigest,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestResponse.SerializeToString,
+            ),
+            'ComputeOutputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeOutputs,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ComputeOutputsRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ComputeOutputsResponse.SerializeToString,
+            ),
+            'BackwardOutputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackwardOutputs,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -904,6 +942,60 @@ class GradientService:
             '/gradserve.v1.GradientService/GetStateDigest',
             gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.GetStateDigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeOutputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/ComputeOutputs',
+            gradserve_dot_v1_dot_gradserve__pb2.ComputeOutputsRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.ComputeOutputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackwardOutputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/BackwardOutputs',
+            gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsResponse.FromString,
             options,
             channel_credentials,
             insecure,

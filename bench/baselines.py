@@ -104,6 +104,31 @@ class BareClient:
                 self._unary(request, timeout=30.0)
         return time.perf_counter() - started
 
+    def seed_steps(
+        self,
+        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        w: torch.Tensor,
+        b: torch.Tensor,
+        learning_rate: float,
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """The seed loop on the bare prototype's Compute/Apply (the same arithmetic as
+        gradserve's unary path, nothing else): seconds and the final w, b."""
+        self.channel.unary_unary(f"/{SERVICE}/Init")(
+            w.numpy().tobytes() + b.numpy().tobytes(), timeout=30.0
+        )
+        compute = self.channel.unary_unary(f"/{SERVICE}/Compute")
+        apply = self.channel.unary_unary(f"/{SERVICE}/Apply")
+        rate = struct.pack("<d", learning_rate)
+        started = time.perf_counter()
+        for x, y in batches:
+            # What a client pays to put a batch on the wire: one copy of each tensor's bytes.
+            compute(x.numpy().tobytes() + y.numpy().tobytes(), timeout=30.0)
+            apply(rate, timeout=30.0)
+        seconds = time.perf_counter() - started
+        final = self.channel.unary_unary(f"/{SERVICE}/Parameters")(b"", timeout=30.0)
+        values = torch.frombuffer(bytearray(final), dtype=torch.float32)
+        return seconds, values[0:1].clone(), values[1:2].clone()
+
     def download(self, total: int, chunk: int) -> float:
         """Receive `total` bytes in chunks and join them into one buffer."""
         started = time.perf_counter()

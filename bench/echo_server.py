@@ -6,6 +6,12 @@
   many bytes, so one method stands in for any gradserve unary call.
 - Download: request (total, chunk) as two little-endian uint64; streams `total` bytes in chunks.
 - Upload: a stream of chunks in; joins them (the one copy a receiver makes) and answers 8 bytes.
+- Compute / Apply: the seed step's own arithmetic on raw float32 bytes, with no checks, no
+  protobuf and no bookkeeping: Compute takes x and y ([N] each, concatenated), runs
+  y_pred = w * x + b, the mean squared error and backward() into .grad, and answers the loss
+  (8 bytes); Apply takes the learning rate (a float64), steps w -= lr * w.grad (and b), zeroes
+  the gradients and answers 8 bytes. Init takes w and b (2 float32) and resets them. This is the
+  floor a unary ComputeGradients + ApplyUpdate server can reach in its own process.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
+import torch
 
 SERVICE = "bench.Echo"
 LIMIT = 512 * 1024 * 1024
@@ -40,8 +47,49 @@ class _Payloads:
         return payload
 
 
+class _SeedArithmetic:
+    """w and b of the seed model, trained by the raw Compute/Apply calls (one lock, as any
+    server that holds a model must have)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.w = torch.zeros(1, requires_grad=True)
+        self.b = torch.zeros(1, requires_grad=True)
+
+    def init(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        values = torch.frombuffer(bytearray(request), dtype=torch.float32)
+        with self.lock, torch.no_grad():
+            self.w.copy_(values[0:1])
+            self.b.copy_(values[1:2])
+            self.w.grad = self.b.grad = None
+        return bytes(8)
+
+    def compute(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        both = torch.frombuffer(request, dtype=torch.float32)
+        half = both.numel() // 2
+        x, y = both[:half].reshape(-1, 1), both[half:].reshape(-1, 1)
+        with self.lock:
+            loss = ((self.w * x + self.b - y) ** 2).mean()
+            loss.backward()
+            return struct.pack("<d", loss.item())
+
+    def apply(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        (learning_rate,) = struct.unpack("<d", request)
+        with self.lock, torch.no_grad():
+            for parameter in (self.w, self.b):
+                assert parameter.grad is not None
+                parameter.sub_(learning_rate * parameter.grad)
+                parameter.grad.zero_()
+            return bytes(8)
+
+    def parameters(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self.lock:
+            return self.w.detach().numpy().tobytes() + self.b.detach().numpy().tobytes()
+
+
 def build_handler() -> grpc.GenericRpcHandler:
     payloads = _Payloads()
+    seed = _SeedArithmetic()
 
     def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
         (size,) = struct.unpack_from("<Q", request)
@@ -64,6 +112,10 @@ def build_handler() -> grpc.GenericRpcHandler:
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "Download": grpc.unary_stream_rpc_method_handler(download),
             "Upload": grpc.stream_unary_rpc_method_handler(upload),
+            "Init": grpc.unary_unary_rpc_method_handler(seed.init),
+            "Compute": grpc.unary_unary_rpc_method_handler(seed.compute),
+            "Apply": grpc.unary_unary_rpc_method_handler(seed.apply),
+            "Parameters": grpc.unary_unary_rpc_method_handler(seed.parameters),
         },
     )
 

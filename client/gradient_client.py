@@ -213,12 +213,14 @@ class GradientClient:
         response = self._call(self._stub.Evaluate, request)
         return serde.evaluation_result_from_proto(response)
 
-    def get_parameters(self, names: Iterable[str] = ()) -> tuple[int, dict[str, torch.Tensor]]:
-        """(model_version, {name: value}); all parameters when `names` is empty."""
-        response = self._call(self._stub.GetParameters, pb.GetParametersRequest(names=list(names)))
-        return response.model_version, serde.named_tensors_from_proto(
-            response.parameters, "parameters"
-        )
+    def get_parameters(
+        self, names: Iterable[str] = (), *, include_buffers: bool = False
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """(model_version, {name: value}); empty names: every parameter (then every buffer)."""
+        request = pb.GetParametersRequest(names=list(names), include_buffers=include_buffers)
+        response = self._call(self._stub.GetParameters, request)
+        parameters = serde.named_tensors_from_proto(response.parameters, "parameters")
+        return response.model_version, parameters
 
     def set_parameters(
         self,
@@ -321,12 +323,12 @@ class GradientClient:
             raise failures[0]
 
     def stream_parameters(
-        self, names: Iterable[str] = (), *, chunk_bytes: int = 0
+        self, names: Iterable[str] = (), *, chunk_bytes: int = 0, include_buffers: bool = False
     ) -> tuple[int, dict[str, torch.Tensor]]:
         """GetParameters in chunks: no message-size limit applies to the model's size."""
         request = pb.StreamParametersRequest(names=list(names), chunk_bytes=chunk_bytes)
-        version = 0
-        assembler = ChunkAssembler()
+        request.include_buffers = include_buffers
+        version, assembler = 0, ChunkAssembler()
         try:
             for chunk in self._stub.StreamParameters(
                 request, timeout=self.timeout, metadata=self._metadata
@@ -335,9 +337,7 @@ class GradientClient:
                 assembler.add(chunk)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
-        if assembler.empty:
-            return version, {}
-        return version, dict(assembler.tensors())
+        return version, {} if assembler.empty else dict(assembler.tensors())
 
     def upload_parameters(
         self,

@@ -118,8 +118,11 @@ class DirectCoordinator:
         reader: Callable[[str, torch.Tensor], T],
         *,
         max_bytes: int | None = None,
+        include_buffers: bool = False,
     ) -> tuple[int, list[T]]:
-        return self.store.read_parameters(names, reader, max_bytes=max_bytes)
+        return self.store.read_parameters(
+            names, reader, max_bytes=max_bytes, include_buffers=include_buffers
+        )
 
     def set_parameters(
         self,

@@ -1,6 +1,9 @@
-"""The checks that guard reading and replacing parameters: names, dtypes, shapes, values.
+"""The checks that guard reading and replacing parameters and buffers: names, dtypes, shapes,
+values.
 
-Each raises InvalidArgumentError naming the field at fault before anything is touched.
+`named` maps every tensor a call may name: the parameters, then (for GetParameters,
+SetParameters and their streams) the buffers. Each check raises InvalidArgumentError naming the
+field at fault before anything is touched.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ def check_names(
     max_bytes: int | None = None,
     *,
     size_field: str = "names",
+    default: Sequence[str] | None = None,
 ) -> list[str]:
-    """The parameters to read (all when `names` is empty): each known and asked for once, and
-    with `max_bytes` their encoded size within it, all from shapes and dtypes, before any read."""
+    """The tensors to read (`default`, else all of `named`, when `names` is empty): each known
+    and asked for once, and with `max_bytes` their encoded size within it, all from shapes and
+    dtypes, before any read."""
     seen: dict[str, int] = {}
     for index, name in enumerate(names):
         if name not in named:
             raise InvalidArgumentError(
-                f"names[{index}]: no parameter {name!r}; the model has {', '.join(named)}",
+                f"names[{index}]: no parameter or buffer {name!r}; the model has "
+                f"{', '.join(named)}",
                 field=f"names[{index}]",
             )
         if name in seen:
@@ -37,7 +43,7 @@ def check_names(
                 field=f"names[{index}]",
             )
         seen[name] = index
-    selected = list(names) or list(named)
+    selected = list(names) or list(named if default is None else default)
     if max_bytes is not None:
         size = sum(
             encoded_tensor_bytes(name, named[name].dtype, named[name].shape) for name in selected
@@ -67,7 +73,7 @@ def check_values(
         parameter = named.get(name)
         if parameter is None:
             raise InvalidArgumentError(
-                f"{field}.name: no parameter {name!r}; the model has {', '.join(named)}",
+                f"{field}.name: no parameter or buffer {name!r}; the model has {', '.join(named)}",
                 field=f"{field}.name",
             )
         if name in seen:
@@ -89,6 +95,12 @@ def check_values(
         if value.is_floating_point() and not all_finite(value):
             raise InvalidArgumentError(
                 f"{field}.data: {name!r} contains NaN or Inf", field=f"{field}.data"
+            )
+        # Batch norm counts the batches it has seen; a negative count would skew its momentum.
+        if name.rsplit(".", 1)[-1] == "num_batches_tracked" and bool((value < 0).any()):
+            raise InvalidArgumentError(
+                f"{field}.data: {name!r} is a batch count and must be >= 0",
+                field=f"{field}.data",
             )
 
 

@@ -70,6 +70,8 @@ class ParameterStore(StateTransfer):
         # Buffers (batch norm's statistics): kept through a refused batch, checkpointed.
         self._buffers = model_buffers(model.module)
         self._buffer_keeper = BufferKeeper(self._buffers)
+        # What GetParameters and SetParameters may name: the parameters, then the buffers.
+        self._tensors: dict[str, torch.Tensor] = {**self._named, **self._buffers}
         self._smallest_batch = smallest_training_batch(model)
         # The model's device (--device); requests move there once, results come back to CPU.
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
@@ -287,14 +289,17 @@ class ParameterStore(StateTransfer):
         reader: Callable[[str, torch.Tensor], T],
         *,
         max_bytes: int | None = None,
+        include_buffers: bool = False,
     ) -> tuple[int, list[T]]:
-        """Call reader(name, value) for the named parameters (all when names is empty) under
-        the lock, so a reader sees one version without copying; return (version, results).
-        Names are checked, and with `max_bytes` the encoded size too, before anything is read."""
-        selected = check_names(self._named, names, max_bytes)
+        """Call reader(name, value) for the named parameters or buffers (when names is empty:
+        every parameter, then with `include_buffers` every buffer) under the lock, so a reader
+        sees one version without copying; return (version, results). Names are checked, and
+        with `max_bytes` the encoded size too, before anything is read."""
+        default = self._tensors if include_buffers else self._named
+        selected = check_names(self._tensors, names, max_bytes, default=list(default))
         with self._lock:
             return self.version, [
-                reader(name, self._named[name].detach().cpu()) for name in selected
+                reader(name, self._tensors[name].detach().cpu()) for name in selected
             ]
 
     @traced("gradserve.set_parameters")
@@ -306,13 +311,13 @@ class ParameterStore(StateTransfer):
         request_id: str = "",
     ) -> SetResult:
         check_request_id(request_id)
-        check_values(self._named, values)
+        check_values(self._tensors, values)
 
         def run() -> SetResult:
             self._check_version(expected_version)
             with torch.no_grad():
                 for name, value in values:
-                    self._named[name].copy_(value)
+                    self._tensors[name].copy_(value)
             self._drop_gradients()
             self.version += 1
             return SetResult(model_version=self.version)
@@ -332,6 +337,9 @@ class ParameterStore(StateTransfer):
                 TensorSpec(name, p.dtype, tuple(p.shape)) for name, p in self._named.items()
             ),
             parameter_count=sum(parameter.numel() for parameter in self._parameters),
+            buffers=tuple(
+                TensorSpec(name, b.dtype, tuple(b.shape)) for name, b in self._buffers.items()
+            ),
             input=TensorSpec("inputs", model.input.dtype, model.input.shape),
             target=TensorSpec("targets", model.target.dtype, model.target.shape),
             loss=model.loss.name,

@@ -104,6 +104,7 @@ class GradientServicer(RunRpcs, pb_grpc.GradientServiceServicer):  # type: ignor
                 list(request.names),
                 lambda name, value: tensor_into_proto(value, response.parameters.add(), name),
                 max_bytes=self._max_message_bytes,
+                include_buffers=request.include_buffers,
             )
         return response
 
@@ -188,7 +189,9 @@ class GradientServicer(RunRpcs, pb_grpc.GradientServiceServicer):  # type: ignor
         # most the model's size); the chunks are cut from it one at a time as they are sent.
         with self._use(request.run, context) as coordinator:
             version, values = coordinator.read_parameters(
-                list(request.names), lambda name, value: (name, value.clone())
+                list(request.names),
+                lambda name, value: (name, value.clone()),
+                include_buffers=request.include_buffers,
             )
         for name, value in values:
             yield from tensor_to_chunks(name, value, chunk_bytes, version)
@@ -200,7 +203,8 @@ class GradientServicer(RunRpcs, pb_grpc.GradientServiceServicer):  # type: ignor
         first = next(chunks, None)
         run = first.run if first is not None else ""
         with self._use(run, context) as coordinator:
-            specs = coordinator.info().parameters
+            info = coordinator.info()
+            specs = (*info.parameters, *info.buffers)
             assembler = ChunkAssembler({spec.name: (spec.dtype, spec.shape) for spec in specs})
             for chunk in itertools.chain([first] if first is not None else [], chunks):
                 assembler.add(chunk)

@@ -69,6 +69,29 @@ def test_model_info_round_trip() -> None:
     assert serde.model_info_from_proto(through_wire(serde.model_info_to_proto(info))) == info
 
 
+def test_model_info_round_trip_with_buffers() -> None:
+    info = ModelInfo(
+        model="mlp",
+        model_spec="mlp:4-8-2:batchnorm",
+        parameters=(TensorSpec("0.weight", torch.float32, (8, 4)),),
+        parameter_count=32,
+        input=TensorSpec("inputs", torch.float32, (-1, 4)),
+        target=TensorSpec("targets", torch.int64, (-1,)),
+        loss="cross_entropy",
+        optimizer="sgd",
+        model_version=0,
+        accumulated_batches=0,
+        accumulated_samples=0,
+        buffers=(
+            TensorSpec("1.running_mean", torch.float32, (8,)),
+            TensorSpec("1.running_var", torch.float32, (8,)),
+            TensorSpec("1.num_batches_tracked", torch.int64, ()),
+        ),
+    )
+    back = serde.model_info_from_proto(through_wire(serde.model_info_to_proto(info)))
+    assert back == info and back.buffers[2].shape == ()
+
+
 def test_gradient_result_round_trip_with_gradients() -> None:
     gradients = {"w": torch.randn(3, 2), "b": torch.tensor([0.5], dtype=torch.float64)}
     result = GradientResult(1.25, 10, 2, 20, 7, gradients)

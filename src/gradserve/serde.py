@@ -94,6 +94,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         max_batch_elements=info.max_batch_elements,
         max_message_bytes=info.max_message_bytes,
         run=info.run,
+        buffers=[tensor_spec_to_proto(spec) for spec in info.buffers],
     )
 
 
@@ -116,6 +117,10 @@ def model_info_from_proto(message: pb.GetModelInfoResponse) -> ModelInfo:
         max_batch_elements=message.max_batch_elements,
         max_message_bytes=message.max_message_bytes,
         run=message.run,
+        buffers=tuple(
+            tensor_spec_from_proto(spec, f"buffers[{index}]")
+            for index, spec in enumerate(message.buffers)
+        ),
     )
 
 

@@ -61,6 +61,8 @@ class ModelInfo:
     max_message_bytes: int = 0
     # The run this describes ("" for the default run).
     run: str = ""
+    # Buffers (batch norm's running statistics), in the model's order.
+    buffers: tuple[TensorSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

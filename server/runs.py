@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from gradserve.errors import (
     AlreadyExistsError,
@@ -115,6 +116,12 @@ class RunRegistry:
     def run(self, name: str, principal: Principal) -> Run:
         return self._visible(name, principal)
 
+    def checkpoint_directory(self, name: str, principal: Principal) -> Path | None:
+        """Where the checkpoints of a run the principal may read live (NOT_FOUND for a run
+        it may not see); None without --checkpoint-dir. The run need not be loaded."""
+        self._visible(name, principal)
+        return self._builder.directory(name)
+
     def _visible(self, name: str, principal: Principal) -> Run:
         run = self._runs.get(name)
         if run is None or not self._may_use(run, principal):
@@ -157,7 +164,8 @@ class RunRegistry:
         request_id: str = "",
         fork: Callable[[Run], None] | None = None,
     ) -> Run:
-        """Build and register a run; `fork` loads the state it starts from into it."""
+        """Build and register a run; `fork` loads the state it starts from into it (a
+        refused fork registers nothing)."""
         if request_id:
             with self._lock:
                 earlier = self._created.get(request_id)

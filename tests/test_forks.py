@@ -110,3 +110,14 @@ def test_optimizer_state_needs_a_source(server, stub) -> None:
     error = refused(lambda: create(stub, "plain", model="linear", with_optimizer_state=True))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "with_optimizer_state" in error.details()
+
+
+def test_a_fork_comes_back_forked_after_a_restart(make_server, make_stub, tmp_path) -> None:
+    first = make_server(checkpoint_dir=str(tmp_path))
+    stub = make_stub(first)
+    saved = parent_with_a_checkpoint(stub)
+    create(stub, "child", from_checkpoint="parent/base", with_optimizer_state=True)
+    first.stop(0)
+    again = make_stub(make_server(checkpoint_dir=str(tmp_path)))
+    assert digest(again, "child").digest == saved.digest
+    assert digest(again, "child").model_version == 3

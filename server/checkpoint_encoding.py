@@ -15,6 +15,7 @@ import safetensors.torch
 import torch
 
 from gradserve import types
+from gradserve.server.state_digest import state_digest
 from gradserve.server.store_state import StoreState
 
 # 2: the manifest carries manifest_sha256, over its own canonical JSON (which holds the tensor
@@ -39,7 +40,14 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 TENSORS = "tensors.safetensors"
 # The request-id window's results, from gradserve.types; older checkpoints' names for them.
 _RESULT_TYPES = frozenset(
-    ("GradientResult", "UpdateResult", "SetResult", "TrainResult", "StepResult")
+    (
+        "GradientResult",
+        "UpdateResult",
+        "SetResult",
+        "TrainResult",
+        "StepResult",
+        "CheckpointLoadResult",
+    )
 )
 _RESULT_RENAMED = {"StepOutcome": "StepResult"}
 
@@ -108,9 +116,10 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def encode_state(
-    state: StoreState, *, model_spec: str, optimizer: str
+    state: StoreState, *, model_spec: str, optimizer: str, name: str = ""
 ) -> tuple[bytes, dict[str, Any]]:
-    """(safetensors bytes, manifest) for one store state."""
+    """(safetensors bytes, manifest) for one store state; `name`: a named checkpoint's name
+    ("" for a periodic one). The manifest carries the state digest (state_digest.py)."""
     tensors: dict[str, torch.Tensor] = {}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -128,6 +137,8 @@ def encode_state(
             for i, (method, request_id, result, digest) in enumerate(state.request_ids)
         ],
         "saved_at": time.time(),
+        "name": name,
+        "state_digest": state_digest(state.parameters, state.buffers, state.optimizer),
     }
     data = safetensors.torch.save(tensors)
     manifest["tensors_sha256"] = hashlib.sha256(data).hexdigest()

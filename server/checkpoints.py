@@ -1,12 +1,13 @@
 """Where checkpoints are written and read: safetensors for tensors, a JSON manifest for the rest.
 
-A checkpoint is a folder `checkpoint-<sequence>-v<version>/` holding `tensors.safetensors`
+A checkpoint is a folder `checkpoint-<sequence>-v<version>/` (a named one:
+`checkpoint-<sequence>-<name>-v<version>/`, checkpoint_names.py) holding `tensors.safetensors`
 (parameters, accumulated .grad, optimizer state tensors, gradients kept in the request-id window)
 and `manifest.json` (format version, model version, accumulated counts, model and optimizer
 spec, the optimizer's non-tensor state, the request-id window, and the sha256 of the tensor
 file). Both are written into a hidden temporary folder, fsync'd, and the folder is renamed into
 place and its parent fsync'd: a crash leaves either the whole checkpoint or none. The newest
-`keep` are kept. A checkpoint that does not read back (bad checksum, truncated, unparsable) is
+`keep` periodic ones are kept; named ones stay until DeleteCheckpoint. A checkpoint that does not read back (bad checksum, truncated, unparsable) is
 skipped with a warning and the one before it is used. Nothing unpickles: tensors go
 through safetensors, everything else through JSON (checkpoint_encoding.py holds that part).
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -27,7 +27,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from gradserve.errors import GradserveError
+from gradserve.errors import AlreadyExistsError, FailedPreconditionError, GradserveError
 from gradserve.server.checkpoint_checks import ModelLayout, check_same_model, check_state
 from gradserve.server.checkpoint_directory import (
     check_usable,
@@ -40,15 +40,21 @@ from gradserve.server.checkpoint_encoding import (
     decode_state,
     encode_state,
 )
+from gradserve.server.checkpoint_names import (
+    MANIFEST,
+    Folder,
+    check_checkpoint_name,
+    find,
+    folder_name,
+    folders,
+    parse_folder,
+)
 from gradserve.server.config import CheckpointConfig
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.store_state import StoreState
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-_NAME = re.compile(r"^checkpoint-(\d{10})-v(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,9 @@ class CheckpointInfo:
     sequence: int
     model_version: int
     accumulated_batches: int
+    # Its name (a periodic one's is its folder name) and state digest ("" before digests).
+    name: str = ""
+    digest: str = ""
 
 
 # -- files -----------------------------------------------------------------------------
@@ -79,24 +88,24 @@ def _fsync_directory(path: Path) -> None:
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     """(sequence, path) of the checkpoint folders in `directory`, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = []
-    for entry in directory.iterdir():
-        match = _NAME.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
+    return [(folder.sequence, folder.path) for folder in folders(directory)]
 
 
 def write_checkpoint(
-    directory: Path, state: StoreState, *, model_spec: str, optimizer: str, keep: int
+    directory: Path,
+    state: StoreState,
+    *,
+    model_spec: str,
+    optimizer: str,
+    keep: int,
+    name: str = "",
 ) -> CheckpointInfo:
-    data, manifest = encode_state(state, model_spec=model_spec, optimizer=optimizer)
+    """`name`: a named checkpoint (never pruned); "": a periodic one."""
+    data, manifest = encode_state(state, model_spec=model_spec, optimizer=optimizer, name=name)
     directory.mkdir(parents=True, exist_ok=True)
-    existing = list_checkpoints(directory)
-    sequence = existing[-1][0] + 1 if existing else 1
-    final = directory / f"checkpoint-{sequence:010d}-v{state.version}"
+    existing = folders(directory)
+    sequence = existing[-1].sequence + 1 if existing else 1
+    final = directory / folder_name(sequence, state.version, name)
     temporary = directory / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"  # TEMPORARY_PREFIX
     temporary.mkdir()
     try:
@@ -108,9 +117,17 @@ def write_checkpoint(
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     _fsync_directory(directory)
-    for _, old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return CheckpointInfo(final, sequence, state.version, state.accumulated_batches)
+    periodic = [folder for folder in folders(directory) if not folder.given_name]
+    for old in periodic[:-keep] if keep > 0 else []:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return CheckpointInfo(
+        final,
+        sequence,
+        state.version,
+        state.accumulated_batches,
+        name or final.name,
+        manifest["state_digest"],
+    )
 
 
 def read_checkpoint(
@@ -127,13 +144,29 @@ def read_checkpoint(
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"{type(error).__name__}: {error}") from None
-    match = _NAME.match(path.name)
-    if match and int(match.group(2)) != state.version:
+    folder = parse_folder(path)
+    if folder is not None and folder.version != state.version:
         raise CheckpointError(f"model_version {state.version}, the folder's name says otherwise")
     if layout is not None:
         check_same_model(str(path), manifest, layout)
         check_state(state, layout)
     return state, manifest
+
+
+def read_for_load(path: Path, layout: ModelLayout, field: str) -> StoreState:
+    """A checkpoint to load at run time (LoadCheckpoint, a fork): one that does not read back
+    or does not fit the model is FAILED_PRECONDITION naming `field`, never skipped."""
+    try:
+        state, _ = read_checkpoint(path, layout)
+    except (CheckpointError, OSError) as error:
+        raise FailedPreconditionError(
+            f"{field}: checkpoint {path.name} is unusable: {error}",
+            field=field,
+            reason="CHECKPOINT_UNUSABLE",
+        ) from None
+    except FailedPreconditionError as error:
+        raise FailedPreconditionError(f"{field}: {error.message}", field=field) from None
+    return state
 
 
 def read_latest(
@@ -195,11 +228,17 @@ class Checkpointer:
         if found is None:
             logger.info("no checkpoint in %s: starting fresh", self.directory)
             return None
-        state, _, path = found
+        state, manifest, path = found
         self.store.restore_state(state)
-        match = _NAME.match(path.name)
-        sequence = int(match.group(1)) if match else 0
-        self.last = CheckpointInfo(path, sequence, state.version, state.accumulated_batches)
+        folder = parse_folder(path)
+        self.last = CheckpointInfo(
+            path,
+            folder.sequence if folder else 0,
+            state.version,
+            state.accumulated_batches,
+            folder.name if folder else path.name,
+            str(manifest.get("state_digest", "")),
+        )
         logger.info(
             "restored checkpoint %s: model version %d, %d accumulated batches",
             path.name,
@@ -208,10 +247,15 @@ class Checkpointer:
         )
         return self.last
 
-    def save(self) -> CheckpointInfo:
-        """Write one checkpoint now. A failure raises RESOURCE_EXHAUSTED (disk full) or
-        UNAVAILABLE with the OS reason, and is counted in gradserve_checkpoint_failures_total."""
+    def save(self, name: str = "") -> CheckpointInfo:
+        """Write one checkpoint now (`name`: a named one, never pruned; ALREADY_EXISTS when
+        the run has a checkpoint of that name). A failure raises RESOURCE_EXHAUSTED (disk
+        full) or UNAVAILABLE with the OS reason, counted in gradserve_checkpoint_failures_total."""
+        if name:
+            check_checkpoint_name(name)
         with self._save_lock:
+            if name and any(folder.name == name for folder in folders(self.directory)):
+                raise AlreadyExistsError(f"name: the run has a checkpoint {name!r}", field="name")
             state = self.store.export_state()
             info = self.store.info()
             try:
@@ -221,6 +265,7 @@ class Checkpointer:
                     model_spec=info.model_spec,
                     optimizer=info.optimizer,
                     keep=self.keep,
+                    name=name,
                 )
             except OSError as error:
                 raise self._failed(error) from None
@@ -235,6 +280,16 @@ class Checkpointer:
             self._last_saved_at = time.monotonic()
             logger.debug("saved checkpoint %s", saved.path.name)
             return saved
+
+    def find(self, name: str) -> Folder:
+        return find(self.directory, name)
+
+    def delete(self, name: str) -> None:
+        """Remove one checkpoint (NOT_FOUND when the run has none of that name)."""
+        with self._save_lock:
+            folder = self.find(name)
+            shutil.rmtree(folder.path)
+            _fsync_directory(self.directory)
 
     def _failed(self, error: OSError) -> GradserveError:
         status = save_failed(self.directory, error)

@@ -1,7 +1,7 @@
-"""The RPCs that manage runs and their checkpoints, and how every RPC finds its run.
+"""The RPCs that manage runs (create, fork, list, delete), and how every RPC finds its run.
 
-Part of the GradientService servicer (servicer.py inherits it): decode, one call to the run
-registry or to the run's checkpointer, encode. `_use` gives every other RPC its run's
+Part of the GradientService servicer (servicer.py inherits it, through checkpoint_rpcs.py's
+CheckpointRpcs, which holds the checkpoint RPCs): decode, one call to the run registry, encode. `_use` gives every other RPC its run's
 coordinator for the caller's principal, and checks the `gradserve-run` metadata that clients
 send for proxies against the run the request names: a proxy that placed the call by one name
 must not reach another run.
@@ -10,16 +10,17 @@ must not reach another run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
 
 from gradserve import serde
-from gradserve.errors import FailedPreconditionError, InvalidArgumentError
+from gradserve.errors import InvalidArgumentError
 from gradserve.server.coordination import DirectCoordinator
 from gradserve.server.principals import Principal, PrincipalTable
-from gradserve.server.run_loading import RunSpec
+from gradserve.server.run_forks import fork_plan
+from gradserve.server.run_loading import Run, RunSpec
 from gradserve.server.runs import RunRegistry, check_run_name
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -50,20 +51,26 @@ class RunRpcs:
     def CreateRun(
         self, request: pb.CreateRunRequest, context: grpc.ServicerContext
     ) -> pb.CreateRunResponse:
-        if request.from_checkpoint:
-            raise FailedPreconditionError(
-                "from_checkpoint: forking is not served yet", field="from_checkpoint"
-            )
-        if not request.model:
-            raise InvalidArgumentError("model: a model spec is needed", field="model")
-        spec = RunSpec(
-            model=request.model,
-            loss=request.loss or None,
-            optimizer=request.optimizer or "sgd",
-            seed=request.seed if request.HasField("seed") else 0,
-        )
         principal = self._principal(context)
-        run = self._runs.create(request.run, spec, principal, request_id=request.request_id)
+        fork: Callable[[Run], None] | None = None
+        if request.from_checkpoint:
+            spec, fork = fork_plan(request, self._runs, principal)
+        elif not request.model:
+            raise InvalidArgumentError("model: a model spec is needed", field="model")
+        elif request.with_optimizer_state:
+            raise InvalidArgumentError(
+                "with_optimizer_state: only with from_checkpoint", field="with_optimizer_state"
+            )
+        else:
+            spec = RunSpec(
+                model=request.model,
+                loss=request.loss or None,
+                optimizer=request.optimizer or "sgd",
+                seed=request.seed if request.HasField("seed") else 0,
+            )
+        run = self._runs.create(
+            request.run, spec, principal, request_id=request.request_id, fork=fork
+        )
         with self._runs.use(run.name, principal) as coordinator:
             info = dataclasses.replace(coordinator.info(), run=run.name)
         return pb.CreateRunResponse(run=run.name, info=serde.model_info_to_proto(info))
@@ -94,22 +101,3 @@ class RunRpcs:
             request.run, self._principal(context), delete_checkpoints=request.delete_checkpoints
         )
         return pb.DeleteRunResponse(deleted_checkpoints=deleted)
-
-    def SaveCheckpoint(
-        self, request: pb.SaveCheckpointRequest, context: grpc.ServicerContext
-    ) -> pb.SaveCheckpointResponse:
-        run = self._runs.run(request.run, self._principal(context))
-        with self._use(request.run, context):
-            checkpointer = run.checkpointer
-            if checkpointer is None:
-                raise FailedPreconditionError(
-                    "this server has no checkpoint directory (--checkpoint-dir)",
-                    field="checkpoint_dir",
-                    reason="NO_CHECKPOINT_DIRECTORY",
-                )
-            saved = checkpointer.save()
-        return pb.SaveCheckpointResponse(
-            name=saved.path.name,
-            model_version=saved.model_version,
-            accumulated_batches=saved.accumulated_batches,
-        )

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from gradserve.errors import (
     AlreadyExistsError,
@@ -115,6 +116,12 @@ class RunRegistry:
     def run(self, name: str, principal: Principal) -> Run:
         return self._visible(name, principal)
 
+    def checkpoint_directory(self, name: str, principal: Principal) -> Path | None:
+        """Where the checkpoints of a run the principal may read live (NOT_FOUND for a run
+        it may not see); None without --checkpoint-dir. The run need not be loaded."""
+        self._visible(name, principal)
+        return self._builder.directory(name)
+
     def _visible(self, name: str, principal: Principal) -> Run:
         run = self._runs.get(name)
         if run is None or not self._may_use(run, principal):
@@ -157,7 +164,8 @@ class RunRegistry:
         request_id: str = "",
         fork: Callable[[Run], None] | None = None,
     ) -> Run:
-        """Build and register a run; `fork` loads the state it starts from into it."""
+        """Build and register a run; `fork` loads the state it starts from into it (a
+        refused fork registers nothing)."""
         if request_id:
             with self._lock:
                 earlier = self._created.get(request_id)
@@ -178,7 +186,9 @@ class RunRegistry:
             placeholder = Run.placeholder(name, principal.name)
             self._runs[name] = placeholder  # the name is taken while the model is built
         try:
-            run = self._builder.build(name, principal.name, spec)
+            # A new run starts from its spec, not from checkpoints a deleted run of the same
+            # name left in its folder (DeleteRun without delete_checkpoints keeps them).
+            run = self._builder.build(name, principal.name, spec, restore=False)
             self._reserve(run.parameter_bytes, exclude=placeholder)
             if fork is not None:
                 fork(run)

@@ -5,7 +5,8 @@ No torch arithmetic, no metrics and no error handling here: the run's coordinato
 (coordination.py) does the work through its store and records what it did; the interceptor
 turns the project's errors into statuses; gradserve.serde converts between plain types and
 messages. Every request names its run; the registry (runs.py) finds it for the caller's
-principal. The RPCs that manage runs and their checkpoints are in run_rpcs.py.
+principal. The RPCs that manage runs are in run_rpcs.py, their checkpoints' in
+checkpoint_rpcs.py.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from gradserve.codec import (
     tensor_to_chunks,
 )
 from gradserve.errors import InvalidArgumentError
+from gradserve.server.checkpoint_rpcs import CheckpointRpcs
 from gradserve.server.config import LimitsConfig
 from gradserve.server.principals import PrincipalTable
-from gradserve.server.run_rpcs import RunRpcs
 from gradserve.server.runs import RunRegistry
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -39,7 +40,7 @@ def _optional(message: object, name: str) -> int | None:
     return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
 
 
-class GradientServicer(RunRpcs, pb_grpc.GradientServiceServicer):  # type: ignore[misc]
+class GradientServicer(CheckpointRpcs, pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def __init__(
         self, runs: RunRegistry, limits: LimitsConfig, principals: PrincipalTable | None = None
     ) -> None:

@@ -1,4 +1,5 @@
-"""A store's state in and out of checkpoints: export, restore at start, load at run time.
+"""A store's state in and out of checkpoints: export, restore at start, load at run time,
+fork into a new run, and the state digest of the live model.
 
 A mixin of ParameterStore (parameter_store.py), apart so that the store's module holds the
 training calls. Every method takes the store's lock; checks run before anything is copied.
@@ -8,15 +9,17 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
 from gradserve.server.buffers import check_buffer_state
 from gradserve.server.parameter_access import check_state
-from gradserve.server.request_ids import RequestIdWindow
+from gradserve.server.request_ids import RequestIdWindow, check_request_id
+from gradserve.server.state_digest import state_digest
 from gradserve.server.store_state import StoreState
-from gradserve.types import DiscardResult
+from gradserve.types import CheckpointLoadResult
 
 if TYPE_CHECKING:
     from gradserve.server.optimizers import Optimizer
@@ -74,22 +77,72 @@ class StateTransfer:
             for method, request_id, result, digest in state.request_ids:
                 self._request_ids.put(method, request_id, result, digest)
 
-    def load_state(self, state: StoreState, *, with_optimizer_state: bool) -> DiscardResult:
-        """LoadCheckpoint: a checkpoint's parameters and buffers (and optimizer state when
+    def state_digest(self) -> tuple[str, int]:
+        """(digest, version) of the live state, hashed in place under the lock: one
+        consistent view and no copy of the model (server/state_digest.py)."""
+        with self._lock:
+            return self._live_digest(), self.version
+
+    def _live_digest(self) -> str:
+        return state_digest(self._named, self._buffers, self.optimizer.state_dict())
+
+    def load_checkpoint(
+        self,
+        read: Callable[[], StoreState],
+        *,
+        with_optimizer_state: bool,
+        request_id: str = "",
+        payload: tuple[object, ...] = (),
+    ) -> CheckpointLoadResult:
+        """LoadCheckpoint: `read()`'s parameters and buffers (and optimizer state when
         asked) into the live model; the version goes up by one, accumulated gradients are
-        dropped, the request-id windows stay. Answers what was dropped, at the new version."""
+        dropped, the request-id windows stay. A repeated request_id (with the same `payload`)
+        is answered again without reading or loading anything."""
+        check_request_id(request_id)
+
+        def run() -> CheckpointLoadResult:
+            state = read()
+            check_state(self._named, state)
+            check_buffer_state(self._buffers, state.buffers)
+            discarded = self.accumulated_batches
+            self._copy_state(state, with_optimizer_state=with_optimizer_state)
+            self.version += 1
+            return CheckpointLoadResult(
+                model_version=self.version,
+                checkpoint_version=state.version,
+                restored_parameters=len(state.parameters),
+                restored_buffers=len(state.buffers),
+                restored_optimizer_state=with_optimizer_state,
+                discarded_batches=discarded,
+                digest=self._live_digest(),
+            )
+
+        with self._lock:
+            return self._request_ids.remembered(
+                "load_checkpoint", request_id, run, *payload, with_optimizer_state
+            )
+
+    def fork_state(self, state: StoreState, *, with_optimizer_state: bool) -> str:
+        """CreateRun's fork: a checkpoint's parameters and buffers (and optimizer state when
+        asked) into this new run, at the checkpoint's version, nothing accumulated. Answers
+        the digest, equal to the checkpoint's when the optimizer state came with it."""
         check_state(self._named, state)
         check_buffer_state(self._buffers, state.buffers)
-        with self._lock, torch.no_grad():
+        with self._lock:
+            self._copy_state(state, with_optimizer_state=with_optimizer_state)
+            self.version = state.version
+            return self._live_digest()
+
+    def _copy_state(self, state: StoreState, *, with_optimizer_state: bool) -> None:
+        """Parameters, buffers and (when asked) optimizer state in; gradients out. Call with
+        the lock held, after the checks."""
+        with torch.no_grad():
             for name, parameter in self._named.items():
                 parameter.copy_(state.parameters[name])
                 parameter.grad = None
             for name, value in state.buffers.items():
                 self._buffers[name].copy_(value)
-            if with_optimizer_state:
-                self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
-            discarded = self.accumulated_batches
-            self.version += 1
-            self.accumulated_batches = 0
-            self.accumulated_samples = 0
-            return DiscardResult(discarded_batches=discarded, model_version=self.version)
+        if with_optimizer_state:
+            self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+        self.accumulated_batches = 0
+        self.accumulated_samples = 0

@@ -293,3 +293,21 @@ def test_runs_come_back_after_a_restart(make_server, tmp_path: Path) -> None:
         restored = parameters(stub, "kept")
         for key, value in saved.items():
             assert torch.equal(restored[key], value)
+
+
+def test_a_run_created_again_starts_fresh_beside_the_kept_checkpoints(
+    make_server, tmp_path
+) -> None:
+    server = make_server(checkpoint_dir=str(tmp_path))
+    channel, stub, _ = stub_for(server)
+    with channel:
+        create(stub, "again", seed=4)
+        fresh = parameters(stub, "again")
+        step(stub, "again", 0, 0.1)
+        stub.SaveCheckpoint(pb.SaveCheckpointRequest(run="again"), timeout=TIMEOUT)
+        stub.DeleteRun(pb.DeleteRunRequest(run="again"), timeout=TIMEOUT)
+        create(stub, "again", seed=4)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(run="again"), timeout=TIMEOUT)
+        assert info.model_version == 0
+        for key, value in fresh.items():
+            assert torch.equal(parameters(stub, "again")[key], value)

@@ -293,9 +293,11 @@ class GradientServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStateDigest(self, request, context):
-        """A SHA-256 over the run's parameters, buffers, optimizer state and version, in the
-        canonical order docs/protocol.md gives; checkpoint manifests carry the same digest, so
-        equal digests prove an exact resume or fork. Changes nothing.
+        """A SHA-256 over the run's parameters, buffers and optimizer state, in the canonical
+        order docs/protocol.md gives, answered with the version it was taken at (the version
+        itself is not hashed: a load bumps it, yet must answer the checkpoint's digest);
+        checkpoint manifests carry the same digest, so equal digests prove an exact resume or
+        fork. Changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -18,6 +18,7 @@ from gradserve.client.config import (
     MetricsConfig,
     OutputConfig,
     ParallelConfig,
+    RunConfig,
     ScheduleConfig,
     TrainConfig,
     TransportConfig,
@@ -34,6 +35,7 @@ ENV_TIMEOUT = "GRADSERVE_TIMEOUT_SECONDS"
 ENV_SHARD_INDEX = "GRADSERVE_SHARD_INDEX"
 ENV_SHARD_COUNT = "GRADSERVE_SHARD_COUNT"
 ENV_SHARED = "GRADSERVE_TRAIN_SHARED"
+ENV_RUN = "GRADSERVE_RUN"
 
 # Each section of TrainConfig and the argparse destinations that fill it; a destination
 # named differently from its field says so as (destination, field).
@@ -53,6 +55,7 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
         ),
     ),
     "embedded": (EmbeddedServerConfig, ("model", "optimizer", "loss")),
+    "run": (RunConfig, (("run", "name"), "from_checkpoint")),
     "data": (
         DataConfig,
         (
@@ -167,7 +170,20 @@ def parse_args(
         default=env.get(ENV_SERVER) or None,
         help=f"HOST:PORT of a gradserve server [{ENV_SERVER}]; default: embedded",
     )
-    add("--model", default=d.model, help="model spec of the embedded server (linear, mlp:...)")
+    add("--model", default=d.model, help="model spec of the embedded server and a new --run")
+    add(
+        "--run",
+        default=env.get(ENV_RUN, ""),
+        metavar="NAME",
+        help=f"train run NAME, created from --model/--optimizer/--loss/--seed when it does not "
+        f"exist (docs/runs.md) [{ENV_RUN}]; default: the server's default run",
+    )
+    add(
+        "--from-checkpoint",
+        default=None,
+        metavar="RUN/NAME",
+        help="create --run as a fork of this checkpoint (/NAME: the default run's)",
+    )
     add("--epochs", type=_positive, default=d.epochs)
     add("--batch-size", type=_positive, default=d.batch_size)
     add(
@@ -283,8 +299,16 @@ def parse_args(
         help="train on a bundled dataset (digits: scikit-learn's 8x8 handwritten digits); "
         "sets its own defaults for the flags not given",
     )
-    add("--optimizer", default=d.optimizer, help="optimizer spec of the embedded server")
-    add("--loss", default=d.loss, help="loss of the embedded server (default: the model's)")
+    add(
+        "--optimizer",
+        default=d.optimizer,
+        help="optimizer of the embedded server and the --run to create",
+    )
+    add(
+        "--loss",
+        default=d.loss,
+        help="loss of the embedded server and the --run to create (default: the model's)",
+    )
     add(
         "--stream-csv",
         action="store_true",
@@ -363,6 +387,8 @@ def parse_args(
     args = parser.parse_args(argv)
     if not 0 <= args.shard_index < args.shard_count:
         parser.error(f"--shard-index {args.shard_index} is not in [0, {args.shard_count})")
+    if args.from_checkpoint is not None and not args.run:
+        parser.error("--from-checkpoint needs --run: the name of the fork to create")
     values = vars(args)
     values["features"] = tuple(f for f in args.features.split(",") if f)
     values["run_id"] = args.run_id or uuid.uuid4().hex[:8]

@@ -46,6 +46,17 @@ class EmbeddedServerConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """Which training run on the server (docs/runs.md)."""
+
+    # "": the server's default run. Otherwise run NAME, created from the embedded section
+    # (--model, --optimizer, --loss) and --seed when it does not exist (client/run_setup.py).
+    name: str = ""
+    # "RUN/NAME": create the run as a fork of that checkpoint (needs a name).
+    from_checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     # Seeds the data, the initial parameters, the shuffling and the validation split.
     seed: int = 0
@@ -135,6 +146,7 @@ class OutputConfig:
 class TrainConfig:
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
     embedded: EmbeddedServerConfig = field(default_factory=EmbeddedServerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)

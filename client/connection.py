@@ -60,6 +60,7 @@ def client_for(config: TrainConfig, target: str) -> GradientClient:
         ),
         credentials=channel_credentials(connection.tls_ca, connection.tls_cert, connection.tls_key),
         metadata=bearer_metadata(read_token(connection.token_file)),
+        run=config.run.name,
     )
 
 

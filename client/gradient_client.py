@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradserve import serde
 from gradserve.client.errors import error_from_rpc
-from gradserve.client.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, new_request_id
+from gradserve.client.retry import NO_RETRY, RetryPolicy, new_request_id
+from gradserve.client.run_calls import RunCalls
 from gradserve.codec import DEFAULT_CHUNK_BYTES, ChunkAssembler, tensor_to_chunks, tensor_to_proto
-from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, channel_options
-from gradserve.errors import UnavailableError
+from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
 from gradserve.types import (
     EvaluationResult,
     GradientResult,
@@ -35,15 +32,13 @@ from gradserve.types import (
     ModelInfo,
     NodeKind,
     Reduction,
+    RunSummary,
     StepResult,
     TensorSpec,
     TrainStep,
     UpdateResult,
 )
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
-
-T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -60,6 +55,7 @@ __all__ = [
     "NodeKind",
     "Reduction",
     "RetryPolicy",
+    "RunSummary",
     "StepResult",
     "TensorSpec",
     "TrainStep",
@@ -68,91 +64,18 @@ __all__ = [
 ]
 
 
-class GradientClient:
-    """A connection to one gradserve server.
+class GradientClient(RunCalls):
+    """A connection to one gradserve server, bound to one run ("" is the default run).
 
-    >>> with GradientClient("127.0.0.1:50051") as client:
+    >>> with GradientClient("127.0.0.1:50051", run="mine") as client:
+    ...     client.create_run("mine", model="linear")
     ...     client.compute_gradients(x, y)
     ...     client.apply_update(0.01)
+
+    Every request that has a `run` field carries `run`; every call also carries it as the
+    `gradserve-run` metadata, except for the default run (client/client_base.py says why).
+    The server refuses a call whose metadata and body name different runs.
     """
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = 30.0,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        channel: grpc.Channel | None = None,
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.retry = retry
-        self._metadata = tuple(metadata)
-        if channel is None:
-            options: list[tuple[str, int]] = [
-                *channel_options(max_message_bytes),
-                # Reconnect soon after a server restart: gRPC's default backoff grows to 120 s,
-                # and calls fail fast while the channel waits it out.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ]
-            if credentials is None:
-                channel = grpc.insecure_channel(target, options=options)
-            else:
-                channel = grpc.secure_channel(target, credentials, options=options)
-        self._channel = channel
-        self._stub = pb_grpc.GradientServiceStub(channel)
-        self._health = health_pb2_grpc.HealthStub(channel)
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> GradientClient:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def wait_until_ready(self, timeout: float = 10.0) -> None:
-        """Block until the server reports SERVING; UnavailableError after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        last: str = "no answer"
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise UnavailableError(
-                    f"server at {self.target} not ready after {timeout:g}s ({last})"
-                )
-            try:
-                response = self._health.Check(
-                    health_pb2.HealthCheckRequest(service=SERVICE_NAME),
-                    timeout=min(remaining, 2.0),
-                    wait_for_ready=True,
-                    metadata=self._metadata,
-                )
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-            except grpc.RpcError as error:
-                last = f"{error.code().name}: {error.details()}"
-                if error.code() not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
-                    raise error_from_rpc(error) from None
-            # Polling a health endpoint: the interval bounds how fast readiness is seen.
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     # -- the RPCs ------------------------------------------------------------------------
 
@@ -172,6 +95,7 @@ class GradientClient:
             targets=tensor_to_proto(targets),
             request_id=request_id or new_request_id(),
             return_gradients=return_gradients,
+            run=self.run,
         )
         if based_on_version is not None:
             request.based_on_version = based_on_version
@@ -192,6 +116,7 @@ class GradientClient:
             learning_rate=learning_rate,
             reduction=serde.reduction_to_proto(Reduction.parse(reduction)),
             request_id=request_id or new_request_id(),
+            run=self.run,
         )
         if expected_version is not None:
             request.expected_version = expected_version
@@ -206,7 +131,7 @@ class GradientClient:
         return_predictions: bool = False,
     ) -> EvaluationResult:
         request = pb.EvaluateRequest(
-            inputs=tensor_to_proto(inputs), return_predictions=return_predictions
+            inputs=tensor_to_proto(inputs), return_predictions=return_predictions, run=self.run
         )
         if targets is not None:
             request.targets.CopyFrom(tensor_to_proto(targets))
@@ -217,7 +142,9 @@ class GradientClient:
         self, names: Iterable[str] = (), *, include_buffers: bool = False
     ) -> tuple[int, dict[str, torch.Tensor]]:
         """(model_version, {name: value}); empty names: every parameter (then every buffer)."""
-        request = pb.GetParametersRequest(names=list(names), include_buffers=include_buffers)
+        request = pb.GetParametersRequest(
+            names=list(names), include_buffers=include_buffers, run=self.run
+        )
         response = self._call(self._stub.GetParameters, request)
         parameters = serde.named_tensors_from_proto(response.parameters, "parameters")
         return response.model_version, parameters
@@ -233,18 +160,19 @@ class GradientClient:
         request = pb.SetParametersRequest(
             parameters=[tensor_to_proto(value, name) for name, value in values.items()],
             request_id=request_id or new_request_id(),
+            run=self.run,
         )
         if expected_version is not None:
             request.expected_version = expected_version
         return int(self._call(self._stub.SetParameters, request).model_version)
 
     def model_info(self) -> ModelInfo:
-        response = self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest())
+        response = self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(run=self.run))
         return serde.model_info_from_proto(response)
 
     def discard_gradients(self) -> int:
         """Drop the accumulated gradients; returns how many batches were dropped."""
-        response = self._call(self._stub.DiscardGradients, pb.DiscardGradientsRequest())
+        response = self._call(self._stub.DiscardGradients, pb.DiscardGradientsRequest(run=self.run))
         return int(response.discarded_batches)
 
     def describe_graph(
@@ -262,6 +190,7 @@ class GradientClient:
             targets=tensor_to_proto(targets),
             return_gradients=return_gradients,
             max_nodes=max_nodes,
+            run=self.run,
         )
         response = self._call(self._stub.DescribeGraph, request)
         return serde.graph_description_from_proto(response)
@@ -303,6 +232,7 @@ class GradientClient:
                 yield pb.TrainRequest(
                     steps=[serde.train_step_to_proto(step) for step in steps],
                     request_id=new_request_id(),
+                    run=self.run,
                 )
 
         call = self._stub.Train(
@@ -326,9 +256,12 @@ class GradientClient:
         self, names: Iterable[str] = (), *, chunk_bytes: int = 0, include_buffers: bool = False
     ) -> tuple[int, dict[str, torch.Tensor]]:
         """GetParameters in chunks: no message-size limit applies to the model's size."""
-        request = pb.StreamParametersRequest(names=list(names), chunk_bytes=chunk_bytes)
+        request = pb.StreamParametersRequest(
+            names=list(names), chunk_bytes=chunk_bytes, run=self.run
+        )
         request.include_buffers = include_buffers
-        version, assembler = 0, ChunkAssembler()
+        version = 0
+        assembler = ChunkAssembler()
         try:
             for chunk in self._stub.StreamParameters(
                 request, timeout=self.timeout, metadata=self._metadata
@@ -358,6 +291,7 @@ class GradientClient:
                 ):
                     if first:
                         chunk.request_id = request_id
+                        chunk.run = self.run
                         if expected_version is not None:
                             chunk.expected_version = expected_version
                         first = False
@@ -370,26 +304,6 @@ class GradientClient:
                     chunks(), timeout=self.timeout, metadata=self._metadata
                 )
                 return int(response.model_version)
-            except grpc.RpcError as error:
-                attempt += 1
-                if (
-                    error.code() is not grpc.StatusCode.UNAVAILABLE
-                    or attempt >= self.retry.max_attempts
-                ):
-                    raise error_from_rpc(error) from None
-            time.sleep(self.retry.backoff(attempt))
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        """One RPC with the deadline, retried on UNAVAILABLE under the retry policy.
-
-        Only called with requests that are safe to repeat: reads, or writes carrying a
-        request_id (the same id on every attempt)."""
-        attempt = 0
-        while True:
-            try:
-                return method(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
                 attempt += 1
                 if (

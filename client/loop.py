@@ -3,7 +3,8 @@
 Step s of a plan is always the same batches (client/plan.py). With an EXACT plan step s
 applies at start_version + s; when the server disagrees (it restarted from an older
 checkpoint, a call was lost), the loop re-syncs: it waits for the server, drops any partial
-accumulation, reads the version and continues at step = version - start_version. The final
+accumulation, reads the version, checks that the state at that version is its checkpoint's
+(client/digest_check.py) and continues at step = version - start_version. The final
 parameters are then bitwise those of an uninterrupted run, and with one step per batch and
 batches in order they are bitwise the seed tutorial's local loop.
 """
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 import torch
 
 from gradserve.client.data import Dataset, batches
+from gradserve.client.digest_check import verify_resumed_digest
 from gradserve.client.gradient_client import GradientClient
 from gradserve.client.plan import StepPlan, Versioning
 from gradserve.client.recorder import Recorder, TrainSummary
@@ -105,6 +107,7 @@ def resync(
             f"the server is at version {info.model_version}, past this run's last step "
             f"({start_version + total_steps}): someone else is training it"
         )
+    verify_resumed_digest(client)
     return step, start_version
 
 

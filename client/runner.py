@@ -15,6 +15,7 @@ from gradserve.client.metrics import TrainMetrics
 from gradserve.client.metrics_export import Linger, push_metrics, serve_metrics
 from gradserve.client.plot import plot_data, require_matplotlib, write_plot
 from gradserve.client.recorder import Recorder, TrainSummary
+from gradserve.client.run_setup import prepare_run
 from gradserve.client.session import run_training
 from gradserve.client.workers import run_workers, shard_line, shard_report
 from gradserve.types import ModelInfo
@@ -30,6 +31,7 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
     reports: list[dict[str, Any]] = []
     sync_workers = parallel.workers if parallel.sharded else 0
     with connect(config, sync_workers=sync_workers) as (client, where):
+        config = prepare_run(client, config)
         info = client.model_info()
         recorder = Recorder(
             metrics, output=config.output, epochs=config.schedule.epochs, human=human, progress=err
@@ -110,6 +112,7 @@ def run_summary(
         }
     return {
         "server": where,
+        "run": config.run.name,
         "model": info.model_spec,
         "epochs": config.schedule.epochs,
         "steps": summary.steps,

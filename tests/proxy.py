@@ -74,6 +74,8 @@ class FaultyProxy:
         self.code = code
         self.calls: Counter[str] = Counter()  # every call seen, by short method name
         self.dropped: list[Dropped] = []
+        # (short method name, the call's metadata) of every call, in arrival order.
+        self.metadata_seen: list[tuple[str, dict[str, Any]]] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         options = [
@@ -193,6 +195,8 @@ class _Handler(grpc.GenericRpcHandler):
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         path = handler_call_details.method
         proxy = self._proxy
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        proxy.metadata_seen.append((path.rpartition("/")[2], metadata))
         client_streams, server_streams = _streaming(path)
         if not client_streams and not server_streams:
             return grpc.unary_unary_rpc_method_handler(

@@ -6,18 +6,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradserve import serde
+from gradserve import serde, serde_runs
 from gradserve.errors import InvalidArgumentError
 from gradserve.types import (
+    CheckpointSummary,
     EvaluationResult,
     GradientResult,
     Graph,
     GraphDescription,
     GraphEdge,
     GraphNode,
+    LoadResult,
     ModelInfo,
     NodeKind,
     Reduction,
+    RunSummary,
+    SavedCheckpoint,
+    StateDigest,
     StepResult,
     TensorSpec,
     TrainResult,
@@ -200,3 +205,59 @@ def test_graph_node_unknown_kind_names_the_field() -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         serde.graph_node_from_proto(message, "nodes[4]")
     assert caught.value.field == "nodes[4].kind"
+
+
+RUN_TYPES = [
+    (
+        RunSummary("alice-1", "mlp:4-8-2", "sgd:momentum=0.9", 7, True, 160),
+        serde_runs.run_summary_to_proto,
+        serde_runs.run_summary_from_proto,
+    ),
+    (
+        SavedCheckpoint("best", 9, 2, "ab" * 32),
+        serde_runs.saved_checkpoint_to_proto,
+        serde_runs.saved_checkpoint_from_proto,
+    ),
+    (
+        CheckpointSummary("checkpoint-0000000003-v9", 9, 1, "cd" * 32, 1722.5),
+        serde_runs.checkpoint_summary_to_proto,
+        serde_runs.checkpoint_summary_from_proto,
+    ),
+    (
+        LoadResult(12, 9, 2, 1, True, 3, "ef" * 32),
+        serde_runs.load_result_to_proto,
+        serde_runs.load_result_from_proto,
+    ),
+    (
+        StateDigest("01" * 32, 12),
+        serde_runs.state_digest_to_proto,
+        serde_runs.state_digest_from_proto,
+    ),
+]
+
+
+@pytest.mark.parametrize(("value", "to_proto", "from_proto"), RUN_TYPES)
+def test_run_types_round_trip_with_every_field_set(value, to_proto, from_proto) -> None:  # type: ignore[no-untyped-def]
+    message = to_proto(value)
+    # Every field of the message carries a non-default value: none is dropped on the way.
+    assert len(message.ListFields()) == len(message.DESCRIPTOR.fields), message
+    assert from_proto(through_wire(message)) == value
+
+
+def test_created_run_round_trip() -> None:
+    info = ModelInfo(
+        model="linear",
+        model_spec="linear",
+        parameters=(TensorSpec("w", torch.float32, (1,)), TensorSpec("b", torch.float32, (1,))),
+        parameter_count=2,
+        input=TensorSpec("inputs", torch.float32, (-1, 1)),
+        target=TensorSpec("targets", torch.float32, (-1, 1)),
+        loss="mse",
+        optimizer="sgd",
+        model_version=0,
+        accumulated_batches=0,
+        accumulated_samples=0,
+        run="bob-2",
+    )
+    message = through_wire(serde_runs.created_run_to_proto("bob-2", info))
+    assert serde_runs.created_run_from_proto(message) == ("bob-2", info)

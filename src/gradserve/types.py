@@ -230,3 +230,67 @@ class GraphDescription:
     model_version: int
     # The node cap the call ran under.
     max_nodes: int
+
+
+# -- runs and their checkpoints (docs/runs.md) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as ListRuns shows it."""
+
+    # "" for the default run.
+    run: str
+    model_spec: str
+    optimizer: str
+    model_version: int
+    # False while the run is unloaded (idle, checkpointed); its next call loads it back.
+    loaded: bool
+    parameter_bytes: int
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """What SaveCheckpoint wrote."""
+
+    name: str
+    model_version: int
+    accumulated_batches: int
+    # The run's state digest at that moment ("" from a server that does not compute it).
+    digest: str
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """One checkpoint of a run, as ListCheckpoints shows it."""
+
+    name: str
+    model_version: int
+    accumulated_batches: int
+    digest: str
+    # Seconds since the Unix epoch.
+    saved_at: float
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What LoadCheckpoint restored."""
+
+    # The run's new version: its version before the load plus one.
+    model_version: int
+    # The version the checkpoint was saved at.
+    checkpoint_version: int
+    restored_parameters: int
+    restored_buffers: int
+    restored_optimizer_state: bool
+    discarded_batches: int
+    # The run's state digest after the load.
+    digest: str
+
+
+@dataclass(frozen=True)
+class StateDigest:
+    """A run's state digest (lowercase hex SHA-256) and the version it covers."""
+
+    digest: str
+    model_version: int

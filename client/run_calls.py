@@ -1,0 +1,108 @@
+"""GradientClient's calls that manage runs and their checkpoints (docs/runs.md).
+
+A mixin over ClientBase: create, list and delete runs; save, list, load and delete the
+client's run's checkpoints; its state digest. Results are gradserve.types. Retries follow the
+client's rule, only what is safe to repeat: CreateRun and LoadCheckpoint carry request ids;
+DeleteRun, DeleteCheckpoint and a named SaveCheckpoint have none and are sent once (a retry
+of one that had landed would answer NOT_FOUND or ALREADY_EXISTS for what succeeded).
+"""
+
+from __future__ import annotations
+
+from gradserve import serde_runs
+from gradserve.client.client_base import ClientBase
+from gradserve.client.retry import new_request_id
+from gradserve.types import (
+    CheckpointSummary,
+    LoadResult,
+    ModelInfo,
+    RunSummary,
+    SavedCheckpoint,
+    StateDigest,
+)
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+class RunCalls(ClientBase):
+    def create_run(
+        self,
+        run: str = "",
+        *,
+        model: str = "",
+        loss: str | None = None,
+        optimizer: str | None = None,
+        seed: int | None = None,
+        from_checkpoint: str | None = None,
+        with_optimizer_state: bool = False,
+        request_id: str | None = None,
+    ) -> tuple[str, ModelInfo]:
+        """Create run `run` ("" lets the server name it); returns (its name, its ModelInfo).
+
+        `model`: a model spec from the operator's registry (empty for a fork: the
+        checkpoint's). `from_checkpoint`: "RUN/NAME" forks that checkpoint ("/NAME" is the
+        default run's); `with_optimizer_state` carries the optimizer's state over too. Raises
+        AlreadyExistsError when the name is taken; a retry under the same request_id is
+        answered with the first answer instead."""
+        request = pb.CreateRunRequest(
+            run=run,
+            model=model,
+            loss=loss or "",
+            optimizer=optimizer or "",
+            from_checkpoint=from_checkpoint or "",
+            with_optimizer_state=with_optimizer_state,
+            request_id=request_id or new_request_id(),
+        )
+        if seed is not None:
+            request.seed = seed
+        response = self._call(self._stub.CreateRun, request, run=run)
+        return serde_runs.created_run_from_proto(response)
+
+    def list_runs(self) -> list[RunSummary]:
+        """The runs this caller may see, sorted by name."""
+        response = self._call(self._stub.ListRuns, pb.ListRunsRequest())
+        return [serde_runs.run_summary_from_proto(summary) for summary in response.runs]
+
+    def delete_run(self, run: str, *, delete_checkpoints: bool = False) -> int:
+        """Delete run `run` (never the default run); returns the checkpoints deleted with it.
+        Without delete_checkpoints they stay on disk."""
+        request = pb.DeleteRunRequest(run=run, delete_checkpoints=delete_checkpoints)
+        response = self._call(self._stub.DeleteRun, request, run=run, retry=False)
+        return int(response.deleted_checkpoints)
+
+    def save_checkpoint(self, name: str = "") -> SavedCheckpoint:
+        """Checkpoint this client's run now, durably; `name` empty lets the server name it.
+        Unnamed saves are retried (a repeat writes one more checkpoint, nothing else)."""
+        request = pb.SaveCheckpointRequest(run=self.run, name=name)
+        response = self._call(self._stub.SaveCheckpoint, request, retry=not name)
+        return serde_runs.saved_checkpoint_from_proto(response)
+
+    def list_checkpoints(self) -> list[CheckpointSummary]:
+        """This client's run's checkpoints, oldest first."""
+        request = pb.ListCheckpointsRequest(run=self.run)
+        response = self._call(self._stub.ListCheckpoints, request)
+        return [serde_runs.checkpoint_summary_from_proto(c) for c in response.checkpoints]
+
+    def load_checkpoint(
+        self, name: str, *, with_optimizer_state: bool = False, request_id: str | None = None
+    ) -> LoadResult:
+        """Load checkpoint `name` of this client's run into it (parameters and buffers, and
+        the optimizer's state when asked); accumulated gradients are dropped and the version
+        increases by one."""
+        request = pb.LoadCheckpointRequest(
+            run=self.run,
+            name=name,
+            with_optimizer_state=with_optimizer_state,
+            request_id=request_id or new_request_id(),
+        )
+        response = self._call(self._stub.LoadCheckpoint, request)
+        return serde_runs.load_result_from_proto(response)
+
+    def delete_checkpoint(self, name: str) -> None:
+        request = pb.DeleteCheckpointRequest(run=self.run, name=name)
+        self._call(self._stub.DeleteCheckpoint, request, retry=False)
+
+    def state_digest(self) -> StateDigest:
+        """The SHA-256 over this run's parameters, buffers, optimizer state and version."""
+        request = pb.GetStateDigestRequest(run=self.run)
+        response = self._call(self._stub.GetStateDigest, request)
+        return serde_runs.state_digest_from_proto(response)

@@ -152,6 +152,7 @@ def update_result_to_proto(result: UpdateResult) -> pb.ApplyUpdateResponse:
         applied_batches=result.applied_batches,
         applied_samples=result.applied_samples,
         gradient_norm=result.gradient_norm,
+        clipped=result.clipped,
     )
 
 
@@ -161,6 +162,7 @@ def update_result_from_proto(message: pb.ApplyUpdateResponse) -> UpdateResult:
         applied_batches=message.applied_batches,
         applied_samples=message.applied_samples,
         gradient_norm=message.gradient_norm,
+        clipped=message.clipped,
     )
 
 
@@ -215,13 +217,14 @@ def train_step_to_proto(step: TrainStep) -> pb.TrainStep:
         apply_update=step.apply_update,
         learning_rate=step.learning_rate,
         reduction=reduction_to_proto(step.reduction),
+        expected_version=step.expected_version,
+        hyperparameters=step.hyperparameters,
+        max_grad_norm=step.max_grad_norm,
     )
     for inputs, targets in step.batches:
         batch = message.batches.add()
         tensor_into_proto(inputs, batch.inputs)
         tensor_into_proto(targets, batch.targets)
-    if step.expected_version is not None:
-        message.expected_version = step.expected_version
     return message
 
 
@@ -245,6 +248,8 @@ def train_step_from_proto(
         expected_version=(
             message.expected_version if message.HasField("expected_version") else None
         ),
+        hyperparameters=dict(message.hyperparameters),
+        max_grad_norm=message.max_grad_norm if message.HasField("max_grad_norm") else None,
     )
 
 
@@ -256,6 +261,7 @@ def step_result_to_proto(result: StepResult) -> pb.StepResult:
         applied=result.applied,
         applied_batches=result.applied_batches,
         gradient_norm=result.gradient_norm,
+        clipped=result.clipped,
     )
 
 
@@ -267,6 +273,7 @@ def step_result_from_proto(message: pb.StepResult) -> StepResult:
         applied=message.applied,
         applied_batches=message.applied_batches,
         gradient_norm=message.gradient_norm,
+        clipped=message.clipped,
     )
 
 

@@ -109,19 +109,22 @@ class GradientClient(RunCalls):
         reduction: str | Reduction = Reduction.SUM,
         expected_version: int | None = None,
         request_id: str | None = None,
+        hyperparameters: Mapping[str, float] | None = None,
+        max_grad_norm: float | None = None,
     ) -> UpdateResult:
-        """`reduction`: Reduction or "sum"/"mean"; any other value raises ValueError before
+        """One optimizer step with the accumulated gradients; `hyperparameters` and
+        `max_grad_norm` apply to this step only. An unknown reduction raises ValueError before
         anything is sent."""
         request = pb.ApplyUpdateRequest(
             learning_rate=learning_rate,
             reduction=serde.reduction_to_proto(Reduction.parse(reduction)),
             request_id=request_id or new_request_id(),
             run=self.run,
+            expected_version=expected_version,
+            hyperparameters=hyperparameters,
+            max_grad_norm=max_grad_norm,
         )
-        if expected_version is not None:
-            request.expected_version = expected_version
-        response = self._call(self._stub.ApplyUpdate, request)
-        return serde.update_result_from_proto(response)
+        return serde.update_result_from_proto(self._call(self._stub.ApplyUpdate, request))
 
     def evaluate(
         self,

@@ -21,6 +21,7 @@ import torch
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.config import CoordinationConfig, LimitsConfig
 from gradserve.server.coordination import RoundCoordinator
+from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.metrics import RunMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.types import GradientResult, Reduction, UpdateResult
@@ -101,7 +102,10 @@ class AsyncCoordinator(RoundCoordinator):
         expected_version: int | None = None,
         request_id: str = "",
         time_remaining: float | None = None,
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
     ) -> UpdateResult:
+        """Each update takes its own request's overrides and clipping."""
         with self._lock:
             try:
                 result = self.store.apply_update(
@@ -109,6 +113,8 @@ class AsyncCoordinator(RoundCoordinator):
                     reduction=reduction,
                     expected_version=expected_version,
                     request_id=request_id,
+                    hyperparameters=hyperparameters,
+                    max_grad_norm=max_grad_norm,
                 )
             except FailedPreconditionError:
                 # Another worker's update already applied this worker's gradients: no step

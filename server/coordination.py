@@ -20,6 +20,7 @@ import torch
 from gradserve.errors import FailedPreconditionError
 from gradserve.server.config import CoordinationConfig, LimitsConfig
 from gradserve.server.durability import GroupCommit
+from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.metrics import RunMetrics, ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.types import (
@@ -87,12 +88,18 @@ class DirectCoordinator:
         expected_version: int | None = None,
         request_id: str = "",
         time_remaining: float | None = None,
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
     ) -> UpdateResult:
+        """`hyperparameters`, `max_grad_norm`: this update's optimizer overrides and
+        clipping (server/updates.py)."""
         result = self.store.apply_update(
             learning_rate,
             reduction=reduction,
             expected_version=expected_version,
             request_id=request_id,
+            hyperparameters=hyperparameters,
+            max_grad_norm=max_grad_norm,
         )
         self.metrics.record_update(result)
         return self.durable(result)

@@ -31,6 +31,13 @@ import torch.distributed as dist
 
 from gradserve.errors import FailedPreconditionError, GradserveError, UnavailableError
 from gradserve.server.accumulation import Gradients, check_gradients, check_loss
+from gradserve.server.hyperparameters import (
+    NO_OVERRIDES,
+    SETTINGS,
+    Hyperparameters,
+    settings_from_vector,
+    settings_vector,
+)
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.store_state import StoreState
 from gradserve.types import Reduction, UpdateResult
@@ -80,13 +87,21 @@ class DistributedParameterStore(ParameterStore):
         return self._collective(lambda: self._compute_shards(inputs, targets))
 
     def _step(
-        self, learning_rate: float, reduction: Reduction, expected_version: int | None
+        self,
+        learning_rate: float,
+        reduction: Reduction,
+        expected_version: int | None,
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
     ) -> UpdateResult:
-        result = super()._step(learning_rate, reduction, expected_version)
+        result = super()._step(
+            learning_rate, reduction, expected_version, hyperparameters, max_grad_norm
+        )
+        settings = [learning_rate, *settings_vector(hyperparameters, max_grad_norm)]
 
         def send() -> None:
             self._broadcast_header([OP_STEP, REDUCTIONS.index(reduction)])
-            dist.broadcast(self._to_device(torch.tensor([learning_rate], dtype=torch.float64)), 0)
+            dist.broadcast(self._to_device(torch.tensor(settings, dtype=torch.float64)), 0)
 
         self._collective(send)
         return result
@@ -254,9 +269,12 @@ class DistributedParameterStore(ParameterStore):
                     _, gradients = self._compute_shards(inputs, targets)
                     self._add(gradients, int(inputs.shape[0]), float(weight))
             elif op == OP_STEP:
-                learning_rate = self._to_device(torch.zeros(1, dtype=torch.float64))
-                dist.broadcast(learning_rate, 0)
-                ParameterStore._step(self, float(learning_rate), REDUCTIONS[int(header[1])], None)
+                settings = self._to_device(torch.zeros(1 + SETTINGS, dtype=torch.float64))
+                dist.broadcast(settings, 0)
+                rate, *rest = settings.tolist()
+                overrides, clip = settings_from_vector(rest)
+                reduction = REDUCTIONS[int(header[1])]
+                ParameterStore._step(self, rate, reduction, None, overrides, clip)
             elif op == OP_RESTORE:
                 self._broadcast_state()
             elif op == OP_SYNC:

@@ -12,12 +12,24 @@ from typing import Any, Protocol, cast
 import torch
 
 from gradserve.errors import InvalidArgumentError
+from gradserve.server.hyperparameters import (
+    NO_OVERRIDES,
+    Hyperparameters,
+    check_hyperparameters,
+    overridden,
+)
 
 
 class Optimizer(Protocol):
     description: str
 
-    def step(self, learning_rate: float) -> None: ...
+    # `hyperparameters`: this step's overrides, checked first by check_hyperparameters
+    # (InvalidArgumentError naming the name); the optimizer's own values are back afterwards.
+    def step(
+        self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
+    ) -> None: ...
+
+    def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None: ...
 
     def zero_grad(self) -> None: ...
 
@@ -43,12 +55,16 @@ class SeedSGD:
     def __init__(self, parameters: Sequence[torch.nn.Parameter]) -> None:
         self._parameters = list(parameters)
 
-    def step(self, learning_rate: float) -> None:
+    def step(self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES) -> None:
         with torch.no_grad():
             for parameter in self._parameters:
                 if parameter.grad is not None:
                     # `w -= lr * w.grad`, the seed's own expression (-= is sub_).
                     parameter.sub_(learning_rate * parameter.grad)
+
+    def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None:
+        # No param groups: every name is unknown (a spec with options serves torch.optim.SGD).
+        check_hyperparameters(hyperparameters, (), "sgd (the seed's w -= lr * w.grad)")
 
     def zero_grad(self) -> None:
         for parameter in self._parameters:
@@ -79,10 +95,14 @@ class TorchOptimizer:
         self._optimizer = optimizer
         self.description = description
 
-    def step(self, learning_rate: float) -> None:
+    def step(self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES) -> None:
         for group in self._optimizer.param_groups:
             group["lr"] = learning_rate
-        self._optimizer.step()
+        with overridden(self._optimizer.param_groups, hyperparameters):
+            self._optimizer.step()
+
+    def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None:
+        check_hyperparameters(hyperparameters, self._optimizer.param_groups, self.description)
 
     def zero_grad(self) -> None:
         # set_to_none, torch.optim's default: a local `optimizer.zero_grad()` does the same.

@@ -22,6 +22,7 @@ from gradserve.server.buffers import BufferKeeper, model_buffers, smallest_train
 from gradserve.server.error_scope import scoped
 from gradserve.server.graph import effective_max_nodes
 from gradserve.server.graph_trace import trace_graph
+from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.models import Model
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.parameter_access import check_names, check_values
@@ -29,7 +30,7 @@ from gradserve.server.request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, 
 from gradserve.server.state_transfer import StateTransfer
 from gradserve.server.tracing import traced
 from gradserve.server.train_steps import check_steps
-from gradserve.server.updates import StepRollback, check_learning_rate
+from gradserve.server.updates import StepRollback, check_update
 from gradserve.types import (
     DiscardResult,
     EvaluationResult,
@@ -141,17 +142,26 @@ class ParameterStore(StateTransfer):
         reduction: Reduction = Reduction.SUM,
         expected_version: int | None = None,
         request_id: str = "",
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
     ) -> UpdateResult:
+        """With this update's optimizer overrides and clipping (updates.py)."""
         check_request_id(request_id)
-        check_learning_rate(learning_rate)
+        check_update(self.optimizer, learning_rate, hyperparameters, max_grad_norm)
+        overrides = dict(sorted(hyperparameters.items()))
+        # Fingerprinted only when set: a plain update's fingerprint stays what it was.
+        extra = (tuple(overrides.items()), max_grad_norm) if overrides or max_grad_norm else ()
         with self._lock:
             return self._request_ids.remembered(
                 "apply_update",
                 request_id,
-                lambda: self._step(learning_rate, reduction, expected_version),
+                lambda: self._step(
+                    learning_rate, reduction, expected_version, overrides, max_grad_norm
+                ),
                 learning_rate,
                 reduction,
                 expected_version,
+                *extra,
             )
 
     @traced("gradserve.train")
@@ -160,7 +170,7 @@ class ParameterStore(StateTransfer):
         apply_update. Everything is checked before anything runs; a step that fails while
         running raises with the number of steps already applied in the message."""
         check_request_id(request_id)
-        sizes = check_steps(self.model, steps, self._smallest_batch)
+        sizes = check_steps(self.model, steps, self._smallest_batch, self.optimizer)
 
         def run() -> TrainResult:
             results = []
@@ -180,10 +190,15 @@ class ParameterStore(StateTransfer):
         )
         if not step.apply_update:
             return StepResult(losses, self.version, self.accumulated_batches)
-        update = self._step(step.learning_rate, step.reduction, step.expected_version)
-        return StepResult(
-            losses, update.model_version, 0, True, update.applied_batches, update.gradient_norm
+        update = self._step(
+            step.learning_rate,
+            step.reduction,
+            step.expected_version,
+            step.hyperparameters,
+            step.max_grad_norm,
         )
+        done = (update.model_version, 0, True, update.applied_batches, update.gradient_norm)
+        return StepResult(losses, *done, update.clipped)
 
     def _accumulate(
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
@@ -211,7 +226,12 @@ class ParameterStore(StateTransfer):
         self.accumulated_samples += batch_size
 
     def _step(
-        self, learning_rate: float, reduction: Reduction, expected_version: int | None
+        self,
+        learning_rate: float,
+        reduction: Reduction,
+        expected_version: int | None,
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
     ) -> UpdateResult:
         """One optimizer step with the accumulated gradients. Call with the lock held."""
         self._check_version(expected_version)
@@ -220,11 +240,12 @@ class ParameterStore(StateTransfer):
                 "nothing to apply: no gradients accumulated since the last update",
                 reason="NOTHING_ACCUMULATED",
             )
-        norm = self._rollback.step(learning_rate, reduction, self.accumulated_batches)
-        self.optimizer.zero_grad()
-        result = UpdateResult(
-            self.version + 1, self.accumulated_batches, self.accumulated_samples, norm
+        norm, clipped = self._rollback.step(
+            learning_rate, reduction, self.accumulated_batches, hyperparameters, max_grad_norm
         )
+        self.optimizer.zero_grad()
+        batches, samples = self.accumulated_batches, self.accumulated_samples
+        result = UpdateResult(self.version + 1, batches, samples, norm, clipped=clipped)
         self.version += 1
         self.accumulated_batches = 0
         self.accumulated_samples = 0

@@ -80,6 +80,8 @@ class GradientServicer(CheckpointRpcs, pb_grpc.GradientServiceServicer):  # type
                 expected_version=_optional(request, "expected_version"),
                 request_id=request.request_id,
                 time_remaining=context.time_remaining(),
+                hyperparameters=dict(request.hyperparameters),
+                max_grad_norm=_optional(request, "max_grad_norm"),
             )
         return serde.update_result_to_proto(result)
 

@@ -29,10 +29,11 @@ import grpc
 from gradserve.errors import FailedPreconditionError, GradserveError, VersionConflictError
 from gradserve.server.config import CoordinationConfig, LimitsConfig
 from gradserve.server.coordination import RoundCoordinator
+from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.metrics import RunMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
-from gradserve.server.updates import check_learning_rate
+from gradserve.server.updates import check_update
 from gradserve.types import Reduction, UpdateResult
 
 _REMEMBERED_ROUNDS = 256
@@ -40,10 +41,22 @@ _REMEMBERED_ROUNDS = 256
 
 @dataclass
 class _Round:
+    """One barrier. Its single update takes the learning rate, hyperparameters and
+    max_grad_norm of the ApplyUpdate that closes it (finds the barrier reached, or times out)."""
+
     number: int
     deadline: float
     waiting: int = 0
     outcome: UpdateResult | GradserveError | None = None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What one ApplyUpdate asks of the round's update, when it is the call that closes it."""
+
+    learning_rate: float
+    hyperparameters: Hyperparameters
+    max_grad_norm: float | None
 
 
 class SyncCoordinator(RoundCoordinator):
@@ -79,20 +92,24 @@ class SyncCoordinator(RoundCoordinator):
         expected_version: int | None = None,
         request_id: str = "",
         time_remaining: float | None = None,
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
     ) -> UpdateResult:
+        """The round's update takes the closing call's settings (see _Round)."""
         check_request_id(request_id)
-        check_learning_rate(learning_rate)
+        check_update(self.store.optimizer, learning_rate, hyperparameters, max_grad_norm)
         call_deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        settings = _Settings(learning_rate, dict(sorted(hyperparameters.items())), max_grad_norm)
+        extra = (settings,) if hyperparameters or max_grad_norm is not None else ()
         with self._changed:
             result = self._request_ids.remembered(
                 "sync_apply_update",
                 request_id,
-                lambda: self._wait_for_round(
-                    learning_rate, expected_version, call_deadline, request_id
-                ),
+                lambda: self._wait_for_round(settings, expected_version, call_deadline, request_id),
                 learning_rate,
                 reduction,
                 expected_version,
+                *extra,
             )
         if result.replayed:
             self.metrics.record_update(result)
@@ -100,7 +117,7 @@ class SyncCoordinator(RoundCoordinator):
 
     def _wait_for_round(
         self,
-        learning_rate: float,
+        settings: _Settings,
         expected_version: int | None,
         call_deadline: float | None,
         request_id: str,
@@ -120,10 +137,10 @@ class SyncCoordinator(RoundCoordinator):
                 now = time.monotonic()
                 arrived = self.contributions()
                 if arrived >= self.config.sync_contributions:
-                    self._finish(current, learning_rate, request_id, timed_out=False)
+                    self._finish(current, settings, request_id, timed_out=False)
                     break
                 if now >= current.deadline:
-                    self._finish(current, learning_rate, request_id, timed_out=True)
+                    self._finish(current, settings, request_id, timed_out=True)
                     break
                 if call_deadline is not None and now >= call_deadline:
                     raise GradserveError(
@@ -170,7 +187,7 @@ class SyncCoordinator(RoundCoordinator):
         return done
 
     def _finish(
-        self, current: _Round, learning_rate: float, request_id: str, *, timed_out: bool
+        self, current: _Round, settings: _Settings, request_id: str, *, timed_out: bool
     ) -> None:
         """Apply (or abort) the round under the condition's lock; wake every waiter."""
         arrived = self.contributions()
@@ -189,7 +206,11 @@ class SyncCoordinator(RoundCoordinator):
             try:
                 # The applying call's id goes to the store too: a checkpoint keeps it.
                 outcome = self.store.apply_update(
-                    learning_rate, reduction=Reduction.MEAN, request_id=request_id
+                    settings.learning_rate,
+                    reduction=Reduction.MEAN,
+                    request_id=request_id,
+                    hyperparameters=settings.hyperparameters,
+                    max_grad_norm=settings.max_grad_norm,
                 )
                 label = "timed_out_applied" if timed_out else "applied"
                 self.metrics.record_update(outcome)

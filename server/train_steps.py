@@ -8,7 +8,8 @@ from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
 from gradserve.server.buffers import check_training_batch
 from gradserve.server.error_scope import scoped
 from gradserve.server.models import Model
-from gradserve.server.updates import check_learning_rate
+from gradserve.server.optimizers import Optimizer
+from gradserve.server.updates import check_learning_rate, check_update
 from gradserve.types import TrainStep
 
 # One Train request runs under the lock from start to end: bound how long that can be.
@@ -16,11 +17,15 @@ MAX_BATCHES_PER_REQUEST = 100_000
 
 
 def check_steps(
-    model: Model, steps: Sequence[TrainStep], smallest_batch: int = 1
+    model: Model,
+    steps: Sequence[TrainStep],
+    smallest_batch: int = 1,
+    optimizer: Optimizer | None = None,
 ) -> list[list[int]]:
     """Every step's batch sizes; the first malformed field raises, naming its path.
     `smallest_batch`: the fewest samples a training batch may have (2 with batch norm,
-    buffers.smallest_training_batch), so that no step runs when a later one would be refused."""
+    buffers.smallest_training_batch), so that no step runs when a later one would be refused.
+    With `optimizer`, each update's hyperparameters and max_grad_norm are checked against it."""
     if not steps:
         raise InvalidArgumentError("steps: the request has no steps", field="steps")
     total = sum(len(step.batches) for step in steps)
@@ -42,6 +47,11 @@ def check_steps(
                 check_training_batch(step_sizes[-1], smallest_batch)
         if step.apply_update:
             with scoped(f"steps[{index}]"):
-                check_learning_rate(step.learning_rate)
+                if optimizer is None:
+                    check_learning_rate(step.learning_rate)
+                else:
+                    check_update(
+                        optimizer, step.learning_rate, step.hyperparameters, step.max_grad_norm
+                    )
         sizes.append(step_sizes)
     return sizes

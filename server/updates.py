@@ -1,4 +1,4 @@
-"""The update step: the learning-rate check, the MEAN reduction, the gradient norm, and the step
+"""The update step: its checks, the MEAN reduction, the gradient norm, clipping, and the step
 itself, taken so that a step whose result is not finite is undone exactly (StepRollback)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
+from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.models import all_finite_tensors, float64_norm
 from gradserve.server.optimizers import Optimizer
 from gradserve.types import Reduction
@@ -25,6 +26,57 @@ def check_learning_rate(learning_rate: float) -> None:
             f"learning_rate: {learning_rate}, expected a finite number >= 0",
             field="learning_rate",
         )
+
+
+def check_max_grad_norm(max_grad_norm: float | None) -> None:
+    if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise InvalidArgumentError(
+            f"max_grad_norm: {max_grad_norm}, expected a finite number > 0 (or unset)",
+            field="max_grad_norm",
+        )
+
+
+def check_update(
+    optimizer: Optimizer,
+    learning_rate: float,
+    hyperparameters: Hyperparameters,
+    max_grad_norm: float | None,
+) -> None:
+    """Everything an update brings, checked before anything changes."""
+    check_learning_rate(learning_rate)
+    optimizer.check_hyperparameters(hyperparameters)
+    check_max_grad_norm(max_grad_norm)
+
+
+def clip_gradients(parameters: Sequence[torch.Tensor], max_norm: float) -> tuple[float, bool]:
+    """torch.nn.utils.clip_grad_norm_'s arithmetic (its own norm function, the same 1e-6 and
+    clamp), but out of place: scaled gradients replace .grad, so the old tensors are what a
+    refused step puts back. Returns (the total norm before clipping, whether it scaled);
+    gradients that are not finite raise before anything is scaled."""
+    gradients = [p.grad for p in parameters if p.grad is not None]
+    if not gradients:
+        return 0.0, False
+    total = torch.nn.utils.get_total_norm(gradients, 2.0)
+    norm = float(total)
+    if not math.isfinite(norm) and not all_finite_tensors(gradients):
+        raise _not_finite()
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    # A coefficient of 1 leaves every finite value as it is: torch multiplies anyway.
+    if not bool(coefficient < 1.0):
+        return norm, False
+    with torch.no_grad():
+        scaled = iter(torch._foreach_mul(gradients, coefficient))
+        for parameter in parameters:
+            if parameter.grad is not None:
+                parameter.grad = next(scaled)
+    return norm, True
+
+
+def _not_finite() -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"learning_rate: the accumulated gradients are not finite; {_UNCHANGED}",
+        field="learning_rate",
+    )
 
 
 def divide_gradients(parameters: Sequence[torch.Tensor], batches: int) -> None:
@@ -59,31 +111,41 @@ class StepRollback:
         self._optimizer = optimizer
         self._copies: list[torch.Tensor] = []
 
-    def step(self, learning_rate: float, reduction: Reduction, batches: int) -> float:
-        """One step with the accumulated .grad; returns the gradient norm it stepped with.
-        Raises FailedPreconditionError, changing nothing, when the gradients, the stepped
-        parameters or the optimizer state would not be finite."""
-        accumulated = [p.grad for p in self._parameters] if reduction is Reduction.MEAN else []
-        if accumulated:
+    def step(
+        self,
+        learning_rate: float,
+        reduction: Reduction,
+        batches: int,
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
+    ) -> tuple[float, bool]:
+        """One step with the accumulated .grad, reduced, then clipped to `max_grad_norm` when
+        set; returns (the norm before clipping, whether it clipped). Raises
+        FailedPreconditionError, changing nothing, when the gradients, the stepped parameters
+        or the optimizer state would not be finite."""
+        replaced = reduction is Reduction.MEAN or max_grad_norm is not None
+        accumulated = [p.grad for p in self._parameters] if replaced else []
+        if reduction is Reduction.MEAN:
             divide_gradients(self._parameters, batches)
         try:
-            norm = total_norm(self._parameters)
-            if not math.isfinite(norm) and not all_finite_tensors(
-                [p.grad for p in self._parameters if p.grad is not None]
-            ):
-                raise FailedPreconditionError(
-                    f"learning_rate: the accumulated gradients are not finite; {_UNCHANGED}",
-                    field="learning_rate",
-                )
-            self._stepped(learning_rate)
+            clipped = False
+            if max_grad_norm is None:
+                norm = total_norm(self._parameters)
+                if not math.isfinite(norm) and not all_finite_tensors(
+                    [p.grad for p in self._parameters if p.grad is not None]
+                ):
+                    raise _not_finite()
+            else:
+                norm, clipped = clip_gradients(self._parameters, max_grad_norm)
+            self._stepped(learning_rate, hyperparameters)
         except FailedPreconditionError:
-            if accumulated:  # MEAN divided into new tensors: the undivided ones go back
+            if accumulated:  # MEAN and clipping make new tensors: the accumulated ones go back
                 for parameter, gradient in zip(self._parameters, accumulated, strict=True):
                     parameter.grad = gradient
             raise
-        return norm
+        return norm, clipped
 
-    def _stepped(self, learning_rate: float) -> None:
+    def _stepped(self, learning_rate: float, hyperparameters: Hyperparameters) -> None:
         with torch.no_grad():
             if not self._copies:
                 self._copies = [torch.empty_like(p) for p in self._parameters]
@@ -91,7 +153,7 @@ class StepRollback:
             saved = self._optimizer.saved_state()
             what = "the parameters"
             try:
-                self._optimizer.step(learning_rate)
+                self._optimizer.step(learning_rate, hyperparameters)
                 if all_finite_tensors(self._parameters):
                     what = "the optimizer state"
                     if all_finite_tensors(self._optimizer.state_tensors()):

@@ -157,6 +157,7 @@ def update_result_to_proto(result: UpdateResult) -> pb.ApplyUpdateResponse:
         applied_batches=result.applied_batches,
         applied_samples=result.applied_samples,
         gradient_norm=result.gradient_norm,
+        clipped=result.clipped,
     )
 
 
@@ -166,6 +167,7 @@ def update_result_from_proto(message: pb.ApplyUpdateResponse) -> UpdateResult:
         applied_batches=message.applied_batches,
         applied_samples=message.applied_samples,
         gradient_norm=message.gradient_norm,
+        clipped=message.clipped,
     )
 
 
@@ -220,13 +222,14 @@ def train_step_to_proto(step: TrainStep) -> pb.TrainStep:
         apply_update=step.apply_update,
         learning_rate=step.learning_rate,
         reduction=reduction_to_proto(step.reduction),
+        expected_version=step.expected_version,
+        hyperparameters=step.hyperparameters,
+        max_grad_norm=step.max_grad_norm,
     )
     for inputs, targets in step.batches:
         batch = message.batches.add()
         tensor_into_proto(inputs, batch.inputs)
         tensor_into_proto(targets, batch.targets)
-    if step.expected_version is not None:
-        message.expected_version = step.expected_version
     return message
 
 
@@ -250,6 +253,8 @@ def train_step_from_proto(
         expected_version=(
             message.expected_version if message.HasField("expected_version") else None
         ),
+        hyperparameters=dict(message.hyperparameters),
+        max_grad_norm=message.max_grad_norm if message.HasField("max_grad_norm") else None,
     )
 
 
@@ -261,6 +266,7 @@ def step_result_to_proto(result: StepResult) -> pb.StepResult:
         applied=result.applied,
         applied_batches=result.applied_batches,
         gradient_norm=result.gradient_norm,
+        clipped=result.clipped,
     )
 
 
@@ -272,6 +278,7 @@ def step_result_from_proto(message: pb.StepResult) -> StepResult:
         applied=message.applied,
         applied_batches=message.applied_batches,
         gradient_norm=message.gradient_norm,
+        clipped=message.clipped,
     )
 
 

@@ -83,9 +83,11 @@ class UpdateResult:
     model_version: int
     applied_batches: int
     applied_samples: int
-    # Total L2 norm of the gradients the step used (after the reduction).
+    # Total L2 norm of the gradients after the reduction, before any clipping.
     gradient_norm: float
     replayed: bool = False
+    # True when the update's max_grad_norm scaled the gradients down.
+    clipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,16 @@ class TrainStep:
     learning_rate: float = 0.0
     reduction: Reduction = Reduction.SUM
     expected_version: int | None = None
+    # This step's update only: optimizer hyperparameters by name ("momentum", "beta1", ...)
+    # overriding the run's, and the total gradient norm to clip to (None: no clipping).
+    hyperparameters: Mapping[str, float] = field(default_factory=dict)
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        # Sorted by name, so that equal steps compare and fingerprint alike.
+        if self.hyperparameters:
+            ordered = dict(sorted(self.hyperparameters.items()))
+            object.__setattr__(self, "hyperparameters", ordered)
 
     @classmethod
     def of(
@@ -141,6 +153,9 @@ class TrainStep:
         learning_rate: float | None = None,
         reduction: str | Reduction = Reduction.SUM,
         expected_version: int | None = None,
+        *,
+        hyperparameters: Mapping[str, float] | None = None,
+        max_grad_norm: float | None = None,
     ) -> TrainStep:
         """A step that updates when learning_rate is given (the client's shorthand)."""
         return cls(
@@ -149,6 +164,8 @@ class TrainStep:
             learning_rate=learning_rate or 0.0,
             reduction=Reduction.parse(reduction),
             expected_version=expected_version,
+            hyperparameters=dict(hyperparameters or {}),
+            max_grad_norm=max_grad_norm,
         )
 
 
@@ -160,6 +177,7 @@ class StepResult:
     applied: bool = False
     applied_batches: int = 0
     gradient_norm: float = 0.0
+    clipped: bool = False
 
 
 @dataclass(frozen=True, slots=True)

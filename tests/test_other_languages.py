@@ -1,6 +1,6 @@
-"""The contract from other languages: the Node.js, C++ and Go example clients train against a
-real server, get INVALID_ARGUMENT for their malformed call, and write tensors the Python codec
-reads.
+"""The contract from other languages: the Node.js, C++ and Go example clients create their own
+run on a real server and train in it (the default run untouched), get INVALID_ARGUMENT for their
+malformed call, and write tensors the Python codec reads.
 
 The clients make their data with the same seeded PRNG (mulberry32 + Box-Muller); the test makes
 it a third time here, so the least-squares fit they must reach is computed independently.
@@ -20,13 +20,16 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
 
 from gradserve.codec import tensor_from_proto, tensor_to_proto
+from gradserve.defaults import channel_options
 from gradserve.server.app import GradientServer
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "examples" / "node"
@@ -123,14 +126,40 @@ def _number(pattern: str, output: str) -> tuple[float, ...]:
     return tuple(float(group) for group in match.groups())
 
 
-def check_training_run(command: list[str], server: GradientServer) -> None:
+def runs_on(server: GradientServer, metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, int]:
+    """The server's ListRuns as the caller of `metadata` sees it: run name -> version."""
+    with grpc.insecure_channel(server.address, options=channel_options()) as channel:
+        answer = pb_grpc.GradientServiceStub(channel).ListRuns(
+            pb.ListRunsRequest(), timeout=30, metadata=metadata
+        )
+    return {summary.run: summary.model_version for summary in answer.runs}
+
+
+def run_parameters(server: GradientServer, run: str) -> tuple[float, float]:
+    with grpc.insecure_channel(server.address, options=channel_options()) as channel:
+        answer = pb_grpc.GradientServiceStub(channel).GetParameters(
+            pb.GetParametersRequest(run=run), timeout=30
+        )
+    values = {t.name: float(tensor_from_proto(t).item()) for t in answer.parameters}
+    return values["w"], values["b"]
+
+
+def printed_run(output: str) -> str:
+    match = re.search(r"^Run: ([A-Za-z0-9._-]+), model linear, optimizer sgd, version 0$",
+                      output, re.MULTILINE)  # fmt: skip
+    assert match, f"no 'Run: ...' line in:\n{output}"
+    return match.group(1)
+
+
+def check_training_run(command: list[str], server: GradientServer, run_name: str) -> None:
     run = subprocess.run(
-        [*command, "--address", server.address, "--lr", LEARNING_RATE, "--epochs", EPOCHS,
-         "--seed", str(SEED)],
+        [*command, "--address", server.address, "--run", run_name, "--lr", LEARNING_RATE,
+         "--epochs", EPOCHS, "--seed", str(SEED)],
         capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, cwd=ROOT, check=False,
     )  # fmt: skip
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
+    assert printed_run(output) == run_name
 
     expected_w, expected_b = least_squares(*client_data(SEED))
     printed_w, printed_b = _number(r"^Least squares: w=(\S+) b=(\S+)$", output)
@@ -142,12 +171,13 @@ def check_training_run(command: list[str], server: GradientServer) -> None:
     final_w, final_b = _number(r"^Final: w=(\S+) b=(\S+)$", output)
     assert abs(final_w - expected_w) < TOLERANCE, output
     assert abs(final_b - expected_b) < TOLERANCE, output
-    # The values it read back are the server's own.
-    w, b = (float(server.store.model.module.state_dict()[name].item()) for name in ("w", "b"))
+    # It trained its own run, which stays on the server; the default run was not touched.
+    assert runs_on(server) == {"": 0, run_name: int(EPOCHS) * 10}
+    assert server.store.version == 0
+    # The values it read back are its run's.
     assert _number(r"^GetParameters: w=(\S+) b=(\S+) version=", output) == pytest.approx(
-        (w, b), abs=1e-6
+        run_parameters(server, run_name), abs=1e-6
     )
-    assert server.store.version == int(EPOCHS) * 10
 
     assert re.search(r"^Malformed call: status=INVALID_ARGUMENT code=3: inputs\.data", output, re.M)
     assert re.search(r"^Field violation: field=inputs\.data description=\S", output, re.M), output
@@ -182,7 +212,7 @@ def node() -> str:
 
 
 def test_node_client_trains_and_gets_invalid_argument(node: str, server: GradientServer) -> None:
-    check_training_run([node, str(NODE_DIR / "client.js")], server)
+    check_training_run([node, str(NODE_DIR / "client.js")], server, "node-fit")
 
 
 def test_node_tensors_decode_exactly_in_python(node: str) -> None:
@@ -221,7 +251,7 @@ def cpp_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cpp_client_trains_and_gets_invalid_argument(
     cpp_client: Path, server: GradientServer
 ) -> None:
-    check_training_run([str(cpp_client)], server)
+    check_training_run([str(cpp_client)], server, "cpp-fit")
 
 
 def test_cpp_tensors_decode_exactly_in_python(cpp_client: Path) -> None:
@@ -282,7 +312,7 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_go_client_trains_and_reads_the_field_violation(
     go_client: Path, server: GradientServer
 ) -> None:
-    check_training_run([str(go_client)], server)
+    check_training_run([str(go_client)], server, "go-fit")
 
 
 def test_go_tensors_decode_exactly_in_python(go_client: Path) -> None:
@@ -299,8 +329,9 @@ TOKEN = "s3cret-token-for-the-example-clients"
 
 
 def check_token_runs(command: list[str], make_server: Callable[..., GradientServer]) -> None:
-    """With GRADSERVE_TOKEN the client trains against a server that wants tokens; without it
-    the first call is UNAUTHENTICATED and the model is untouched."""
+    """With GRADSERVE_TOKEN the client trains against a server that wants tokens, in a run
+    whose name it made itself; without it the first call (CreateRun) is UNAUTHENTICATED and
+    nothing is created."""
     server = make_server(auth_tokens=(TOKEN,))
     arguments = ["--address", server.address, "--lr", LEARNING_RATE, "--epochs", "2"]
     environment = {k: v for k, v in os.environ.items() if k != "GRADSERVE_TOKEN"}
@@ -310,13 +341,16 @@ def check_token_runs(command: list[str], make_server: Callable[..., GradientServ
     )  # fmt: skip
     assert refused.returncode != 0
     assert "UNAUTHENTICATED" in refused.stdout + refused.stderr
-    assert server.store.version == 0
+    as_client = (("authorization", f"Bearer {TOKEN}"),)
+    assert runs_on(server, as_client) == {"": 0}
     allowed = subprocess.run(
         [*command, *arguments], capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S,
         cwd=ROOT, check=False, env={**environment, "GRADSERVE_TOKEN": TOKEN},
     )  # fmt: skip
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
-    assert server.store.version == 20
+    run_name = printed_run(allowed.stdout)
+    assert runs_on(server, as_client) == {"": 0, run_name: 20}
+    assert server.store.version == 0
     assert TOKEN not in allowed.stdout + allowed.stderr
 
 

@@ -1,9 +1,14 @@
-// A gradserve.v1 client in C++, built from proto/ and docs/protocol.md alone: fits y = 2x + 1 by
-// sending batches to ComputeGradients and stepping with ApplyUpdate, then makes one malformed
-// call on purpose to show what an error looks like.
+// A gradserve.v1 client in C++, built from proto/ and docs/protocol.md alone: creates its own
+// training run (CreateRun, a linear model), fits y = 2x + 1 in it by sending batches to
+// ComputeGradients and stepping with ApplyUpdate, then makes one malformed call on purpose to
+// show what an error looks like.
 //
-//   gradserve_client [--address 127.0.0.1:50051] [--lr 0.01] [--epochs 100] [--seed 1]
+//   gradserve_client [--address 127.0.0.1:50051] [--run NAME] [--lr 0.01] [--epochs 100] [--seed 1]
 //   gradserve_client --encode-fixtures   (JSON of base64 Tensor messages, for the codec test)
+//
+// Every request names the run in its `run` field and in the `gradserve-run` metadata, which
+// lets a proxy place runs on server replicas without reading bodies (docs/scaling.md). Without
+// --run (or GRADSERVE_RUN) the name is made here (cpp-<random hex>).
 
 #include <grpcpp/grpcpp.h>
 
@@ -16,6 +21,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -29,6 +35,7 @@ namespace v1 = gradserve::v1;
 constexpr int kBatchSize = 10;
 constexpr int kMaxMessageBytes = 64 * 1024 * 1024;  // the server's default, both directions
 constexpr auto kDeadline = std::chrono::seconds(10);
+constexpr char kRunMetadata[] = "gradserve-run";
 
 // ---- Tensors: row-major, fixed-width little-endian whatever the host's byte order ----------
 
@@ -132,10 +139,12 @@ void LeastSquares(const Data& data, double* w, double* b) {
 
 // ---- Calls ----------------------------------------------------------------------------------
 
-// Every call: a deadline, and the bearer token a server started with tokens wants
-// (GRADSERVE_TOKEN), in the `authorization` metadata.
-void SetDeadline(grpc::ClientContext* context) {
+// Every call: a deadline, the run in the `gradserve-run` metadata (its request names it too),
+// and the bearer token a server started with tokens wants (GRADSERVE_TOKEN), in the
+// `authorization` metadata.
+void SetDeadline(grpc::ClientContext* context, const std::string& run) {
   context->set_deadline(std::chrono::system_clock::now() + kDeadline);
+  context->AddMetadata(kRunMetadata, run);
   if (const char* token = std::getenv("GRADSERVE_TOKEN"); token != nullptr && *token != '\0') {
     context->AddMetadata("authorization", std::string("Bearer ") + token);
   }
@@ -158,15 +167,16 @@ int Fail(const char* what, const grpc::Status& status) {
 }
 
 // Four bytes short of the [2, 1] float32 shape it claims: the server must refuse it.
-bool ShowMalformedCall(v1::GradientService::Stub* stub) {
+bool ShowMalformedCall(v1::GradientService::Stub* stub, const std::string& run) {
   const float inputs[] = {1, 2}, targets[] = {3, 5};
   v1::ComputeGradientsRequest request;
+  request.set_run(run);
   *request.mutable_inputs() = Float32Tensor(inputs, {2, 1});
   request.mutable_inputs()->mutable_data()->resize(4);
   *request.mutable_targets() = Float32Tensor(targets, {2, 1});
   v1::ComputeGradientsResponse response;
   grpc::ClientContext context;
-  SetDeadline(&context);
+  SetDeadline(&context, run);
   grpc::Status status = stub->ComputeGradients(&context, request, &response);
   if (status.ok()) {
     std::printf("Malformed call: unexpectedly accepted\n");
@@ -189,7 +199,16 @@ bool ShowMalformedCall(v1::GradientService::Stub* stub) {
   return status.error_code() == grpc::StatusCode::INVALID_ARGUMENT;
 }
 
-int Train(const std::string& address, double learning_rate, int epochs, uint32_t seed) {
+// A run name of our own, so that even the CreateRun carries it for a proxy to place.
+std::string MakeRunName() {
+  std::random_device device;
+  char name[16];
+  std::snprintf(name, sizeof name, "cpp-%08x", static_cast<unsigned>(device()));
+  return name;
+}
+
+int Train(const std::string& address, const std::string& run, double learning_rate, int epochs,
+          uint32_t seed) {
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(kMaxMessageBytes);
   arguments.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -197,13 +216,18 @@ int Train(const std::string& address, double learning_rate, int epochs, uint32_t
   auto stub = v1::GradientService::NewStub(channel);
 
   {
-    v1::GetModelInfoResponse info;
+    v1::CreateRunRequest request;
+    request.set_run(run);
+    request.set_model("linear");
+    v1::CreateRunResponse created;
     grpc::ClientContext context;
-    SetDeadline(&context);
-    grpc::Status status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
-    if (!status.ok()) return Fail("GetModelInfo", status);
-    std::printf("Server model: %s, optimizer %s, version %lld\n", info.model_spec().c_str(),
-                info.optimizer().c_str(), static_cast<long long>(info.model_version()));
+    SetDeadline(&context, run);
+    grpc::Status status = stub->CreateRun(&context, request, &created);
+    if (!status.ok()) return Fail("CreateRun", status);
+    const v1::GetModelInfoResponse& info = created.info();
+    std::printf("Run: %s, model %s, optimizer %s, version %lld\n", created.run().c_str(),
+                info.model_spec().c_str(), info.optimizer().c_str(),
+                static_cast<long long>(info.model_version()));
   }
   Data data = MakeData(seed);
   double fit_w, fit_b;
@@ -217,19 +241,21 @@ int Train(const std::string& address, double learning_rate, int epochs, uint32_t
     for (int start = 0; start < count; start += kBatchSize) {
       const int rows = std::min(kBatchSize, count - start);
       v1::ComputeGradientsRequest request;
+      request.set_run(run);
       *request.mutable_inputs() = Float32Tensor(&data.x[start], {rows, 1});
       *request.mutable_targets() = Float32Tensor(&data.y[start], {rows, 1});
       v1::ComputeGradientsResponse gradients;
       grpc::ClientContext gradients_context;
-      SetDeadline(&gradients_context);
+      SetDeadline(&gradients_context, run);
       grpc::Status status = stub->ComputeGradients(&gradients_context, request, &gradients);
       if (!status.ok()) return Fail("ComputeGradients", status);
 
       v1::ApplyUpdateRequest update;
+      update.set_run(run);
       update.set_learning_rate(learning_rate);
       v1::ApplyUpdateResponse updated;
       grpc::ClientContext update_context;
-      SetDeadline(&update_context);
+      SetDeadline(&update_context, run);
       status = stub->ApplyUpdate(&update_context, update, &updated);
       if (!status.ok()) return Fail("ApplyUpdate", status);
       loss_sum += gradients.loss();
@@ -238,10 +264,12 @@ int Train(const std::string& address, double learning_rate, int epochs, uint32_t
     if (epoch % 10 == 0) std::printf("Epoch %d, Loss: %.4f\n", epoch, loss_sum / batches);
   }
 
+  v1::GetParametersRequest read;
+  read.set_run(run);
   v1::GetParametersResponse parameters;
   grpc::ClientContext context;
-  SetDeadline(&context);
-  grpc::Status status = stub->GetParameters(&context, v1::GetParametersRequest(), &parameters);
+  SetDeadline(&context, run);
+  grpc::Status status = stub->GetParameters(&context, read, &parameters);
   if (!status.ok()) return Fail("GetParameters", status);
   std::map<std::string, float> values;
   for (const auto& tensor : parameters.parameters()) {
@@ -252,7 +280,7 @@ int Train(const std::string& address, double learning_rate, int epochs, uint32_t
   std::printf("GetParameters: w=%.6f b=%.6f version=%lld\n", values["w"], values["b"],
               static_cast<long long>(parameters.model_version()));
   std::fflush(stdout);
-  return ShowMalformedCall(stub.get()) ? 0 : 1;
+  return ShowMalformedCall(stub.get(), run) ? 0 : 1;
 }
 
 // ---- Codec fixtures --------------------------------------------------------------------------
@@ -301,6 +329,8 @@ int EncodeFixtures() {
 int main(int argc, char** argv) {
   std::string address = "127.0.0.1:50051";
   if (const char* from_env = std::getenv("GRADSERVE_ADDRESS")) address = from_env;
+  std::string run;
+  if (const char* from_env = std::getenv("GRADSERVE_RUN")) run = from_env;
   double learning_rate = 0.01;
   int epochs = 100;
   unsigned long seed = 1;
@@ -308,11 +338,12 @@ int main(int argc, char** argv) {
     std::string flag = argv[i];
     if (flag == "--encode-fixtures") return EncodeFixtures();
     if (i + 1 >= argc) {
-      std::fprintf(stderr, "usage: %s [--address HOST:PORT] [--lr 0.01] [--epochs 100] [--seed 1] | --encode-fixtures\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--address HOST:PORT] [--run NAME] [--lr 0.01] [--epochs 100] [--seed 1] | --encode-fixtures\n", argv[0]);
       return 2;
     }
     std::string value = argv[++i];
     if (flag == "--address") address = value;
+    else if (flag == "--run") run = value;
     else if (flag == "--lr") learning_rate = std::stod(value);
     else if (flag == "--epochs") epochs = std::stoi(value);
     else if (flag == "--seed") seed = std::stoul(value);
@@ -321,5 +352,6 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  return Train(address, learning_rate, epochs, static_cast<uint32_t>(seed));
+  if (run.empty()) run = MakeRunName();
+  return Train(address, run, learning_rate, epochs, static_cast<uint32_t>(seed));
 }

@@ -1,10 +1,15 @@
 // Command gradserve-go-client is a gradserve.v1 client written from proto/ and
-// docs/protocol.md alone: it fits y = 2x + 1 by sending batches to ComputeGradients and
-// stepping with ApplyUpdate, reads the parameters back, then makes one malformed call on
-// purpose to show what an error looks like (status code, message, BadRequest field violation).
+// docs/protocol.md alone: it creates its own training run (CreateRun, a linear model), fits
+// y = 2x + 1 in it by sending batches to ComputeGradients and stepping with ApplyUpdate, reads
+// the parameters back, then makes one malformed call on purpose to show what an error looks
+// like (status code, message, BadRequest field violation).
 //
-//	gradserve-go-client [--address 127.0.0.1:50051] [--lr 0.01] [--epochs 100] [--seed 1]
+//	gradserve-go-client [--address 127.0.0.1:50051] [--run NAME] [--lr 0.01] [--epochs 100] [--seed 1]
 //	gradserve-go-client --encode-fixtures   (JSON of base64 Tensor messages, for the codec test)
+//
+// Every request names the run in its `run` field and in the `gradserve-run` metadata, which
+// lets a proxy place runs on server replicas without reading bodies (docs/scaling.md). Without
+// --run (or GRADSERVE_RUN) the name is made here (go-<random hex>).
 //
 // A server started with tokens wants `authorization: Bearer <token>` on every call: set
 // GRADSERVE_TOKEN.
@@ -12,8 +17,10 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -34,6 +41,7 @@ const (
 	batchSize       = 10
 	deadline        = 10 * time.Second
 	maxMessageBytes = 64 * 1024 * 1024 // the server's default, in both directions
+	runMetadata     = "gradserve-run"
 )
 
 // ---- The data every gradserve example makes (examples/node/data.js, bit for bit) -------------
@@ -146,16 +154,19 @@ func firstFloat32(tensor *gradservev1.Tensor) (float32, error) {
 
 // ---- Calls --------------------------------------------------------------------------------
 
-// withDeadline: every call has a deadline, and the bearer token when there is one.
-func withDeadline() (context.Context, context.CancelFunc) {
+// withDeadline: every call on run has a deadline, the run in the gradserve-run metadata (its
+// request names it too), and the bearer token when there is one.
+func withDeadline(run string) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	ctx = metadata.AppendToOutgoingContext(ctx, runMetadata, run)
 	if token := os.Getenv("GRADSERVE_TOKEN"); token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	}
 	return ctx, cancel
 }
 
-func train(client gradservev1.GradientServiceClient, x, y []float32, lr float64, epochs int) error {
+func train(client gradservev1.GradientServiceClient, run string, x, y []float32, lr float64,
+	epochs int) error {
 	for epoch := 1; epoch <= epochs; epoch++ {
 		lossSum, batches := 0.0, 0
 		for start := 0; start < len(x); start += batchSize {
@@ -165,13 +176,15 @@ func train(client gradservev1.GradientServiceClient, x, y []float32, lr float64,
 			}
 			rows := int64(end - start)
 			request := &gradservev1.ComputeGradientsRequest{
+				Run:     run,
 				Inputs:  float32Tensor(x[start:end], []int64{rows, 1}, ""),
 				Targets: float32Tensor(y[start:end], []int64{rows, 1}, ""),
 			}
-			ctx, cancel := withDeadline()
+			ctx, cancel := withDeadline(run)
 			result, err := client.ComputeGradients(ctx, request)
 			if err == nil {
-				_, err = client.ApplyUpdate(ctx, &gradservev1.ApplyUpdateRequest{LearningRate: lr})
+				_, err = client.ApplyUpdate(ctx,
+					&gradservev1.ApplyUpdateRequest{Run: run, LearningRate: lr})
 			}
 			cancel()
 			if err != nil {
@@ -187,10 +200,11 @@ func train(client gradservev1.GradientServiceClient, x, y []float32, lr float64,
 	return nil
 }
 
-func readParameters(client gradservev1.GradientServiceClient) (float32, float32, int64, error) {
-	ctx, cancel := withDeadline()
+func readParameters(client gradservev1.GradientServiceClient, run string) (float32, float32,
+	int64, error) {
+	ctx, cancel := withDeadline(run)
 	defer cancel()
-	response, err := client.GetParameters(ctx, &gradservev1.GetParametersRequest{})
+	response, err := client.GetParameters(ctx, &gradservev1.GetParametersRequest{Run: run})
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -207,14 +221,14 @@ func readParameters(client gradservev1.GradientServiceClient) (float32, float32,
 
 // showMalformedCall sends inputs four bytes short of the [2, 1] float32 shape they claim: the
 // server must refuse them with INVALID_ARGUMENT and a BadRequest naming inputs.data.
-func showMalformedCall(client gradservev1.GradientServiceClient) bool {
+func showMalformedCall(client gradservev1.GradientServiceClient, run string) bool {
 	inputs := float32Tensor([]float32{1, 2}, []int64{2, 1}, "")
 	inputs.Data = inputs.Data[:4]
 	targets := float32Tensor([]float32{3, 5}, []int64{2, 1}, "")
-	ctx, cancel := withDeadline()
+	ctx, cancel := withDeadline(run)
 	defer cancel()
 	_, err := client.ComputeGradients(ctx,
-		&gradservev1.ComputeGradientsRequest{Inputs: inputs, Targets: targets})
+		&gradservev1.ComputeGradientsRequest{Run: run, Inputs: inputs, Targets: targets})
 	if err == nil {
 		fmt.Println("Malformed call: unexpectedly accepted")
 		return false
@@ -288,12 +302,23 @@ func encodeFixtures() error {
 
 // ---- main ----------------------------------------------------------------------------------
 
+// makeRunName: a run name of our own, so that even the CreateRun carries it for a proxy.
+func makeRunName() (string, error) {
+	random := make([]byte, 4)
+	if _, err := rand.Read(random); err != nil {
+		return "", err
+	}
+	return "go-" + hex.EncodeToString(random), nil
+}
+
 func run() (int, error) {
 	defaultAddress := os.Getenv("GRADSERVE_ADDRESS")
 	if defaultAddress == "" {
 		defaultAddress = "127.0.0.1:50051"
 	}
 	address := flag.String("address", defaultAddress, "the server, host:port")
+	runName := flag.String("run", os.Getenv("GRADSERVE_RUN"),
+		"the run to create and train (default: go-<random hex>)")
 	lr := flag.Float64("lr", 0.01, "learning rate")
 	epochs := flag.Int("epochs", 100, "passes over the data")
 	seed := flag.Uint("seed", 1, "seed of the data")
@@ -314,28 +339,36 @@ func run() (int, error) {
 	defer connection.Close()
 	client := gradservev1.NewGradientServiceClient(connection)
 
-	ctx, cancel := withDeadline()
-	info, err := client.GetModelInfo(ctx, &gradservev1.GetModelInfoRequest{})
+	name := *runName
+	if name == "" {
+		if name, err = makeRunName(); err != nil {
+			return 1, err
+		}
+	}
+	ctx, cancel := withDeadline(name)
+	created, err := client.CreateRun(ctx,
+		&gradservev1.CreateRunRequest{Run: name, Model: "linear"})
 	cancel()
 	if err != nil {
 		return 1, err
 	}
-	fmt.Printf("Server model: %s, optimizer %s, version %d\n", info.ModelSpec, info.Optimizer,
-		info.ModelVersion)
+	run, info := created.Run, created.Info
+	fmt.Printf("Run: %s, model %s, optimizer %s, version %d\n", run, info.ModelSpec,
+		info.Optimizer, info.ModelVersion)
 	x, y := makeData(uint32(*seed), 100)
 	fitW, fitB := leastSquares(x, y)
 	fmt.Printf("Least squares: w=%.6f b=%.6f\n", fitW, fitB)
 
-	if err := train(client, x, y, *lr, *epochs); err != nil {
+	if err := train(client, run, x, y, *lr, *epochs); err != nil {
 		return 1, err
 	}
-	w, b, version, err := readParameters(client)
+	w, b, version, err := readParameters(client, run)
 	if err != nil {
 		return 1, err
 	}
 	fmt.Printf("Final: w=%.6f b=%.6f\n", w, b)
 	fmt.Printf("GetParameters: w=%.6f b=%.6f version=%d\n", w, b, version)
-	if !showMalformedCall(client) {
+	if !showMalformedCall(client, run) {
 		return 1, nil
 	}
 	return 0, nil

@@ -257,6 +257,10 @@ def test_compose_file_is_valid_for_compose_v1() -> None:
     drain = float(environment["GRADSERVE_DRAIN_SECONDS"].split(":-")[1][:-1])
     assert float(server["stop_grace_period"].rstrip("s")) > drain + grace
     assert any("--linger" in str(arg) for arg in trainer["command"])
+    # Each replica its own run, named after its container (the shell reads HOSTNAME inside it;
+    # `$$` is compose's escape for a literal `$`), so `--scale trainer=3` gives three runs.
+    assert trainer["command"][:2] == ["sh", "-c"]
+    assert trainer["command"][2].startswith('exec python client/train.py --run "$$HOSTNAME" ')
     assert (
         "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
         in (compose["services"]["prometheus"]["volumes"])
@@ -312,6 +316,20 @@ def test_grafana_provisioning_follows_grafanas_schema() -> None:
     exprs = " ".join(expr for _, expr in panel_queries(dashboard))
     assert all(name in exprs for name in wanted), wanted - set(re.findall(r"\w+", exprs))
     assert "histogram_quantile(0.5" in exprs and "histogram_quantile(0.99" in exprs
+
+    # The run selector: the server's runs, All by default (".*" also matches the default run,
+    # whose run label is empty), and every query of the server's training state filtered by it.
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["name"] == "run" and variable["type"] == "query"
+    assert variable["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}
+    assert variable["definition"] == "label_values(gradserve_model_version, run)"
+    assert variable["query"]["query"] == variable["definition"]
+    assert variable["includeAll"] and variable["multi"] and variable["allValue"] == ".*"
+    state = ("gradserve_model_version", "gradserve_last_loss", "gradserve_samples_total")
+    state_queries = [e for _, e in panel_queries(dashboard) if any(n in e for n in state)]
+    assert {n for n in state if any(n in e for e in state_queries)} == set(state)
+    for expr in state_queries:
+        assert re.search(r'\{run=~"\$run"\}', expr), expr
 
 
 # --- the end-to-end run -------------------------------------------------------------------
@@ -387,7 +405,8 @@ def test_compose_up_trains_and_prometheus_scrapes_it(
         dashboard = json.loads(DASHBOARD_FILE.read_text())
         empty = []
         for title, expr in panel_queries(dashboard):
-            concrete = expr.replace("$__rate_interval", RATE_INTERVAL)
+            # "$run" as Grafana sends the run selector's default, All.
+            concrete = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$run", ".*")
             assert "$" not in concrete, f"{title}: unknown Grafana variable in {expr}"
             if not prometheus.query_range(concrete, start, end):
                 empty.append(f"{title}: {concrete}")

@@ -20,11 +20,13 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradserve import serde
+from gradserve.client.custom_loss import CustomLosses
 from gradserve.client.errors import error_from_rpc
 from gradserve.client.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, new_request_id
 from gradserve.codec import DEFAULT_CHUNK_BYTES, ChunkAssembler, tensor_to_chunks, tensor_to_proto
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, channel_options
 from gradserve.errors import UnavailableError
+from gradserve.serde_losses import batch_loss, batch_loss_into_proto
 from gradserve.types import (
     EvaluationResult,
     GradientResult,
@@ -32,6 +34,7 @@ from gradserve.types import (
     GraphDescription,
     GraphEdge,
     GraphNode,
+    LossSpec,
     ModelInfo,
     NodeKind,
     Reduction,
@@ -39,6 +42,7 @@ from gradserve.types import (
     TensorSpec,
     TrainStep,
     UpdateResult,
+    WeightedReduction,
 )
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -68,7 +72,7 @@ __all__ = [
 ]
 
 
-class GradientClient:
+class GradientClient(CustomLosses):
     """A connection to one gradserve server.
 
     >>> with GradientClient("127.0.0.1:50051") as client:
@@ -164,15 +168,20 @@ class GradientClient:
         request_id: str | None = None,
         return_gradients: bool = False,
         based_on_version: int | None = None,
+        loss: LossSpec | str | None = None,
+        sample_weights: torch.Tensor | None = None,
+        weighted_reduction: WeightedReduction | str | None = None,
     ) -> GradientResult:
         """`based_on_version`: the model version this batch was prepared against (the server's
-        async mode bounds the staleness; docs/scaling.md)."""
+        async mode bounds the staleness; docs/scaling.md). `loss` (a name or LossSpec),
+        `sample_weights` [N], `weighted_reduction`: this batch's own loss, docs/losses.md."""
         request = pb.ComputeGradientsRequest(
             inputs=tensor_to_proto(inputs),
             targets=tensor_to_proto(targets),
             request_id=request_id or new_request_id(),
             return_gradients=return_gradients,
         )
+        batch_loss_into_proto(batch_loss(loss, sample_weights, weighted_reduction), request)
         if based_on_version is not None:
             request.based_on_version = based_on_version
         response = self._call(self._stub.ComputeGradients, request)

@@ -22,8 +22,11 @@ from gradserve.server.buffers import BufferKeeper, model_buffers, smallest_train
 from gradserve.server.error_scope import scoped
 from gradserve.server.graph import effective_max_nodes
 from gradserve.server.graph_trace import trace_graph
-from gradserve.server.models import Model
+from gradserve.server.losses import available, batch_loss_function, prepare
+from gradserve.server.models import LossFunction, Model
 from gradserve.server.optimizers import Optimizer
+from gradserve.server.output_handles import OutputHandles
+from gradserve.server.output_passes import OutputPasses
 from gradserve.server.parameter_access import check_names, check_values
 from gradserve.server.request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
 from gradserve.server.state_transfer import StateTransfer
@@ -31,6 +34,7 @@ from gradserve.server.tracing import traced
 from gradserve.server.train_steps import check_steps
 from gradserve.server.updates import StepRollback, check_learning_rate
 from gradserve.types import (
+    BatchLoss,
     DiscardResult,
     EvaluationResult,
     GradientResult,
@@ -52,7 +56,7 @@ _NOTE = (
 )
 
 
-class ParameterStore(StateTransfer):
+class ParameterStore(StateTransfer, OutputPasses):
     """One model's parameters, gradients and version, safe to call from many threads."""
 
     def __init__(
@@ -75,6 +79,8 @@ class ParameterStore(StateTransfer):
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
         self._request_ids = RequestIdWindow(request_id_window, request_id_window_bytes)
+        # ComputeOutputs' forward passes, kept for BackwardOutputs (output_passes.py).
+        self.output_handles = OutputHandles()
         # Read without the lock only where one int is enough (metrics gauges); anything that
         # needs a consistent view goes through snapshot() or holds the lock.
         self.version = 0
@@ -98,19 +104,26 @@ class ParameterStore(StateTransfer):
         return_gradients: bool = False,
         weigh: Callable[[int], float] | None = None,
         max_response_bytes: int | None = None,
+        batch_loss: BatchLoss | None = None,
     ) -> GradientResult:
         """`weigh(version)` gives the factor for what is added to .grad (async mode's
         staleness check and down-weighting), called under the lock when the batch runs, not
         for a replay; the loss and the returned gradients are the batch's own. With
-        `return_gradients`, a response over `max_response_bytes` is refused before any work."""
+        `return_gradients`, a response over `max_response_bytes` is refused before any work.
+        `batch_loss`: this batch's own loss and weights (server/losses.py); None: the run's."""
         check_request_id(request_id)
-        batch_size = self.model.check_batch(inputs, targets)
+        function: LossFunction | None = None
+        if batch_loss is None:
+            batch_size = self.model.check_batch(inputs, targets)
+        else:
+            self.local_only("loss")
+            batch_size, function = prepare(self.model, inputs, targets, batch_loss)
         if return_gradients and max_response_bytes is not None:
             check_names(self._named, (), max_response_bytes, size_field="return_gradients")
 
         def run() -> GradientResult:
             weight = 1.0 if weigh is None else weigh(self.version)
-            loss, gradients = self._accumulate(inputs, targets, batch_size, weight)
+            loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
             own: dict[str, torch.Tensor] = {}
             if return_gradients:
                 own = {
@@ -127,8 +140,10 @@ class ParameterStore(StateTransfer):
             )
 
         with self._lock:
+            # The loss joins the fingerprint only when chosen: older windows stay valid.
+            chosen = () if batch_loss is None else (batch_loss,)
             return self._request_ids.remembered(
-                "compute_gradients", request_id, run, inputs, targets, return_gradients
+                "compute_gradients", request_id, run, inputs, targets, return_gradients, *chosen
             )
 
     @traced("gradserve.apply_update")
@@ -173,8 +188,10 @@ class ParameterStore(StateTransfer):
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
         losses = tuple(
-            self._accumulate(inputs, targets, size)[0]
-            for (inputs, targets), size in zip(step.batches, sizes, strict=True)
+            self._accumulate(inputs, targets, size, 1.0, batch_loss_function(self.model, step, i))[
+                0
+            ]
+            for i, ((inputs, targets), size) in enumerate(zip(step.batches, sizes, strict=True))
         )
         if not step.apply_update:
             return StepResult(losses, self.version, self.accumulated_batches)
@@ -184,12 +201,20 @@ class ParameterStore(StateTransfer):
         )
 
     def _accumulate(
-        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        weight: float = 1.0,
+        loss_function: LossFunction | None = None,
     ) -> tuple[float, Gradients]:
         """Compute one batch's gradients, then add them. Call with the lock held. A refused
         batch leaves the buffers its forward pass changed as they were."""
         with self._buffer_keeper.kept():
-            loss, gradients = self._compute(inputs, targets, weight)
+            if loss_function is None:
+                loss, gradients = self._compute(inputs, targets, weight)
+            else:
+                loss, gradients = self._compute_with(inputs, targets, loss_function)
             self._add(gradients, batch_size, weight)
         return loss, gradients
 
@@ -335,6 +360,7 @@ class ParameterStore(StateTransfer):
             input=TensorSpec("inputs", model.input.dtype, model.input.shape),
             target=TensorSpec("targets", model.target.dtype, model.target.shape),
             loss=model.loss.name,
+            losses=available(model),
             optimizer=self.optimizer.description,
             model_version=version,
             accumulated_batches=batches,

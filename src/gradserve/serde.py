@@ -21,6 +21,7 @@ from gradserve.codec import (
     tensor_into_proto,
 )
 from gradserve.errors import InvalidArgumentError
+from gradserve.serde_losses import batch_loss_into_proto, train_batch_losses_from_proto
 from gradserve.types import (
     EvaluationResult,
     GradientResult,
@@ -28,6 +29,7 @@ from gradserve.types import (
     GraphDescription,
     GraphEdge,
     GraphNode,
+    LossInfo,
     ModelInfo,
     NodeKind,
     Reduction,
@@ -78,6 +80,17 @@ def tensor_spec_from_proto(message: pb.TensorSpec, field: str = "spec") -> Tenso
     )
 
 
+def loss_info_to_proto(info: LossInfo) -> pb.LossInfo:
+    return pb.LossInfo(
+        name=info.name, target=tensor_spec_to_proto(info.target), options=list(info.options)
+    )
+
+
+def loss_info_from_proto(message: pb.LossInfo, field: str = "losses[0]") -> LossInfo:
+    target = tensor_spec_from_proto(message.target, f"{field}.target")
+    return LossInfo(message.name, target, tuple(message.options))
+
+
 def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
     return pb.GetModelInfoResponse(
         model=info.model,
@@ -94,6 +107,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         max_batch_elements=info.max_batch_elements,
         max_message_bytes=info.max_message_bytes,
         run=info.run,
+        losses=[loss_info_to_proto(loss) for loss in info.losses],
     )
 
 
@@ -116,6 +130,10 @@ def model_info_from_proto(message: pb.GetModelInfoResponse) -> ModelInfo:
         max_batch_elements=message.max_batch_elements,
         max_message_bytes=message.max_message_bytes,
         run=message.run,
+        losses=tuple(
+            loss_info_from_proto(loss, f"losses[{index}]")
+            for index, loss in enumerate(message.losses)
+        ),
     )
 
 
@@ -216,10 +234,12 @@ def train_step_to_proto(step: TrainStep) -> pb.TrainStep:
         learning_rate=step.learning_rate,
         reduction=reduction_to_proto(step.reduction),
     )
-    for inputs, targets in step.batches:
+    for index, (inputs, targets) in enumerate(step.batches):
         batch = message.batches.add()
         tensor_into_proto(inputs, batch.inputs)
         tensor_into_proto(targets, batch.targets)
+        if step.batch_losses:
+            batch_loss_into_proto(step.batch_losses[index], batch)
     if step.expected_version is not None:
         message.expected_version = step.expected_version
     return message
@@ -245,6 +265,7 @@ def train_step_from_proto(
         expected_version=(
             message.expected_version if message.HasField("expected_version") else None
         ),
+        batch_losses=train_batch_losses_from_proto(message, field, max_elements),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +26,14 @@ from gradserve.server.models import LossFunction, Model, all_finite
 from gradserve.server.output_handles import HandleBounds, OutputHandles, saved_bytes
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
 from gradserve.types import GradientResult, OutputsResult
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    """What the request-id window keeps of a ComputeOutputs: the handle, not the outputs."""
+
+    handle: str
+    replayed: bool = False
 
 
 class OutputPasses:
@@ -80,7 +89,7 @@ class OutputPasses:
         batch_size = self.model.check_batch(inputs, None)
         check_training_batch(batch_size, self._smallest_batch)
 
-        def run() -> str:
+        def run() -> _Issued:
             self.output_handles.check_room(self.version, bounds)
             module = self.model.module
             if not module.training:
@@ -95,10 +104,13 @@ class OutputPasses:
                         field="inputs",
                         reason="NOT_FINITE",
                     )
-                return self.output_handles.keep(outputs, self.version, batch_size, size[0], bounds)
+                handle = self.output_handles.keep(
+                    outputs, self.version, batch_size, size[0], bounds
+                )
+                return _Issued(handle)
 
         with self._lock:
-            handle = self._request_ids.remembered("compute_outputs", request_id, run, inputs)
+            handle = self._request_ids.remembered("compute_outputs", request_id, run, inputs).handle
             # A replay answers from the kept pass: once it is used or gone, so is the answer.
             kept = self.output_handles.peek(handle, self.version)
             return OutputsResult(

@@ -17,11 +17,13 @@ import grpc
 import torch
 
 from gradserve import serde
+from gradserve.client.custom_loss import CustomLosses
 from gradserve.client.errors import error_from_rpc
 from gradserve.client.retry import NO_RETRY, RetryPolicy, new_request_id
 from gradserve.client.run_calls import RunCalls
 from gradserve.codec import DEFAULT_CHUNK_BYTES, ChunkAssembler, tensor_to_chunks, tensor_to_proto
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
+from gradserve.serde_losses import batch_loss, batch_loss_into_proto
 from gradserve.types import (
     EvaluationResult,
     GradientResult,
@@ -29,6 +31,7 @@ from gradserve.types import (
     GraphDescription,
     GraphEdge,
     GraphNode,
+    LossSpec,
     ModelInfo,
     NodeKind,
     Reduction,
@@ -37,6 +40,7 @@ from gradserve.types import (
     TensorSpec,
     TrainStep,
     UpdateResult,
+    WeightedReduction,
 )
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -64,7 +68,7 @@ __all__ = [
 ]
 
 
-class GradientClient(RunCalls):
+class GradientClient(CustomLosses, RunCalls):
     """A connection to one gradserve server, bound to one run ("" is the default run).
 
     >>> with GradientClient("127.0.0.1:50051", run="mine") as client:
@@ -87,9 +91,13 @@ class GradientClient(RunCalls):
         request_id: str | None = None,
         return_gradients: bool = False,
         based_on_version: int | None = None,
+        loss: LossSpec | str | None = None,
+        sample_weights: torch.Tensor | None = None,
+        weighted_reduction: WeightedReduction | str | None = None,
     ) -> GradientResult:
         """`based_on_version`: the model version this batch was prepared against (the server's
-        async mode bounds the staleness; docs/scaling.md)."""
+        async mode bounds the staleness; docs/scaling.md). `loss` (a name or LossSpec),
+        `sample_weights` [N], `weighted_reduction`: this batch's own loss, docs/losses.md."""
         request = pb.ComputeGradientsRequest(
             inputs=tensor_to_proto(inputs),
             targets=tensor_to_proto(targets),
@@ -97,6 +105,7 @@ class GradientClient(RunCalls):
             return_gradients=return_gradients,
             run=self.run,
         )
+        batch_loss_into_proto(batch_loss(loss, sample_weights, weighted_reduction), request)
         if based_on_version is not None:
             request.based_on_version = based_on_version
         response = self._call(self._stub.ComputeGradients, request)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from gradserve.errors import FailedPreconditionError
-from gradserve.server.models import Model, all_finite, all_finite_tensors
+from gradserve.server.models import LossFunction, Model, all_finite, all_finite_tensors
 
 Gradients = tuple[torch.Tensor | None, ...]
 
@@ -53,12 +53,15 @@ def batch_gradients(
     targets: torch.Tensor,
     *,
     version: int,
+    loss_function: LossFunction | None = None,
 ) -> tuple[float, Gradients]:
-    """Forward, loss (checked) and gradients of one batch; nothing is changed."""
+    """Forward, loss (checked) and gradients of one batch; nothing is changed.
+    `loss_function`: the batch's own loss (server/losses.py); None: the run's."""
     module = model.module
     if not module.training:  # Module.train() walks every submodule: skip it when set
         module.train()
-    loss = model.loss.function(module(inputs), targets)
+    function = model.loss.function if loss_function is None else loss_function
+    loss = function(module(inputs), targets)
     loss_value = loss.item()
     check_loss(loss_value, version)
     # autograd.grad rather than backward(): the batch's gradients are checked before

@@ -15,6 +15,7 @@ with applied_batches 0 instead of FAILED_PRECONDITION.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +25,7 @@ from gradserve.server.coordination import RoundCoordinator
 from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.metrics import RunMetrics
 from gradserve.server.parameter_store import ParameterStore
-from gradserve.types import GradientResult, Reduction, UpdateResult
+from gradserve.types import BatchLoss, GradientResult, Reduction, UpdateResult
 
 
 class AsyncCoordinator(RoundCoordinator):
@@ -49,8 +50,51 @@ class AsyncCoordinator(RoundCoordinator):
         request_id: str = "",
         return_gradients: bool = False,
         based_on_version: int | None = None,
+        batch_loss: BatchLoss | None = None,
     ) -> GradientResult:
         seen: list[float] = []
+        result = self.store.compute_gradients(
+            inputs,
+            targets,
+            request_id=request_id,
+            return_gradients=return_gradients,
+            weigh=self._weigher(based_on_version, seen),
+            max_response_bytes=self.limits.max_message_bytes,
+            batch_loss=batch_loss,
+        )
+        return self._recorded(result, seen)
+
+    def backward_outputs(
+        self,
+        handle: str,
+        output_gradients: torch.Tensor,
+        loss: float,
+        *,
+        request_id: str = "",
+        based_on_version: int | None = None,
+    ) -> GradientResult:
+        """Staleness as for ComputeGradients, measured when the backward pass runs."""
+        seen: list[float] = []
+        result = self.store.backward_outputs(
+            handle,
+            output_gradients,
+            loss,
+            request_id=request_id,
+            weigh=self._weigher(based_on_version, seen),
+        )
+        return self._recorded(result, seen)
+
+    def _recorded(self, result: GradientResult, seen: list[float]) -> GradientResult:
+        self.metrics.record_gradients(result)
+        if seen:
+            staleness, weight = seen
+            self.metrics.staleness.observe(staleness)
+            if weight != 1.0:
+                self.metrics.stale_contributions.labels("downweighted").inc()
+        return result
+
+    def _weigher(self, based_on_version: int | None, seen: list[float]) -> Callable[[int], float]:
+        """The store's `weigh`: checks staleness and appends (staleness, weight) to `seen`."""
 
         def weigh(version: int) -> float:
             # Called by the store under its lock, after the request-id lookup: a retried,
@@ -78,21 +122,7 @@ class AsyncCoordinator(RoundCoordinator):
             seen.extend((staleness, weight))
             return weight
 
-        result = self.store.compute_gradients(
-            inputs,
-            targets,
-            request_id=request_id,
-            return_gradients=return_gradients,
-            weigh=weigh,
-            max_response_bytes=self.limits.max_message_bytes,
-        )
-        self.metrics.record_gradients(result)
-        if seen:
-            staleness, weight = seen
-            self.metrics.staleness.observe(staleness)
-            if weight != 1.0:
-                self.metrics.stale_contributions.labels("downweighted").inc()
-        return result
+        return weigh
 
     def apply_update(
         self,

@@ -39,6 +39,11 @@ class LimitsConfig:
     # Bytes of remembered results (returned gradients, Train losses) per RPC; past it the
     # oldest results are dropped and their replays refused (docs/protocol.md).
     request_id_window_bytes: int = 64 * MIB
+    # ComputeOutputs handles per run: held at once, bytes kept for backward, lifetime
+    # (server/output_handles.py).
+    output_handles: int = 16
+    output_handle_bytes: int = 256 * MIB
+    output_handle_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

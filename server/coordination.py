@@ -22,13 +22,16 @@ from gradserve.server.config import CoordinationConfig, LimitsConfig
 from gradserve.server.durability import GroupCommit
 from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.metrics import RunMetrics, ServerMetrics
+from gradserve.server.output_handles import HandleBounds
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.types import (
+    BatchLoss,
     DiscardResult,
     EvaluationResult,
     GradientResult,
     GraphDescription,
     ModelInfo,
+    OutputsResult,
     Reduction,
     SetResult,
     TrainResult,
@@ -69,6 +72,7 @@ class DirectCoordinator:
         request_id: str = "",
         return_gradients: bool = False,
         based_on_version: int | None = None,
+        batch_loss: BatchLoss | None = None,
     ) -> GradientResult:
         result = self.store.compute_gradients(
             inputs,
@@ -76,7 +80,26 @@ class DirectCoordinator:
             request_id=request_id,
             return_gradients=return_gradients,
             max_response_bytes=self.limits.max_message_bytes,
+            batch_loss=batch_loss,
         )
+        self.metrics.record_gradients(result)
+        return result
+
+    def compute_outputs(self, inputs: torch.Tensor, *, request_id: str = "") -> OutputsResult:
+        bounds = HandleBounds.of(self.limits)
+        return self.store.compute_outputs(inputs, request_id=request_id, bounds=bounds)
+
+    def backward_outputs(
+        self,
+        handle: str,
+        output_gradients: torch.Tensor,
+        loss: float,
+        *,
+        request_id: str = "",
+        based_on_version: int | None = None,
+    ) -> GradientResult:
+        """A contribution like a ComputeGradients batch (sync rounds count it as one)."""
+        result = self.store.backward_outputs(handle, output_gradients, loss, request_id=request_id)
         self.metrics.record_gradients(result)
         return result
 

@@ -26,6 +26,11 @@ def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.
     return ((prediction - target) ** 2).mean()
 
 
+def kl_divergence(log_prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # "batchmean" is the KL divergence; torch's default "mean" divides by every element.
+    return functional.kl_div(log_prediction, target, reduction="batchmean")
+
+
 @dataclass(frozen=True)
 class Loss:
     name: str
@@ -42,6 +47,10 @@ LOSSES: dict[str, Loss] = {
         "bce_with_logits", functional.binary_cross_entropy_with_logits, class_targets=False
     ),
     "cross_entropy": Loss("cross_entropy", functional.cross_entropy, class_targets=True),
+    # The rest of server/losses.py's names, with their default options, for --loss too.
+    "smooth_l1": Loss("smooth_l1", functional.smooth_l1_loss, class_targets=False),
+    "nll": Loss("nll", functional.nll_loss, class_targets=True),
+    "kl_div": Loss("kl_div", kl_divergence, class_targets=False),
 }
 
 

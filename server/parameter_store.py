@@ -20,27 +20,25 @@ from gradserve.errors import FailedPreconditionError, VersionConflictError
 from gradserve.server.accumulation import Gradients, add_gradients, batch_gradients
 from gradserve.server.buffers import BufferKeeper, model_buffers, smallest_training_batch
 from gradserve.server.error_scope import scoped
-from gradserve.server.graph import effective_max_nodes
-from gradserve.server.graph_trace import trace_graph
 from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
-from gradserve.server.models import Model
+from gradserve.server.losses import batch_loss_function, prepare
+from gradserve.server.model_access import ModelAccess
+from gradserve.server.models import LossFunction, Model
 from gradserve.server.optimizers import Optimizer
-from gradserve.server.parameter_access import check_names, check_values
+from gradserve.server.output_handles import OutputHandles
+from gradserve.server.output_passes import OutputPasses
+from gradserve.server.parameter_access import check_names
 from gradserve.server.request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
 from gradserve.server.state_transfer import StateTransfer
 from gradserve.server.tracing import traced
 from gradserve.server.train_steps import check_steps
 from gradserve.server.updates import StepRollback, check_update
 from gradserve.types import (
+    BatchLoss,
     DiscardResult,
-    EvaluationResult,
     GradientResult,
-    GraphDescription,
-    ModelInfo,
     Reduction,
-    SetResult,
     StepResult,
-    TensorSpec,
     TrainResult,
     TrainStep,
     UpdateResult,
@@ -53,7 +51,7 @@ _NOTE = (
 )
 
 
-class ParameterStore(StateTransfer):
+class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
     """One model's parameters, gradients and version, safe to call from many threads."""
 
     def __init__(
@@ -78,6 +76,8 @@ class ParameterStore(StateTransfer):
         self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
         self._lock = threading.Lock()
         self._request_ids = RequestIdWindow(request_id_window, request_id_window_bytes)
+        # ComputeOutputs' forward passes, kept for BackwardOutputs (output_passes.py).
+        self.output_handles = OutputHandles()
         # Read without the lock only where one int is enough (metrics gauges); anything that
         # needs a consistent view goes through snapshot() or holds the lock.
         self.version = 0
@@ -101,19 +101,26 @@ class ParameterStore(StateTransfer):
         return_gradients: bool = False,
         weigh: Callable[[int], float] | None = None,
         max_response_bytes: int | None = None,
+        batch_loss: BatchLoss | None = None,
     ) -> GradientResult:
         """`weigh(version)` gives the factor for what is added to .grad (async mode's
         staleness check and down-weighting), called under the lock when the batch runs, not
         for a replay; the loss and the returned gradients are the batch's own. With
-        `return_gradients`, a response over `max_response_bytes` is refused before any work."""
+        `return_gradients`, a response over `max_response_bytes` is refused before any work.
+        `batch_loss`: this batch's own loss and weights (server/losses.py); None: the run's."""
         check_request_id(request_id)
-        batch_size = self.model.check_batch(inputs, targets)
+        function: LossFunction | None = None
+        if batch_loss is None:
+            batch_size = self.model.check_batch(inputs, targets)
+        else:
+            self.local_only("loss")
+            batch_size, function = prepare(self.model, inputs, targets, batch_loss)
         if return_gradients and max_response_bytes is not None:
             check_names(self._named, (), max_response_bytes, size_field="return_gradients")
 
         def run() -> GradientResult:
             weight = 1.0 if weigh is None else weigh(self.version)
-            loss, gradients = self._accumulate(inputs, targets, batch_size, weight)
+            loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
             own: dict[str, torch.Tensor] = {}
             if return_gradients:
                 own = {
@@ -130,8 +137,10 @@ class ParameterStore(StateTransfer):
             )
 
         with self._lock:
+            # The loss joins the fingerprint only when chosen: older windows stay valid.
+            chosen = () if batch_loss is None else (batch_loss,)
             return self._request_ids.remembered(
-                "compute_gradients", request_id, run, inputs, targets, return_gradients
+                "compute_gradients", request_id, run, inputs, targets, return_gradients, *chosen
             )
 
     @traced("gradserve.apply_update")
@@ -185,8 +194,10 @@ class ParameterStore(StateTransfer):
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
         losses = tuple(
-            self._accumulate(inputs, targets, size)[0]
-            for (inputs, targets), size in zip(step.batches, sizes, strict=True)
+            self._accumulate(inputs, targets, size, 1.0, batch_loss_function(self.model, step, i))[
+                0
+            ]
+            for i, ((inputs, targets), size) in enumerate(zip(step.batches, sizes, strict=True))
         )
         if not step.apply_update:
             return StepResult(losses, self.version, self.accumulated_batches)
@@ -201,12 +212,20 @@ class ParameterStore(StateTransfer):
         return StepResult(losses, *done, update.clipped)
 
     def _accumulate(
-        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, weight: float = 1.0
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        weight: float = 1.0,
+        loss_function: LossFunction | None = None,
     ) -> tuple[float, Gradients]:
         """Compute one batch's gradients, then add them. Call with the lock held. A refused
         batch leaves the buffers its forward pass changed as they were."""
         with self._buffer_keeper.kept():
-            loss, gradients = self._compute(inputs, targets, weight)
+            if loss_function is None:
+                loss, gradients = self._compute(inputs, targets, weight)
+            else:
+                loss, gradients = self._compute_with(inputs, targets, loss_function)
             self._add(gradients, batch_size, weight)
         return loss, gradients
 
@@ -274,129 +293,3 @@ class ParameterStore(StateTransfer):
                     "model_version": str(self.version),
                 },
             )
-
-    # -- evaluation, parameters, the graph -------------------------------------------------
-
-    def parameter_bytes(self) -> int:
-        """Bytes of the model's parameters and buffers (what a run costs in memory)."""
-        module = self.model.module
-        tensors = [*module.parameters(), *module.buffers()]
-        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
-
-    @traced("gradserve.evaluate")
-    def evaluate(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor | None,
-        *,
-        return_predictions: bool = False,
-    ) -> EvaluationResult:
-        batch_size = self.model.check_batch(inputs, targets)
-        inputs = inputs.to(self.device)
-        targets = None if targets is None else targets.to(self.device)
-        with self._lock, torch.no_grad():
-            self.model.module.eval()
-            predictions = self.model.module(inputs)
-            loss = None
-            if targets is not None:
-                loss = self.model.loss.function(predictions, targets).item()
-            return EvaluationResult(
-                loss, batch_size, self.version, predictions.cpu() if return_predictions else None
-            )
-
-    def read_parameters(
-        self,
-        names: Sequence[str],
-        reader: Callable[[str, torch.Tensor], T],
-        *,
-        max_bytes: int | None = None,
-        include_buffers: bool = False,
-    ) -> tuple[int, list[T]]:
-        """Call reader(name, value) for the named parameters or buffers (when names is empty:
-        every parameter, then with `include_buffers` every buffer) under the lock, so a reader
-        sees one version without copying; return (version, results). Names are checked, and
-        with `max_bytes` the encoded size too, before anything is read."""
-        default = self._tensors if include_buffers else self._named
-        selected = check_names(self._tensors, names, max_bytes, default=list(default))
-        with self._lock:
-            return self.version, [
-                reader(name, self._tensors[name].detach().cpu()) for name in selected
-            ]
-
-    @traced("gradserve.set_parameters")
-    def set_parameters(
-        self,
-        values: Sequence[tuple[str, torch.Tensor]],
-        *,
-        expected_version: int | None = None,
-        request_id: str = "",
-    ) -> SetResult:
-        check_request_id(request_id)
-        check_values(self._tensors, values)
-
-        def run() -> SetResult:
-            self._check_version(expected_version)
-            with torch.no_grad():
-                for name, value in values:
-                    self._tensors[name].copy_(value)
-            self._drop_gradients()
-            self.version += 1
-            return SetResult(model_version=self.version)
-
-        with self._lock:
-            return self._request_ids.remembered(
-                "set_parameters", request_id, run, tuple(values), expected_version
-            )
-
-    def info(self) -> ModelInfo:
-        model = self.model
-        version, batches, samples = self.snapshot()
-        return ModelInfo(
-            model=model.name,
-            model_spec=model.spec,
-            parameters=tuple(
-                TensorSpec(name, p.dtype, tuple(p.shape)) for name, p in self._named.items()
-            ),
-            parameter_count=sum(parameter.numel() for parameter in self._parameters),
-            buffers=tuple(
-                TensorSpec(name, b.dtype, tuple(b.shape)) for name, b in self._buffers.items()
-            ),
-            input=TensorSpec("inputs", model.input.dtype, model.input.shape),
-            target=TensorSpec("targets", model.target.dtype, model.target.shape),
-            loss=model.loss.name,
-            optimizer=self.optimizer.description,
-            model_version=version,
-            accumulated_batches=batches,
-            accumulated_samples=samples,
-        )
-
-    def gradients(self) -> dict[str, torch.Tensor | None]:
-        """A copy of the accumulated gradients (for tests and checkpoints)."""
-        with self._lock:
-            return {
-                name: None if p.grad is None else p.grad.detach().to("cpu", copy=True)
-                for name, p in self._named.items()
-            }
-
-    def describe_graph(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        *,
-        max_nodes: int = 0,
-        return_gradients: bool = False,
-    ) -> GraphDescription:
-        """The autograd graph ComputeGradients would build for this batch, changing nothing."""
-        cap = effective_max_nodes(max_nodes)
-        batch_size = self.model.check_batch(inputs, targets)
-        with self._lock:
-            graph = trace_graph(
-                self.model,
-                self._named,
-                self._parameters,
-                inputs,
-                targets,
-                max_nodes=cap,
-                return_gradients=return_gradients,
-            )
-            return GraphDescription(graph, batch_size, self.version, cap)

@@ -28,8 +28,10 @@ from gradserve.codec import (
     tensor_to_chunks,
 )
 from gradserve.errors import InvalidArgumentError
+from gradserve.serde_losses import batch_loss_from_proto
 from gradserve.server.checkpoint_rpcs import CheckpointRpcs
 from gradserve.server.config import LimitsConfig
+from gradserve.server.loss_rpcs import LossRpcs
 from gradserve.server.principals import PrincipalTable
 from gradserve.server.runs import RunRegistry
 from gradserve.v1 import gradserve_pb2 as pb
@@ -40,7 +42,7 @@ def _optional(message: object, name: str) -> int | None:
     return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
 
 
-class GradientServicer(CheckpointRpcs, pb_grpc.GradientServiceServicer):  # type: ignore[misc]
+class GradientServicer(LossRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     def __init__(
         self, runs: RunRegistry, limits: LimitsConfig, principals: PrincipalTable | None = None
     ) -> None:
@@ -66,6 +68,7 @@ class GradientServicer(CheckpointRpcs, pb_grpc.GradientServiceServicer):  # type
                 request_id=request.request_id,
                 return_gradients=request.return_gradients,
                 based_on_version=_optional(request, "based_on_version"),
+                batch_loss=batch_loss_from_proto(request, max_elements=self._max_elements),
             )
         return serde.gradient_result_to_proto(result)
 

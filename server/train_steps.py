@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
 from gradserve.server.buffers import check_training_batch
 from gradserve.server.error_scope import scoped
+from gradserve.server.losses import checked_batch_size
 from gradserve.server.models import Model
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.updates import check_learning_rate, check_update
@@ -40,10 +41,17 @@ def check_steps(
             raise InvalidArgumentError(
                 f"steps[{index}]: neither batches nor an update", field=f"steps[{index}]"
             )
+        if step.batch_losses and len(step.batch_losses) != len(step.batches):
+            raise InvalidArgumentError(
+                f"steps[{index}]: {len(step.batch_losses)} batch losses for "
+                f"{len(step.batches)} batches",
+                field=f"steps[{index}].batches",
+            )
         step_sizes = []
         for batch_index, (inputs, targets) in enumerate(step.batches):
+            choice = step.batch_losses[batch_index] if step.batch_losses else None
             with scoped(f"steps[{index}].batches[{batch_index}]"):
-                step_sizes.append(model.check_batch(inputs, targets))
+                step_sizes.append(checked_batch_size(model, inputs, targets, choice))
                 check_training_batch(step_sizes[-1], smallest_batch)
         if step.apply_update:
             with scoped(f"steps[{index}]"):

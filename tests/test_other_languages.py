@@ -364,3 +364,22 @@ def test_cpp_client_sends_the_bearer_token(cpp_client: Path, make_server) -> Non
 
 def test_go_client_sends_the_bearer_token(go_client: Path, make_server) -> None:
     check_token_runs([str(go_client)], make_server)
+
+
+def test_node_custom_loss_trains_to_the_least_squares_fit(
+    node: str, server: GradientServer
+) -> None:
+    """examples/node/custom_loss.js computes the MSE gradient itself (ComputeOutputs, then
+    BackwardOutputs) and reaches the least-squares line within 1e-4."""
+    run = subprocess.run(
+        [node, str(NODE_DIR / "custom_loss.js"), "--address", server.address, "--seed", str(SEED)],
+        capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, cwd=ROOT, check=False,
+    )  # fmt: skip
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    expected_w, expected_b = least_squares(*client_data(SEED))
+    w, b = (float(server.store.model.module.state_dict()[name].item()) for name in ("w", "b"))
+    assert abs(w - expected_w) < 1e-4 and abs(b - expected_b) < 1e-4, output
+    assert _number(r"^Final: w=(\S+) b=(\S+)$", output) == pytest.approx((w, b), abs=1e-6)
+    assert server.store.accumulated_batches == 0 and server.store.version == 400
+    assert re.search(r"^Used handle: status=FAILED_PRECONDITION field=handle$", output, re.M)

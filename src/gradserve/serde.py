@@ -21,15 +21,12 @@ from gradserve.codec import (
     tensor_into_proto,
 )
 from gradserve.errors import InvalidArgumentError
+from gradserve.serde_losses import batch_loss_into_proto, train_batch_losses_from_proto
 from gradserve.types import (
     EvaluationResult,
     GradientResult,
-    Graph,
-    GraphDescription,
-    GraphEdge,
-    GraphNode,
+    LossInfo,
     ModelInfo,
-    NodeKind,
     Reduction,
     StepResult,
     TensorSpec,
@@ -78,6 +75,17 @@ def tensor_spec_from_proto(message: pb.TensorSpec, field: str = "spec") -> Tenso
     )
 
 
+def loss_info_to_proto(info: LossInfo) -> pb.LossInfo:
+    return pb.LossInfo(
+        name=info.name, target=tensor_spec_to_proto(info.target), options=list(info.options)
+    )
+
+
+def loss_info_from_proto(message: pb.LossInfo, field: str = "losses[0]") -> LossInfo:
+    target = tensor_spec_from_proto(message.target, f"{field}.target")
+    return LossInfo(message.name, target, tuple(message.options))
+
+
 def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
     return pb.GetModelInfoResponse(
         model=info.model,
@@ -95,6 +103,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         max_message_bytes=info.max_message_bytes,
         run=info.run,
         buffers=[tensor_spec_to_proto(spec) for spec in info.buffers],
+        losses=[loss_info_to_proto(loss) for loss in info.losses],
     )
 
 
@@ -120,6 +129,10 @@ def model_info_from_proto(message: pb.GetModelInfoResponse) -> ModelInfo:
         buffers=tuple(
             tensor_spec_from_proto(spec, f"buffers[{index}]")
             for index, spec in enumerate(message.buffers)
+        ),
+        losses=tuple(
+            loss_info_from_proto(loss, f"losses[{index}]")
+            for index, loss in enumerate(message.losses)
         ),
     )
 
@@ -226,10 +239,12 @@ def train_step_to_proto(step: TrainStep) -> pb.TrainStep:
         hyperparameters=step.hyperparameters,
         max_grad_norm=step.max_grad_norm,
     )
-    for inputs, targets in step.batches:
+    for index, (inputs, targets) in enumerate(step.batches):
         batch = message.batches.add()
         tensor_into_proto(inputs, batch.inputs)
         tensor_into_proto(targets, batch.targets)
+        if step.batch_losses:
+            batch_loss_into_proto(step.batch_losses[index], batch)
     return message
 
 
@@ -255,6 +270,7 @@ def train_step_from_proto(
         ),
         hyperparameters=dict(message.hyperparameters),
         max_grad_norm=message.max_grad_norm if message.HasField("max_grad_norm") else None,
+        batch_losses=train_batch_losses_from_proto(message, field, max_elements),
     )
 
 
@@ -292,89 +308,10 @@ def train_result_from_proto(message: pb.TrainResponse) -> TrainResult:
     return TrainResult(tuple(step_result_from_proto(step) for step in message.steps))
 
 
-# -- the graph -----------------------------------------------------------------------------
-
-_NODE_KIND_TO_PROTO = {
-    NodeKind.BACKWARD: pb.GRAPH_NODE_KIND_BACKWARD,
-    NodeKind.PARAMETER: pb.GRAPH_NODE_KIND_PARAMETER,
-    NodeKind.INPUT: pb.GRAPH_NODE_KIND_INPUT,
-}
-_NODE_KIND_FROM_PROTO = {value: kind for kind, value in _NODE_KIND_TO_PROTO.items()}
-
-
-def graph_node_to_proto(node: GraphNode) -> pb.GraphNode:
-    message = pb.GraphNode(
-        id=node.id,
-        kind=_NODE_KIND_TO_PROTO[node.kind],
-        name=node.name,
-        shape=node.shape,
-        requires_grad=node.requires_grad,
-    )
-    # A dtype with no wire type (complex, say) is left unset.
-    if node.dtype is not None and node.dtype in WIRE_DTYPES:
-        message.dtype = dtype_to_proto(node.dtype)
-    if node.gradient is not None:
-        tensor_into_proto(node.gradient, message.gradient, node.name)
-    return message
-
-
-def graph_node_from_proto(message: pb.GraphNode, field: str = "nodes[0]") -> GraphNode:
-    kind = _NODE_KIND_FROM_PROTO.get(message.kind)
-    if kind is None:
-        raise InvalidArgumentError(
-            f"{field}.kind: unknown value {message.kind}", field=f"{field}.kind"
-        )
-    gradient = None
-    if message.HasField("gradient"):
-        gradient = tensor_from_proto(message.gradient, f"{field}.gradient").clone()
-    return GraphNode(
-        id=message.id,
-        kind=kind,
-        name=message.name,
-        shape=tuple(message.shape),
-        dtype=dtype_from_proto(message.dtype, f"{field}.dtype") if message.dtype else None,
-        requires_grad=message.requires_grad,
-        gradient=gradient,
-    )
-
-
-def graph_description_to_proto(description: GraphDescription) -> pb.DescribeGraphResponse:
-    graph = description.graph
-    return pb.DescribeGraphResponse(
-        nodes=[graph_node_to_proto(node) for node in graph.nodes],
-        edges=[
-            pb.GraphEdge(
-                from_id=edge.source,
-                to_id=edge.target,
-                slot=edge.slot,
-                carries_gradient=edge.carries_gradient,
-            )
-            for edge in graph.edges
-        ],
-        root_id=graph.root,
-        loss=graph.loss,
-        model_version=description.model_version,
-        batch_size=description.batch_size,
-        max_nodes=description.max_nodes,
-    )
-
-
-def graph_description_from_proto(message: pb.DescribeGraphResponse) -> GraphDescription:
-    graph = Graph(
-        nodes=tuple(
-            graph_node_from_proto(node, f"nodes[{index}]")
-            for index, node in enumerate(message.nodes)
-        ),
-        edges=tuple(
-            GraphEdge(edge.from_id, edge.to_id, edge.slot, edge.carries_gradient)
-            for edge in message.edges
-        ),
-        root=message.root_id,
-        loss=message.loss,
-    )
-    return GraphDescription(
-        graph=graph,
-        batch_size=message.batch_size,
-        model_version=message.model_version,
-        max_nodes=message.max_nodes,
-    )
+# The graph's pairs live in serde_graph.py; importable from here like every other pair.
+from gradserve.serde_graph import (  # noqa: E402, F401
+    graph_description_from_proto,
+    graph_description_to_proto,
+    graph_node_from_proto,
+    graph_node_to_proto,
+)

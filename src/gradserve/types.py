@@ -1,4 +1,4 @@
-"""The plain types both sides use: reductions, results, model info, train steps, the graph.
+"""The plain types both sides use: reductions, losses, results, model info, train steps, the graph.
 
 No protobuf and no gRPC here: `gradserve.serde` converts these to and from the wire, the
 server's domain objects return them, and `GradientClient` hands them to its callers. Tensors are
@@ -34,6 +34,45 @@ class Reduction(Enum):
             raise ValueError(f"reduction: {value!r}, expected one of {choices}") from None
 
 
+class WeightedReduction(Enum):
+    """How per-example losses l_i with weights w_i combine into a batch's loss (docs/losses.md)."""
+
+    # sum_i w_i * l_i
+    SUM = "sum"
+    # sum_i w_i * l_i / N
+    MEAN = "mean"
+    # sum_i w_i * l_i / sum_i w_i
+    NORMALIZED = "normalized"
+
+    @classmethod
+    def parse(cls, value: str | WeightedReduction) -> WeightedReduction:
+        if isinstance(value, WeightedReduction):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(member.value) for member in cls)
+            raise ValueError(f"weighted_reduction: {value!r}, expected one of {choices}") from None
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss by name with its options ("huber", {"delta": 0.5}); docs/losses.md lists them."""
+
+    name: str
+    options: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchLoss:
+    """One batch's own loss: a named loss overriding the run's (None: the run's), and
+    optional per-example weights with the reduction they need."""
+
+    loss: LossSpec | None = None
+    sample_weights: torch.Tensor | None = None
+    weighted_reduction: WeightedReduction | None = None
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A tensor's name, dtype and shape; -1 in a shape is any size (the batch dimension)."""
@@ -63,6 +102,29 @@ class ModelInfo:
     run: str = ""
     # Buffers (batch norm's running statistics), in the model's order.
     buffers: tuple[TensorSpec, ...] = ()
+    # The losses a batch may name, with the targets each needs.
+    losses: tuple[LossInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """A loss the model accepts: its name, the targets it needs, the options it takes."""
+
+    name: str
+    target: TensorSpec
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutputsResult:
+    """ComputeOutputs' answer: the outputs of a training-mode forward pass kept under `handle`."""
+
+    handle: str
+    outputs: torch.Tensor
+    model_version: int
+    expires_in_seconds: float
+    batch_size: int
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +207,9 @@ class TrainStep:
         if self.hyperparameters:
             ordered = dict(sorted(self.hyperparameters.items()))
             object.__setattr__(self, "hyperparameters", ordered)
+
+    # Per batch, its own loss (None: the run's); empty: every batch uses the run's.
+    batch_losses: tuple[BatchLoss | None, ...] = ()
 
     @classmethod
     def of(

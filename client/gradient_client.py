@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import grpc
 import torch
 
-from gradserve import serde
+from gradserve import serde, serde_graph
 from gradserve.client.custom_loss import CustomLosses
 from gradserve.client.errors import error_from_rpc
 from gradserve.client.retry import NO_RETRY, RetryPolicy, new_request_id
@@ -205,7 +205,7 @@ class GradientClient(CustomLosses, RunCalls):
             run=self.run,
         )
         response = self._call(self._stub.DescribeGraph, request)
-        return serde.graph_description_from_proto(response)
+        return serde_graph.graph_description_from_proto(response)
 
     # -- streams -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import grpc
 import torch
 
-from gradserve import serde
+from gradserve import serde, serde_graph
 from gradserve.codec import (
     DEFAULT_CHUNK_BYTES,
     MIN_CHUNK_BYTES,
@@ -154,7 +154,7 @@ class GradientServicer(LossRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer
                 max_nodes=request.max_nodes,
                 return_gradients=request.return_gradients,
             )
-        return serde.graph_description_to_proto(result)
+        return serde_graph.graph_description_to_proto(result)
 
     def Train(
         self, request_iterator: Iterator[pb.TrainRequest], context: grpc.ServicerContext

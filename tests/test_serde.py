@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradserve import serde, serde_runs
+from gradserve import serde, serde_graph, serde_runs
 from gradserve.errors import InvalidArgumentError
 from gradserve.types import (
     CheckpointSummary,
@@ -185,8 +185,8 @@ def test_graph_description_round_trip() -> None:
         loss=0.5,
     )
     description = GraphDescription(graph, batch_size=10, model_version=2, max_nodes=64)
-    back = serde.graph_description_from_proto(
-        through_wire(serde.graph_description_to_proto(description))
+    back = serde_graph.graph_description_from_proto(
+        through_wire(serde_graph.graph_description_to_proto(description))
     )
     assert back.graph.edges == graph.edges
     assert (back.graph.root, back.graph.loss) == (0, 0.5)
@@ -203,7 +203,7 @@ def test_graph_description_round_trip() -> None:
 def test_graph_node_unknown_kind_names_the_field() -> None:
     message = pb.GraphNode(id=0, kind=99)
     with pytest.raises(InvalidArgumentError) as caught:
-        serde.graph_node_from_proto(message, "nodes[4]")
+        serde_graph.graph_node_from_proto(message, "nodes[4]")
     assert caught.value.field == "nodes[4].kind"
 
 

@@ -306,12 +306,3 @@ def train_result_to_proto(result: TrainResult, request_id: str = "") -> pb.Train
 
 def train_result_from_proto(message: pb.TrainResponse) -> TrainResult:
     return TrainResult(tuple(step_result_from_proto(step) for step in message.steps))
-
-
-# The graph's pairs live in serde_graph.py; importable from here like every other pair.
-from gradserve.serde_graph import (  # noqa: E402, F401
-    graph_description_from_proto,
-    graph_description_to_proto,
-    graph_node_from_proto,
-    graph_node_to_proto,
-)

@@ -1,5 +1,5 @@
-"""gradserve.serde's pairs for the autograd graph that DescribeGraph returns (serde.py
-re-exports them, so callers use serde.graph_description_to_proto as any other pair)."""
+"""The paired x_to_proto / x_from_proto functions for the autograd graph that DescribeGraph
+returns: gradserve.serde's graph part, in a module of its own to keep serde.py small."""
 
 from __future__ import annotations
 

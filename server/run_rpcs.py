@@ -10,7 +10,7 @@ must not reach another run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -37,20 +37,15 @@ class RunRpcs:
 
     @contextmanager
     def _use(self, run: str, context: grpc.ServicerContext) -> Iterator[DirectCoordinator]:
-        metadata = context.invocation_metadata()
-        for key, value in metadata or ():
-            if key == RUN_METADATA and value != run:
-                raise InvalidArgumentError(
-                    f"run: the request names {run[:80]!r} but its {RUN_METADATA} metadata "
-                    f"names {str(value)[:80]!r}",
-                    field="run",
-                )
+        metadata = _checked_metadata(run, context)
         with self._runs.use(run, self._principals.of(metadata)) as coordinator:
             yield coordinator
 
     def CreateRun(
         self, request: pb.CreateRunRequest, context: grpc.ServicerContext
     ) -> pb.CreateRunResponse:
+        # A generated name (run left empty) cannot have been placed by a proxy's header.
+        _checked_metadata(request.run, context, allow_absent_run=True)
         principal = self._principal(context)
         fork: Callable[[Run], None] | None = None
         if request.from_checkpoint:
@@ -97,7 +92,24 @@ class RunRpcs:
     ) -> pb.DeleteRunResponse:
         if request.run:
             check_run_name(request.run)
+        _checked_metadata(request.run, context)
         deleted = self._runs.delete(
             request.run, self._principal(context), delete_checkpoints=request.delete_checkpoints
         )
         return pb.DeleteRunResponse(deleted_checkpoints=deleted)
+
+
+def _checked_metadata(
+    run: str, context: grpc.ServicerContext, *, allow_absent_run: bool = False
+) -> Sequence[tuple[str, str | bytes]]:
+    """The call's metadata, once its `gradserve-run` (if any) agrees with the run the body
+    names: a proxy that placed the call by one name must not reach or make another run."""
+    metadata = context.invocation_metadata() or ()
+    for key, value in metadata:
+        if key == RUN_METADATA and value != run and not (allow_absent_run and not run):
+            raise InvalidArgumentError(
+                f"run: the request names {run[:80]!r} but its {RUN_METADATA} metadata "
+                f"names {str(value)[:80]!r}",
+                field="run",
+            )
+    return metadata

@@ -237,6 +237,16 @@ def test_metadata_naming_another_run_is_refused(make_server) -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert stub.GetModelInfo(pb.GetModelInfoRequest(run="placed"), timeout=TIMEOUT,
                                  metadata=(("gradserve-run", "placed"),)).run == "placed"  # fmt: skip
+        # Creating and deleting are placed by the header too: a disagreeing one is refused.
+        elsewhere = (("gradserve-run", "elsewhere"),)
+        with pytest.raises(grpc.RpcError) as caught:
+            create(stub, "misplaced", elsewhere)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.DeleteRun(pb.DeleteRunRequest(run="placed"), timeout=TIMEOUT, metadata=elsewhere)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        names = [r.run for r in stub.ListRuns(pb.ListRunsRequest(), timeout=TIMEOUT).runs]
+        assert names == ["", "placed"]
 
 
 def wait_until(condition, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -46,7 +46,7 @@ _RESULT_TYPES = frozenset(
         "SetResult",
         "TrainResult",
         "StepResult",
-        "CheckpointLoadResult",
+        "LoadResult",
     )
 )
 _RESULT_RENAMED = {"StepOutcome": "StepResult"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grpc
 
+from gradserve import serde_runs
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
 from gradserve.server.checkpoint_checks import ModelLayout
 from gradserve.server.checkpoint_names import check_checkpoint_name, summaries
@@ -90,15 +91,7 @@ class CheckpointRpcs(RunRpcs):
                 payload=(request.name,),
             )
             result = coordinator.durable(result)
-        return pb.LoadCheckpointResponse(
-            model_version=result.model_version,
-            checkpoint_version=result.checkpoint_version,
-            restored_parameters=result.restored_parameters,
-            restored_buffers=result.restored_buffers,
-            restored_optimizer_state=result.restored_optimizer_state,
-            discarded_batches=result.discarded_batches,
-            digest=result.digest,
-        )
+        return serde_runs.load_result_to_proto(result)
 
     def DeleteCheckpoint(
         self, request: pb.DeleteCheckpointRequest, context: grpc.ServicerContext

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from gradserve import serde
+from gradserve import serde, serde_runs
 from gradserve.errors import InvalidArgumentError
 from gradserve.server.coordination import DirectCoordinator
 from gradserve.server.principals import Principal, PrincipalTable
@@ -75,14 +75,7 @@ class RunRpcs:
     ) -> pb.ListRunsResponse:
         return pb.ListRunsResponse(
             runs=[
-                pb.RunSummary(
-                    run=summary.run,
-                    model_spec=summary.model_spec,
-                    optimizer=summary.optimizer,
-                    model_version=summary.model_version,
-                    loaded=summary.loaded,
-                    parameter_bytes=summary.parameter_bytes,
-                )
+                serde_runs.run_summary_to_proto(summary)
                 for summary in self._runs.list(self._principal(context))
             ]
         )

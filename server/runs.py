@@ -25,7 +25,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from gradserve.errors import (
@@ -38,6 +37,7 @@ from gradserve.errors import (
 from gradserve.server.coordination import DirectCoordinator
 from gradserve.server.principals import Principal
 from gradserve.server.run_loading import Run, RunBuilder, RunSpec
+from gradserve.types import RunSummary
 
 DEFAULT_RUN = ""
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -52,16 +52,6 @@ def check_run_name(name: str, field: str = "run") -> None:
             "'-', starting with a letter or digit)",
             field=field,
         )
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    run: str
-    model_spec: str
-    optimizer: str
-    model_version: int
-    loaded: bool
-    parameter_bytes: int
 
 
 class RunRegistry:

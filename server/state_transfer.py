@@ -19,7 +19,7 @@ from gradserve.server.parameter_access import check_state
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
 from gradserve.server.state_digest import state_digest
 from gradserve.server.store_state import StoreState
-from gradserve.types import CheckpointLoadResult
+from gradserve.types import LoadResult
 
 if TYPE_CHECKING:
     from gradserve.server.optimizers import Optimizer
@@ -93,21 +93,21 @@ class StateTransfer:
         with_optimizer_state: bool,
         request_id: str = "",
         payload: tuple[object, ...] = (),
-    ) -> CheckpointLoadResult:
+    ) -> LoadResult:
         """LoadCheckpoint: `read()`'s parameters and buffers (and optimizer state when
         asked) into the live model; the version goes up by one, accumulated gradients are
         dropped, the request-id windows stay. A repeated request_id (with the same `payload`)
         is answered again without reading or loading anything."""
         check_request_id(request_id)
 
-        def run() -> CheckpointLoadResult:
+        def run() -> LoadResult:
             state = read()
             check_state(self._named, state)
             check_buffer_state(self._buffers, state.buffers)
             discarded = self.accumulated_batches
             self._copy_state(state, with_optimizer_state=with_optimizer_state)
             self.version += 1
-            return CheckpointLoadResult(
+            return LoadResult(
                 model_version=self.version,
                 checkpoint_version=state.version,
                 restored_parameters=len(state.parameters),

@@ -168,21 +168,6 @@ class DiscardResult:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckpointLoadResult:
-    """LoadCheckpoint's answer: what came back from the checkpoint, at the run's new version."""
-
-    model_version: int
-    checkpoint_version: int
-    restored_parameters: int
-    restored_buffers: int
-    restored_optimizer_state: bool
-    discarded_batches: int
-    # The run's state digest after the load (server/state_digest.py).
-    digest: str
-    replayed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class SetResult:
     model_version: int
     replayed: bool = False
@@ -369,6 +354,8 @@ class LoadResult:
     discarded_batches: int
     # The run's state digest after the load.
     digest: str
+    # Server side: answered from the request-id window (metrics only).
+    replayed: bool = False
 
 
 @dataclass(frozen=True)

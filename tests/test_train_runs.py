@@ -188,3 +188,26 @@ def test_a_resumed_state_that_is_not_its_checkpoint_is_a_resume_error(make_serve
             verify_resumed_digest(client)
         assert saved.digest in str(caught.value)
         assert client.state_digest().digest in str(caught.value)
+
+
+def test_two_trainer_processes_train_two_runs_side_by_side_bitwise(server) -> None:
+    """Two `client/train.py --run` processes at once on one server: each run ends bitwise at
+    its own seed loop, and the default run is untouched."""
+    results: dict[str, object] = {}
+
+    def run(name: str, seed: int) -> None:
+        results[name] = train(
+            "--server", server.address, "--run", name, "--seed", str(seed), "--epochs", "5",
+            "--json",
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=run, args=a) for a in (("alpha", 1), ("beta", 2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        done = results[name]
+        assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
+        assert_parameters_equal(done.summary(), seed_loop(seed=seed, epochs=5))  # type: ignore[attr-defined]
+    assert server.store.version == 0

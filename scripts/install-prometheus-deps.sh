@@ -10,34 +10,8 @@ if command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/n
   exit 0
 fi
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  sudo="sudo"
-fi
-
-# Keep package post-install scripts from starting the daemons (no systemd here, and tests own them).
-policy=/usr/sbin/policy-rc.d
-created_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-  $sudo chmod +x "$policy"
-  created_policy=1
-fi
-cleanup() {
-  if [ "$created_policy" -eq 1 ]; then
-    $sudo rm -f "$policy"
-  fi
-}
-trap cleanup EXIT
-
-export DEBIAN_FRONTEND=noninteractive
-# Refresh the package lists only when apt cannot find a candidate (fresh image, stale lists).
-if ! apt-cache policy "${packages[@]}" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-  $sudo apt-get update
-fi
-if ! $sudo apt-get install -y --no-install-recommends "${packages[@]}"; then
-  $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends "${packages[@]}"
-fi
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+apt_install_without_starting "${packages[@]}"
 command -v prometheus
 command -v prometheus-pushgateway

@@ -11,33 +11,7 @@ if [ -x /usr/sbin/nginx ]; then
   exit 0
 fi
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  sudo="sudo"
-fi
-
-# Keep the package's post-install script from starting nginx on port 80 (tests own nginx).
-policy=/usr/sbin/policy-rc.d
-created_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-  $sudo chmod +x "$policy"
-  created_policy=1
-fi
-cleanup() {
-  if [ "$created_policy" -eq 1 ]; then
-    $sudo rm -f "$policy"
-  fi
-}
-trap cleanup EXIT
-
-export DEBIAN_FRONTEND=noninteractive
-# Refresh the package lists only when apt cannot find a candidate (fresh image, stale lists).
-if ! apt-cache policy "${packages[@]}" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-  $sudo apt-get update
-fi
-if ! $sudo apt-get install -y --no-install-recommends "${packages[@]}"; then
-  $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends "${packages[@]}"
-fi
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+apt_install_without_starting "${packages[@]}"
 /usr/sbin/nginx -v

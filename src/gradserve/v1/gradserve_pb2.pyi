@@ -111,7 +111,7 @@ class LossInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class ComputeGradientsRequest(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
@@ -130,7 +131,20 @@ class ComputeGradientsRequest(_message.Message):
     loss: LossSpec
     sample_weights: Tensor
     weighted_reduction: WeightedReduction
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ...) -> None: ...
+    dataset: DatasetSlice
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ...) -> None: ...
+
+class DatasetSlice(_message.Message):
+    __slots__ = ("dataset", "indices", "start", "count")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    start: int
+    count: int
+    def __init__(self, dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ComputeGradientsResponse(_message.Message):
     __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "gradients", "accumulated_samples")
@@ -256,7 +270,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements", "run", "buffers", "losses")
+    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements", "run", "buffers", "losses", "dataset_bytes_available")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +287,7 @@ class GetModelInfoResponse(_message.Message):
     RUN_FIELD_NUMBER: _ClassVar[int]
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
+    DATASET_BYTES_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_spec: str
     parameters: _containers.RepeatedCompositeFieldContainer[TensorSpec]
@@ -289,7 +304,8 @@ class GetModelInfoResponse(_message.Message):
     run: str
     buffers: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     losses: _containers.RepeatedCompositeFieldContainer[LossInfo]
-    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ..., run: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., losses: _Optional[_Iterable[_Union[LossInfo, _Mapping]]] = ...) -> None: ...
+    dataset_bytes_available: int
+    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ..., run: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., losses: _Optional[_Iterable[_Union[LossInfo, _Mapping]]] = ..., dataset_bytes_available: _Optional[int] = ...) -> None: ...
 
 class DiscardGradientsRequest(_message.Message):
     __slots__ = ("run",)
@@ -368,18 +384,20 @@ class DescribeGraphResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[GraphNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[GraphEdge, _Mapping]]] = ..., root_id: _Optional[int] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_nodes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("inputs", "targets", "loss", "sample_weights", "weighted_reduction")
+    __slots__ = ("inputs", "targets", "loss", "sample_weights", "weighted_reduction", "dataset")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     loss: LossSpec
     sample_weights: Tensor
     weighted_reduction: WeightedReduction
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ...) -> None: ...
+    dataset: DatasetSlice
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ...) -> None: ...
 
 class TrainStep(_message.Message):
     __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version", "hyperparameters", "max_grad_norm")
@@ -745,3 +763,75 @@ class BackwardOutputsResponse(_message.Message):
     model_version: int
     accumulated_samples: int
     def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., model_version: _Optional[int] = ..., accumulated_samples: _Optional[int] = ...) -> None: ...
+
+class UploadDatasetRequest(_message.Message):
+    __slots__ = ("run", "name", "inputs", "targets", "replace", "digest", "data")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    name: str
+    inputs: TensorSpec
+    targets: TensorSpec
+    replace: bool
+    digest: str
+    data: bytes
+    def __init__(self, run: _Optional[str] = ..., name: _Optional[str] = ..., inputs: _Optional[_Union[TensorSpec, _Mapping]] = ..., targets: _Optional[_Union[TensorSpec, _Mapping]] = ..., replace: _Optional[bool] = ..., digest: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DatasetInfo(_message.Message):
+    __slots__ = ("name", "samples", "inputs", "targets", "bytes", "digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    samples: int
+    inputs: TensorSpec
+    targets: TensorSpec
+    bytes: int
+    digest: str
+    def __init__(self, name: _Optional[str] = ..., samples: _Optional[int] = ..., inputs: _Optional[_Union[TensorSpec, _Mapping]] = ..., targets: _Optional[_Union[TensorSpec, _Mapping]] = ..., bytes: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class UploadDatasetResponse(_message.Message):
+    __slots__ = ("dataset", "unchanged", "replaced")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    dataset: DatasetInfo
+    unchanged: bool
+    replaced: bool
+    def __init__(self, dataset: _Optional[_Union[DatasetInfo, _Mapping]] = ..., unchanged: _Optional[bool] = ..., replaced: _Optional[bool] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets", "dataset_bytes_available")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_BYTES_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
+    dataset_bytes_available: int
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ..., dataset_bytes_available: _Optional[int] = ...) -> None: ...
+
+class DeleteDatasetRequest(_message.Message):
+    __slots__ = ("run", "name")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    name: str
+    def __init__(self, run: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteDatasetResponse(_message.Message):
+    __slots__ = ("released_bytes",)
+    RELEASED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    released_bytes: int
+    def __init__(self, released_bytes: _Optional[int] = ...) -> None: ...

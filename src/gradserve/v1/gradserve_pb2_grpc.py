@@ -140,6 +140,21 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsResponse.FromString,
                 _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/gradserve.v1.GradientService/UploadDataset',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.UploadDatasetRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.UploadDatasetResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/gradserve.v1.GradientService/ListDatasets',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/gradserve.v1.GradientService/DeleteDataset',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -321,6 +336,32 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDataset(self, request_iterator, context):
+        """Keep a dataset on the server, in the run's namespace, so that batches can name samples
+        (DatasetSlice) instead of carrying them: the first message carries the header, every
+        message may carry the next bytes of the inputs' data followed by the targets' data. The
+        declared size is checked against the server's dataset budget before any byte is kept.
+        In memory only: after a server restart the dataset is gone (NOT_FOUND, reason
+        DATASET_NOT_FOUND) and the client uploads it again. docs/datasets.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """The datasets of a run, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Drop one dataset of a run and release its bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -428,6 +469,21 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.BackwardOutputs,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsResponse.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.UploadDatasetRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.UploadDatasetResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -998,6 +1054,87 @@ class GradientService:
             '/gradserve.v1.GradientService/BackwardOutputs',
             gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.BackwardOutputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/gradserve.v1.GradientService/UploadDataset',
+            gradserve_dot_v1_dot_gradserve__pb2.UploadDatasetRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.UploadDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/ListDatasets',
+            gradserve_dot_v1_dot_gradserve__pb2.ListDatasetsRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/DeleteDataset',
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

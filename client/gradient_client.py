@@ -18,13 +18,22 @@ import torch
 
 from gradserve import serde, serde_graph
 from gradserve.client.custom_loss import CustomLosses
+from gradserve.client.dataset_calls import DatasetCalls
 from gradserve.client.errors import error_from_rpc
 from gradserve.client.retry import NO_RETRY, RetryPolicy, new_request_id
 from gradserve.client.run_calls import RunCalls
-from gradserve.codec import DEFAULT_CHUNK_BYTES, ChunkAssembler, tensor_to_chunks, tensor_to_proto
+from gradserve.codec import (
+    DEFAULT_CHUNK_BYTES,
+    ChunkAssembler,
+    tensor_into_proto,
+    tensor_to_chunks,
+    tensor_to_proto,
+)
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
+from gradserve.serde_datasets import dataset_batch_into_proto
 from gradserve.serde_losses import batch_loss, batch_loss_into_proto
 from gradserve.types import (
+    DatasetBatch,
     EvaluationResult,
     GradientResult,
     Graph,
@@ -48,6 +57,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "NO_RETRY",
     "SERVICE_NAME",
+    "DatasetBatch",
     "EvaluationResult",
     "GradientClient",
     "GradientResult",
@@ -68,7 +78,7 @@ __all__ = [
 ]
 
 
-class GradientClient(CustomLosses, RunCalls):
+class GradientClient(CustomLosses, RunCalls, DatasetCalls):
     """A connection to one gradserve server, bound to one run ("" is the default run).
 
     >>> with GradientClient("127.0.0.1:50051", run="mine") as client:
@@ -85,8 +95,8 @@ class GradientClient(CustomLosses, RunCalls):
 
     def compute_gradients(
         self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
+        inputs: torch.Tensor | DatasetBatch,
+        targets: torch.Tensor | None = None,
         *,
         request_id: str | None = None,
         return_gradients: bool = False,
@@ -97,14 +107,22 @@ class GradientClient(CustomLosses, RunCalls):
     ) -> GradientResult:
         """`based_on_version`: the model version this batch was prepared against (the server's
         async mode bounds the staleness; docs/scaling.md). `loss` (a name or LossSpec),
-        `sample_weights` [N], `weighted_reduction`: this batch's own loss, docs/losses.md."""
+        `sample_weights` [N], `weighted_reduction`: this batch's own loss, docs/losses.md.
+        `inputs` a DatasetBatch (and no targets): samples of a dataset uploaded to the run."""
         request = pb.ComputeGradientsRequest(
-            inputs=tensor_to_proto(inputs),
-            targets=tensor_to_proto(targets),
             request_id=request_id or new_request_id(),
             return_gradients=return_gradients,
             run=self.run,
         )
+        if isinstance(inputs, DatasetBatch):
+            if targets is not None:
+                raise TypeError("compute_gradients: a DatasetBatch names its targets too")
+            dataset_batch_into_proto(inputs, request.dataset)
+        else:
+            if targets is None:
+                raise TypeError("compute_gradients: targets are needed with inputs")
+            tensor_into_proto(inputs, request.inputs)
+            tensor_into_proto(targets, request.targets)
         batch_loss_into_proto(batch_loss(loss, sample_weights, weighted_reduction), request)
         if based_on_version is not None:
             request.based_on_version = based_on_version

@@ -19,6 +19,7 @@ from gradserve.defaults import SERVICE_NAME, channel_options
 from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from gradserve.server.checkpoints import Checkpointer
 from gradserve.server.config import ServerConfig
+from gradserve.server.datasets import DatasetRegistry
 from gradserve.server.interceptors import ServerInterceptor
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
@@ -137,8 +138,10 @@ def create_server(
         options=channel_options(limits.max_message_bytes),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
+    datasets = DatasetRegistry(config.datasets)
+    metrics.dataset_bytes.set_function(datasets.held_bytes)
     gradserve_pb2_grpc.add_GradientServiceServicer_to_server(
-        GradientServicer(runs, limits, PrincipalTable(tokens)), server
+        GradientServicer(runs, limits, PrincipalTable(tokens), datasets), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -169,6 +169,22 @@ class RunsConfig:
 
 
 @dataclass(frozen=True)
+class DatasetsConfig:
+    """Datasets clients upload to a run (server/datasets.py, docs/datasets.md)."""
+
+    # Bytes of datasets across all runs, checked before an upload keeps a byte.
+    max_bytes: int = 1024 * MIB
+    # Datasets one run holds at once.
+    max_per_run: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0:
+            raise InvalidArgumentError("max_dataset_bytes: must be >= 0")
+        if self.max_per_run < 0:
+            raise InvalidArgumentError("max_datasets_per_run: must be >= 0")
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     # TLS: certificate chain and key (PEM files); with tls_client_ca, clients must present a
     # certificate signed by that CA (mTLS).
@@ -192,6 +208,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "checkpoints": CheckpointConfig,
     "security": SecurityConfig,
     "runs": RunsConfig,
+    "datasets": DatasetsConfig,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -202,6 +219,8 @@ _RENAMED = {
     ("checkpoints", "every_updates"): "checkpoint_every_updates",
     ("checkpoints", "every_seconds"): "checkpoint_every_seconds",
     ("checkpoints", "keep"): "checkpoint_keep",
+    ("datasets", "max_bytes"): "max_dataset_bytes",
+    ("datasets", "max_per_run"): "max_datasets_per_run",
 }
 # flat name -> (section, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -221,6 +240,7 @@ class ServerConfig:
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
+    datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gradserve.server.config import ServerConfig, flat_defaults
+from gradserve.server.datasets import add_dataset_flags
 from gradserve.server.output_handles import add_output_handle_flags
 
 ENV_HOST = "GRADSERVE_HOST"
@@ -349,6 +350,7 @@ def parse_args(
     )
     add_run_flags(add, env_or, default)
     add_output_handle_flags(add, env_or, default)
+    add_dataset_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{**vars(args), "loss": args.loss or None, "model_factories": tuple(args.model_factories)}

@@ -107,6 +107,11 @@ class ServerMetrics:
             "gradserve_updates_total", "Optimizer steps applied.", ["run"], registry=r
         )
         self.runs = Gauge("gradserve_runs", "Training runs on this server.", registry=r)
+        self.dataset_bytes = Gauge(
+            "gradserve_dataset_bytes",
+            "Bytes of uploaded datasets held, all runs together (--max-dataset-bytes).",
+            registry=r,
+        )
         self.rejected = Counter(
             "gradserve_rejected_requests_total",
             "Requests rejected, by method and reason (the status code's name).",

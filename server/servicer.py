@@ -28,27 +28,50 @@ from gradserve.codec import (
     tensor_to_chunks,
 )
 from gradserve.errors import InvalidArgumentError
+from gradserve.serde_datasets import dataset_batch_from_proto
 from gradserve.serde_losses import batch_loss_from_proto
 from gradserve.server.checkpoint_rpcs import CheckpointRpcs
 from gradserve.server.config import LimitsConfig
+from gradserve.server.dataset_rpcs import DatasetRpcs
+from gradserve.server.datasets import DatasetRegistry
 from gradserve.server.loss_rpcs import LossRpcs
 from gradserve.server.principals import PrincipalTable
 from gradserve.server.runs import RunRegistry
+from gradserve.types import DatasetBatch
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+def _named_batch(request: pb.ComputeGradientsRequest) -> DatasetBatch | None:
+    """The batch as dataset samples, when the request names them instead of sending them."""
+    if not request.HasField("dataset"):
+        return None
+    if request.HasField("inputs") or request.HasField("targets"):
+        raise InvalidArgumentError(
+            "dataset: a batch is named by a dataset or sent (inputs and targets), not both",
+            field="dataset",
+        )
+    return dataset_batch_from_proto(request.dataset, "dataset")
 
 
 def _optional(message: object, name: str) -> int | None:
     return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
 
 
-class GradientServicer(LossRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer):  # type: ignore[misc]
+class GradientServicer(  # type: ignore[misc]
+    LossRpcs, DatasetRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer
+):
     def __init__(
-        self, runs: RunRegistry, limits: LimitsConfig, principals: PrincipalTable | None = None
+        self,
+        runs: RunRegistry,
+        limits: LimitsConfig,
+        principals: PrincipalTable | None = None,
+        datasets: DatasetRegistry | None = None,
     ) -> None:
         super().__init__(runs, principals or PrincipalTable())
         self._max_elements = limits.max_batch_elements
         self._max_message_bytes = limits.max_message_bytes
+        self._datasets = datasets or DatasetRegistry()
 
     def _batch(self, message: pb.Tensor, field: str) -> torch.Tensor:
         return tensor_from_proto(message, field, max_elements=self._max_elements)
@@ -59,9 +82,13 @@ class GradientServicer(LossRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer
         if not context.is_active():
             # The caller is gone (cancelled, deadline passed) while the call queued: skip the work.
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled before it ran")
-        inputs = self._batch(request.inputs, "inputs")
-        targets = self._batch(request.targets, "targets")
+        named = _named_batch(request)
+        if named is None:
+            inputs = self._batch(request.inputs, "inputs")
+            targets = self._batch(request.targets, "targets")
         with self._use(request.run, context) as coordinator:
+            if named is not None:
+                inputs, targets = self._dataset_batches(request.run, context)(named, "dataset")
             result = coordinator.compute_gradients(
                 inputs,
                 targets,
@@ -130,7 +157,11 @@ class GradientServicer(LossRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetModelInfoResponse:
         with self._use(request.run, context) as coordinator:
-            info = dataclasses.replace(coordinator.info(), run=request.run)
+            info = dataclasses.replace(
+                coordinator.info(),
+                run=request.run,
+                dataset_bytes_available=self._datasets.available(),
+            )
         return serde.model_info_to_proto(info)
 
     def DiscardGradients(
@@ -171,8 +202,11 @@ class GradientServicer(LossRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer
                         f"run: {request.run[:80]!r}, but this stream trains {first.run[:80]!r}",
                         field="run",
                     )
+                resolve = self._dataset_batches(first.run, context)
                 steps = [
-                    serde.train_step_from_proto(step, f"steps[{index}]", self._max_elements)
+                    serde.train_step_from_proto(
+                        step, f"steps[{index}]", self._max_elements, resolve
+                    )
                     for index, step in enumerate(request.steps)
                 ]
                 result = coordinator.train(steps, request_id=request.request_id)

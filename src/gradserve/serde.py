@@ -9,7 +9,7 @@ Errors name the field, as the codec's do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -21,8 +21,10 @@ from gradserve.codec import (
     tensor_into_proto,
 )
 from gradserve.errors import InvalidArgumentError
+from gradserve.serde_datasets import dataset_batch_from_proto, dataset_batch_into_proto
 from gradserve.serde_losses import batch_loss_into_proto, train_batch_losses_from_proto
 from gradserve.types import (
+    DatasetBatch,
     EvaluationResult,
     GradientResult,
     LossInfo,
@@ -104,6 +106,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         run=info.run,
         buffers=[tensor_spec_to_proto(spec) for spec in info.buffers],
         losses=[loss_info_to_proto(loss) for loss in info.losses],
+        dataset_bytes_available=info.dataset_bytes_available,
     )
 
 
@@ -134,6 +137,7 @@ def model_info_from_proto(message: pb.GetModelInfoResponse) -> ModelInfo:
             loss_info_from_proto(loss, f"losses[{index}]")
             for index, loss in enumerate(message.losses)
         ),
+        dataset_bytes_available=message.dataset_bytes_available,
     )
 
 
@@ -239,29 +243,56 @@ def train_step_to_proto(step: TrainStep) -> pb.TrainStep:
         hyperparameters=step.hyperparameters,
         max_grad_norm=step.max_grad_norm,
     )
-    for index, (inputs, targets) in enumerate(step.batches):
+    for inputs, targets in step.batches:
         batch = message.batches.add()
         tensor_into_proto(inputs, batch.inputs)
         tensor_into_proto(targets, batch.targets)
-        if step.batch_losses:
-            batch_loss_into_proto(step.batch_losses[index], batch)
+    for named in step.dataset_batches:
+        dataset_batch_into_proto(named, message.batches.add().dataset)
+    for index, choice in enumerate(step.batch_losses):
+        batch_loss_into_proto(choice, message.batches[index])
     return message
 
 
+# Resolves a batch named by dataset samples into (inputs, targets), naming `field` in errors.
+Resolver = Callable[[DatasetBatch, str], tuple[torch.Tensor, torch.Tensor]]
+
+
 def train_step_from_proto(
-    message: pb.TrainStep, field: str = "steps[0]", max_elements: int | None = None
+    message: pb.TrainStep,
+    field: str = "steps[0]",
+    max_elements: int | None = None,
+    resolve: Resolver | None = None,
 ) -> TrainStep:
-    """The batches are read-only views of the message's bytes (the server only reads them)."""
-    return TrainStep(
-        batches=tuple(
+    """The batches are read-only views of the message's bytes (the server only reads them).
+    Batches that name dataset samples become tensors through `resolve`, in their place;
+    without it they are kept as `dataset_batches`."""
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    named: list[DatasetBatch] = []
+    for number, batch in enumerate(message.batches):
+        where = f"{field}.batches[{number}]"
+        if batch.HasField("dataset"):
+            if batch.HasField("inputs") or batch.HasField("targets"):
+                raise InvalidArgumentError(
+                    f"{where}.dataset: a batch is named by a dataset or sent (inputs and "
+                    "targets), not both",
+                    field=f"{where}.dataset",
+                )
+            chosen = dataset_batch_from_proto(batch.dataset, f"{where}.dataset")
+            if resolve is None:
+                named.append(chosen)
+            else:
+                batches.append(resolve(chosen, f"{where}.dataset"))
+            continue
+        batches.append(
             (
-                tensor_from_proto(batch.inputs, f"{field}.batches[{number}].inputs", max_elements),
-                tensor_from_proto(
-                    batch.targets, f"{field}.batches[{number}].targets", max_elements
-                ),
+                tensor_from_proto(batch.inputs, f"{where}.inputs", max_elements),
+                tensor_from_proto(batch.targets, f"{where}.targets", max_elements),
             )
-            for number, batch in enumerate(message.batches)
-        ),
+        )
+    return TrainStep(
+        batches=tuple(batches),
+        dataset_batches=tuple(named),
         apply_update=message.apply_update,
         learning_rate=message.learning_rate,
         reduction=reduction_from_proto(message.reduction, f"{field}.reduction"),

@@ -104,6 +104,8 @@ class ModelInfo:
     buffers: tuple[TensorSpec, ...] = ()
     # The losses a batch may name, with the targets each needs.
     losses: tuple[LossInfo, ...] = ()
+    # Bytes of datasets the server can take now (0: none, or no datasets).
+    dataset_bytes_available: int = 0
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ class TrainStep:
 
     # Per batch, its own loss (None: the run's); empty: every batch uses the run's.
     batch_losses: tuple[BatchLoss | None, ...] = ()
+    # Batches named by dataset samples, after `batches` (servers resolve them into `batches`).
+    dataset_batches: tuple[DatasetBatch, ...] = ()
 
     @classmethod
     def of(
@@ -217,6 +221,36 @@ class TrainStep:
             hyperparameters=dict(hyperparameters or {}),
             max_grad_norm=max_grad_norm,
         )
+
+
+@dataclass(frozen=True)
+class DatasetBatch:
+    """A batch named by samples of a dataset uploaded to the run: `indices` in that order, or
+    when they are empty the contiguous samples [start, start + count)."""
+
+    dataset: str
+    indices: tuple[int, ...] = ()
+    start: int = 0
+    count: int = 0
+
+    @property
+    def samples(self) -> int:
+        return len(self.indices) if self.indices else self.count
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """One dataset a run holds (UploadDataset's answer, ListDatasets)."""
+
+    name: str
+    samples: int
+    inputs: TensorSpec
+    targets: TensorSpec
+    bytes: int
+    digest: str
+    # UploadDataset only: the run held this content already; the upload replaced another.
+    unchanged: bool = False
+    replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)

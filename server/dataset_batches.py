@@ -1,0 +1,92 @@
+"""Batches named by dataset samples, resolved into tensors before anything runs.
+
+Each DatasetSlice is checked against the dataset it names (indices in range, a slice within
+it) and against the limits an inline batch meets: the server's batch elements per tensor, and
+per request no more batch bytes than one message could carry (--max-message-bytes), since
+every batch of a request is gathered before its first step runs. A contiguous slice is a
+view of the stored tensors; indices gather a copy (index_select), the same values a client's
+`inputs[indices]` sends inline. The stored tensors were checked whole at upload
+(server/dataset_uploads.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+
+from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.server.datasets import DatasetRegistry, StoredDataset
+from gradserve.types import DatasetBatch
+
+
+class DatasetBatches:
+    """Resolves the named batches of one request (call it once per batch, in order)."""
+
+    def __init__(
+        self, registry: DatasetRegistry, owner: Hashable, max_elements: int, max_bytes: int
+    ) -> None:
+        self._registry = registry
+        self._owner = owner
+        self._max_elements = max_elements
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def __call__(self, batch: DatasetBatch, field: str) -> tuple[torch.Tensor, torch.Tensor]:
+        stored = self._registry.get(self._owner, batch.dataset, f"{field}.dataset")
+        count_field = f"{field}.indices" if batch.indices else f"{field}.count"
+        index = _checked_indices(batch, stored, field) if batch.indices else None
+        if index is None:
+            _check_slice(batch, stored, field)
+        count = batch.samples
+        sample = stored.inputs[0]
+        if count * max(sample.numel(), stored.targets[0].numel()) > self._max_elements:
+            raise ResourceExhaustedError(
+                f"{count_field}: {count} samples is over the server's limit of "
+                f"{self._max_elements} elements per batch tensor",
+                field=count_field,
+            )
+        self._bytes += count * (stored.bytes // stored.samples)
+        if self._bytes > self._max_bytes:
+            raise ResourceExhaustedError(
+                f"{count_field}: the request's batches come to over {self._max_bytes} bytes "
+                "(--max-message-bytes, what one inline request could carry)",
+                field=count_field,
+            )
+        if index is None:
+            end = batch.start + batch.count
+            return stored.inputs[batch.start : end], stored.targets[batch.start : end]
+        return stored.inputs.index_select(0, index), stored.targets.index_select(0, index)
+
+
+def _checked_indices(batch: DatasetBatch, stored: StoredDataset, field: str) -> torch.Tensor:
+    if len(batch.indices) > stored.samples:
+        raise InvalidArgumentError(
+            f"{field}.indices: {len(batch.indices)} indices, more than the dataset's "
+            f"{stored.samples} samples",
+            field=f"{field}.indices",
+        )
+    index = torch.tensor(batch.indices, dtype=torch.int64)
+    outside = (index < 0) | (index >= stored.samples)
+    if bool(outside.any()):
+        position = int(outside.nonzero()[0])
+        raise InvalidArgumentError(
+            f"{field}.indices[{position}]: {batch.indices[position]} is outside the dataset's "
+            f"samples [0, {stored.samples})",
+            field=f"{field}.indices",
+        )
+    return index
+
+
+def _check_slice(batch: DatasetBatch, stored: StoredDataset, field: str) -> None:
+    if batch.count < 1:
+        raise InvalidArgumentError(
+            f"{field}.count: {batch.count}; a batch names indices or count >= 1 samples",
+            field=f"{field}.count",
+        )
+    if batch.start < 0 or batch.start + batch.count > stored.samples:
+        raise InvalidArgumentError(
+            f"{field}.start: [{batch.start}, {batch.start + batch.count}) is outside the "
+            f"dataset's samples [0, {stored.samples})",
+            field=f"{field}.start",
+        )

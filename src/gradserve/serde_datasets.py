@@ -1,0 +1,124 @@
+"""Datasets kept on the server, between plain types and gradserve.v1 messages: the batch that
+names samples (DatasetSlice), the dataset's summary, and the upload's messages.
+
+Paired `x_to_proto` / `x_from_proto` functions, as in gradserve.serde; docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from gradserve.codec import DEFAULT_CHUNK_BYTES, dtype_from_proto, dtype_to_proto, spec_to_proto
+from gradserve.dataset_digest import dataset_digest
+from gradserve.errors import InvalidArgumentError
+from gradserve.types import DatasetBatch, DatasetSummary, TensorSpec
+from gradserve.v1 import gradserve_pb2 as pb
+
+# Indices one DatasetSlice may carry (a batch of more samples is over any batch limit).
+MAX_INDICES = 1 << 20
+
+
+def dataset_batch_into_proto(batch: DatasetBatch, message: pb.DatasetSlice) -> pb.DatasetSlice:
+    message.dataset = batch.dataset
+    if batch.indices:
+        message.indices.extend(batch.indices)
+    else:
+        message.start = batch.start
+        message.count = batch.count
+    return message
+
+
+def dataset_batch_from_proto(message: pb.DatasetSlice, field: str = "dataset") -> DatasetBatch:
+    """The batch as named; its bounds are checked against the dataset where it lives."""
+    if not message.dataset:
+        raise InvalidArgumentError(
+            f"{field}.dataset: a dataset name is needed", field=f"{field}.dataset"
+        )
+    if len(message.indices) > MAX_INDICES:
+        raise InvalidArgumentError(
+            f"{field}.indices: {len(message.indices)} indices, at most {MAX_INDICES}",
+            field=f"{field}.indices",
+        )
+    if message.indices and (message.start or message.count):
+        raise InvalidArgumentError(
+            f"{field}.start: indices or start and count, not both", field=f"{field}.start"
+        )
+    return DatasetBatch(message.dataset, tuple(message.indices), message.start, message.count)
+
+
+# gradserve.serde imports this module (for Train steps), so its TensorSpec pair is not used.
+def _spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
+    return spec_to_proto(spec.name, spec.dtype, spec.shape)
+
+
+def _spec_from_proto(message: pb.TensorSpec, field: str) -> TensorSpec:
+    return TensorSpec(
+        message.name, dtype_from_proto(message.dtype, f"{field}.dtype"), tuple(message.shape)
+    )
+
+
+def dataset_summary_to_proto(summary: DatasetSummary) -> pb.DatasetInfo:
+    return pb.DatasetInfo(
+        name=summary.name,
+        samples=summary.samples,
+        inputs=_spec_to_proto(summary.inputs),
+        targets=_spec_to_proto(summary.targets),
+        bytes=summary.bytes,
+        digest=summary.digest,
+    )
+
+
+def dataset_summary_from_proto(
+    message: pb.DatasetInfo, unchanged: bool = False, replaced: bool = False
+) -> DatasetSummary:
+    return DatasetSummary(
+        name=message.name,
+        samples=message.samples,
+        inputs=_spec_from_proto(message.inputs, "inputs"),
+        targets=_spec_from_proto(message.targets, "targets"),
+        bytes=message.bytes,
+        digest=message.digest,
+        unchanged=unchanged,
+        replaced=replaced,
+    )
+
+
+def upload_result_to_proto(summary: DatasetSummary) -> pb.UploadDatasetResponse:
+    return pb.UploadDatasetResponse(
+        dataset=dataset_summary_to_proto(summary),
+        unchanged=summary.unchanged,
+        replaced=summary.replaced,
+    )
+
+
+def upload_result_from_proto(message: pb.UploadDatasetResponse) -> DatasetSummary:
+    return dataset_summary_from_proto(message.dataset, message.unchanged, message.replaced)
+
+
+def upload_requests(
+    name: str,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    run: str = "",
+    replace: bool = False,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[pb.UploadDatasetRequest]:
+    """The messages of one upload: the header (with the content's digest) and the bytes of
+    inputs then targets in chunks of at most chunk_bytes, cut as they are consumed."""
+    header = pb.UploadDatasetRequest(
+        run=run,
+        name=name,
+        inputs=_spec_to_proto(TensorSpec("", inputs.dtype, tuple(inputs.shape))),
+        targets=_spec_to_proto(TensorSpec("", targets.dtype, tuple(targets.shape))),
+        replace=replace,
+        digest=dataset_digest(inputs, targets),
+    )
+    yield header
+    for tensor in (inputs, targets):
+        dtype_to_proto(tensor.dtype)  # TypeError before any byte for a dtype the wire lacks
+        raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        for offset in range(0, raw.numel(), chunk_bytes):
+            yield pb.UploadDatasetRequest(data=raw[offset : offset + chunk_bytes].numpy().tobytes())

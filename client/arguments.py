@@ -25,6 +25,7 @@ from gradserve.client.config import (
 )
 from gradserve.client.csv_stream import STREAM_ABOVE_BYTES
 from gradserve.client.datasets import DATASET_DEFAULTS
+from gradserve.client.server_data import add_data_on_server_flag
 from gradserve.types import Reduction
 
 ENV_SERVER = "GRADSERVE_SERVER"
@@ -75,7 +76,10 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
         ScheduleConfig,
         ("epochs", "batch_size", "learning_rate", "accumulation_steps", "reduction", "shuffle"),
     ),
-    "transport": (TransportConfig, (("transport", "kind"), "steps_per_request", "window")),
+    "transport": (
+        TransportConfig,
+        (("transport", "kind"), "steps_per_request", "window", "data_on_server"),
+    ),
     "parallel": (ParallelConfig, ("shared", "workers", "shard_index", "shard_count")),
     "metrics": (
         MetricsConfig,
@@ -139,9 +143,7 @@ def _positive(text: str) -> int:
 
 def _server_address(text: str) -> str:
     if not text.strip():
-        raise argparse.ArgumentTypeError(
-            "empty; expected HOST:PORT (omit --server for an embedded server)"
-        )
+        raise argparse.ArgumentTypeError("empty; expected HOST:PORT (omit --server to embed one)")
     return text.strip()
 
 
@@ -344,6 +346,7 @@ def parse_args(
         default=d.window,
         help="Train requests in flight at once (stream transport)",
     )
+    add_data_on_server_flag(add, d.data_on_server)
     add(
         "--retry-attempts",
         type=_positive,

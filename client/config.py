@@ -95,6 +95,9 @@ class TransportConfig:
     kind: str = "stream"
     steps_per_request: int = 100
     window: int = 4
+    # "auto": upload the training set once and name batches by samples when it is held and
+    # fits the server's dataset budget; "on": the same, or fail; "off": batches go inline.
+    data_on_server: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ batches in order they are bitwise the seed tutorial's local loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -22,7 +22,7 @@ from gradserve.client.gradient_client import GradientClient
 from gradserve.client.plan import StepPlan, Versioning
 from gradserve.client.recorder import Recorder, TrainSummary
 from gradserve.client.transport import OutOfStep, ResumeError, Transport
-from gradserve.errors import UnavailableError
+from gradserve.errors import NotFoundError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,13 @@ def train(
     start_version: int | None = None,
     connect_timeout: float = 15.0,
     max_resyncs: int = MAX_RESYNCS,
+    upload: Callable[[], None] | None = None,
 ) -> TrainSummary:
     """Run the plan. `initial` parameters are set first (and again should the server fall back
     to before them); a caller that has set them already passes the version that produced as
-    start_version. Without either the run starts from the server's version."""
+    start_version. Without either the run starts from the server's version. `upload`: puts
+    the plan's dataset on the server again, when it answers that it has none (it restarted:
+    datasets are in memory only); the loop then re-syncs as after any break."""
     if start_version is None:
         start_version = (
             client.set_parameters(dict(initial)) if initial else client.model_info().model_version
@@ -68,12 +71,19 @@ def train(
                         )
                     recorder.epoch_done(done, validation)
             return recorder.finish()
-        except (OutOfStep, UnavailableError) as reason:
+        except (OutOfStep, UnavailableError, NotFoundError) as reason:
+            lost = isinstance(reason, NotFoundError)
+            if lost and (upload is None or reason.reason != "DATASET_NOT_FOUND"):
+                raise
             if plan.versioning is not Versioning.EXACT:
                 raise
             resyncs += 1
             if resyncs > max_resyncs:
                 raise ResumeError(f"gave up after {max_resyncs} re-syncs: {reason}") from None
+            if lost:
+                assert upload is not None
+                client.wait_until_ready(connect_timeout)
+                upload()
             next_step, start_version = resync(
                 client, connect_timeout, plan.total_steps, start_version, initial
             )

@@ -21,9 +21,11 @@ import torch
 
 from gradserve.client.config import ScheduleConfig
 from gradserve.client.data import Dataset, batches
-from gradserve.types import Reduction, TrainStep
+from gradserve.types import DatasetBatch, Reduction, TrainStep
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# A batch, and the same samples named in the dataset uploaded to the server (when there is one).
+Planned = tuple[Batch, DatasetBatch | None]
 
 
 class BatchSource(Protocol):
@@ -60,6 +62,9 @@ class PlannedStep:
     reduction: Reduction
     # The last step of its epoch (validation and epoch records follow it).
     closes_epoch: bool
+    # The same batches as samples of the dataset on the server (--data-on-server); empty:
+    # the batches travel inline.
+    named: tuple[DatasetBatch, ...] = ()
 
     @property
     def samples(self) -> int:
@@ -73,6 +78,15 @@ class PlannedStep:
         )
 
     def train_step(self, expected_version: int | None) -> TrainStep:
+        if self.named:
+            return TrainStep(
+                (),
+                True,
+                self.learning_rate,
+                self.reduction,
+                expected_version,
+                dataset_batches=self.named,
+            )
         return TrainStep(self.batches, True, self.learning_rate, self.reduction, expected_version)
 
 
@@ -91,8 +105,12 @@ class StepPlan:
         *,
         shard: Shard = Shard(),
         versioning: Versioning = Versioning.EXACT,
+        on_server: str | None = None,
     ) -> None:
+        """`on_server`: the name of `data` uploaded to the server (a held Dataset only): each
+        step then names its batches' samples, a contiguous slice or, shuffled, the indices."""
         self.data = data
+        self.on_server = on_server if isinstance(data, Dataset) else None
         self.schedule = schedule
         self.seed = seed
         self.shard = shard
@@ -138,8 +156,8 @@ class StepPlan:
 
     def _epoch(self, epoch: int, number: int, shuffler: torch.Generator) -> Iterator[PlannedStep]:
         group = self.schedule.accumulation_steps
-        pending: list[Batch] = []
-        previous: tuple[Batch, ...] | None = None
+        pending: list[Planned] = []
+        previous: tuple[Planned, ...] | None = None
         for batch in self._epoch_batches(shuffler):
             pending.append(batch)
             if len(pending) == group:
@@ -155,14 +173,17 @@ class StepPlan:
         if previous is not None:
             yield self._step(number, epoch, previous, closes_epoch=True)
 
-    def _epoch_batches(self, shuffler: torch.Generator) -> Iterator[Batch]:
+    def _epoch_batches(self, shuffler: torch.Generator) -> Iterator[Planned]:
         shuffle = self.schedule.shuffle
         size = self.schedule.batch_size
+        epoch: Iterator[Planned]
         if isinstance(self.data, Dataset):
             order = torch.randperm(len(self.data), generator=shuffler) if shuffle else None
-            epoch = batches(self.data, size, order)
+            epoch = zip(batches(self.data, size, order), self._named(size, order), strict=True)
         else:
-            epoch = self.data.batches(size, shuffler if shuffle else None)
+            epoch = (
+                (batch, None) for batch in self.data.batches(size, shuffler if shuffle else None)
+            )
         if self.shard.count == 1:
             yield from epoch
             return
@@ -170,14 +191,27 @@ class StepPlan:
         for position in shard_batches(len(everything), self.shard.index, self.shard.count):
             yield everything[position]
 
+    def _named(self, size: int, order: torch.Tensor | None) -> Iterator[DatasetBatch | None]:
+        """The epoch's batches as samples of the dataset on the server, in batches' order."""
+        total = len(self.data)  # type: ignore[arg-type]
+        for start in range(0, total, size):
+            if self.on_server is None:
+                yield None
+            elif order is None:
+                yield DatasetBatch(self.on_server, start=start, count=min(size, total - start))
+            else:
+                yield DatasetBatch(self.on_server, tuple(order[start : start + size].tolist()))
+
     def _step(
-        self, number: int, epoch: int, chosen: tuple[Batch, ...], *, closes_epoch: bool
+        self, number: int, epoch: int, chosen: tuple[Planned, ...], *, closes_epoch: bool
     ) -> PlannedStep:
+        named = tuple(name for _, name in chosen if name is not None)
         return PlannedStep(
             number=number,
             epoch=epoch,
-            batches=chosen,
+            batches=tuple(batch for batch, _ in chosen),
             learning_rate=self.schedule.learning_rate,
             reduction=self.schedule.reduction,
             closes_epoch=closes_epoch,
+            named=named if len(named) == len(chosen) else (),
         )

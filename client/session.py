@@ -17,14 +17,17 @@ from gradserve.client.graph import render_dot, render_tree
 from gradserve.client.loop import train
 from gradserve.client.plan import BatchSource, Shard, StepPlan, Versioning
 from gradserve.client.recorder import Recorder, TrainSummary
+from gradserve.client.server_data import upload_training_set
 from gradserve.client.training_data import training_sets
 from gradserve.client.transport import Transport
-from gradserve.client.transport_stream import StreamTransport
+from gradserve.client.transport_stream import NAMED_REQUEST_BYTES, StreamTransport
 from gradserve.client.transport_unary import UnaryTransport
 from gradserve.types import ModelInfo
 
 
-def make_plan(config: TrainConfig, train_set: Dataset | BatchSource) -> StepPlan:
+def make_plan(
+    config: TrainConfig, train_set: Dataset | BatchSource, on_server: str | None = None
+) -> StepPlan:
     parallel = config.parallel
     if parallel.sharded:
         versioning = Versioning.AS_COMPUTED
@@ -38,14 +41,22 @@ def make_plan(config: TrainConfig, train_set: Dataset | BatchSource) -> StepPlan
         config.data.seed,
         shard=Shard(parallel.shard_index, parallel.shard_count),
         versioning=versioning,
+        on_server=on_server,
     )
 
 
-def make_transport(client: GradientClient, config: TrainConfig) -> Transport:
+def make_transport(
+    client: GradientClient, config: TrainConfig, info: ModelInfo | None = None
+) -> Transport:
     # A shard takes part in sync rounds, which the Train stream does not (the server refuses).
     if config.transport.kind == "unary" or config.parallel.sharded:
         return UnaryTransport(client)
-    return StreamTransport(client, config.transport.steps_per_request, config.transport.window)
+    # Named batches: the server gathers a request's batches, at most its message limit of them.
+    limit = info.max_message_bytes if info is not None else 2 * NAMED_REQUEST_BYTES
+    named_bytes = min(NAMED_REQUEST_BYTES, max(limit // 2, 1 << 20))
+    return StreamTransport(
+        client, config.transport.steps_per_request, config.transport.window, named_bytes
+    )
 
 
 def run_training(
@@ -67,17 +78,19 @@ def run_training(
     start_version = client.set_parameters(initial) if initial else info.model_version
     if isinstance(train_set, Dataset) and graph_out is not None:
         show_graph(client, train_set, config, graph_out)
-    plan = make_plan(config, train_set)
+    server_data = upload_training_set(client, config.transport.data_on_server, info, train_set)
+    plan = make_plan(config, train_set, server_data.name if server_data else None)
     return train(
         client,
         plan,
-        make_transport(client, config),
+        make_transport(client, config, info),
         recorder,
         validation_set=validation_set if validate else None,
         classification=info.target.dtype == torch.int64,
         initial=initial if plan.versioning is Versioning.EXACT else None,
         start_version=start_version,
         connect_timeout=config.connection.connect_timeout_seconds,
+        upload=server_data.upload if server_data else None,
     )
 
 

@@ -31,13 +31,23 @@ logger = logging.getLogger(__name__)
 
 # A request stops growing at this many bytes of batches, well under the 64 MiB message limit.
 REQUEST_BYTES = 8 * 1024 * 1024
+# The same for batches named by dataset samples: a few bytes each on the wire, but the server
+# gathers them all before the request runs, and takes at most --max-message-bytes of them.
+NAMED_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 class StreamTransport:
-    def __init__(self, client: GradientClient, steps_per_request: int, window: int) -> None:
+    def __init__(
+        self,
+        client: GradientClient,
+        steps_per_request: int,
+        window: int,
+        named_request_bytes: int = NAMED_REQUEST_BYTES,
+    ) -> None:
         self.client = client
         self.steps_per_request = steps_per_request
         self.window = window
+        self.named_request_bytes = named_request_bytes
         # Set once the server refused a stream for want of capacity: unary calls from then on.
         self._unary: UnaryTransport | None = None
 
@@ -86,7 +96,8 @@ class StreamTransport:
                 group.append(step)
                 size += step.payload_bytes
                 pause = pause_at_epoch_end and step.closes_epoch
-                if len(group) == self.steps_per_request or size >= REQUEST_BYTES or pause:
+                limit = self.named_request_bytes if step.named else REQUEST_BYTES
+                if len(group) == self.steps_per_request or size >= limit or pause:
                     sent.append(tuple(group))
                     yield [s.train_step(plan.expected_version(s, start_version)) for s in group]
                     group, size = [], 0

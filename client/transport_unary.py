@@ -15,6 +15,7 @@ from gradserve.client.gradient_client import GradientClient
 from gradserve.client.plan import PlannedStep, StepPlan, Versioning
 from gradserve.client.transport import OutOfStep, ResumeError, StepDone, TrainingDiverged
 from gradserve.errors import FailedPreconditionError, VersionConflictError
+from gradserve.types import DatasetBatch
 
 
 class UnaryTransport:
@@ -34,9 +35,13 @@ class UnaryTransport:
         exact = plan.versioning is Versioning.EXACT
         losses = []
         computed_at = 0
-        for position, (inputs, targets) in enumerate(step.batches, start=1):
+        sent = step.named or step.batches
+        for position, batch in enumerate(sent, start=1):
             try:
-                result = self.client.compute_gradients(inputs, targets)
+                if isinstance(batch, DatasetBatch):
+                    result = self.client.compute_gradients(batch)
+                else:
+                    result = self.client.compute_gradients(*batch)
             except FailedPreconditionError as error:
                 raise TrainingDiverged(
                     f"training diverged at step {step.number} (epoch {step.epoch}): {error}"

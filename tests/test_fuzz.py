@@ -65,8 +65,10 @@ UNARY = (
     "GetStateDigest",
     "ComputeOutputs",
     "BackwardOutputs",
+    "ListDatasets",
+    "DeleteDataset",
 )
-STREAMING = ("Train", "UploadParameters", "StreamParameters")
+STREAMING = ("Train", "UploadParameters", "StreamParameters", "UploadDataset")
 
 
 def test_every_method_is_fuzzed() -> None:
@@ -228,6 +230,14 @@ def _valid_bytes() -> dict[str, bytes]:
         "BackwardOutputs": pb.BackwardOutputsRequest(
             handle="h", output_gradients=batch.targets, loss=0.5
         ).SerializeToString(),
+        "UploadDataset": pb.UploadDatasetRequest(
+            name="fuzzed",
+            inputs=pb.TensorSpec(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, 1]),
+            targets=pb.TensorSpec(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, 1]),
+            data=bytes(16),
+        ).SerializeToString(),
+        "ListDatasets": b"",
+        "DeleteDataset": pb.DeleteDatasetRequest(name="fuzzed").SerializeToString(),
     }
 
 
@@ -264,7 +274,7 @@ def raw_call(target: Target, method: str, messages: list[bytes]) -> Callable[[],
             return 0
         if method == "Train":
             answers = channel.stream_stream(path)(iter(messages), timeout=TIMEOUT)
-        elif method == "UploadParameters":
+        elif method in ("UploadParameters", "UploadDataset"):
             channel.stream_unary(path)(iter(messages), timeout=TIMEOUT)
             return 0
         else:
@@ -313,7 +323,7 @@ def run_checked(target: Target, before: Snapshot, call: Callable[[], int], what:
 @st.composite
 def raw_requests(draw: st.DrawFn) -> tuple[str, list[bytes]]:
     method = draw(st.sampled_from(UNARY + STREAMING))
-    count = 1 if method not in ("Train", "UploadParameters") else draw(st.integers(1, 3))
+    count = 1 if method in UNARY or method == "StreamParameters" else draw(st.integers(1, 3))
     return method, [draw(raw_bytes(method)) for _ in range(count)]
 
 

@@ -73,7 +73,9 @@ def train(
             return recorder.finish()
         except (OutOfStep, UnavailableError, NotFoundError) as reason:
             lost = isinstance(reason, NotFoundError)
-            if lost and (upload is None or reason.reason != "DATASET_NOT_FOUND"):
+            if isinstance(reason, NotFoundError) and (
+                upload is None or reason.reason != "DATASET_NOT_FOUND"
+            ):
                 raise
             if plan.versioning is not Versioning.EXACT:
                 raise

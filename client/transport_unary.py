@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 from gradserve.client.gradient_client import GradientClient
-from gradserve.client.plan import PlannedStep, StepPlan, Versioning
+from gradserve.client.plan import Batch, PlannedStep, StepPlan, Versioning
 from gradserve.client.transport import OutOfStep, ResumeError, StepDone, TrainingDiverged
 from gradserve.errors import FailedPreconditionError, VersionConflictError
 from gradserve.types import DatasetBatch
@@ -35,13 +35,14 @@ class UnaryTransport:
         exact = plan.versioning is Versioning.EXACT
         losses = []
         computed_at = 0
-        sent = step.named or step.batches
+        # Named by dataset samples when the data is on the server, else the tensors.
+        sent: tuple[DatasetBatch | Batch, ...] = step.named or step.batches
         for position, batch in enumerate(sent, start=1):
             try:
                 if isinstance(batch, DatasetBatch):
                     result = self.client.compute_gradients(batch)
                 else:
-                    result = self.client.compute_gradients(*batch)
+                    result = self.client.compute_gradients(batch[0], batch[1])
             except FailedPreconditionError as error:
                 raise TrainingDiverged(
                     f"training diverged at step {step.number} (epoch {step.epoch}): {error}"

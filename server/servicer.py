@@ -58,8 +58,11 @@ def _optional(message: object, name: str) -> int | None:
     return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
 
 
-class GradientServicer(  # type: ignore[misc]
-    LossRpcs, DatasetRpcs, CheckpointRpcs, pb_grpc.GradientServiceServicer
+class GradientServicer(
+    LossRpcs,
+    DatasetRpcs,
+    CheckpointRpcs,
+    pb_grpc.GradientServiceServicer,  # type: ignore[misc]
 ):
     def __init__(
         self,

@@ -13,6 +13,7 @@ import torch
 from helpers import TIMEOUT, Snapshot, field_violations
 from test_resume import ServerProcess, version_of
 from test_train_cli import seed_loop
+from test_train_cli import train as cli_train
 
 from gradserve.client.config import ScheduleConfig, TrainConfig, TransportConfig
 from gradserve.client.data import Dataset, seed_data
@@ -339,3 +340,20 @@ def test_a_restarted_server_gets_the_data_again_and_training_ends_bitwise(
     parameters = outcome["result"]
     for name, value in expected.items():
         assert torch.equal(parameters[name], value), name  # type: ignore[index]
+
+
+def test_the_trainer_keeps_its_data_on_the_server_unless_told_not_to(make_server) -> None:
+    for mode, kept in (("auto", 1), ("off", 0)):
+        server = make_server()
+        run = cli_train("--server", server.address, "--json", "--epochs", "3",
+                        "--data-on-server", mode)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        with GradientClient(server.address, timeout=TIMEOUT) as client:
+            assert len(client.list_datasets()[0]) == kept, mode
+    full = make_server(max_dataset_bytes=100)
+    run = cli_train("--server", full.address, "--epochs", "1", "--data-on-server", "on")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "gradserve-train: data: --data-on-server on, but the training data's 800 bytes are "
+        "more than the server can take now (100)"
+    ]

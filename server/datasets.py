@@ -12,6 +12,7 @@ again (docs/datasets.md).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ class DatasetRegistry:
         # Bytes of stored datasets, and of uploads under way (reserved, not yet stored).
         self._held = 0
         self._reserved = 0
+        # Runs whose datasets were dropped (deleted runs): an upload still under way for one
+        # must not store into it afterwards.
+        self._dropped: weakref.WeakSet[Hashable] = weakref.WeakSet()
 
     def held_bytes(self) -> int:
         return self._held
@@ -110,6 +114,8 @@ class DatasetRegistry:
         name now holds, what it replaced). The same content already held is kept as it is;
         other content is ALREADY_EXISTS unless `replace`."""
         with self._lock:
+            if owner in self._dropped:
+                raise NotFoundError("run: the run was deleted during the upload", field="run")
             held = self._owned.setdefault(owner, {})
             previous = held.get(dataset.name)
             if previous is not None and previous.digest == dataset.digest:
@@ -150,6 +156,7 @@ class DatasetRegistry:
     def drop_owner(self, owner: Hashable) -> int:
         """Release every dataset of a run (it was deleted); the bytes released."""
         with self._lock:
+            self._dropped.add(owner)
             released = sum(d.bytes for d in self._owned.pop(owner, {}).values())
             self._held -= released
             return released

@@ -32,6 +32,8 @@ from gradserve.errors import (
 )
 from gradserve.serde import train_step_from_proto, train_step_to_proto
 from gradserve.serde_datasets import upload_requests
+from gradserve.server.config import DatasetsConfig
+from gradserve.server.datasets import DatasetRegistry, StoredDataset
 from gradserve.types import DatasetBatch, TrainStep
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -357,3 +359,26 @@ def test_the_trainer_keeps_its_data_on_the_server_unless_told_not_to(make_server
         "gradserve-train: data: --data-on-server on, but the training data's 800 bytes are "
         "more than the server can take now (100)"
     ]
+
+
+def test_the_registry_reserves_before_keeping_and_releases_on_failure() -> None:
+    """The domain object alone: a failed upload releases its reservation; an upload that ends
+    after its run was deleted keeps nothing."""
+
+    class Owner:
+        pass
+
+    registry = DatasetRegistry(DatasetsConfig(max_bytes=100))
+    owner = Owner()
+    dataset = StoredDataset("a", torch.zeros(8, 1), torch.zeros(8, 1), "digest")
+    with pytest.raises(RuntimeError), registry.reserved(owner, "a", 64):
+        assert registry.available() == 36
+        raise RuntimeError("the client went away")
+    assert registry.available() == 100
+    with pytest.raises(ResourceExhaustedError):
+        registry.reserved(owner, "a", 101).__enter__()
+    with registry.reserved(owner, "a", dataset.bytes):
+        registry.drop_owner(owner)
+        with pytest.raises(NotFoundError):
+            registry.store(owner, dataset)
+    assert (registry.held_bytes(), registry.available()) == (0, 100)

@@ -4,7 +4,8 @@ batches naming dataset samples into tensors for ComputeGradients and Train.
 Part of the GradientService servicer (servicer.py inherits it, beside LossRpcs and
 CheckpointRpcs): decode, one call to the dataset registry (server/datasets.py) or the upload
 (server/dataset_uploads.py), encode. A run's datasets are looked up through the run, so the
-run's owner is theirs: another principal gets NOT_FOUND for the run. DeleteRun drops them.
+run's owner is theirs: another principal gets NOT_FOUND for the run. DeleteRun drops them;
+CreateRun's info advertises the room left, as GetModelInfo does.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ class DatasetRpcs(RunRpcs):
     ) -> pb.DeleteDatasetResponse:
         owner = self._run_of(request.run, context)
         return pb.DeleteDatasetResponse(released_bytes=self._datasets.delete(owner, request.name))
+
+    def CreateRun(
+        self, request: pb.CreateRunRequest, context: grpc.ServicerContext
+    ) -> pb.CreateRunResponse:
+        response = super().CreateRun(request, context)
+        response.info.dataset_bytes_available = self._datasets.available()  # as GetModelInfo
+        return response
 
     def DeleteRun(
         self, request: pb.DeleteRunRequest, context: grpc.ServicerContext

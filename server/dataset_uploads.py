@@ -4,7 +4,7 @@ Order of the checks, each before anything is spent on the next: the header (name
 shapes against the run's model), the byte budget and the run's dataset count (reserved in the
 registry), then the bytes, copied into tensors allocated once at their declared size, then the
 values (model.check_batch over the whole dataset: finite inputs and targets, class indices in
-range). Indexed batches need no check of their own afterwards. A failure anywhere releases the
+range), so a bad value is refused here, once, naming the field. A failure anywhere releases the
 reservation and stores nothing.
 """
 

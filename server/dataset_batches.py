@@ -38,7 +38,7 @@ class DatasetBatches:
         index = _checked_indices(batch, stored, field) if batch.indices else None
         if index is None:
             _check_slice(batch, stored, field)
-        count = batch.samples
+        count = len(batch.indices) if batch.indices else batch.count
         sample = stored.inputs[0]
         if count * max(sample.numel(), stored.targets[0].numel()) > self._max_elements:
             raise ResourceExhaustedError(

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
+from gradserve.types import FINGERPRINT_OMITTED_AT_DEFAULT
 
 MAX_REQUEST_ID_BYTES = 128
 DEFAULT_WINDOW = 1024
@@ -62,7 +63,12 @@ def _feed(digest: Any, part: object) -> None:
     elif dataclasses.is_dataclass(part) and not isinstance(part, type):
         digest.update(f"{type(part).__name__}{{".encode())
         for item in dataclasses.fields(part):
-            _feed(digest, getattr(part, item.name))
+            value = getattr(part, item.name)
+            # A field added later, at its default, is left out: fingerprints that checkpoints
+            # kept from before it existed still match.
+            if item.metadata.get(FINGERPRINT_OMITTED_AT_DEFAULT) and value == item.default:
+                continue
+            _feed(digest, value)
     else:
         digest.update(f"{part!r};".encode())
 

@@ -13,6 +13,8 @@ from enum import Enum
 
 import torch
 
+FINGERPRINT_OMITTED_AT_DEFAULT = "omitted_at_default"  # field metadata: server/request_ids.py
+
 
 class Reduction(Enum):
     """How an update combines the accumulated gradients of several batches."""
@@ -197,8 +199,11 @@ class TrainStep:
 
     # Per batch, its own loss (None: the run's); empty: every batch uses the run's.
     batch_losses: tuple[BatchLoss | None, ...] = ()
-    # Batches named by dataset samples, after `batches` (servers resolve them into `batches`).
-    dataset_batches: tuple[DatasetBatch, ...] = ()
+    # Batches named by dataset samples, after `batches` (servers resolve them into `batches`;
+    # request-id fingerprints leave the field out when empty, as before it existed).
+    dataset_batches: tuple[DatasetBatch, ...] = field(
+        default=(), metadata={FINGERPRINT_OMITTED_AT_DEFAULT: True}
+    )
 
     @classmethod
     def of(
@@ -232,10 +237,6 @@ class DatasetBatch:
     indices: tuple[int, ...] = ()
     start: int = 0
     count: int = 0
-
-    @property
-    def samples(self) -> int:
-        return len(self.indices) if self.indices else self.count
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ def test_uploads_are_checked_once_and_bounded(make_server) -> None:
         with pytest.raises(ResourceExhaustedError) as over:
             client.upload_dataset("big", torch.rand(300, 1), torch.rand(300, 1))
         assert over.value.field == "max_dataset_bytes"
+        assert [v.subject for v in over.value.violations] == ["max_dataset_bytes"]  # QuotaFailure
         assert client.list_datasets() == ([], 2000)  # nothing kept, nothing reserved
 
         first = client.upload_dataset("a", x, y)

@@ -76,7 +76,7 @@ def tensor_to_wire_chunks(
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes: {chunk_bytes}, expected at least 1")
     wire, raw = wire_bytes(tensor)
-    data = memoryview(raw.numpy())
+    data = raw.numpy().data  # a memoryview of the tensor itself
     total = len(data)
     offset = 0
     while True:

@@ -47,7 +47,7 @@ def get_parameters_response(tensors: Sequence[tuple[str, torch.Tensor]], version
     pieces: list[bytes | memoryview] = []
     for name, tensor in tensors:
         wire, raw = wire_bytes(tensor)
-        data = memoryview(raw.numpy())
+        data = raw.numpy().data  # a memoryview of the tensor itself
         header = (
             string_field(1, name)
             + int_field(2, int(wire.proto))

@@ -117,6 +117,7 @@ class ChunkAssembler:
         self._expected = expected
         self._buffers: dict[str, tuple[torch.Tensor, torch.dtype, tuple[int, ...]]] = {}
         self._filled: dict[str, int] = {}
+        self._views: dict[str, memoryview] = {}
         self._current: str | None = None
         self._chunks = 0
         self._max_chunks: int | None = None
@@ -167,7 +168,10 @@ class ChunkAssembler:
                 field=f"{field}.data",
             )
         if data:
-            buffer[filled : filled + len(data)] = torch.frombuffer(data, dtype=torch.uint8)
+            # A memoryview slice assignment: one memcpy on this thread. torch's copy would
+            # start its intra-op threads for 4 MiB, which spin on a busy machine (measured:
+            # 250 ms of CPU per 134 MB stream in a client with torch's default threads).
+            self._views[name][filled : filled + len(data)] = data
             if self._digest is not None:
                 self._digest.update(data)
         self._filled[name] = filled + len(data)
@@ -199,7 +203,9 @@ class ChunkAssembler:
                     field=f"{field}.shape",
                 )
         size = math.prod(shape) * wire.itemsize
-        self._buffers[name] = (empty_bytes(size), wire.torch_dtype, shape)
+        buffer = empty_bytes(size)
+        self._buffers[name] = (buffer, wire.torch_dtype, shape)
+        self._views[name] = buffer.numpy().data
         self._filled[name] = 0
         self._current = name
         if self._digest is not None:

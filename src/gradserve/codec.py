@@ -188,7 +188,8 @@ def tensor_from_parts(
     # (pytorch#190043), and a message's bytes sit at whatever offset the fields before left.
     if copy or raw.data_ptr() % wire.itemsize:
         owned = empty_bytes(expected)
-        owned.copy_(raw)
+        # One memcpy on this thread (torch's copy_ would wake its intra-op threads).
+        owned.numpy().data[:] = memoryview(data).cast("B")
         raw = owned
     tensor = raw.view(wire.torch_dtype).reshape(shape)
     if not _LITTLE_ENDIAN_HOST and wire.itemsize > 1:

@@ -10,8 +10,8 @@ import torch
 from bench.baselines import BareClient
 from bench.processes import MALLOC_ENV, echo_server, gradserve_server
 from bench.rows import Row
+from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.client.gradient_client import GradientClient
-from gradserve.codec import DEFAULT_CHUNK_BYTES
 
 # 2 x 4096^2 + 4096 x 10 weights and their biases: 33,603,594 float32 = 134.4 MB.
 BIG_MODEL = "mlp:4096-4096-4096-10"

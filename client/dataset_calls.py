@@ -15,9 +15,9 @@ import time
 import grpc
 import torch
 
+from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.client.client_base import ClientBase
 from gradserve.client.errors import error_from_rpc
-from gradserve.codec import DEFAULT_CHUNK_BYTES
 from gradserve.serde_datasets import (
     dataset_summary_from_proto,
     upload_requests,

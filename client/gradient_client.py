@@ -10,7 +10,6 @@ Results are gradserve.types, decoded by gradserve.serde; they are re-exported he
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
@@ -20,15 +19,10 @@ from gradserve import serde, serde_graph
 from gradserve.client.custom_loss import CustomLosses
 from gradserve.client.dataset_calls import DatasetCalls
 from gradserve.client.errors import error_from_rpc
+from gradserve.client.parameter_transfer import ParameterTransfer
 from gradserve.client.retry import NO_RETRY, RetryPolicy, new_request_id
 from gradserve.client.run_calls import RunCalls
-from gradserve.codec import (
-    DEFAULT_CHUNK_BYTES,
-    ChunkAssembler,
-    tensor_into_proto,
-    tensor_to_chunks,
-    tensor_to_proto,
-)
+from gradserve.codec import tensor_into_proto, tensor_to_proto
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
 from gradserve.serde_datasets import dataset_batch_into_proto
 from gradserve.serde_losses import batch_loss, batch_loss_into_proto
@@ -78,7 +72,7 @@ __all__ = [
 ]
 
 
-class GradientClient(CustomLosses, RunCalls, DatasetCalls):
+class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
     """A connection to one gradserve server, bound to one run ("" is the default run).
 
     >>> with GradientClient("127.0.0.1:50051", run="mine") as client:
@@ -167,17 +161,6 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls):
             request.targets.CopyFrom(tensor_to_proto(targets))
         response = self._call(self._stub.Evaluate, request)
         return serde.evaluation_result_from_proto(response)
-
-    def get_parameters(
-        self, names: Iterable[str] = (), *, include_buffers: bool = False
-    ) -> tuple[int, dict[str, torch.Tensor]]:
-        """(model_version, {name: value}); empty names: every parameter (then every buffer)."""
-        request = pb.GetParametersRequest(
-            names=list(names), include_buffers=include_buffers, run=self.run
-        )
-        response = self._call(self._stub.GetParameters, request)
-        parameters = serde.named_tensors_from_proto(response.parameters, "parameters")
-        return response.model_version, parameters
 
     def set_parameters(
         self,
@@ -281,64 +264,3 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls):
             call.cancel()
         if failures:
             raise failures[0]
-
-    def stream_parameters(
-        self, names: Iterable[str] = (), *, chunk_bytes: int = 0, include_buffers: bool = False
-    ) -> tuple[int, dict[str, torch.Tensor]]:
-        """GetParameters in chunks: no message-size limit applies to the model's size."""
-        request = pb.StreamParametersRequest(
-            names=list(names), chunk_bytes=chunk_bytes, run=self.run
-        )
-        request.include_buffers = include_buffers
-        version = 0
-        assembler = ChunkAssembler()
-        try:
-            for chunk in self._stub.StreamParameters(
-                request, timeout=self.timeout, metadata=self._metadata
-            ):
-                version = chunk.model_version
-                assembler.add(chunk)
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
-        return version, {} if assembler.empty else dict(assembler.tensors())
-
-    def upload_parameters(
-        self,
-        values: Mapping[str, torch.Tensor],
-        *,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        expected_version: int | None = None,
-        request_id: str | None = None,
-    ) -> int:
-        """SetParameters in chunks, for models past the message limit; returns the version."""
-        request_id = request_id or new_request_id()
-
-        def chunks() -> Iterator[pb.UploadParametersRequest]:
-            first = True
-            for name, value in values.items():
-                for chunk in tensor_to_chunks(
-                    name, value, chunk_bytes, message=pb.UploadParametersRequest
-                ):
-                    if first:
-                        chunk.request_id = request_id
-                        chunk.run = self.run
-                        if expected_version is not None:
-                            chunk.expected_version = expected_version
-                        first = False
-                    yield chunk
-
-        attempt = 0
-        while True:
-            try:
-                response = self._stub.UploadParameters(
-                    chunks(), timeout=self.timeout, metadata=self._metadata
-                )
-                return int(response.model_version)
-            except grpc.RpcError as error:
-                attempt += 1
-                if (
-                    error.code() is not grpc.StatusCode.UNAVAILABLE
-                    or attempt >= self.retry.max_attempts
-                ):
-                    raise error_from_rpc(error) from None
-            time.sleep(self.retry.backoff(attempt))

@@ -24,13 +24,13 @@ from gradserve.server.interceptors import ServerInterceptor
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.server.principals import PrincipalTable
+from gradserve.server.raw_handlers import add_gradient_service
 from gradserve.server.reflection import enable_server_reflection
 from gradserve.server.run_loading import Run, RunBuilder, RunSpec
 from gradserve.server.runs import DEFAULT_RUN, RunRegistry
 from gradserve.server.servicer import GradientServicer
 from gradserve.server.stream_admission import StreamAdmission
 from gradserve.server.tracing import server_interceptors
-from gradserve.v1 import gradserve_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -140,9 +140,7 @@ def create_server(
     )
     datasets = DatasetRegistry(config.datasets)
     metrics.dataset_bytes.set_function(datasets.held_bytes)
-    gradserve_pb2_grpc.add_GradientServiceServicer_to_server(
-        GradientServicer(runs, limits, PrincipalTable(tokens), datasets), server
-    )
+    add_gradient_service(GradientServicer(runs, limits, PrincipalTable(tokens), datasets), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

@@ -154,6 +154,23 @@ class DirectCoordinator:
             names, reader, max_bytes=max_bytes, include_buffers=include_buffers
         )
 
+    def encode_parameters(
+        self,
+        names: Sequence[str],
+        encode: Callable[[list[tuple[str, torch.Tensor]], int], T],
+        *,
+        max_bytes: int | None = None,
+        include_buffers: bool = False,
+    ) -> T:
+        return self.store.encode_parameters(
+            names, encode, max_bytes=max_bytes, include_buffers=include_buffers
+        )
+
+    def snapshot_parameters(
+        self, names: Sequence[str], *, include_buffers: bool = False
+    ) -> tuple[int, list[tuple[str, torch.Tensor]]]:
+        return self.store.snapshot_parameters(names, include_buffers=include_buffers)
+
     def set_parameters(
         self,
         values: Sequence[tuple[str, torch.Tensor]],
@@ -161,10 +178,15 @@ class DirectCoordinator:
         expected_version: int | None = None,
         request_id: str = "",
         method: str = "SetParameters",
+        values_digest: str | None = None,
     ) -> SetResult:
-        """`method`: the RPC that carried the values (SetParameters or UploadParameters)."""
+        """`method`: the RPC that carried the values (SetParameters or UploadParameters);
+        `values_digest`: see ParameterStore.set_parameters."""
         result = self.store.set_parameters(
-            values, expected_version=expected_version, request_id=request_id
+            values,
+            expected_version=expected_version,
+            request_id=request_id,
+            values_digest=values_digest,
         )
         self.metrics.record_set(result, method)
         return self.durable(result)

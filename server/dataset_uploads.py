@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gradserve.codec import decode_shape, dtype_from_proto, max_chunks, torch_dtype_name
+from gradserve.chunks import max_chunks
+from gradserve.codec import decode_shape, dtype_from_proto, torch_dtype_name
 from gradserve.dataset_digest import digest_header
 from gradserve.errors import InvalidArgumentError
 from gradserve.server.datasets import DatasetRegistry, StoredDataset

@@ -19,14 +19,13 @@ import grpc
 import torch
 
 from gradserve import serde, serde_graph
-from gradserve.codec import (
+from gradserve.chunks import (
     DEFAULT_CHUNK_BYTES,
     MIN_CHUNK_BYTES,
     ChunkAssembler,
-    tensor_from_proto,
-    tensor_into_proto,
-    tensor_to_chunks,
+    tensor_to_wire_chunks,
 )
+from gradserve.codec import tensor_from_proto
 from gradserve.errors import InvalidArgumentError
 from gradserve.serde_datasets import dataset_batch_from_proto
 from gradserve.serde_losses import batch_loss_from_proto
@@ -40,6 +39,7 @@ from gradserve.server.runs import RunRegistry
 from gradserve.types import DatasetBatch
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+from gradserve.wire_messages import ChunkView, get_parameters_response
 
 
 def _named_batch(request: pb.ComputeGradientsRequest) -> DatasetBatch | None:
@@ -131,18 +131,17 @@ class GradientServicer(
 
     def GetParameters(
         self, request: pb.GetParametersRequest, context: grpc.ServicerContext
-    ) -> pb.GetParametersResponse:
-        response = pb.GetParametersResponse()
-        # Each parameter is written straight into the response, under the store's lock, once
-        # the names and the response's size are checked.
+    ) -> bytes:
+        # The response's bytes, written straight from the live tensors under the store's lock
+        # (one copy; raw_handlers.py sends them as they are), once the names and the
+        # response's size are checked.
         with self._use(request.run, context) as coordinator:
-            response.model_version, _ = coordinator.read_parameters(
+            return coordinator.encode_parameters(
                 list(request.names),
-                lambda name, value: tensor_into_proto(value, response.parameters.add(), name),
+                get_parameters_response,
                 max_bytes=self._max_message_bytes,
                 include_buffers=request.include_buffers,
             )
-        return response
 
     def SetParameters(
         self, request: pb.SetParametersRequest, context: grpc.ServicerContext
@@ -217,7 +216,7 @@ class GradientServicer(
 
     def StreamParameters(
         self, request: pb.StreamParametersRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.StreamParametersResponse]:
+    ) -> Iterator[bytes]:
         # Room for the chunk's other fields within the message limit.
         largest = self._max_message_bytes - 1024
         chunk_bytes = request.chunk_bytes or min(DEFAULT_CHUNK_BYTES, largest)
@@ -228,35 +227,37 @@ class GradientServicer(
             )
         # Smaller chunks would cost a message each for little data (docs/protocol.md).
         chunk_bytes = max(chunk_bytes, min(MIN_CHUNK_BYTES, largest))
-        # One consistent copy under the lock (the names are checked and unique, so it is at
-        # most the model's size); the chunks are cut from it one at a time as they are sent.
+        # One consistent copy under the lock (state_transfer.py: at most the model's size);
+        # the chunks are cut from it as wire bytes, one at a time as they are sent.
         with self._use(request.run, context) as coordinator:
-            version, values = coordinator.read_parameters(
-                list(request.names),
-                lambda name, value: (name, value.clone()),
-                include_buffers=request.include_buffers,
+            version, values = coordinator.snapshot_parameters(
+                list(request.names), include_buffers=request.include_buffers
             )
         for name, value in values:
-            yield from tensor_to_chunks(name, value, chunk_bytes, version)
+            yield from tensor_to_wire_chunks(name, value, chunk_bytes, version)
 
     def UploadParameters(
-        self, request_iterator: Iterator[pb.UploadParametersRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[ChunkView], context: grpc.ServicerContext
     ) -> pb.UploadParametersResponse:
+        # ChunkView: raw_handlers.py parses each chunk with `data` a view of its bytes.
         chunks = iter(request_iterator)
         first = next(chunks, None)
-        run = first.run if first is not None else ""
+        run = first.checked("chunks[0]").run if first is not None else ""
         with self._use(run, context) as coordinator:
             info = coordinator.info()
             specs = (*info.parameters, *info.buffers)
-            assembler = ChunkAssembler({spec.name: (spec.dtype, spec.shape) for spec in specs})
+            assembler = ChunkAssembler(
+                {spec.name: (spec.dtype, spec.shape) for spec in specs}, fingerprint=True
+            )
             for chunk in itertools.chain([first] if first is not None else [], chunks):
                 assembler.add(chunk)
             values = assembler.tensors()
             assert first is not None  # tensors() rejects an empty upload
             result = coordinator.set_parameters(
                 values,
-                expected_version=_optional(first, "expected_version"),
+                expected_version=first.expected_version,
                 request_id=first.request_id,
                 method="UploadParameters",
+                values_digest=assembler.fingerprint(),
             )
         return pb.UploadParametersResponse(model_version=result.model_version)

@@ -1,11 +1,14 @@
-"""all_finite: the one-reduction NaN/Inf check on every batch and gradient, against isfinite."""
+"""all_finite: the one-reduction NaN/Inf check on every batch and gradient, against isfinite;
+and the sum-first check on new parameter values."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from gradserve.errors import InvalidArgumentError
 from gradserve.server.models import all_finite, all_finite_tensors, float64_norm
+from gradserve.server.parameter_access import check_values
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -41,3 +44,20 @@ def test_all_finite_tensors_agrees_with_isfinite(elements: int) -> None:
     # The norm the update reports, however it is reduced, is the float64 norm of everything.
     exact = torch.linalg.vector_norm(torch.cat([t.double().reshape(-1) for t in base]))
     assert float64_norm(base) == pytest.approx(exact.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_values_are_checked_with_a_sum_first_and_exactly_when_it_overflows(
+    dtype: torch.dtype,
+) -> None:
+    """check_values (SetParameters, UploadParameters) sums first: a finite sum settles it; a
+    sum that overflowed on finite values (every element the largest) still passes, exactly."""
+    largest = torch.finfo(dtype).max
+    named = {"w": torch.zeros(1000, dtype=dtype)}
+    for good in (torch.full((1000,), largest, dtype=dtype), torch.randn(1000).to(dtype)):
+        check_values(named, [("w", good)])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        value = torch.full((1000,), largest, dtype=dtype)
+        value[500] = bad
+        with pytest.raises(InvalidArgumentError, match="NaN or Inf"):
+            check_values(named, [("w", value)])

@@ -26,7 +26,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_train_cli import assert_parameters_equal, seed_loop
 
-from gradserve.codec import tensor_to_chunks
+from gradserve.chunks import tensor_to_chunks
 from gradserve.defaults import channel_options
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc

@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers import TIMEOUT, Snapshot, field_violations
 
-from gradserve.codec import MIN_CHUNK_BYTES, encoded_tensor_bytes, tensor_to_chunks, tensor_to_proto
+from gradserve.chunks import MIN_CHUNK_BYTES, tensor_to_chunks
+from gradserve.codec import encoded_tensor_bytes, tensor_to_proto
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
 from gradserve.server.parameter_access import check_names
 from gradserve.v1 import gradserve_pb2 as pb

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.huge_pages import empty_bytes
 from gradserve.v1 import gradserve_pb2 as pb
 
 # Rank and per-dimension bounds: far past any real tensor, small enough that arithmetic on
@@ -83,6 +83,19 @@ def torch_dtype_name(dtype: torch.dtype) -> str:
     return wire.name if wire else str(dtype)
 
 
+def wire_type(value: int, field: str) -> WireType:
+    """The WireType of a DataType value; InvalidArgumentError naming `field` when unknown."""
+    return _wire_type(value, field)
+
+
+def wire_type_of(dtype: torch.dtype) -> WireType:
+    """The WireType of a torch dtype; TypeError for dtypes the wire has no name for."""
+    wire = _BY_TORCH.get(dtype)
+    if wire is None:
+        raise TypeError(f"{dtype} has no gradserve.v1 DataType")
+    return wire
+
+
 def _wire_type(value: int, field: str) -> WireType:
     wire = _BY_PROTO.get(value)
     if wire is None:
@@ -101,18 +114,23 @@ def tensor_to_proto(tensor: torch.Tensor, name: str = "") -> pb.Tensor:
 def tensor_into_proto(tensor: torch.Tensor, message: pb.Tensor, name: str = "") -> pb.Tensor:
     """Encode into an existing message, e.g. `response.parameters.add()`: building a repeated
     field from a list of messages would copy every tensor's bytes once more."""
-    wire = _BY_TORCH.get(tensor.dtype)
-    if wire is None:
-        raise TypeError(f"{tensor.dtype} has no gradserve.v1 DataType")
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    if not _LITTLE_ENDIAN_HOST and wire.itemsize > 1:
-        flat = _swap_bytes(flat)
+    wire, raw = wire_bytes(tensor)
     message.name = name
     message.dtype = wire.proto
     message.shape[:] = tensor.shape
-    # A uint8 view reads every dtype, bfloat16 included, which numpy itself cannot hold.
-    message.data = flat.view(torch.uint8).numpy().tobytes()
+    message.data = raw.numpy().tobytes()
     return message
+
+
+def wire_bytes(tensor: torch.Tensor) -> tuple[WireType, torch.Tensor]:
+    """The tensor's wire type and its bytes in wire order, as a flat uint8 tensor: a view of the
+    tensor itself when it is a contiguous CPU tensor on a little-endian host (no copy)."""
+    wire = wire_type_of(tensor.dtype)
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if not _LITTLE_ENDIAN_HOST and wire.itemsize > 1:
+        flat = _swap_bytes(flat)
+    # A uint8 view reads every dtype, bfloat16 included, which numpy itself cannot hold.
+    return wire, flat.view(torch.uint8)
 
 
 def tensor_from_proto(
@@ -122,15 +140,29 @@ def tensor_from_proto(
 
     The result is a read-only view of the message's bytes: copy it before writing to it.
     """
-    wire = _wire_type(message.dtype, f"{field}.dtype")
-    shape = decode_shape(message.shape, f"{field}.shape")
+    # .data read once: the upb backend builds a new object on every access.
+    return tensor_from_parts(message.dtype, message.shape, message.data, field, max_elements)
+
+
+def tensor_from_parts(
+    dtype: int,
+    dims: Iterable[int],
+    data: bytes | memoryview,
+    field: str = "tensor",
+    max_elements: int | None = None,
+    *,
+    copy: bool = False,
+) -> torch.Tensor:
+    """A tensor from its wire fields, checked as tensor_from_proto checks them. Without `copy`
+    a read-only view of `data`; with it a writable tensor of its own (gradserve.huge_pages)."""
+    wire = _wire_type(dtype, f"{field}.dtype")
+    shape = decode_shape(dims, f"{field}.shape")
     numel = math.prod(shape)
     if max_elements is not None and numel > max_elements:
         raise ResourceExhaustedError(
             f"{field}.shape: {numel} elements is over the server's limit of {max_elements}",
             field=f"{field}.shape",
         )
-    data = message.data  # read once: the upb backend builds a new object on every access
     expected = numel * wire.itemsize
     if len(data) != expected:
         raise InvalidArgumentError(
@@ -147,13 +179,19 @@ def tensor_from_proto(
                 field=f"{field}.shape",
             )
         return torch.empty(shape, dtype=wire.torch_dtype)
-    tensor = torch.frombuffer(data, dtype=wire.torch_dtype).reshape(shape)
-    if wire.torch_dtype is torch.bool and bool(
-        (torch.frombuffer(data, dtype=torch.uint8) > 1).any()
-    ):
+    raw = torch.frombuffer(data, dtype=torch.uint8)
+    if wire.torch_dtype is torch.bool and bool((raw > 1).any()):
         raise InvalidArgumentError(
             f"{field}.data: BOOL elements must be the bytes 0x00 or 0x01", field=f"{field}.data"
         )
+    # A view must be aligned for its dtype: torch's typed loads fault on a misaligned pointer
+    # (pytorch#190043), and a message's bytes sit at whatever offset the fields before left.
+    if copy or raw.data_ptr() % wire.itemsize:
+        owned = empty_bytes(expected)
+        # One memcpy on this thread (torch's copy_ would wake its intra-op threads).
+        owned.numpy().data[:] = memoryview(data).cast("B")
+        raw = owned
+    tensor = raw.view(wire.torch_dtype).reshape(shape)
     if not _LITTLE_ENDIAN_HOST and wire.itemsize > 1:
         tensor = _swap_bytes(tensor.clone())
     return tensor
@@ -190,173 +228,16 @@ def spec_to_proto(name: str, dtype: torch.dtype, shape: Sequence[int]) -> pb.Ten
     return pb.TensorSpec(name=name, dtype=dtype_to_proto(dtype), shape=shape)
 
 
+def from_wire_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor assembled from wire bytes, in this host's byte order (itself on little-endian
+    hosts)."""
+    if not _LITTLE_ENDIAN_HOST and tensor.element_size() > 1:
+        return _swap_bytes(tensor)
+    return tensor
+
+
 def _swap_bytes(tensor: torch.Tensor) -> torch.Tensor:
     # Only reached on big-endian hosts: reverse each element's bytes.
     itemsize = tensor.element_size()
     as_bytes = tensor.contiguous().view(torch.uint8).reshape(-1, itemsize).flip(1)
     return as_bytes.contiguous().view(tensor.dtype).reshape(tensor.shape)
-
-
-DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
-# The server cuts no chunk smaller than this (unless the parameter itself is), and an upload
-# may have no more chunks than cutting at this size gives: a tiny chunk size cannot make one
-# call cost millions of messages.
-MIN_CHUNK_BYTES = 64 * 1024
-
-
-def max_chunks(sizes: Iterable[int]) -> int:
-    """The most chunks parameters of these byte sizes may take: one each, plus one per
-    MIN_CHUNK_BYTES of their data."""
-    return sum(1 + size // MIN_CHUNK_BYTES for size in sizes)
-
-
-# The chunk messages of StreamParameters (server to client) and UploadParameters (client to
-# server): the same fields, so one pair of functions serves both directions.
-Chunk = pb.StreamParametersResponse | pb.UploadParametersRequest
-ChunkT = TypeVar("ChunkT", pb.StreamParametersResponse, pb.UploadParametersRequest)
-
-
-def tensor_to_chunks(
-    name: str,
-    tensor: torch.Tensor,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    model_version: int = 0,
-    message: type[ChunkT] = pb.StreamParametersResponse,  # type: ignore[assignment]
-) -> Iterator[ChunkT]:
-    """A tensor as chunk messages of at most chunk_bytes each (at least one chunk), cut one
-    at a time as they are consumed."""
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes: {chunk_bytes}, expected at least 1")
-    wire = _BY_TORCH.get(tensor.dtype)
-    if wire is None:
-        raise TypeError(f"{tensor.dtype} has no gradserve.v1 DataType")
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    if not _LITTLE_ENDIAN_HOST and wire.itemsize > 1:
-        flat = _swap_bytes(flat)
-    raw = flat.view(torch.uint8)
-    total = raw.numel()
-    offset = 0
-    while True:
-        piece = raw[offset : offset + chunk_bytes].numpy().tobytes()
-        chunk = message(offset=offset, data=piece, model_version=model_version)
-        if offset == 0:
-            chunk.name = name
-            chunk.dtype = wire.proto
-            chunk.shape.extend(tensor.shape)
-        yield chunk
-        offset += len(piece)
-        if offset >= total:
-            return
-
-
-class ChunkAssembler:
-    """Collects chunk messages back into tensors, one copy per byte: each parameter's bytes
-    land in a tensor allocated once, at their offset.
-
-    With `expected` (name -> (dtype, shape), the server's side), each chunk is checked as it
-    arrives, so a bad upload fails early and cannot grow past the model's own size. Without it
-    (the client reading its own server's answer), the first chunk's dtype and shape are used."""
-
-    def __init__(
-        self, expected: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
-    ) -> None:
-        self._expected = expected
-        self._buffers: dict[str, tuple[torch.Tensor, torch.dtype, tuple[int, ...]]] = {}
-        self._filled: dict[str, int] = {}
-        self._current: str | None = None
-        self._chunks = 0
-        self._max_chunks: int | None = None
-        if expected is not None:
-            self._max_chunks = max_chunks(
-                math.prod(shape) * _BY_TORCH[dtype].itemsize for dtype, shape in expected.values()
-            )
-
-    def add(self, chunk: Chunk) -> None:
-        field = f"chunks[{self._chunks}]"
-        self._chunks += 1
-        if self._max_chunks is not None and self._chunks > self._max_chunks:
-            raise ResourceExhaustedError(
-                f"{field}: more than {self._max_chunks} chunks, the most this model's parameters "
-                f"take (one each, plus one per {MIN_CHUNK_BYTES} bytes): send larger chunks",
-                field=field,
-            )
-        if chunk.name:
-            self._start(chunk, field)
-        if self._current is None:
-            raise InvalidArgumentError(
-                f"{field}.name: the first chunk must name its parameter", field=f"{field}.name"
-            )
-        name = self._current
-        buffer = self._buffers[name][0]
-        filled = self._filled[name]
-        if chunk.offset != filled:
-            raise InvalidArgumentError(
-                f"{field}.offset: {chunk.offset}, expected {filled} for {name!r}",
-                field=f"{field}.offset",
-            )
-        data = chunk.data  # read once: the upb backend builds a new object on every access
-        if not data and not chunk.name:
-            raise InvalidArgumentError(
-                f"{field}.data: empty; only a parameter's first chunk may carry no bytes",
-                field=f"{field}.data",
-            )
-        if filled + len(data) > buffer.numel():
-            raise InvalidArgumentError(
-                f"{field}.data: more bytes than {name!r} holds ({buffer.numel()})",
-                field=f"{field}.data",
-            )
-        if data:
-            buffer[filled : filled + len(data)] = torch.frombuffer(data, dtype=torch.uint8)
-        self._filled[name] = filled + len(data)
-
-    def _start(self, chunk: Chunk, field: str) -> None:
-        name = chunk.name
-        if name in self._buffers:
-            raise InvalidArgumentError(
-                f"{field}.name: {name!r} is sent twice", field=f"{field}.name"
-            )
-        wire = _wire_type(chunk.dtype, f"{field}.dtype")
-        shape = decode_shape(chunk.shape, f"{field}.shape")
-        if self._expected is not None:
-            if name not in self._expected:
-                raise InvalidArgumentError(
-                    f"{field}.name: no parameter {name!r}; the model has "
-                    f"{', '.join(self._expected)}",
-                    field=f"{field}.name",
-                )
-            dtype, expected_shape = self._expected[name]
-            if wire.torch_dtype != dtype:
-                raise InvalidArgumentError(
-                    f"{field}.dtype: {wire.name} for {name!r}, expected {torch_dtype_name(dtype)}",
-                    field=f"{field}.dtype",
-                )
-            if shape != expected_shape:
-                raise InvalidArgumentError(
-                    f"{field}.shape: {list(shape)} for {name!r}, expected {list(expected_shape)}",
-                    field=f"{field}.shape",
-                )
-        size = math.prod(shape) * wire.itemsize
-        self._buffers[name] = (torch.empty(size, dtype=torch.uint8), wire.torch_dtype, shape)
-        self._filled[name] = 0
-        self._current = name
-
-    @property
-    def empty(self) -> bool:
-        return not self._buffers
-
-    def tensors(self) -> list[tuple[str, torch.Tensor]]:
-        """The complete tensors; InvalidArgumentError when any parameter is short."""
-        if not self._buffers:
-            raise InvalidArgumentError("chunks: the upload is empty", field="chunks")
-        result = []
-        for name, (buffer, dtype, shape) in self._buffers.items():
-            if self._filled[name] != buffer.numel():
-                raise InvalidArgumentError(
-                    f"chunks: {name!r} ended at {self._filled[name]} of {buffer.numel()} bytes",
-                    field="chunks",
-                )
-            tensor = buffer.view(dtype).reshape(shape)
-            if not _LITTLE_ENDIAN_HOST and tensor.element_size() > 1:
-                tensor = _swap_bytes(tensor)
-            result.append((name, tensor))
-        return result

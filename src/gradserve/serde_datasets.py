@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
-from gradserve.codec import DEFAULT_CHUNK_BYTES, dtype_from_proto, dtype_to_proto, spec_to_proto
+from gradserve.chunks import DEFAULT_CHUNK_BYTES
+from gradserve.codec import dtype_from_proto, dtype_to_proto, spec_to_proto
 from gradserve.dataset_digest import dataset_digest
 from gradserve.errors import InvalidArgumentError
 from gradserve.types import DatasetBatch, DatasetSummary, TensorSpec

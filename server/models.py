@@ -77,18 +77,22 @@ class Model:
     # Number of classes for class-index targets (their valid range is [0, num_classes)).
     num_classes: int | None = None
 
-    def check_batch(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> int:
-        """Raise InvalidArgumentError naming the field unless the batch fits; return its size."""
-        batch_size = _check_tensor("inputs", inputs, self.input)
+    def check_batch(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None, *, values: bool = True
+    ) -> int:
+        """Raise InvalidArgumentError naming the field unless the batch fits; return its size.
+        `values=False` checks dtypes and shapes only: the caller checks the values of many
+        batches at once with `values_fit` and, when that fails, checks each batch again."""
+        batch_size = _check_tensor("inputs", inputs, self.input, values)
         if targets is None:
             return batch_size
-        target_batch = _check_tensor("targets", targets, self.target)
+        target_batch = _check_tensor("targets", targets, self.target, values)
         if target_batch != batch_size:
             raise InvalidArgumentError(
                 f"targets.shape: batch of {target_batch}, but inputs has {batch_size}",
                 field="targets.shape",
             )
-        if self.num_classes is not None and bool(
+        if values and self.num_classes is not None and bool(
             ((targets < 0) | (targets >= self.num_classes)).any()
         ):
             raise InvalidArgumentError(
@@ -96,6 +100,25 @@ class Model:
                 field="targets.data",
             )
         return batch_size
+
+    def values_fit(
+        self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
+    ) -> bool:
+        """Whether every batch's values pass check_batch (finite floats, class indices in
+        range), for batches whose dtypes and shapes it passed: a few reductions over all of
+        them together instead of a few per batch. False says only that some batch fails."""
+        for tensors, spec in ((inputs, self.input), (targets, self.target)):
+            if not tensors or not spec.dtype.is_floating_point:
+                continue
+            # Same dtype and sample shape (checked): they concatenate along the batch dim.
+            if not all_finite(tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))):
+                return False
+        if self.num_classes is not None and targets:
+            together = targets[0] if len(targets) == 1 else torch.cat(list(targets))
+            low, high = torch.aminmax(together)
+            if int(low) < 0 or int(high) >= self.num_classes:
+                return False
+        return True
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -118,6 +141,12 @@ def float64_norm(tensors: Sequence[torch.Tensor]) -> float:
     overflows only if an element is NaN or +-Inf): one reduction, no Python step per tensor."""
     if not tensors:
         return 0.0
+    return float(float64_norm_tensor(tensors))
+
+
+def float64_norm_tensor(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """float64_norm as a 0-d float64 tensor, not read back (a Train request reads all of its
+    norms at once); `tensors` must not be empty."""
     if len(tensors) == 1:
         together = tensors[0]
     elif sum(t.numel() for t in tensors) <= _CONCATENATED_ELEMENTS and (
@@ -127,7 +156,7 @@ def float64_norm(tensors: Sequence[torch.Tensor]) -> float:
     else:
         # torch's multi-tensor norm: one call for the list, then the norm of the norms.
         together = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    return float(torch.linalg.vector_norm(together, dtype=torch.float64))
+    return torch.linalg.vector_norm(together, dtype=torch.float64)
 
 
 def all_finite_tensors(tensors: Sequence[torch.Tensor]) -> bool:
@@ -141,7 +170,7 @@ def all_finite_tensors(tensors: Sequence[torch.Tensor]) -> bool:
     return all(all_finite(t) for t in tensors if t.dtype == torch.float64)
 
 
-def _check_tensor(field: str, tensor: torch.Tensor, spec: BatchSpec) -> int:
+def _check_tensor(field: str, tensor: torch.Tensor, spec: BatchSpec, values: bool = True) -> int:
     if tensor.dtype != spec.dtype:
         raise InvalidArgumentError(
             f"{field}.dtype: {torch_dtype_name(tensor.dtype)}, expected {torch_dtype_name(spec.dtype)}",
@@ -156,7 +185,7 @@ def _check_tensor(field: str, tensor: torch.Tensor, spec: BatchSpec) -> int:
         )
     if shape[0] == 0:
         raise InvalidArgumentError(f"{field}.shape: the batch is empty", field=f"{field}.shape")
-    if tensor.is_floating_point() and not all_finite(tensor):
+    if values and tensor.is_floating_point() and not all_finite(tensor):
         raise InvalidArgumentError(f"{field}.data: contains NaN or Inf", field=f"{field}.data")
     return shape[0]
 

@@ -56,20 +56,23 @@ class SeedSGD:
         self._parameters = list(parameters)
 
     def step(self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES) -> None:
+        stepped = [p for p in self._parameters if p.grad is not None]
+        if not stepped:
+            return
         with torch.no_grad():
-            for parameter in self._parameters:
-                if parameter.grad is not None:
-                    # `w -= lr * w.grad`, the seed's own expression (-= is sub_).
-                    parameter.sub_(learning_rate * parameter.grad)
+            # `w -= lr * w.grad`, the seed's own expression (-= is sub_), for all parameters
+            # in two calls: the multi-tensor ops do the same per-tensor arithmetic.
+            scaled = torch._foreach_mul([p.grad for p in stepped], learning_rate)  # type: ignore[misc]
+            torch._foreach_sub_(stepped, scaled)
 
     def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None:
         # No param groups: every name is unknown (a spec with options serves torch.optim.SGD).
         check_hyperparameters(hyperparameters, (), "sgd (the seed's w -= lr * w.grad)")
 
     def zero_grad(self) -> None:
-        for parameter in self._parameters:
-            if parameter.grad is not None:
-                parameter.grad.zero_()
+        gradients = [p.grad for p in self._parameters if p.grad is not None]
+        if gradients:
+            torch._foreach_zero_(gradients)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -24,6 +24,7 @@ from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.losses import batch_loss_function, prepare
 from gradserve.server.model_access import ModelAccess
 from gradserve.server.models import LossFunction, Model
+from gradserve.server.optimistic_train import OptimisticTrain
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.output_handles import OutputHandles
 from gradserve.server.output_passes import OutputPasses
@@ -51,7 +52,7 @@ _NOTE = (
 )
 
 
-class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
+class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticTrain):
     """One model's parameters, gradients and version, safe to call from many threads."""
 
     def __init__(
@@ -69,6 +70,16 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
         # Buffers (batch norm's statistics): kept through a refused batch, checkpointed.
         self._buffers = model_buffers(model.module)
         self._buffer_keeper = BufferKeeper(self._buffers)
+        # Train runs a request unchecked first (optimistic_train.py) where the store computes
+        # and steps itself (data parallelism's store does not) and backward() reaches exactly
+        # the parameters autograd.grad would.
+        self._optimistic = (
+            type(self)._compute is ParameterStore._compute
+            and type(self)._step is ParameterStore._step
+            and all(p.requires_grad for p in self._parameters)
+        )
+        self._gradient_copies: list[torch.Tensor] = []
+        self._buffer_copies: list[torch.Tensor] = []
         # What GetParameters and SetParameters may name: the parameters, then the buffers.
         self._tensors: dict[str, torch.Tensor] = {**self._named, **self._buffers}
         self._smallest_batch = smallest_training_batch(model)
@@ -182,6 +193,10 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
         sizes = check_steps(self.model, steps, self._smallest_batch, self.optimizer)
 
         def run() -> TrainResult:
+            if self._optimistic:
+                result = self._train_optimistically(steps, sizes)
+                if result is not None:
+                    return result
             results = []
             for index, step in enumerate(steps):
                 note = _NOTE.format(index=index, count=len(steps))

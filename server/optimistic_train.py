@@ -1,0 +1,198 @@
+"""A Train request run optimistically: its steps taken as the local loop takes them, its values
+checked once at the end, and, if any check fails, the request run again with every check.
+
+The store's Train (parameter_store.py) first copies what a request can change (RequestStart:
+parameters, .grad, buffers, optimizer state, version and counts, the RNG state that dropout
+draws from), then runs the steps the way the seed loop does: `loss.backward()` straight into
+.grad, the optimizer's step, no reduction per batch or per step. At the end it reads every loss
+and every update's gradient norm at once and checks the parameters, the optimizer state and
+.grad in one reduction. When something is not finite, or anything raised, the copy is put back
+and the request runs step by step through today's checked path, which raises the error, with
+the field, the reason and the steps before the failing one applied, exactly as before.
+
+Why one check at the end sees every step that the checked path would refuse:
+- a batch is refused when its loss, its gradient or the sum with .grad is not finite; every
+  loss is read, and a NaN/Inf gradient or an overflowing sum leaves .grad not finite until the
+  next update, whose norm (read) is then not finite, or until the end (checked);
+- an update is refused when it leaves a parameter or an optimizer-state tensor not finite; later
+  steps change these only by arithmetic that keeps NaN/Inf (`p - lr*g`, torch.optim's moments,
+  maxima and decays), so the end's check sees them;
+- the backward() sums are the same additions that the checked path makes out of place
+  (accumulation.py), and the steps' arithmetic is the same functions (updates.py): a request
+  that passes is bitwise the one the checked path would have run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gradserve.server.losses import batch_loss_function
+from gradserve.server.models import Model, all_finite_tensors
+from gradserve.server.optimizers import Optimizer
+from gradserve.server.updates import StepRollback, unchecked_step
+from gradserve.types import StepResult, TrainResult, TrainStep
+
+
+@dataclass
+class RequestStart:
+    """What a Train request can change, as it was when the request started."""
+
+    counts: tuple[int, int, int]
+    # Which parameters had a .grad (its values are in the store's gradient copies).
+    had_gradient: list[bool]
+    optimizer: object
+    rng: torch.Tensor
+    device_rng: torch.Tensor | None
+
+
+class OptimisticTrain:
+    # The ParameterStore's, set by its __init__.
+    model: Model
+    optimizer: Optimizer
+    version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    device: torch.device
+    _parameters: list[torch.nn.Parameter]
+    _buffers: dict[str, torch.Tensor]
+    _rollback: StepRollback
+    # Where RequestStart's .grad and buffer values are copied (allocated on first use; the
+    # parameters go into the rollback's copies).
+    _gradient_copies: list[torch.Tensor]
+    _buffer_copies: list[torch.Tensor]
+
+    def _train_optimistically(
+        self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]]
+    ) -> TrainResult | None:
+        """The request's result, or None with the store as the request found it when some
+        step would be refused (or raised): then the caller runs the checked path."""
+        start = self._request_start()
+        try:
+            result = self._run_unchecked(steps, sizes)
+        except Exception:  # the checked run raises it again, with its field and note
+            result = None
+        if result is None:
+            self._put_back(start)
+        return result
+
+    def _request_start(self) -> RequestStart:
+        if not self._gradient_copies:
+            self._gradient_copies = [torch.empty_like(p) for p in self._parameters]
+            self._buffer_copies = [torch.empty_like(b) for b in self._buffers.values()]
+        gradients = [p.grad for p in self._parameters]
+        had = [g is not None for g in gradients]
+        sources = [*self._parameters, *self._buffers.values()]
+        sources += [g for g in gradients if g is not None]
+        targets = [*self._rollback.parameter_copies(), *self._buffer_copies]
+        targets += [c for c, h in zip(self._gradient_copies, had, strict=True) if h]
+        with torch.no_grad():
+            torch._foreach_copy_(targets, sources)
+        device_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return RequestStart(
+            (self.version, self.accumulated_batches, self.accumulated_samples),
+            had,
+            self.optimizer.saved_state(),
+            torch.get_rng_state(),
+            device_rng,
+        )
+
+    def _put_back(self, start: RequestStart) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(
+                [*self._parameters, *self._buffers.values()],
+                [*self._rollback.parameter_copies(), *self._buffer_copies],
+            )
+            for parameter, copy, had in zip(
+                self._parameters, self._gradient_copies, start.had_gradient, strict=True
+            ):
+                parameter.grad = copy.clone() if had else None
+        self.optimizer.restore_saved_state(start.optimizer)
+        self.version, self.accumulated_batches, self.accumulated_samples = start.counts
+        torch.set_rng_state(start.rng)
+        if start.device_rng is not None:
+            torch.cuda.set_rng_state(start.device_rng, self.device)
+
+    def _run_unchecked(
+        self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]]
+    ) -> TrainResult | None:
+        model, module, device = self.model, self.model.module, self.device
+        if not module.training:
+            module.train()
+        losses: list[torch.Tensor] = []
+        norms: list[float | torch.Tensor] = []
+        # Per step: its losses' end, its version, its accumulated or applied batches, and
+        # whether it clipped (None: no update).
+        done: list[tuple[int, int, int, bool | None]] = []
+        for step, step_sizes in zip(steps, sizes, strict=True):
+            for index, (inputs, targets) in enumerate(step.batches):
+                function = model.loss.function
+                if step.batch_losses:
+                    function = batch_loss_function(model, step, index) or function
+                if inputs.device != device:
+                    inputs, targets = inputs.to(device), targets.to(device)
+                loss = function(module(inputs), targets)
+                loss.backward()
+                losses.append(loss.detach())
+            self.accumulated_batches += len(step_sizes)
+            self.accumulated_samples += sum(step_sizes)
+            if not step.apply_update:
+                done.append((len(losses), self.version, self.accumulated_batches, None))
+                continue
+            batches = self.accumulated_batches
+            if step.expected_version not in (None, self.version) or not batches:
+                return None
+            norm, clipped = unchecked_step(
+                self._parameters,
+                self.optimizer,
+                step.learning_rate,
+                step.reduction,
+                batches,
+                step.hyperparameters,
+                step.max_grad_norm,
+            )
+            self.optimizer.zero_grad()
+            norms.append(norm)
+            self.version += 1
+            self.accumulated_batches = self.accumulated_samples = 0
+            done.append((len(losses), self.version, batches, clipped))
+        return self._checked_result(losses, norms, done)
+
+    def _checked_result(
+        self,
+        losses: list[torch.Tensor],
+        norms: list[float | torch.Tensor],
+        done: list[tuple[int, int, int, bool | None]],
+    ) -> TrainResult | None:
+        loss_values, norm_values = _read(losses), iter(_read(norms))
+        if not all(map(math.isfinite, loss_values)):
+            return None
+        state = [*self._parameters, *self.optimizer.state_tensors()]
+        state += [p.grad for p in self._parameters if p.grad is not None]
+        with torch.no_grad():
+            if not all_finite_tensors(state):
+                return None
+        results = []
+        first = 0
+        for end, version, batches, clipped in done:
+            step_losses = tuple(loss_values[first:end])
+            first = end
+            if clipped is None:
+                results.append(StepResult(step_losses, version, batches))
+                continue
+            norm = next(norm_values)
+            if not math.isfinite(norm):
+                return None
+            results.append(StepResult(step_losses, version, 0, True, batches, norm, clipped))
+        return TrainResult(tuple(results))
+
+
+def _read(values: list[float | torch.Tensor] | list[torch.Tensor]) -> list[float]:
+    """Python floats of 0-d tensors (and floats), read back together where they can be."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if len(tensors) != len(values) or len({t.dtype for t in tensors}) > 1:
+        return [float(v) for v in values]
+    return torch.stack(tensors).tolist() if tensors else []

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gradserve.server.accumulation import check_loss
+from gradserve.server.buffers import BufferKeeper
 from gradserve.server.losses import batch_loss_function
 from gradserve.server.models import Model, all_finite_tensors
 from gradserve.server.optimizers import Optimizer
@@ -60,6 +62,7 @@ class OptimisticTrain:
     _parameters: list[torch.nn.Parameter]
     _buffers: dict[str, torch.Tensor]
     _rollback: StepRollback
+    _buffer_keeper: BufferKeeper
     # Where RequestStart's .grad and buffer values are copied (allocated on first use; the
     # parameters go into the rollback's copies).
     _gradient_copies: list[torch.Tensor]
@@ -82,6 +85,7 @@ class OptimisticTrain:
     def _request_start(self) -> RequestStart:
         if not self._gradient_copies:
             self._gradient_copies = [torch.empty_like(p) for p in self._parameters]
+        if len(self._buffer_copies) != len(self._buffers):
             self._buffer_copies = [torch.empty_like(b) for b in self._buffers.values()]
         gradients = [p.grad for p in self._parameters]
         had = [g is not None for g in gradients]
@@ -106,15 +110,66 @@ class OptimisticTrain:
                 [*self._parameters, *self._buffers.values()],
                 [*self._rollback.parameter_copies(), *self._buffer_copies],
             )
-            for parameter, copy, had in zip(
-                self._parameters, self._gradient_copies, start.had_gradient, strict=True
-            ):
-                parameter.grad = copy.clone() if had else None
+        self._put_gradients_back(start.had_gradient)
         self.optimizer.restore_saved_state(start.optimizer)
         self.version, self.accumulated_batches, self.accumulated_samples = start.counts
         torch.set_rng_state(start.rng)
         if start.device_rng is not None:
             torch.cuda.set_rng_state(start.device_rng, self.device)
+
+    def _put_gradients_back(self, had: Sequence[bool]) -> None:
+        for parameter, copy, present in zip(
+            self._parameters, self._gradient_copies or self._parameters, had, strict=True
+        ):
+            parameter.grad = copy.clone() if present else None
+
+    def _accumulate_optimistically(
+        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+    ) -> float | None:
+        """One ComputeGradients batch with the run's loss and weight 1, as the local loop
+        takes it: the loss checked, backward() straight into .grad, then one reduction over
+        .grad. None, with .grad, the buffers and the RNG put back, when .grad is not finite:
+        the caller's checked path (accumulation.py) then says which gradient failed or that
+        the sum overflows."""
+        gradients = [p.grad for p in self._parameters]
+        had = [g is not None for g in gradients]
+        if any(had):
+            if not self._gradient_copies:
+                self._gradient_copies = [torch.empty_like(p) for p in self._parameters]
+            with torch.no_grad():
+                torch._foreach_copy_(
+                    [c for c, h in zip(self._gradient_copies, had, strict=True) if h],
+                    [g for g in gradients if g is not None],
+                )
+        rng = torch.get_rng_state()
+        device_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        try:
+            with self._buffer_keeper.kept():
+                loss_value = self._backward_checked(inputs, targets)
+        except _NotFinite:
+            self._put_gradients_back(had)
+            torch.set_rng_state(rng)
+            if device_rng is not None:
+                torch.cuda.set_rng_state(device_rng, self.device)
+            return None
+        self.accumulated_batches += 1
+        self.accumulated_samples += batch_size
+        return loss_value
+
+    def _backward_checked(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        module = self.model.module
+        if not module.training:
+            module.train()
+        if inputs.device != self.device:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+        loss = self.model.loss.function(module(inputs), targets)
+        loss_value = loss.item()
+        check_loss(loss_value, self.version)
+        loss.backward()
+        with torch.no_grad():
+            if not all_finite_tensors([p.grad for p in self._parameters if p.grad is not None]):
+                raise _NotFinite
+        return loss_value
 
     def _run_unchecked(
         self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]]
@@ -196,3 +251,7 @@ def _read(values: list[float | torch.Tensor] | list[torch.Tensor]) -> list[float
     if len(tensors) != len(values) or len({t.dtype for t in tensors}) > 1:
         return [float(v) for v in values]
     return torch.stack(tensors).tolist() if tensors else []
+
+
+class _NotFinite(Exception):
+    """.grad is not finite after a batch's backward(): put it back, check the batch again."""

@@ -131,6 +131,17 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticTrain):
 
         def run() -> GradientResult:
             weight = 1.0 if weigh is None else weigh(self.version)
+            # The batch's own gradients (to return, or to weigh) need autograd.grad.
+            if self._optimistic and weight == 1.0 and function is None and not return_gradients:
+                fast = self._accumulate_optimistically(inputs, targets, batch_size)
+                if fast is not None:
+                    return GradientResult(
+                        loss=fast,
+                        batch_size=batch_size,
+                        accumulated_batches=self.accumulated_batches,
+                        accumulated_samples=self.accumulated_samples,
+                        model_version=self.version,
+                    )
             loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
             own: dict[str, torch.Tensor] = {}
             if return_gradients:

@@ -24,14 +24,13 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import torch
 
+from bench.baselines import local_mlp_loop, local_seed_loop
 from gradserve.client.data import seed_data
 from gradserve.server.config import ModelConfig
 from gradserve.server.model_specs import build_configured
 from gradserve.server.optimizers import build_optimizer
 from gradserve.server.parameter_store import ParameterStore
 from gradserve.types import TrainStep
-
-from bench.baselines import local_mlp_loop, local_seed_loop
 
 LEARNING_RATE = 0.01
 SEED_STEPS = 1000
@@ -54,12 +53,17 @@ def _seed_batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _mlp_batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     return [
-        (torch.randn(64, 784, generator=generator), torch.randint(0, 10, (64,), generator=generator))
+        (
+            torch.randn(64, 784, generator=generator),
+            torch.randint(0, 10, (64,), generator=generator),
+        )
         for _ in range(steps)
     ]
 
 
-def train_per_step(spec: str, optimizer: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def train_per_step(
+    spec: str, optimizer: str, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
     """µs per step of ParameterStore.train, PER_REQUEST steps per request."""
     store = _store(spec, optimizer)
     steps = [TrainStep.of([batch], learning_rate=LEARNING_RATE) for batch in batches]
@@ -70,7 +74,9 @@ def train_per_step(spec: str, optimizer: str, batches: list[tuple[torch.Tensor, 
     return (time.perf_counter() - started) / len(steps) * 1e6
 
 
-def unary_per_step(spec: str, optimizer: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def unary_per_step(
+    spec: str, optimizer: str, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
     """µs per step of compute_gradients + apply_update."""
     store = _store(spec, optimizer)
     started = time.perf_counter()
@@ -97,9 +103,9 @@ def workloads() -> dict[str, Callable[[], float]]:
         "seed compute_gradients+apply_update": lambda: unary_per_step("linear", "sgd", seed),
         "adam train (100 steps/request)": lambda: train_per_step("linear", "adam", seed),
         "adam compute_gradients+apply_update": lambda: unary_per_step("linear", "adam", seed),
-        "mlp 784-256-10 b64 local loop": lambda: local_mlp_loop((784, 256, 10), mlp)[0]
-        / MLP_STEPS
-        * 1e6,
+        "mlp 784-256-10 b64 local loop": lambda: (
+            local_mlp_loop((784, 256, 10), mlp)[0] / MLP_STEPS * 1e6
+        ),
         "mlp 784-256-10 b64 train (100 steps/request)": lambda: train_per_step(
             "mlp:784-256-10", "sgd", mlp
         ),
@@ -120,7 +126,9 @@ def main() -> None:
         for name, run in runs.items():
             figures[name].append(run())
     for name, values in figures.items():
-        print(f"{name:48s} {statistics.median(values):8.1f} µs/step  [{min(values):.1f}-{max(values):.1f}]")
+        print(
+            f"{name:48s} {statistics.median(values):8.1f} µs/step  [{min(values):.1f}-{max(values):.1f}]"
+        )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(figures, out, indent=1)

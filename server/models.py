@@ -92,8 +92,10 @@ class Model:
                 f"targets.shape: batch of {target_batch}, but inputs has {batch_size}",
                 field="targets.shape",
             )
-        if values and self.num_classes is not None and bool(
-            ((targets < 0) | (targets >= self.num_classes)).any()
+        if (
+            values
+            and self.num_classes is not None
+            and bool(((targets < 0) | (targets >= self.num_classes)).any())
         ):
             raise InvalidArgumentError(
                 f"targets.data: class indices must be in [0, {self.num_classes})",
@@ -101,9 +103,7 @@ class Model:
             )
         return batch_size
 
-    def values_fit(
-        self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
-    ) -> bool:
+    def values_fit(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> bool:
         """Whether every batch's values pass check_batch (finite floats, class indices in
         range), for batches whose dtypes and shapes it passed: a few reductions over all of
         them together instead of a few per batch. False says only that some batch fails."""
@@ -164,7 +164,8 @@ def float64_norm_tensor(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     else:
         # torch's multi-tensor norm: one call for the list, then the norm of the norms.
         together = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    return torch.linalg.vector_norm(together, dtype=torch.float64)
+    norm: torch.Tensor = torch.linalg.vector_norm(together, dtype=torch.float64)
+    return norm
 
 
 def all_finite_tensors(tensors: Sequence[torch.Tensor]) -> bool:

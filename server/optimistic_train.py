@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradserve.server.accumulation import check_loss
+from gradserve.server.accumulation import backward_into_grad, check_loss
 from gradserve.server.buffers import BufferKeeper
 from gradserve.server.losses import batch_loss_function
 from gradserve.server.models import Model, all_finite_tensors
@@ -163,9 +163,9 @@ class OptimisticTrain:
         if inputs.device != self.device:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
         loss = self.model.loss.function(module(inputs), targets)
-        loss_value = loss.item()
+        loss_value: float = loss.item()
         check_loss(loss_value, self.version)
-        loss.backward()
+        backward_into_grad(loss)
         with torch.no_grad():
             if not all_finite_tensors([p.grad for p in self._parameters if p.grad is not None]):
                 raise _NotFinite
@@ -183,14 +183,15 @@ class OptimisticTrain:
         # whether it clipped (None: no update).
         done: list[tuple[int, int, int, bool | None]] = []
         for step, step_sizes in zip(steps, sizes, strict=True):
-            for index, (inputs, targets) in enumerate(step.batches):
+            for index, (given_inputs, given_targets) in enumerate(step.batches):
                 function = model.loss.function
                 if step.batch_losses:
                     function = batch_loss_function(model, step, index) or function
+                inputs, targets = given_inputs, given_targets
                 if inputs.device != device:
                     inputs, targets = inputs.to(device), targets.to(device)
                 loss = function(module(inputs), targets)
-                loss.backward()
+                backward_into_grad(loss)
                 losses.append(loss.detach())
             self.accumulated_batches += len(step_sizes)
             self.accumulated_samples += sum(step_sizes)
@@ -204,12 +205,11 @@ class OptimisticTrain:
                 self._parameters,
                 self.optimizer,
                 step.learning_rate,
-                step.reduction,
-                batches,
-                step.hyperparameters,
-                step.max_grad_norm,
+                reduction=step.reduction,
+                batches=batches,
+                hyperparameters=step.hyperparameters,
+                max_grad_norm=step.max_grad_norm,
             )
-            self.optimizer.zero_grad()
             norms.append(norm)
             self.version += 1
             self.accumulated_batches = self.accumulated_samples = 0

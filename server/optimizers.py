@@ -33,6 +33,12 @@ class Optimizer(Protocol):
 
     def zero_grad(self) -> None: ...
 
+    # step() then zero_grad(), free to use .grad as scratch in between (it is cleared after):
+    # for callers that can put .grad back themselves (optimistic_train.py).
+    def step_and_zero_grad(
+        self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
+    ) -> None: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -53,17 +59,32 @@ class SeedSGD:
     description = "sgd"
 
     def __init__(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        self._parameters = list(parameters)
+        self._parameters: list[torch.Tensor] = list(parameters)
 
     def step(self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES) -> None:
-        stepped = [p for p in self._parameters if p.grad is not None]
+        stepped: list[torch.Tensor] = [p for p in self._parameters if p.grad is not None]
         if not stepped:
             return
+        gradients = [g for p in stepped if (g := p.grad) is not None]
         with torch.no_grad():
             # `w -= lr * w.grad`, the seed's own expression (-= is sub_), for all parameters
             # in two calls: the multi-tensor ops do the same per-tensor arithmetic.
-            scaled = torch._foreach_mul([p.grad for p in stepped], learning_rate)  # type: ignore[misc]
+            scaled = torch._foreach_mul(gradients, learning_rate)
             torch._foreach_sub_(stepped, scaled)
+
+    def step_and_zero_grad(
+        self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
+    ) -> None:
+        stepped: list[torch.Tensor] = [p for p in self._parameters if p.grad is not None]
+        if not stepped:
+            return
+        gradients = [g for p in stepped if (g := p.grad) is not None]
+        with torch.no_grad():
+            # lr * w.grad into .grad itself (the same product, without allocating), then
+            # w -= it, then zero: .grad ends as zero_grad() leaves it.
+            torch._foreach_mul_(gradients, learning_rate)
+            torch._foreach_sub_(stepped, gradients)
+            torch._foreach_zero_(gradients)
 
     def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None:
         # No param groups: every name is unknown (a spec with options serves torch.optim.SGD).
@@ -103,6 +124,12 @@ class TorchOptimizer:
             group["lr"] = learning_rate
         with overridden(self._optimizer.param_groups, hyperparameters):
             self._optimizer.step()
+
+    def step_and_zero_grad(
+        self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
+    ) -> None:
+        self.step(learning_rate, hyperparameters)
+        self.zero_grad()
 
     def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None:
         check_hyperparameters(hyperparameters, self._optimizer.param_groups, self.description)

@@ -111,6 +111,7 @@ def unchecked_step(
     parameters: Sequence[torch.Tensor],
     optimizer: Optimizer,
     learning_rate: float,
+    *,
     reduction: Reduction,
     batches: int,
     hyperparameters: Hyperparameters = NO_OVERRIDES,
@@ -119,7 +120,7 @@ def unchecked_step(
     """StepRollback.step's arithmetic without its checks and copies, for a Train request run
     optimistically (optimistic_train.py checks the request's results once and, when they are
     not all finite, puts the request's start back and runs it again through StepRollback).
-    Returns (the norm before clipping, maybe unread; whether it clipped)."""
+    Returns (the norm before clipping, maybe unread; whether it clipped); .grad is cleared."""
     if reduction is Reduction.MEAN:
         divide_gradients(parameters, batches)
     clipped = False
@@ -127,7 +128,7 @@ def unchecked_step(
         norm: float | torch.Tensor = total_norm_unread(parameters)
     else:
         norm, clipped = clip_gradients(parameters, max_grad_norm)
-    optimizer.step(learning_rate, hyperparameters)
+    optimizer.step_and_zero_grad(learning_rate, hyperparameters)
     return norm, clipped
 
 

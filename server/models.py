@@ -110,8 +110,11 @@ class Model:
         for tensors, spec in ((inputs, self.input), (targets, self.target)):
             if not tensors or not spec.dtype.is_floating_point:
                 continue
+            if sum(t.numel() for t in tensors) > _CONCATENATED_ELEMENTS:
+                if not all_finite_tensors(tensors):  # a sum each: no copy of large batches
+                    return False
             # Same dtype and sample shape (checked): they concatenate along the batch dim.
-            if not all_finite(tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))):
+            elif not all_finite(tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))):
                 return False
         if self.num_classes is not None and targets:
             together = targets[0] if len(targets) == 1 else torch.cat(list(targets))
@@ -181,7 +184,8 @@ def all_finite_tensors(tensors: Sequence[torch.Tensor]) -> bool:
     ):
         total = _sum(torch.cat([t if t.dim() == 1 else t.reshape(-1) for t in floats]))
     else:
-        total = torch.stack([_sum(t).double() for t in floats]).sum()
+        sums = torch.stack([_sum(t) for t in floats])  # promoted to the widest dtype
+        total = sums.sum(dtype=torch.float64)
     if math.isfinite(total.item()):
         return True
     return all(bool(torch.isfinite(t).all()) for t in floats)

@@ -136,11 +136,10 @@ class OptimisticTrain:
         if any(had):
             if not self._gradient_copies:
                 self._gradient_copies = [torch.empty_like(p) for p in self._parameters]
-            with torch.no_grad():
-                torch._foreach_copy_(
-                    [c for c, h in zip(self._gradient_copies, had, strict=True) if h],
-                    [g for g in gradients if g is not None],
-                )
+            torch._foreach_copy_(  # .grad needs no grad: no no_grad() here
+                [c for c, h in zip(self._gradient_copies, had, strict=True) if h],
+                [g for g in gradients if g is not None],
+            )
         rng = torch.get_rng_state()
         device_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         try:
@@ -166,9 +165,8 @@ class OptimisticTrain:
         loss_value: float = loss.item()
         check_loss(loss_value, self.version)
         backward_into_grad(loss)
-        with torch.no_grad():
-            if not all_finite_tensors([p.grad for p in self._parameters if p.grad is not None]):
-                raise _NotFinite
+        if not all_finite_tensors([p.grad for p in self._parameters if p.grad is not None]):
+            raise _NotFinite
         return loss_value
 
     def _run_unchecked(

@@ -94,6 +94,20 @@ def local_seed_per_step(steps: int) -> float:
     return seconds / steps * 1e6
 
 
+def local_adam_per_step(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The seed loop with torch.optim.Adam: backward, step, zero_grad (set_to_none)."""
+    data = seed_data(0)
+    w = data.initial_w.clone().requires_grad_(True)
+    b = data.initial_b.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([w, b], lr=LEARNING_RATE)
+    started = time.perf_counter()
+    for inputs, targets in batches:
+        ((w * inputs + b - targets) ** 2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return (time.perf_counter() - started) / len(batches) * 1e6
+
+
 def workloads() -> dict[str, Callable[[], float]]:
     seed = _seed_batches(SEED_STEPS)
     mlp = _mlp_batches(MLP_STEPS)
@@ -101,6 +115,7 @@ def workloads() -> dict[str, Callable[[], float]]:
         "seed local loop": lambda: local_seed_per_step(SEED_STEPS),
         "seed train (100 steps/request)": lambda: train_per_step("linear", "sgd", seed),
         "seed compute_gradients+apply_update": lambda: unary_per_step("linear", "sgd", seed),
+        "adam local loop (torch.optim.Adam)": lambda: local_adam_per_step(seed),
         "adam train (100 steps/request)": lambda: train_per_step("linear", "adam", seed),
         "adam compute_gradients+apply_update": lambda: unary_per_step("linear", "adam", seed),
         "mlp 784-256-10 b64 local loop": lambda: (

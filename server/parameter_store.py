@@ -2,8 +2,10 @@
 
 Plain torch, no protobuf. The rule for concurrent calls: every ComputeGradients that returns
 has added its batch's gradients; an update applies everything that finished before it took the
-lock; a rejected call changes nothing (checks run before any state is touched). The pieces live
-beside it: accumulation.py (one batch into .grad), updates.py (the step's arithmetic),
+lock; a rejected call changes nothing (checks run before any state is touched, or what a call
+ran optimistically is put back). The pieces live beside it: optimistic_train.py (Train and
+ComputeGradients as the local loop runs them, checked once), accumulation.py (one batch into
+.grad, checked), updates.py (the step's arithmetic),
 train_steps.py (Train's checks), parameter_access.py (parameter checks), graph_trace.py
 (DescribeGraph), request_ids.py (replays), state_transfer.py (checkpoints in and out).
 """

@@ -33,7 +33,7 @@ import torch
 from gradserve.server.accumulation import backward_into_grad, check_loss
 from gradserve.server.buffers import BufferKeeper
 from gradserve.server.losses import batch_loss_function
-from gradserve.server.models import Model, all_finite_tensors
+from gradserve.server.models import Model, all_finite_tensors, float64_norm
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.updates import StepRollback, unchecked_step
 from gradserve.types import StepResult, TrainResult, TrainStep
@@ -67,6 +67,10 @@ class OptimisticTrain:
     # parameters go into the rollback's copies).
     _gradient_copies: list[torch.Tensor]
     _buffer_copies: list[torch.Tensor]
+    # Whether a batch's .grad check is its float64 norm (small float32/16 models), and the
+    # last such norm with the .grad tensors and versions it was taken of.
+    _norm_checks: bool
+    _known_norm: tuple[float, list[torch.Tensor], list[int]] | None
 
     def _train_optimistically(
         self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]]
@@ -165,9 +169,33 @@ class OptimisticTrain:
         loss_value: float = loss.item()
         check_loss(loss_value, self.version)
         backward_into_grad(loss)
-        if not all_finite_tensors([p.grad for p in self._parameters if p.grad is not None]):
+        present = [g for p in self._parameters if (g := p.grad) is not None]
+        if not self._norm_checks:
+            if not all_finite_tensors(present):
+                raise _NotFinite
+            return loss_value
+        # Small float32/16 gradients: their float64 norm costs what the sum check costs and is
+        # finite exactly when they are; an update that finds .grad unchanged answers it.
+        norm = float64_norm(present)
+        if not math.isfinite(norm):
             raise _NotFinite
+        self._known_norm = (norm, present, [g._version for g in present])
         return loss_value
+
+    def _take_known_norm(self) -> float | None:
+        """The norm the last batch found, if .grad is still what it left (the same tensors,
+        not changed in place since: torch counts in-place changes in `_version`)."""
+        known, self._known_norm = self._known_norm, None
+        if known is None:
+            return None
+        norm, tensors, versions = known
+        present = [g for p in self._parameters if (g := p.grad) is not None]
+        if len(present) != len(tensors):
+            return None
+        for gradient, tensor, version in zip(present, tensors, versions, strict=True):
+            if gradient is not tensor or gradient._version != version:
+                return None
+        return norm
 
     def _run_unchecked(
         self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]]

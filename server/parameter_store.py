@@ -25,7 +25,7 @@ from gradserve.server.error_scope import scoped
 from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.losses import batch_loss_function, prepare
 from gradserve.server.model_access import ModelAccess
-from gradserve.server.models import LossFunction, Model
+from gradserve.server.models import CONCATENATED_ELEMENTS, LossFunction, Model
 from gradserve.server.optimistic_train import OptimisticTrain
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.output_handles import OutputHandles
@@ -82,6 +82,12 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticTrain):
         )
         self._gradient_copies: list[torch.Tensor] = []
         self._buffer_copies: list[torch.Tensor] = []
+        self._norm_checks = sum(
+            p.numel() for p in self._parameters
+        ) <= CONCATENATED_ELEMENTS and all(
+            p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self._parameters
+        )
+        self._known_norm = None
         # What GetParameters and SetParameters may name: the parameters, then the buffers.
         self._tensors: dict[str, torch.Tensor] = {**self._named, **self._buffers}
         self._smallest_batch = smallest_training_batch(model)
@@ -288,7 +294,12 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticTrain):
                 reason="NOTHING_ACCUMULATED",
             )
         norm, clipped = self._rollback.step(
-            learning_rate, reduction, self.accumulated_batches, hyperparameters, max_grad_norm
+            learning_rate,
+            reduction,
+            self.accumulated_batches,
+            hyperparameters,
+            max_grad_norm,
+            known_norm=self._take_known_norm(),
         )
         self.optimizer.zero_grad()
         batches, samples = self.accumulated_batches, self.accumulated_samples

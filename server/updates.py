@@ -151,11 +151,19 @@ class StepRollback:
         batches: int,
         hyperparameters: Hyperparameters = NO_OVERRIDES,
         max_grad_norm: float | None = None,
+        *,
+        known_norm: float | None = None,
     ) -> tuple[float, bool]:
         """One step with the accumulated .grad, reduced, then clipped to `max_grad_norm` when
         set; returns (the norm before clipping, whether it clipped). Raises
         FailedPreconditionError, changing nothing, when the gradients, the stepped parameters
-        or the optimizer state would not be finite."""
+        or the optimizer state would not be finite. `known_norm`: total_norm of .grad as it
+        is now (finite), used where reducing leaves .grad as it is."""
+        # MEAN over one batch and no clipping leave .grad as it is: its norm is known.
+        unchanged = max_grad_norm is None and (reduction is Reduction.SUM or batches == 1)
+        if known_norm is not None and unchanged:
+            self._stepped(learning_rate, hyperparameters)
+            return known_norm, False
         replaced = reduction is Reduction.MEAN or max_grad_norm is not None
         accumulated = [p.grad for p in self._parameters] if replaced else []
         if reduction is Reduction.MEAN:

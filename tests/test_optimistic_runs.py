@@ -182,3 +182,36 @@ def test_every_update_answers_its_float64_gradient_norm() -> None:
             for parameter in local.parameters():
                 parameter.sub_(0.1 * parameter.grad)
                 parameter.grad.zero_()
+
+
+def test_the_norm_a_batch_found_is_answered_only_while_grad_is_unchanged() -> None:
+    """ComputeGradients keeps the float64 norm its check computed; an update answers it only
+    if nothing changed .grad since (another batch by any path, a discard)."""
+    data = seed_data(0)
+    x, y = data.dataset.inputs, data.dataset.targets
+    store = make_store("linear")
+    w = data.initial_w.clone().requires_grad_()
+    b = data.initial_b.clone().requires_grad_()
+    store.set_parameters([("w", w.detach().clone()), ("b", b.detach().clone())])
+
+    def local_norm() -> float:
+        return torch.linalg.vector_norm(torch.cat([w.grad, b.grad]).double()).item()  # type: ignore[list-item]
+
+    def local_batch(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        ((w * inputs + b - targets) ** 2).mean().backward()
+
+    # Optimistic, then the checked path (returned gradients), then an output pass.
+    store.compute_gradients(x[:10], y[:10])
+    local_batch(x[:10], y[:10])
+    store.compute_gradients(x[10:20], y[10:20], return_gradients=True)
+    local_batch(x[10:20], y[10:20])
+    assert store.apply_update(0.0).gradient_norm == local_norm()
+    w.grad, b.grad = None, None
+    store.compute_gradients(x[20:30], y[20:30])
+    local_batch(x[20:30], y[20:30])
+    handle = store.compute_outputs(x[30:40]).handle
+    outputs = w.detach() * x[30:40] + b.detach()
+    seed = 2 * (outputs - y[30:40]) / 10
+    store.backward_outputs(handle, seed, 0.0)
+    (w * x[30:40] + b).backward(seed)
+    assert store.apply_update(0.0).gradient_norm == local_norm()

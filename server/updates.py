@@ -201,10 +201,12 @@ class StepRollback:
             what = "the parameters"
             try:
                 self._optimizer.step(learning_rate, hyperparameters)
+                # One reduction over both; which one failed is looked up only then.
+                state = self._optimizer.state_tensors()
+                if all_finite_tensors([*self._parameters, *state]):
+                    return
                 if all_finite_tensors(self._parameters):
                     what = "the optimizer state"
-                    if all_finite_tensors(self._optimizer.state_tensors()):
-                        return
             except RuntimeError as error:
                 # torch.optim refuses a rate its dtype cannot hold, perhaps mid-step.
                 if "overflow" not in str(error):

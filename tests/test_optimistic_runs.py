@@ -73,6 +73,16 @@ def test_a_seed_train_step_costs_about_the_local_loops_torch_ops() -> None:
     # detached; per request, the start copy and the checks. It was 38 ops against 24.
     assert ours <= theirs + 3 * len(steps), (ours, theirs)
 
+    def unary() -> None:
+        for inputs, targets in batches:
+            store.compute_gradients(inputs, targets)
+            store.apply_update(0.01)
+
+    # The checks each call makes before it returns: inputs and targets (a sum each), .grad
+    # (its norm, which the update answers), the stepped parameters (a sum), the loss read
+    # back, and the copies a refusal puts back. It was 14 ops more per step.
+    assert _ops(unary) <= theirs + 10 * len(batches), (_ops(unary), theirs)
+
 
 def test_a_refused_step_in_a_long_request_leaves_what_the_checked_path_leaves() -> None:
     """Dropout draws from torch's RNG and batch norm updates its buffers in every forward

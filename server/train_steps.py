@@ -39,7 +39,7 @@ def check_steps(
         sizes, inputs, targets = _checked(model, steps, smallest_batch, optimizer, values=False)
         if model.values_fit(inputs, targets):
             return sizes
-    except GradserveError:
+    except (GradserveError, RuntimeError):  # RuntimeError: batches on several devices
         pass
     return _checked(model, steps, smallest_batch, optimizer, values=True)[0]
 

@@ -34,7 +34,7 @@ class Optimizer(Protocol):
     def zero_grad(self) -> None: ...
 
     # step() then zero_grad(), free to use .grad as scratch in between (it is cleared after):
-    # for callers that can put .grad back themselves (optimistic_train.py).
+    # for callers that can put .grad back themselves (optimistic_runs.py).
     def step_and_zero_grad(
         self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
     ) -> None: ...

@@ -3,7 +3,7 @@
 Plain torch, no protobuf. The rule for concurrent calls: every ComputeGradients that returns
 has added its batch's gradients; an update applies everything that finished before it took the
 lock; a rejected call changes nothing (checks run before any state is touched, or what a call
-ran optimistically is put back). The pieces live beside it: optimistic_train.py (Train and
+ran optimistically is put back). The pieces live beside it: optimistic_runs.py (Train and
 ComputeGradients as the local loop runs them, checked once), accumulation.py (one batch into
 .grad, checked), updates.py (the step's arithmetic),
 train_steps.py (Train's checks), parameter_access.py (parameter checks), graph_trace.py
@@ -26,7 +26,7 @@ from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.losses import batch_loss_function, prepare
 from gradserve.server.model_access import ModelAccess
 from gradserve.server.models import CONCATENATED_ELEMENTS, LossFunction, Model
-from gradserve.server.optimistic_train import OptimisticTrain
+from gradserve.server.optimistic_runs import OptimisticRuns
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.output_handles import OutputHandles
 from gradserve.server.output_passes import OutputPasses
@@ -54,7 +54,7 @@ _NOTE = (
 )
 
 
-class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticTrain):
+class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns):
     """One model's parameters, gradients and version, safe to call from many threads."""
 
     def __init__(
@@ -72,7 +72,7 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticTrain):
         # Buffers (batch norm's statistics): kept through a refused batch, checkpointed.
         self._buffers = model_buffers(model.module)
         self._buffer_keeper = BufferKeeper(self._buffers)
-        # Train runs a request unchecked first (optimistic_train.py) where the store computes
+        # Train runs a request unchecked first (optimistic_runs.py) where the store computes
         # and steps itself (data parallelism's store does not) and backward() reaches exactly
         # the parameters autograd.grad would.
         self._optimistic = (

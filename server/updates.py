@@ -96,7 +96,7 @@ def total_norm(parameters: Sequence[torch.Tensor]) -> float:
 
 def total_norm_unread(parameters: Sequence[torch.Tensor]) -> float | torch.Tensor:
     """total_norm, as a 0-d tensor not yet read back where it is one reduction (no float64
-    gradient), so that a Train request reads all its norms at once (optimistic_train.py)."""
+    gradient), so that a Train request reads all its norms at once (optimistic_runs.py)."""
     gradients = [p.grad for p in parameters if p.grad is not None]
     if not gradients:
         return 0.0
@@ -118,7 +118,7 @@ def unchecked_step(
     max_grad_norm: float | None = None,
 ) -> tuple[float | torch.Tensor, bool]:
     """StepRollback.step's arithmetic without its checks and copies, for a Train request run
-    optimistically (optimistic_train.py checks the request's results once and, when they are
+    optimistically (optimistic_runs.py checks the request's results once and, when they are
     not all finite, puts the request's start back and runs it again through StepRollback).
     Returns (the norm before clipping, maybe unread; whether it clipped); .grad is cleared."""
     if reduction is Reduction.MEAN:
@@ -188,7 +188,7 @@ class StepRollback:
 
     def parameter_copies(self) -> list[torch.Tensor]:
         """The tensors a step copies the parameters into, allocated on first use. A Train
-        request's start (optimistic_train.py) is kept in them too: it is put back before any
+        request's start (optimistic_runs.py) is kept in them too: it is put back before any
         checked step runs, so one copy of the parameters serves both."""
         if not self._copies:
             self._copies = [torch.empty_like(p) for p in self._parameters]

@@ -1,4 +1,4 @@
-"""Train and ComputeGradients run optimistically (server/optimistic_train.py): what a refused
+"""Train and ComputeGradients run optimistically (server/optimistic_runs.py): what a refused
 step leaves is what the checked path leaves, torch's RNG included, and a passing step costs
 about the torch ops of the local loop. Local torch is the oracle."""
 

@@ -1,5 +1,5 @@
-"""A Train request run optimistically: its steps taken as the local loop takes them, its values
-checked once at the end, and, if any check fails, the request run again with every check.
+"""Train requests and ComputeGradients batches run optimistically: taken as the local loop takes
+them, their values checked once at the end, and, if a check fails, run again with every check.
 
 The store's Train (parameter_store.py) first copies what a request can change (RequestStart:
 parameters, .grad, buffers, optimizer state, version and counts, the RNG state that dropout
@@ -9,6 +9,10 @@ and every update's gradient norm at once and checks the parameters, the optimize
 .grad in one reduction. When something is not finite, or anything raised, the copy is put back
 and the request runs step by step through today's checked path, which raises the error, with
 the field, the reason and the steps before the failing one applied, exactly as before.
+
+A ComputeGradients batch (the run's loss, weight 1, no returned gradients) is the same in
+small: .grad copied, the loss checked, backward() into .grad, one check of .grad; when it fails,
+.grad, the buffers and the RNG go back and accumulation.py's checked path names the culprit.
 
 Why one check at the end sees every step that the checked path would refuse:
 - a batch is refused when its loss, its gradient or the sum with .grad is not finite; every
@@ -51,7 +55,7 @@ class RequestStart:
     device_rng: torch.Tensor | None
 
 
-class OptimisticTrain:
+class OptimisticRuns:
     # The ParameterStore's, set by its __init__.
     model: Model
     optimizer: Optimizer
@@ -122,9 +126,9 @@ class OptimisticTrain:
             torch.cuda.set_rng_state(start.device_rng, self.device)
 
     def _put_gradients_back(self, had: Sequence[bool]) -> None:
-        for parameter, copy, present in zip(
-            self._parameters, self._gradient_copies or self._parameters, had, strict=True
-        ):
+        # No copies are allocated while no parameter ever had a .grad: then none gets one.
+        copies = self._gradient_copies or self._parameters
+        for parameter, copy, present in zip(self._parameters, copies, had, strict=True):
             parameter.grad = copy.clone() if present else None
 
     def _accumulate_optimistically(
@@ -155,6 +159,9 @@ class OptimisticTrain:
             if device_rng is not None:
                 torch.cuda.set_rng_state(device_rng, self.device)
             return None
+        except Exception:  # a refused loss, or torch failing mid-backward: .grad as it was
+            self._put_gradients_back(had)
+            raise
         self.accumulated_batches += 1
         self.accumulated_samples += batch_size
         return loss_value

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradserve.client.data import seed_data
@@ -225,3 +227,131 @@ def test_the_norm_a_batch_found_is_answered_only_while_grad_is_unchanged() -> No
     store.backward_outputs(handle, seed, 0.0)
     (w * x[30:40] + b).backward(seed)
     assert store.apply_update(0.0).gradient_norm == local_norm()
+
+
+# Batches for mlp:2-3-1:dropout=0.3 with mse: ordinary, a loss that overflows (finite targets
+# of 1e20), and ordinary with a huge learning rate chosen per step below.
+def _batch(kind: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = torch.randn(4, 2, generator=generator)
+    if kind == "inf loss":
+        return inputs, torch.full((4, 1), 1e20)
+    return inputs, torch.randn(4, 1, generator=generator)
+
+
+STEP = st.tuples(
+    st.lists(st.sampled_from(["ok"] * 6 + ["inf loss"]), min_size=1, max_size=2),
+    st.sampled_from([None, 0.05, 0.05, 0.05, 1e300]),  # None: no update; 1e300 overflows
+    st.sampled_from(["sum", "mean"]),
+    st.sampled_from([None, None, 0.5]),  # clipping
+    st.sampled_from([None, None, 0, 3]),  # expected_version
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    optimizer=st.sampled_from(["sgd", "adam", "sgd:momentum=0.9"]),
+    requests=st.lists(st.lists(STEP, min_size=1, max_size=4), min_size=1, max_size=3),
+)
+def test_optimistic_runs_answer_and_leave_exactly_what_the_checked_path_does(
+    optimizer: str, requests: list[list[tuple[Any, ...]]]
+) -> None:
+    """The same requests against a store that runs optimistically and one held to the checked
+    path: the same results or the same error (type, field, message), and then the same
+    parameters, .grad, optimizer state, buffers, counts and RNG state."""
+    stores = [make_store("mlp:2-3-1:dropout=0.3", "mse", optimizer) for _ in range(2)]
+    stores[1]._optimistic = False  # the checked path, as before optimistic runs
+    generator = torch.Generator().manual_seed(9)
+    built = []
+    for request in requests:
+        steps = []
+        for kinds, rate, reduction, clip, version in request:
+            batches = [_batch(kind, generator) for kind in kinds]
+            steps.append(
+                TrainStep.of(batches, rate, reduction, version, max_grad_norm=clip)
+                if rate is not None
+                else TrainStep.of(batches)
+            )
+        built.append(steps)
+    outcomes: list[list[object]] = [[], []]
+    for index, store in enumerate(stores):
+        torch.manual_seed(21)
+        for steps in built:
+            try:
+                outcomes[index].append(store.train(steps))
+            except (FailedPreconditionError, VersionConflictError) as error:
+                event(f"refused: {type(error).__name__} {error.field}")
+                outcomes[index].append((type(error), error.field, str(error)))
+            outcomes[index].append(torch.get_rng_state())
+    for mine, theirs in zip(*outcomes, strict=True):
+        if isinstance(mine, torch.Tensor):
+            assert torch.equal(mine, theirs)
+        else:
+            assert mine == theirs
+    optimistic, checked = (store.export_state() for store in stores)
+    assert stores[0].snapshot() == stores[1].snapshot()
+    for name, value in checked.parameters.items():
+        assert torch.equal(optimistic.parameters[name], value), name
+    assert optimistic.gradients.keys() == checked.gradients.keys()
+    for name, value in checked.gradients.items():
+        assert torch.equal(optimistic.gradients[name], value), name
+    for name, value in checked.buffers.items():
+        assert torch.equal(optimistic.buffers[name], value), name
+    for key, entries in checked.optimizer.get("state", {}).items():
+        for field, value in entries.items():
+            mine_value = optimistic.optimizer["state"][key][field]
+            assert (
+                torch.equal(mine_value, value)
+                if isinstance(value, torch.Tensor)
+                else (mine_value == value)
+            ), (key, field)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(
+    optimizer=st.sampled_from(["sgd", "adam"]),
+    calls=st.lists(
+        st.sampled_from(["ok", "ok", "huge", "inf loss", "apply", "apply", "apply huge rate"]),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_optimistic_compute_gradients_match_the_checked_path(
+    optimizer: str, calls: list[str]
+) -> None:
+    """ComputeGradients and ApplyUpdate on the seed model from w = b = 0: batches whose
+    gradient is finite but whose sum with .grad overflows (`huge` twice), losses that are not
+    finite, steps that overflow; both stores answer and end alike."""
+    stores = [make_store("linear", optimizer=optimizer) for _ in range(2)]
+    stores[1]._optimistic = False
+    generator = torch.Generator().manual_seed(3)
+    outcomes: list[list[object]] = [[], []]
+    for index, store in enumerate(stores):
+        store.set_parameters([("w", torch.zeros(1)), ("b", torch.zeros(1))])
+        for call in calls:
+            try:
+                if call.startswith("apply"):
+                    rate = 1e300 if call == "apply huge rate" else 0.01
+                    outcomes[index].append(store.apply_update(rate))
+                    continue
+                if call == "huge":  # loss 1e38, d/dw -2e38 at w = b = 0: finite, twice not
+                    inputs, targets = torch.tensor([[-1e19]]), torch.tensor([[-1e19]])
+                elif call == "inf loss":
+                    inputs, targets = (
+                        torch.rand(3, 1, generator=generator),
+                        torch.full((3, 1), 1e20),
+                    )
+                else:
+                    inputs, targets = (torch.rand(3, 1, generator=generator) for _ in range(2))
+                outcomes[index].append(store.compute_gradients(inputs, targets))
+            except FailedPreconditionError as error:
+                event(f"refused: {error.field} {error.reason}")
+                outcomes[index].append((error.field, error.reason, str(error)))
+        generator.manual_seed(3)
+    assert outcomes[0] == outcomes[1]
+    optimistic, checked = (store.export_state() for store in stores)
+    assert stores[0].snapshot() == stores[1].snapshot()
+    for name, value in checked.parameters.items():
+        assert torch.equal(optimistic.parameters[name], value), name
+    assert optimistic.gradients.keys() == checked.gradients.keys()
+    for name, value in checked.gradients.items():
+        assert torch.equal(optimistic.gradients[name], value), name

@@ -6,6 +6,7 @@ The learning rate is not part of the spec: every ApplyUpdate brings its own.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
@@ -33,6 +34,12 @@ class Optimizer(Protocol):
 
     def zero_grad(self) -> None: ...
 
+    # step() then zero_grad(), free to use .grad as scratch in between (it is cleared after):
+    # for callers that can put .grad back themselves (optimistic_runs.py).
+    def step_and_zero_grad(
+        self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
+    ) -> None: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -47,29 +54,51 @@ class Optimizer(Protocol):
     def state_tensors(self) -> list[torch.Tensor]: ...
 
 
+_ALREADY_NO_GRAD = contextlib.nullcontext()
+
+
 class SeedSGD:
     """Plain SGD written as the seed loop writes it, so remote results are bitwise local ones."""
 
     description = "sgd"
 
     def __init__(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        self._parameters = list(parameters)
+        self._parameters: list[torch.Tensor] = list(parameters)
 
     def step(self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES) -> None:
+        stepped: list[torch.Tensor] = [p for p in self._parameters if p.grad is not None]
+        if not stepped:
+            return
+        gradients = [g for p in stepped if (g := p.grad) is not None]
+        # StepRollback steps under no_grad() already: entering it again costs ~1.5 us.
+        with torch.no_grad() if torch.is_grad_enabled() else _ALREADY_NO_GRAD:
+            # `w -= lr * w.grad`, the seed's own expression (-= is sub_), for all parameters
+            # in two calls: the multi-tensor ops do the same per-tensor arithmetic.
+            scaled = torch._foreach_mul(gradients, learning_rate)
+            torch._foreach_sub_(stepped, scaled)
+
+    def step_and_zero_grad(
+        self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
+    ) -> None:
+        stepped: list[torch.Tensor] = [p for p in self._parameters if p.grad is not None]
+        if not stepped:
+            return
+        gradients = [g for p in stepped if (g := p.grad) is not None]
         with torch.no_grad():
-            for parameter in self._parameters:
-                if parameter.grad is not None:
-                    # `w -= lr * w.grad`, the seed's own expression (-= is sub_).
-                    parameter.sub_(learning_rate * parameter.grad)
+            # lr * w.grad into .grad itself (the same product, without allocating), then
+            # w -= it, then zero: .grad ends as zero_grad() leaves it.
+            torch._foreach_mul_(gradients, learning_rate)
+            torch._foreach_sub_(stepped, gradients)
+            torch._foreach_zero_(gradients)
 
     def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None:
         # No param groups: every name is unknown (a spec with options serves torch.optim.SGD).
         check_hyperparameters(hyperparameters, (), "sgd (the seed's w -= lr * w.grad)")
 
     def zero_grad(self) -> None:
-        for parameter in self._parameters:
-            if parameter.grad is not None:
-                parameter.grad.zero_()
+        gradients = [p.grad for p in self._parameters if p.grad is not None]
+        if gradients:
+            torch._foreach_zero_(gradients)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -100,6 +129,12 @@ class TorchOptimizer:
             group["lr"] = learning_rate
         with overridden(self._optimizer.param_groups, hyperparameters):
             self._optimizer.step()
+
+    def step_and_zero_grad(
+        self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES
+    ) -> None:
+        self.step(learning_rate, hyperparameters)
+        self.zero_grad()
 
     def check_hyperparameters(self, hyperparameters: Hyperparameters) -> None:
         check_hyperparameters(hyperparameters, self._optimizer.param_groups, self.description)

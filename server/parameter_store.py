@@ -2,8 +2,10 @@
 
 Plain torch, no protobuf. The rule for concurrent calls: every ComputeGradients that returns
 has added its batch's gradients; an update applies everything that finished before it took the
-lock; a rejected call changes nothing (checks run before any state is touched). The pieces live
-beside it: accumulation.py (one batch into .grad), updates.py (the step's arithmetic),
+lock; a rejected call changes nothing (checks run before any state is touched, or what a call
+ran optimistically is put back). The pieces live beside it: optimistic_runs.py (Train and
+ComputeGradients as the local loop runs them, checked once), accumulation.py (one batch into
+.grad, checked), updates.py (the step's arithmetic),
 train_steps.py (Train's checks), parameter_access.py (parameter checks), graph_trace.py
 (DescribeGraph), request_ids.py (replays), state_transfer.py (checkpoints in and out).
 """
@@ -23,7 +25,8 @@ from gradserve.server.error_scope import scoped
 from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.losses import batch_loss_function, prepare
 from gradserve.server.model_access import ModelAccess
-from gradserve.server.models import LossFunction, Model
+from gradserve.server.models import CONCATENATED_ELEMENTS, LossFunction, Model
+from gradserve.server.optimistic_runs import OptimisticRuns
 from gradserve.server.optimizers import Optimizer
 from gradserve.server.output_handles import OutputHandles
 from gradserve.server.output_passes import OutputPasses
@@ -51,7 +54,7 @@ _NOTE = (
 )
 
 
-class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
+class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns):
     """One model's parameters, gradients and version, safe to call from many threads."""
 
     def __init__(
@@ -69,6 +72,22 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
         # Buffers (batch norm's statistics): kept through a refused batch, checkpointed.
         self._buffers = model_buffers(model.module)
         self._buffer_keeper = BufferKeeper(self._buffers)
+        # Train runs a request unchecked first (optimistic_runs.py) where the store computes
+        # and steps itself (data parallelism's store does not) and backward() reaches exactly
+        # the parameters autograd.grad would.
+        self._optimistic = (
+            type(self)._compute is ParameterStore._compute
+            and type(self)._step is ParameterStore._step
+            and all(p.requires_grad for p in self._parameters)
+        )
+        self._gradient_copies: list[torch.Tensor] = []
+        self._buffer_copies: list[torch.Tensor] = []
+        self._norm_checks = sum(
+            p.numel() for p in self._parameters
+        ) <= CONCATENATED_ELEMENTS and all(
+            p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self._parameters
+        )
+        self._known_norm = None
         # What GetParameters and SetParameters may name: the parameters, then the buffers.
         self._tensors: dict[str, torch.Tensor] = {**self._named, **self._buffers}
         self._smallest_batch = smallest_training_batch(model)
@@ -120,6 +139,17 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
 
         def run() -> GradientResult:
             weight = 1.0 if weigh is None else weigh(self.version)
+            # The batch's own gradients (to return, or to weigh) need autograd.grad.
+            if self._optimistic and weight == 1.0 and function is None and not return_gradients:
+                fast = self._accumulate_optimistically(inputs, targets, batch_size)
+                if fast is not None:
+                    return GradientResult(
+                        loss=fast,
+                        batch_size=batch_size,
+                        accumulated_batches=self.accumulated_batches,
+                        accumulated_samples=self.accumulated_samples,
+                        model_version=self.version,
+                    )
             loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
             own: dict[str, torch.Tensor] = {}
             if return_gradients:
@@ -182,6 +212,10 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
         sizes = check_steps(self.model, steps, self._smallest_batch, self.optimizer)
 
         def run() -> TrainResult:
+            if self._optimistic:
+                result = self._train_optimistically(steps, sizes)
+                if result is not None:
+                    return result
             results = []
             for index, step in enumerate(steps):
                 note = _NOTE.format(index=index, count=len(steps))
@@ -260,7 +294,12 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess):
                 reason="NOTHING_ACCUMULATED",
             )
         norm, clipped = self._rollback.step(
-            learning_rate, reduction, self.accumulated_batches, hyperparameters, max_grad_norm
+            learning_rate,
+            reduction,
+            self.accumulated_batches,
+            hyperparameters,
+            max_grad_norm,
+            known_norm=self._take_known_norm(),
         )
         self.optimizer.zero_grad()
         batches, samples = self.accumulated_batches, self.accumulated_samples

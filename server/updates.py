@@ -10,7 +10,7 @@ import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
 from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
-from gradserve.server.models import all_finite_tensors, float64_norm
+from gradserve.server.models import all_finite_tensors, float64_norm, float64_norm_tensor
 from gradserve.server.optimizers import Optimizer
 from gradserve.types import Reduction
 
@@ -91,12 +91,45 @@ def divide_gradients(parameters: Sequence[torch.Tensor], batches: int) -> None:
 
 def total_norm(parameters: Sequence[torch.Tensor]) -> float:
     """The accumulated gradients' 2-norm, reduced in float64."""
+    return float(total_norm_unread(parameters))
+
+
+def total_norm_unread(parameters: Sequence[torch.Tensor]) -> float | torch.Tensor:
+    """total_norm, as a 0-d tensor not yet read back where it is one reduction (no float64
+    gradient), so that a Train request reads all its norms at once (optimistic_runs.py)."""
     gradients = [p.grad for p in parameters if p.grad is not None]
+    if not gradients:
+        return 0.0
     wide = [g for g in gradients if g.dtype == torch.float64]
     if not wide:
-        return float64_norm(gradients)
+        return float64_norm_tensor(gradients)
     narrow = float64_norm([g for g in gradients if g.dtype != torch.float64])
     return math.hypot(narrow, *(torch.linalg.vector_norm(g).item() for g in wide))
+
+
+def unchecked_step(
+    parameters: Sequence[torch.Tensor],
+    optimizer: Optimizer,
+    learning_rate: float,
+    *,
+    reduction: Reduction,
+    batches: int,
+    hyperparameters: Hyperparameters = NO_OVERRIDES,
+    max_grad_norm: float | None = None,
+) -> tuple[float | torch.Tensor, bool]:
+    """StepRollback.step's arithmetic without its checks and copies, for a Train request run
+    optimistically (optimistic_runs.py checks the request's results once and, when they are
+    not all finite, puts the request's start back and runs it again through StepRollback).
+    Returns (the norm before clipping, maybe unread; whether it clipped); .grad is cleared."""
+    if reduction is Reduction.MEAN:
+        divide_gradients(parameters, batches)
+    clipped = False
+    if max_grad_norm is None:
+        norm: float | torch.Tensor = total_norm_unread(parameters)
+    else:
+        norm, clipped = clip_gradients(parameters, max_grad_norm)
+    optimizer.step_and_zero_grad(learning_rate, hyperparameters)
+    return norm, clipped
 
 
 class StepRollback:
@@ -118,11 +151,19 @@ class StepRollback:
         batches: int,
         hyperparameters: Hyperparameters = NO_OVERRIDES,
         max_grad_norm: float | None = None,
+        *,
+        known_norm: float | None = None,
     ) -> tuple[float, bool]:
         """One step with the accumulated .grad, reduced, then clipped to `max_grad_norm` when
         set; returns (the norm before clipping, whether it clipped). Raises
         FailedPreconditionError, changing nothing, when the gradients, the stepped parameters
-        or the optimizer state would not be finite."""
+        or the optimizer state would not be finite. `known_norm`: total_norm of .grad as it
+        is now (finite), used where reducing leaves .grad as it is."""
+        # MEAN over one batch and no clipping leave .grad as it is: its norm is known.
+        unchanged = max_grad_norm is None and (reduction is Reduction.SUM or batches == 1)
+        if known_norm is not None and unchanged:
+            self._stepped(learning_rate, hyperparameters)
+            return known_norm, False
         replaced = reduction is Reduction.MEAN or max_grad_norm is not None
         accumulated = [p.grad for p in self._parameters] if replaced else []
         if reduction is Reduction.MEAN:
@@ -145,19 +186,27 @@ class StepRollback:
             raise
         return norm, clipped
 
+    def parameter_copies(self) -> list[torch.Tensor]:
+        """The tensors a step copies the parameters into, allocated on first use. A Train
+        request's start (optimistic_runs.py) is kept in them too: it is put back before any
+        checked step runs, so one copy of the parameters serves both."""
+        if not self._copies:
+            self._copies = [torch.empty_like(p) for p in self._parameters]
+        return self._copies
+
     def _stepped(self, learning_rate: float, hyperparameters: Hyperparameters) -> None:
         with torch.no_grad():
-            if not self._copies:
-                self._copies = [torch.empty_like(p) for p in self._parameters]
-            torch._foreach_copy_(self._copies, self._parameters)
+            torch._foreach_copy_(self.parameter_copies(), self._parameters)
             saved = self._optimizer.saved_state()
             what = "the parameters"
             try:
                 self._optimizer.step(learning_rate, hyperparameters)
+                # One reduction over both; which one failed is looked up only then.
+                state = self._optimizer.state_tensors()
+                if all_finite_tensors([*self._parameters, *state]):
+                    return
                 if all_finite_tensors(self._parameters):
                     what = "the optimizer state"
-                    if all_finite_tensors(self._optimizer.state_tensors()):
-                        return
             except RuntimeError as error:
                 # torch.optim refuses a rate its dtype cannot hold, perhaps mid-step.
                 if "overflow" not in str(error):

@@ -21,8 +21,9 @@ import signal
 import struct
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 import torch
@@ -56,7 +57,7 @@ class _SeedArithmetic:
         self.w = torch.zeros(1, requires_grad=True)
         self.b = torch.zeros(1, requires_grad=True)
 
-    def init(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def init(self, request: bytes, context: Any) -> bytes:
         values = torch.frombuffer(bytearray(request), dtype=torch.float32)
         with self.lock, torch.no_grad():
             self.w.copy_(values[0:1])
@@ -64,7 +65,7 @@ class _SeedArithmetic:
             self.w.grad = self.b.grad = None
         return bytes(8)
 
-    def compute(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def compute(self, request: bytes, context: Any) -> bytes:
         both = torch.frombuffer(request, dtype=torch.float32)
         half = both.numel() // 2
         x, y = both[:half].reshape(-1, 1), both[half:].reshape(-1, 1)
@@ -73,7 +74,7 @@ class _SeedArithmetic:
             loss.backward()
             return struct.pack("<d", loss.item())
 
-    def apply(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def apply(self, request: bytes, context: Any) -> bytes:
         (learning_rate,) = struct.unpack("<d", request)
         with self.lock, torch.no_grad():
             for parameter in (self.w, self.b):
@@ -82,18 +83,32 @@ class _SeedArithmetic:
                 parameter.grad.zero_()
             return bytes(8)
 
-    def parameters(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def parameters(self, request: bytes, context: Any) -> bytes:
         with self.lock:
             return self.w.detach().numpy().tobytes() + self.b.detach().numpy().tobytes()
 
 
-def build_handler() -> grpc.GenericRpcHandler:
+def unary_behaviours() -> dict[str, Callable[[bytes, Any], bytes]]:
+    """The unary methods by name, as plain functions (bench/aio_servers.py serves the same ones
+    on grpc.aio)."""
     payloads = _Payloads()
     seed = _SeedArithmetic()
 
-    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+    def unary(request: bytes, context: Any) -> bytes:
         (size,) = struct.unpack_from("<Q", request)
         return payloads.get(size)
+
+    return {
+        "Unary": unary,
+        "Init": seed.init,
+        "Compute": seed.compute,
+        "Apply": seed.apply,
+        "Parameters": seed.parameters,
+    }
+
+
+def build_handler() -> grpc.GenericRpcHandler:
+    payloads = _Payloads()
 
     def download(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         total, chunk = struct.unpack("<QQ", request)
@@ -106,18 +121,13 @@ def build_handler() -> grpc.GenericRpcHandler:
         whole = b"".join(requests)
         return struct.pack("<Q", len(whole))
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Unary": grpc.unary_unary_rpc_method_handler(unary),
-            "Download": grpc.unary_stream_rpc_method_handler(download),
-            "Upload": grpc.stream_unary_rpc_method_handler(upload),
-            "Init": grpc.unary_unary_rpc_method_handler(seed.init),
-            "Compute": grpc.unary_unary_rpc_method_handler(seed.compute),
-            "Apply": grpc.unary_unary_rpc_method_handler(seed.apply),
-            "Parameters": grpc.unary_unary_rpc_method_handler(seed.parameters),
-        },
-    )
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(behaviour)
+        for name, behaviour in unary_behaviours().items()
+    }
+    handlers["Download"] = grpc.unary_stream_rpc_method_handler(download)
+    handlers["Upload"] = grpc.stream_unary_rpc_method_handler(upload)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 def main() -> int:

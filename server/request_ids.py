@@ -10,6 +10,7 @@ payload: the same id with another payload is INVALID_ARGUMENT naming `request_id
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
-from gradserve.types import FINGERPRINT_OMITTED_AT_DEFAULT
+from gradserve.types import FINGERPRINT_OMITTED_AT_DEFAULT, FINGERPRINT_STANDS_IN_FOR
 
 MAX_REQUEST_ID_BYTES = 128
 DEFAULT_WINDOW = 1024
@@ -41,18 +42,66 @@ def check_request_id(request_id: str) -> None:
 
 
 def fingerprint(*parts: object) -> str:
-    """A 128-bit digest of a request's decoded fields: tensors by dtype, shape and bytes."""
+    """A 128-bit digest of a request's decoded fields: tensors by dtype, shape and bytes.
+
+    Checkpoints keep these digests, so the bytes fed for each part never change
+    (tests/test_request_ids.py pins some); the tables below only make them faster to build."""
     digest = hashlib.blake2b(digest_size=16)
     for part in parts:
         _feed(digest, part)
     return digest.hexdigest()
 
 
+# Types whose part is its repr (checked first: dataclasses.is_dataclass alone cost more than
+# hashing a seed batch). Enum members' reprs and tensors' dtype-and-shape headers are made once;
+# each table is cleared when it grows past _MAX_CACHED (a client choosing new shapes cannot grow
+# it without bound).
+_PLAIN = frozenset((bool, int, float, str, bytes, type(None), dict))
+_MAX_CACHED = 1024
+_HEADERS: dict[tuple[torch.dtype, torch.Size], bytes] = {}
+_REPRS: dict[enum.Enum, bytes] = {}
+_FIELDS: dict[type, tuple[bytes, tuple[tuple[str, object, str], ...]]] = {}
+_KEPT = object()  # a field fed whatever its value
+
+
+def _fields_of(kind: type) -> tuple[bytes, tuple[tuple[str, object, str], ...]]:
+    """The dataclass's header and, per field: its name, the default at which it is left out
+    (_KEPT: never), and the field whose items its non-None items stand in for ('' if none)."""
+    fields = _FIELDS.get(kind)
+    if fields is None:
+        if len(_FIELDS) >= _MAX_CACHED:
+            _FIELDS.clear()
+        described = tuple(
+            (
+                item.name,
+                item.default if item.metadata.get(FINGERPRINT_OMITTED_AT_DEFAULT) else _KEPT,
+                str(item.metadata.get(FINGERPRINT_STANDS_IN_FOR, "")),
+            )
+            for item in dataclasses.fields(kind)
+        )
+        fields = _FIELDS[kind] = (f"{kind.__name__}{{".encode(), described)
+    return fields
+
+
+def _cached(table: dict[Any, bytes], key: Any, make: Callable[[], str]) -> bytes:
+    value = table.get(key)
+    if value is None:
+        if len(table) >= _MAX_CACHED:
+            table.clear()
+        value = table[key] = make().encode()
+    return value
+
+
 def _feed(digest: Any, part: object) -> None:
-    if isinstance(part, torch.Tensor):
-        digest.update(f"T{part.dtype}{part.shape}:".encode())
-        if part.device.type == "cpu" and part.dtype in _NUMPY_READS and part.is_contiguous():
-            digest.update(part.detach().numpy())  # the common case, without a copy
+    kind = type(part)
+    if kind in _PLAIN:
+        digest.update(f"{part!r};".encode())
+    elif isinstance(part, torch.Tensor):
+        digest.update(_cached(_HEADERS, (part.dtype, part.shape),
+                              lambda: f"T{part.dtype}{part.shape}:"))  # fmt: skip
+        if part.is_cpu and part.dtype in _NUMPY_READS and part.is_contiguous():
+            # The common case, without a copy.
+            digest.update((part.detach() if part.requires_grad else part).numpy())
         else:
             flat = part.detach().to("cpu").contiguous().reshape(-1)
             digest.update(flat.view(torch.uint8).numpy())
@@ -60,25 +109,53 @@ def _feed(digest: Any, part: object) -> None:
         digest.update(f"({len(part)}:".encode())
         for item in part:
             _feed(digest, item)
+    elif isinstance(part, enum.Enum):
+        digest.update(_cached(_REPRS, part, lambda: f"{part!r};"))
     elif dataclasses.is_dataclass(part) and not isinstance(part, type):
-        digest.update(f"{type(part).__name__}{{".encode())
-        for item in dataclasses.fields(part):
-            value = getattr(part, item.name)
+        header, fields = _fields_of(kind)
+        digest.update(header)
+        standing_in = {
+            target: getattr(part, name)
+            for name, _, target in fields
+            if target and getattr(part, name)
+        }
+        for name, omitted_at, target in fields:
+            if target:
+                continue  # fed in place of its target's items, below
+            value = getattr(part, name)
             # A field added later, at its default, is left out: fingerprints that checkpoints
             # kept from before it existed still match.
-            if item.metadata.get(FINGERPRINT_OMITTED_AT_DEFAULT) and value == item.default:
+            if omitted_at is not _KEPT and value == omitted_at:
                 continue
+            if name in standing_in:
+                value = tuple(
+                    item if stand_in is None else stand_in
+                    for item, stand_in in zip(value, standing_in[name], strict=True)
+                )
             _feed(digest, value)
     else:
         digest.update(f"{part!r};".encode())
 
 
+# Result type -> (has `gradients`, has `steps`): a getattr that misses raises inside, which cost
+# more per call than the rest of a put. Result types are the project's few, not a client's.
+_PAYLOAD_FIELDS: dict[type, tuple[bool, bool]] = {}
+
+
 def payload_bytes(result: object) -> int:
     """The bytes a result holds beyond its fixed fields: what the byte budget counts."""
-    gradients: Mapping[str, torch.Tensor] = getattr(result, "gradients", None) or {}
-    total = sum(tensor.numel() * tensor.element_size() for tensor in gradients.values())
-    steps: Sequence[Any] = getattr(result, "steps", None) or ()
-    return total + sum(_FLOAT_BYTES * len(step.losses) for step in steps)
+    kind = type(result)
+    has = _PAYLOAD_FIELDS.get(kind)
+    if has is None:
+        has = _PAYLOAD_FIELDS[kind] = (hasattr(result, "gradients"), hasattr(result, "steps"))
+    total = 0
+    if has[0]:
+        gradients: Mapping[str, torch.Tensor] = getattr(result, "gradients", None) or {}
+        total = sum(tensor.numel() * tensor.element_size() for tensor in gradients.values())
+    if has[1]:
+        steps: Sequence[Any] = getattr(result, "steps", None) or ()
+        total += sum(_FLOAT_BYTES * len(step.losses) for step in steps)
+    return total
 
 
 @dataclass
@@ -141,7 +218,9 @@ class RequestIdWindow:
     def put(self, method: str, request_id: str, result: Any | None, digest: str = "") -> None:
         if not request_id or self.capacity <= 0:
             return
-        window = self._windows.setdefault(method, OrderedDict())
+        window = self._windows.get(method)
+        if window is None:
+            window = self._windows[method] = OrderedDict()
         self._forget(method, window.pop(request_id, None))
         size = 0 if result is None else payload_bytes(result)
         window[request_id] = Remembered(digest, result, size)

@@ -124,3 +124,20 @@ def test_each_server_exports_the_process_collectors(make_server) -> None:
             for sample in family.samples
         ]
         assert info and info[0].labels["implementation"]
+
+
+def test_each_outcome_is_counted_once_with_its_latency(server, stub) -> None:
+    # The interceptor's three ways out of a unary call: an answer, a project error (here the
+    # bytes do not parse, which it rejects before the servicer runs) and a bug.
+    with grpc.insecure_channel(server.address) as channel:
+        raw = channel.unary_unary(f"/{SERVICE}/ComputeGradients")
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(b"\xff\xff\xff", timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    compute(stub, *linear_batch(4))
+    assert handled(server, "ComputeGradients", "INVALID_ARGUMENT") == 1
+    assert handled(server, "ComputeGradients", "OK") == 1
+    assert sample(server, "gradserve_rejected_requests_total", grpc_method="ComputeGradients",
+                  reason="INVALID_ARGUMENT") == 1  # fmt: skip
+    latency = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "ComputeGradients"}
+    assert sample(server, "grpc_server_handling_seconds_count", **latency) == 2

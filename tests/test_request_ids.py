@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 from helpers import Snapshot, apply, compute, linear_batch, set_parameters
 
+from gradserve.server import request_ids
+from gradserve.server.request_ids import fingerprint
+from gradserve.types import BatchLoss, Reduction
+
 
 def replayed(server, method: str) -> float:
     value = server.metrics.registry.get_sample_value(
@@ -78,3 +82,26 @@ def test_calls_without_an_id_are_never_replayed(server, stub) -> None:
     assert compute(stub, *batch).accumulated_batches == 1
     assert compute(stub, *batch).accumulated_batches == 2
     assert replayed(server, "ComputeGradients") == 0
+
+
+def test_fingerprints_are_the_digests_checkpoints_keep() -> None:
+    # Checkpoints store each remembered request's fingerprint: these digests were made by the
+    # first implementation, and a restarted server must make the same ones for the same payload.
+    x = torch.arange(10, dtype=torch.float32).reshape(10, 1)
+    y = x * 2
+    pinned = {
+        "e561171ad8a4442478b6622a7282336d": (x, y, False),
+        "dce089230ab0cb419d0d568278833184": (0.01, Reduction.SUM, None, {}, None),
+        "12f777b32191e07ccc5ca811d8622c55": ((x, [y.double(), 3]), "s", True, b"b"),
+        "7f5055c89a9e9489e36ce3a8dc91c1a4": (x.to(torch.bfloat16), x.t()),
+        "ff562d6dea7cae0e8d00a6163759b29e": (torch.empty(0, 3),),
+        "fa84ad6ea969f21ae23f6dc459e4a749": (BatchLoss(sample_weights=x.reshape(-1)),),
+    }
+    for _ in range(2):  # the second time from the cached headers and reprs
+        for digest, parts in pinned.items():
+            assert fingerprint(*parts) == digest
+    assert fingerprint(x.requires_grad_(True), y, False) == "e561171ad8a4442478b6622a7282336d"
+    # A client sending ever new shapes cannot grow the header table without bound.
+    for rows in range(1, 3 * request_ids._MAX_CACHED):
+        fingerprint(torch.zeros(rows))
+    assert len(request_ids._HEADERS) <= request_ids._MAX_CACHED

@@ -269,6 +269,7 @@ def train_step_from_proto(
     without it they are kept as `dataset_batches`."""
     batches: list[tuple[torch.Tensor, torch.Tensor]] = []
     named: list[DatasetBatch] = []
+    named_as: list[DatasetBatch | None] = []
     for number, batch in enumerate(message.batches):
         where = f"{field}.batches[{number}]"
         if batch.HasField("dataset"):
@@ -283,7 +284,9 @@ def train_step_from_proto(
                 named.append(chosen)
             else:
                 batches.append(resolve(chosen, f"{where}.dataset"))
+                named_as.append(chosen)
             continue
+        named_as.append(None)
         batches.append(
             (
                 tensor_from_proto(batch.inputs, f"{where}.inputs", max_elements),
@@ -293,6 +296,7 @@ def train_step_from_proto(
     return TrainStep(
         batches=tuple(batches),
         dataset_batches=tuple(named),
+        named_as=tuple(named_as) if any(named_as) else (),
         apply_update=message.apply_update,
         learning_rate=message.learning_rate,
         reduction=reduction_from_proto(message.reduction, f"{field}.reduction"),

@@ -13,7 +13,9 @@ from enum import Enum
 
 import torch
 
-FINGERPRINT_OMITTED_AT_DEFAULT = "omitted_at_default"  # field metadata: server/request_ids.py
+# Field metadata read by the server's request-id fingerprints (server/request_ids.py).
+FINGERPRINT_OMITTED_AT_DEFAULT = "omitted_at_default"  # left out while at its default
+FINGERPRINT_STANDS_IN_FOR = "stands_in_for"  # its non-None items replace the named field's
 
 
 class Reduction(Enum):
@@ -203,6 +205,13 @@ class TrainStep:
     # request-id fingerprints leave the field out when empty, as before it existed).
     dataset_batches: tuple[DatasetBatch, ...] = field(
         default=(), metadata={FINGERPRINT_OMITTED_AT_DEFAULT: True}
+    )
+    # Server side, per batch of `batches`: the dataset samples it was gathered from (None: sent
+    # inline); empty when every batch was inline. A request id's fingerprint takes these in
+    # place of the gathered tensors: naming the same samples is the same payload, and hashing
+    # a 200 KB gathered batch cost a tenth of an MLP step.
+    named_as: tuple[DatasetBatch | None, ...] = field(
+        default=(), metadata={FINGERPRINT_STANDS_IN_FOR: "batches"}
     )
 
     @classmethod

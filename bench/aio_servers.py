@@ -115,6 +115,9 @@ def _adapted(behaviour: Callable[[Any, Any], Any], method: str, metrics: ServerM
     return call
 
 
+RAW_RESPONSES = frozenset({"GetParameters"})
+
+
 def gradserve_handler(argv: Sequence[str]) -> grpc.GenericRpcHandler:
     """Every unary GradientService method over the servicer, runs and store of server/app.py."""
     config = parse_args(argv)
@@ -138,7 +141,10 @@ def gradserve_handler(argv: Sequence[str]) -> grpc.GenericRpcHandler:
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             _adapted(getattr(servicer, method.name), method.name, metrics),
             request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
+            # GetParameters answers bytes already serialised (server/raw_handlers.py).
+            response_serializer=(
+                None if method.name in RAW_RESPONSES else response.SerializeToString
+            ),
         )
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 

@@ -25,13 +25,14 @@ def params(settings: object) -> list[Row]:
 
 
 def _params(repeats: int, env: Mapping[str, str], label: str) -> list[Row]:
-    get_target = "≥ 1 GB/s, ≥ 0.83 (≤ 1.2x bare time)"
+    # Issue 5's for the stream; issue 18's for one message and for the upload.
+    stream_target = "≥ 1 GB/s, ≥ 0.83 (≤ 1.2x bare time)"
     stream_get = Row(
         "params",
         f"StreamParameters 134 MB, 4 MiB chunks{label}",
         "GB/s",
         "bare stream, same chunks",
-        target=get_target,
+        target=stream_target,
         check=lambda ours, ratio: ours >= 1.0 and ratio >= 1 / 1.2,
     )
     unary_get = Row(
@@ -39,14 +40,16 @@ def _params(repeats: int, env: Mapping[str, str], label: str) -> list[Row]:
         f"GetParameters 134 MB, one message (limit 256 MiB){label}",
         "GB/s",
         "bare one message",
-        target=get_target,
-        check=lambda ours, ratio: ours >= 1.0 and ratio >= 1 / 1.2,
+        target="≥ 0.7x bare",
+        check=lambda ours, ratio: ratio >= 0.7,
     )
     upload = Row(
         "params",
         f"UploadParameters 134 MB, 4 MiB chunks{label}",
         "GB/s",
         "bare stream, same chunks",
+        target="≥ 0.9x bare",
+        check=lambda ours, ratio: ratio >= 0.9,
     )
     with (
         gradserve_server(BIG_MODEL, "--max-message-bytes", str(LIMIT), env=env) as server,

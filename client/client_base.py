@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -163,3 +163,9 @@ class ClientBase:
                 if error.code() is not grpc.StatusCode.UNAVAILABLE or attempt >= max_attempts:
                     raise error_from_rpc(error) from None
             time.sleep(self.retry.backoff(attempt))
+
+    def _call_stream(self, method: Callable[..., T], messages: Callable[[], Iterator[Any]]) -> T:
+        """A client-streaming RPC under _call's deadline and retries: `messages()` makes the
+        request stream anew for every attempt (an iterator the failed attempt used up cannot
+        be sent again)."""
+        return self._call(lambda _, **options: method(messages(), **options), None)

@@ -10,14 +10,10 @@ UNAVAILABLE like the other calls.
 
 from __future__ import annotations
 
-import time
-
-import grpc
 import torch
 
 from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.client.client_base import ClientBase
-from gradserve.client.errors import error_from_rpc
 from gradserve.serde_datasets import (
     dataset_summary_from_proto,
     upload_requests,
@@ -40,24 +36,13 @@ class DatasetCalls(ClientBase):
         """Keep `inputs` [N, ...] and `targets` [N, ...] on the server as dataset `name` of
         this client's run. Other content under a name the run holds is ALREADY_EXISTS unless
         `replace`; over the server's dataset budget, RESOURCE_EXHAUSTED (nothing kept)."""
-        attempt = 0
-        while True:
-            messages = upload_requests(
+        response = self._call_stream(
+            self._stub.UploadDataset,
+            lambda: upload_requests(
                 name, inputs, targets, run=self.run, replace=replace, chunk_bytes=chunk_bytes
-            )
-            try:
-                response = self._stub.UploadDataset(
-                    messages, timeout=self.timeout, metadata=self._metadata
-                )
-                return upload_result_from_proto(response)
-            except grpc.RpcError as error:
-                attempt += 1
-                if (
-                    error.code() is not grpc.StatusCode.UNAVAILABLE
-                    or attempt >= self.retry.max_attempts
-                ):
-                    raise error_from_rpc(error) from None
-            time.sleep(self.retry.backoff(attempt))
+            ),
+        )
+        return upload_result_from_proto(response)
 
     def list_datasets(self) -> tuple[list[DatasetSummary], int]:
         """(the run's datasets by name, bytes of datasets the server can take now)."""

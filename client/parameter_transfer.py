@@ -8,7 +8,6 @@ writable tensor of its own, gradserve.huge_pages), instead of protobuf's three o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Mapping
 
 import grpc
@@ -102,16 +101,4 @@ class ParameterTransfer(ClientBase):
                 else:
                     yield from tensor_to_wire_chunks(name, value, chunk_bytes)
 
-        attempt = 0
-        while True:
-            try:
-                response = call(chunks(), timeout=self.timeout, metadata=self._metadata)
-                return int(response.model_version)
-            except grpc.RpcError as error:
-                attempt += 1
-                if (
-                    error.code() is not grpc.StatusCode.UNAVAILABLE
-                    or attempt >= self.retry.max_attempts
-                ):
-                    raise error_from_rpc(error) from None
-            time.sleep(self.retry.backoff(attempt))
+        return int(self._call_stream(call, chunks).model_version)

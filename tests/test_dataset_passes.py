@@ -121,12 +121,18 @@ def test_an_mlp_pass_is_bitwise_inline_steps(make_server) -> None:
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_a_step_that_is_refused_mid_pass_fails_as_the_same_steps(make_server) -> None:
-    """Sample 55's target makes its batch's loss overflow: step 5 of batches of 10 is refused,
-    the five before it stay applied and the refused batch is not kept, on either path."""
+@pytest.mark.parametrize(("big_target", "lr", "refused"), [(True, SEED_LR, 5), (False, 1e36, 1)])
+def test_a_step_that_is_refused_mid_pass_fails_as_the_same_steps(
+    make_server, big_target: bool, lr: float, refused: int
+) -> None:
+    """Sample 55's target makes its batch's loss overflow: step 5 of batches of 10 is refused.
+    Or the rate makes the first update's parameters huge and the next step overflows: with
+    no norms asked, what the pass skips is the norm that would have seen it. Either way the
+    steps before stay applied and the refused batch is not kept, on either path."""
     seed = seed_data(0).dataset
     targets = seed.targets.clone()
-    targets[55] = 1e20
+    if big_target:
+        targets[55] = 1e20
     errors, states = [], []
     for as_pass in (True, False):
         server = make_server()
@@ -135,10 +141,10 @@ def test_a_step_that_is_refused_mid_pass_fails_as_the_same_steps(make_server) ->
             before = client.model_info().model_version
             with pytest.raises(FailedPreconditionError) as raised:
                 if as_pass:
-                    client.train_pass(DatasetPass("seed", 10, SEED_LR, count=100))
+                    client.train_pass(DatasetPass("seed", 10, lr, count=100))
                 else:
                     steps = [
-                        TrainStep((), True, SEED_LR, dataset_batches=(DatasetBatch("seed", start=s, count=10),))
+                        TrainStep((), True, lr, dataset_batches=(DatasetBatch("seed", start=s, count=10),))
                         for s in range(0, 100, 10)
                     ]  # fmt: skip
                     list(client.train_stream([steps]))
@@ -148,14 +154,14 @@ def test_a_step_that_is_refused_mid_pass_fails_as_the_same_steps(make_server) ->
                            client.get_parameters()[1]))  # fmt: skip
     on_pass, on_steps = errors
     assert on_pass.field == on_steps.field and on_pass.reason == on_steps.reason
-    assert on_pass.message.startswith("dataset_pass.steps[5]: ")
-    assert on_steps.message.startswith("steps[5]: ")
+    assert on_pass.message.startswith(f"dataset_pass.steps[{refused}]: ")
+    assert on_steps.message.startswith(f"steps[{refused}]: ")
     assert (
         on_pass.message.split(": ", 1)[1].split(" (")[0]
         == (on_steps.message.split(": ", 1)[1].split(" (")[0])
     )
     (applied, accumulated, values), (applied_too, accumulated_too, values_too) = states
-    assert (applied, accumulated) == (applied_too, accumulated_too) == (5, 0)
+    assert (applied, accumulated) == (applied_too, accumulated_too) == (refused, 0)
     assert all(torch.equal(values[n], values_too[n]) for n in values)
 
 

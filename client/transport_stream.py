@@ -24,6 +24,7 @@ from gradserve.client.transport import OutOfStep, StepDone, TrainingDiverged
 from gradserve.client.transport_unary import UnaryTransport
 from gradserve.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
     VersionConflictError,
@@ -68,10 +69,23 @@ class StreamTransport:
             )
             return
         streamed = False
+        next_step = first_step
         try:
             for done in self._stream(plan, first_step, start_version, pause_at_epoch_end):
                 streamed = True
+                next_step = done.step.number + 1
                 yield done
+        except InvalidArgumentError as error:
+            # A server that predates dataset passes ignores the field and finds a request
+            # without steps, refused before any of it ran (and the stream ended there): the
+            # rest of the run goes as steps.
+            if not (self.dataset_passes and error.field == "steps" and "no steps" in error.message):
+                raise
+            logger.warning("the server takes no dataset passes (%s); sending steps", error.message)
+            self.dataset_passes = False
+            yield from self.run(
+                plan, next_step, start_version, pause_at_epoch_end=pause_at_epoch_end
+            )
         except ResourceExhaustedError as error:
             # The server had all its --max-streams open and refused this one before reading
             # a request: nothing ran, so the same steps go over the unary calls instead.

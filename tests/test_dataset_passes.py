@@ -9,6 +9,7 @@ import grpc
 import pytest
 import torch
 from helpers import TIMEOUT, Snapshot, field_violations
+from proxy import FaultyProxy
 from test_train_cli import assert_parameters_equal, seed_loop
 from test_train_cli import train as cli_train
 
@@ -253,3 +254,21 @@ def test_the_trainer_sends_passes_with_its_data_on_the_server(server) -> None:
     done = cli_train("--server", server.address, "--epochs", "3", "--data-on-server", "off")
     assert done.returncode == 0, done.stderr
     assert server.metrics.registry.get_sample_value("gradserve_dataset_pass_steps_total") == 30
+
+
+def without_dataset_pass(method: str, message: bytes) -> bytes:
+    """A Train request as a server that predates dataset passes reads it: no such field."""
+    if method != "Train":
+        return message
+    request = pb.TrainRequest.FromString(message)
+    request.ClearField("dataset_pass")
+    return request.SerializeToString()
+
+
+def test_a_server_without_passes_gets_steps_and_the_run_ends_bitwise(server) -> None:
+    with FaultyProxy(server.address, rewrite_stream_requests=without_dataset_pass) as proxy:
+        done = cli_train("--server", proxy.address, "--epochs", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "the server takes no dataset passes" in done.stderr
+    assert_parameters_equal(done.summary(), seed_loop(epochs=3))
+    assert server.metrics.registry.get_sample_value("gradserve_dataset_pass_steps_total") == 0

@@ -24,8 +24,11 @@ from gradserve.client.retry import NO_RETRY, RetryPolicy, new_request_id
 from gradserve.client.run_calls import RunCalls
 from gradserve.codec import tensor_into_proto, tensor_to_proto
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
+from gradserve.errors import UnavailableError
+from gradserve.pass_types import DatasetPass, PassResult
 from gradserve.serde_datasets import dataset_batch_into_proto
 from gradserve.serde_losses import batch_loss, batch_loss_into_proto
+from gradserve.serde_passes import dataset_pass_into_proto, pass_result_from_proto
 from gradserve.types import (
     DatasetBatch,
     EvaluationResult,
@@ -52,6 +55,7 @@ __all__ = [
     "NO_RETRY",
     "SERVICE_NAME",
     "DatasetBatch",
+    "DatasetPass",
     "EvaluationResult",
     "GradientClient",
     "GradientResult",
@@ -61,6 +65,7 @@ __all__ = [
     "GraphNode",
     "ModelInfo",
     "NodeKind",
+    "PassResult",
     "Reduction",
     "RetryPolicy",
     "RunSummary",
@@ -212,7 +217,7 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
 
     def train_stream(
         self,
-        requests: Iterable[Sequence[TrainStep]],
+        requests: Iterable[Sequence[TrainStep] | DatasetPass],
         *,
         window: int = 8,
         timeout: float | None = None,
@@ -220,15 +225,39 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         """Run groups of steps over one Train stream, at most `window` groups in flight.
 
         Yields each group's results in order. The same arithmetic as the unary calls, with one
-        round trip per group instead of two per step. `timeout` bounds the whole stream
-        (default: the client's timeout per group of the window, at least an hour)."""
+        round trip per group instead of two per step. A group may be a DatasetPass (steps over
+        an uploaded dataset named in one message, docs/datasets.md): its answer comes as the
+        results of the equivalent steps. `timeout` bounds the whole stream (default: the
+        client's timeout per group of the window, at least an hour)."""
+        for response in self._train_responses(requests, window, timeout):
+            if response.HasField("pass_result"):
+                yield pass_result_from_proto(response.pass_result).step_results()
+            else:
+                yield [serde.step_result_from_proto(result) for result in response.steps]
+
+    def train_pass(self, descriptor: DatasetPass, *, timeout: float | None = None) -> PassResult:
+        """One dataset pass, its answer packed (per-step losses; norms when asked)."""
+        # Read to the stream's end: leaving early would cancel it under the server.
+        answers = list(self._train_responses([descriptor], 1, timeout or self.timeout))
+        if not answers:
+            raise UnavailableError("Train: the stream ended without an answer")
+        return pass_result_from_proto(answers[0].pass_result)
+
+    def _train_responses(
+        self,
+        requests: Iterable[Sequence[TrainStep] | DatasetPass],
+        window: int,
+        timeout: float | None,
+    ) -> Iterator[pb.TrainResponse]:
         slots = threading.Semaphore(window)
         finished = threading.Event()
         # gRPC reads `requests` on a thread of its own and turns what it raises into UNKNOWN
         # "Exception iterating requests!": keep the caller's error and raise it here instead.
         failures: list[Exception] = []
 
-        def caught(steps_iterable: Iterable[Sequence[TrainStep]]) -> Iterator[Sequence[TrainStep]]:
+        def caught(
+            steps_iterable: Iterable[Sequence[TrainStep] | DatasetPass],
+        ) -> Iterator[Sequence[TrainStep] | DatasetPass]:
             try:
                 yield from steps_iterable
             except Exception as error:  # the caller's own (bad data, say): half-close, re-raise
@@ -242,11 +271,12 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
                         return
                 if finished.is_set():
                     return
-                yield pb.TrainRequest(
-                    steps=[serde.train_step_to_proto(step) for step in steps],
-                    request_id=new_request_id(),
-                    run=self.run,
-                )
+                request = pb.TrainRequest(request_id=new_request_id(), run=self.run)
+                if isinstance(steps, DatasetPass):
+                    dataset_pass_into_proto(steps, request.dataset_pass)
+                else:
+                    request.steps.extend(serde.train_step_to_proto(step) for step in steps)
+                yield request
 
         call = self._stub.Train(
             gated(), timeout=timeout or max(3600.0, self.timeout), metadata=self._metadata
@@ -254,7 +284,7 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         try:
             for response in call:
                 slots.release()
-                yield [serde.step_result_from_proto(result) for result in response.steps]
+                yield response
         except grpc.RpcError as error:
             if failures:
                 raise failures[0] from None

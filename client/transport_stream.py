@@ -2,8 +2,10 @@
 
 Requests hold up to `steps_per_request` steps (and REQUEST_BYTES of batches) and span epochs,
 except where the caller pauses at the end of each epoch; up to `window` requests are in
-flight. The server runs the unary calls' arithmetic, so the parameters are bitwise the unary
-transport's, with one round trip per request instead of two per step. With an EXACT plan every
+flight; a request whose steps each name one batch of the dataset on the server, with one
+learning rate, goes as one DatasetPass (client/dataset_passes.py). The server runs the unary
+calls' arithmetic, so the parameters are bitwise the unary transport's, with one round trip
+per request instead of two per step. With an EXACT plan every
 step carries its expected_version; a broken stream is OutOfStep and the loop resumes it.
 """
 
@@ -15,16 +17,19 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
+from gradserve.client.dataset_passes import as_pass, one_batch_size
 from gradserve.client.gradient_client import GradientClient
 from gradserve.client.plan import PlannedStep, StepPlan, Versioning
 from gradserve.client.transport import OutOfStep, StepDone, TrainingDiverged
 from gradserve.client.transport_unary import UnaryTransport
 from gradserve.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
     VersionConflictError,
 )
+from gradserve.pass_types import DatasetPass
 from gradserve.types import TrainStep
 
 logger = logging.getLogger(__name__)
@@ -43,8 +48,12 @@ class StreamTransport:
         steps_per_request: int,
         window: int,
         named_request_bytes: int = NAMED_REQUEST_BYTES,
+        dataset_passes: bool = True,
     ) -> None:
+        """`dataset_passes`: send a request whose steps can be one DatasetPass as one
+        (client/dataset_passes.py)."""
         self.client = client
+        self.dataset_passes = dataset_passes
         self.steps_per_request = steps_per_request
         self.window = window
         self.named_request_bytes = named_request_bytes
@@ -60,10 +69,23 @@ class StreamTransport:
             )
             return
         streamed = False
+        next_step = first_step
         try:
             for done in self._stream(plan, first_step, start_version, pause_at_epoch_end):
                 streamed = True
+                next_step = done.step.number + 1
                 yield done
+        except InvalidArgumentError as error:
+            # A server that predates dataset passes ignores the field and finds a request
+            # without steps, refused before any of it ran (and the stream ended there): the
+            # rest of the run goes as steps.
+            if not (self.dataset_passes and error.field == "steps" and "no steps" in error.message):
+                raise
+            logger.warning("the server takes no dataset passes (%s); sending steps", error.message)
+            self.dataset_passes = False
+            yield from self.run(
+                plan, next_step, start_version, pause_at_epoch_end=pause_at_epoch_end
+            )
         except ResourceExhaustedError as error:
             # The server had all its --max-streams open and refused this one before reading
             # a request: nothing ran, so the same steps go over the unary calls instead.
@@ -89,7 +111,15 @@ class StreamTransport:
         epoch_taken = threading.Semaphore(0)
         finished = threading.Event()
 
-        def requests() -> Iterator[list[TrainStep]]:
+        def request(group: list[PlannedStep]) -> list[TrainStep] | DatasetPass:
+            sent.append(tuple(group))
+            if self.dataset_passes:
+                descriptor = as_pass(group, plan.expected_version(group[0], start_version))
+                if descriptor is not None:
+                    return descriptor
+            return [s.train_step(plan.expected_version(s, start_version)) for s in group]
+
+        def requests() -> Iterator[list[TrainStep] | DatasetPass]:
             group: list[PlannedStep] = []
             size = 0
             for step in plan.steps(first_step):
@@ -97,17 +127,17 @@ class StreamTransport:
                 size += step.payload_bytes
                 pause = pause_at_epoch_end and step.closes_epoch
                 limit = self.named_request_bytes if step.named else REQUEST_BYTES
-                if len(group) == self.steps_per_request or size >= limit or pause:
-                    sent.append(tuple(group))
-                    yield [s.train_step(plan.expected_version(s, start_version)) for s in group]
+                # A smaller batch (an epoch's last) ends a pass: the request ends with it.
+                short = self.dataset_passes and _shorter(step, group[0])
+                if len(group) == self.steps_per_request or size >= limit or pause or short:
+                    yield request(group)
                     group, size = [], 0
                     # Bounded waits: stop feeding once the consumer is gone.
                     while pause and not epoch_taken.acquire(timeout=0.1):
                         if finished.is_set():
                             return
             if group:
-                sent.append(tuple(group))
-                yield [s.train_step(plan.expected_version(s, start_version)) for s in group]
+                yield request(group)
 
         request_started = time.perf_counter()
         try:
@@ -121,3 +151,9 @@ class StreamTransport:
                     epoch_taken.release()
         finally:
             finished.set()
+
+
+def _shorter(step: PlannedStep, first: PlannedStep) -> bool:
+    """Whether `step` names fewer samples on the server than the first of its request."""
+    size, first_size = one_batch_size(step), one_batch_size(first)
+    return size is not None and first_size is not None and size < first_size

@@ -24,6 +24,7 @@ from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
 from gradserve.server.metrics import RunMetrics, ServerMetrics
 from gradserve.server.output_handles import HandleBounds
 from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.pass_runs import PassSteps
 from gradserve.types import (
     BatchLoss,
     DiscardResult,
@@ -133,6 +134,14 @@ class DirectCoordinator:
         self.metrics.record_train(result, samples)
         return self.durable(result) if any(step.applied for step in result.steps) else result
 
+    def train_pass(self, expanded: PassSteps, *, request_id: str = "") -> TrainResult:
+        """A dataset pass (server/pass_runs.py), recorded as the same steps would be."""
+        result = self.store.train_pass(expanded, request_id=request_id)
+        samples = sum(int(step.batches[0][0].shape[0]) for step in expanded.steps)
+        norms = expanded.gradient_norms or expanded.steps[0].max_grad_norm is not None
+        self.metrics.record_pass(result, samples, norms=norms)
+        return self.durable(result) if result.steps else result
+
     def evaluate(
         self,
         inputs: torch.Tensor,
@@ -235,6 +244,9 @@ class RoundCoordinator(DirectCoordinator):
             field="mode",
             reason="UNSUPPORTED_IN_MODE",
         )
+
+    def train_pass(self, expanded: PassSteps, *, request_id: str = "") -> TrainResult:
+        return self.train(expanded.steps, request_id=request_id)
 
 
 def build_coordinator(

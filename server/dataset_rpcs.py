@@ -1,5 +1,6 @@
-"""The RPCs of datasets kept on the server: upload, list, delete; and the resolver that turns
-batches naming dataset samples into tensors for ComputeGradients and Train.
+"""The RPCs of datasets kept on the server: upload, list, delete; and the resolvers that turn
+batches naming dataset samples into tensors for ComputeGradients and Train, and a Train
+request's dataset pass into the store's steps.
 
 Part of the GradientService servicer (servicer.py inherits it, beside LossRpcs and
 CheckpointRpcs): decode, one call to the dataset registry (server/datasets.py) or the upload
@@ -17,9 +18,12 @@ import torch
 
 from gradserve.errors import InvalidArgumentError
 from gradserve.serde_datasets import dataset_summary_to_proto, upload_result_to_proto
+from gradserve.serde_passes import dataset_pass_from_proto
 from gradserve.server.dataset_batches import DatasetBatches
+from gradserve.server.dataset_passes import expand_pass
 from gradserve.server.dataset_uploads import upload_dataset
 from gradserve.server.datasets import DatasetRegistry, StoredDataset
+from gradserve.server.pass_runs import PassSteps
 from gradserve.server.run_loading import Run
 from gradserve.server.run_rpcs import RunRpcs, _checked_metadata
 from gradserve.types import DatasetSummary, TensorSpec
@@ -58,6 +62,24 @@ class DatasetRpcs(RunRpcs):
         return DatasetBatches(
             self._datasets,
             self._run_of(run, context),
+            self._max_elements,
+            self._max_message_bytes,
+        )
+
+    def _dataset_pass(
+        self, run: str, context: grpc.ServicerContext, request: pb.TrainRequest
+    ) -> PassSteps:
+        """A Train request's dataset pass as the store's steps (server/dataset_passes.py)."""
+        if request.steps:
+            raise InvalidArgumentError(
+                "dataset_pass: a request carries steps or a dataset pass, not both",
+                field="dataset_pass",
+            )
+        descriptor = dataset_pass_from_proto(request.dataset_pass)
+        return expand_pass(
+            self._datasets,
+            self._run_of(run, context),
+            descriptor,
             self._max_elements,
             self._max_message_bytes,
         )

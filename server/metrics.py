@@ -106,6 +106,11 @@ class ServerMetrics:
         self.updates = Counter(
             "gradserve_updates_total", "Optimizer steps applied.", ["run"], registry=r
         )
+        self.pass_steps = Counter(
+            "gradserve_dataset_pass_steps_total",
+            "Train steps run from dataset passes (TrainRequest.dataset_pass).",
+            registry=r,
+        )
         self.runs = Gauge("gradserve_runs", "Training runs on this server.", registry=r)
         self.dataset_bytes = Gauge(
             "gradserve_dataset_bytes",
@@ -199,6 +204,7 @@ class RunMetrics:
         self.samples = server.samples.labels(run)
         self.updates = server.updates.labels(run)
         self.replayed = server.replayed
+        self.pass_steps = server.pass_steps
         self.staleness = server.staleness
         self.stale_contributions = server.stale_contributions
         self.sync_rounds = server.sync_rounds
@@ -229,6 +235,20 @@ class RunMetrics:
             if step.applied:
                 self.updates.inc()
                 self.gradient_norm.set(step.gradient_norm)
+
+    def record_pass(self, result: TrainResult, samples: int, *, norms: bool) -> None:
+        """A dataset pass: the last step's loss and norm (when computed), once."""
+        if result.replayed:
+            self.replayed.labels("Train").inc()
+            return
+        self.samples.inc(samples)
+        self.pass_steps.inc(len(result.steps))
+        if result.steps:
+            last = result.steps[-1]
+            self.last_loss.set(last.losses[-1])
+            self.updates.inc(len(result.steps))
+            if norms:
+                self.gradient_norm.set(last.gradient_norm)
 
     def record_set(self, result: SetResult, method: str) -> None:
         if result.replayed:

@@ -18,6 +18,9 @@ Why one check at the end sees every step that the checked path would refuse:
 - a batch is refused when its loss, its gradient or the sum with .grad is not finite; every
   loss is read, and a NaN/Inf gradient or an overflowing sum leaves .grad not finite until the
   next update, whose norm (read) is then not finite, or until the end (checked);
+- a dataset pass that asks for no norms skips the update's norm (unless it clips): a gradient
+  that is not finite then reaches the parameters through the step (`p - lr*g` is NaN/Inf, for
+  any lr, 0 included; torch.optim's moments keep it in the state), which the end checks;
 - an update is refused when it leaves a parameter or an optimizer-state tensor not finite; later
   steps change these only by arithmetic that keeps NaN/Inf (`p - lr*g`, torch.optim's moments,
   maxima and decays), so the end's check sees them;
@@ -77,13 +80,16 @@ class OptimisticRuns:
     _known_norm: tuple[float, list[torch.Tensor], list[int]] | None
 
     def _train_optimistically(
-        self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]]
+        self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]], *, norms: bool = True
     ) -> TrainResult | None:
         """The request's result, or None with the store as the request found it when some
-        step would be refused (or raised): then the caller runs the checked path."""
+        step would be refused (or raised): then the caller runs the checked path. Without
+        `norms` an update that does not clip answers gradient_norm 0.0 instead of computing
+        it (a dataset pass that did not ask for norms; why the end's check still sees a
+        gradient that was not finite: the module's docstring)."""
         start = self._request_start()
         try:
-            result = self._run_unchecked(steps, sizes)
+            result = self._run_unchecked(steps, sizes, norms)
         except Exception:  # the checked run raises it again, with its field and note
             result = None
         if result is None:
@@ -205,13 +211,13 @@ class OptimisticRuns:
         return norm
 
     def _run_unchecked(
-        self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]]
+        self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]], norms: bool = True
     ) -> TrainResult | None:
         model, module, device = self.model, self.model.module, self.device
         if not module.training:
             module.train()
         losses: list[torch.Tensor] = []
-        norms: list[float | torch.Tensor] = []
+        step_norms: list[float | torch.Tensor] = []
         # Per step: its losses' end, its version, its accumulated or applied batches, and
         # whether it clipped (None: no update).
         done: list[tuple[int, int, int, bool | None]] = []
@@ -242,12 +248,13 @@ class OptimisticRuns:
                 batches=batches,
                 hyperparameters=step.hyperparameters,
                 max_grad_norm=step.max_grad_norm,
+                norm=norms,
             )
-            norms.append(norm)
+            step_norms.append(norm)
             self.version += 1
             self.accumulated_batches = self.accumulated_samples = 0
             done.append((len(losses), self.version, batches, clipped))
-        return self._checked_result(losses, norms, done)
+        return self._checked_result(losses, step_norms, done)
 
     def _checked_result(
         self,

@@ -5,8 +5,8 @@ has added its batch's gradients; an update applies everything that finished befo
 lock; a rejected call changes nothing (checks run before any state is touched, or what a call
 ran optimistically is put back). The pieces live beside it: optimistic_runs.py (Train and
 ComputeGradients as the local loop runs them, checked once), accumulation.py (one batch into
-.grad, checked), updates.py (the step's arithmetic),
-train_steps.py (Train's checks), parameter_access.py (parameter checks), graph_trace.py
+.grad, checked), updates.py (the step's arithmetic), train_steps.py (Train's checks),
+pass_runs.py (dataset passes), parameter_access.py (parameter checks), graph_trace.py
 (DescribeGraph), request_ids.py (replays), state_transfer.py (checkpoints in and out).
 """
 
@@ -31,6 +31,7 @@ from gradserve.server.optimizers import Optimizer
 from gradserve.server.output_handles import OutputHandles
 from gradserve.server.output_passes import OutputPasses
 from gradserve.server.parameter_access import check_names
+from gradserve.server.pass_runs import PassRuns
 from gradserve.server.request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
 from gradserve.server.state_transfer import StateTransfer
 from gradserve.server.tracing import traced
@@ -54,7 +55,7 @@ _NOTE = (
 )
 
 
-class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns):
+class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, PassRuns):
     """One model's parameters, gradients and version, safe to call from many threads."""
 
     def __init__(

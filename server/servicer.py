@@ -27,8 +27,10 @@ from gradserve.chunks import (
 )
 from gradserve.codec import tensor_from_proto
 from gradserve.errors import InvalidArgumentError
+from gradserve.pass_types import PassResult
 from gradserve.serde_datasets import dataset_batch_from_proto
 from gradserve.serde_losses import batch_loss_from_proto
+from gradserve.serde_passes import pass_response_to_proto
 from gradserve.server.checkpoint_rpcs import CheckpointRpcs
 from gradserve.server.config import LimitsConfig
 from gradserve.server.dataset_rpcs import DatasetRpcs
@@ -204,6 +206,13 @@ class GradientServicer(
                         f"run: {request.run[:80]!r}, but this stream trains {first.run[:80]!r}",
                         field="run",
                     )
+                if request.HasField("dataset_pass"):
+                    expanded = self._dataset_pass(first.run, context, request)
+                    result = coordinator.train_pass(expanded, request_id=request.request_id)
+                    clips = expanded.steps[0].max_grad_norm is not None
+                    answer = PassResult.of(result, norms=expanded.gradient_norms, clips=clips)
+                    yield pass_response_to_proto(answer, request.request_id)
+                    continue
                 resolve = self._dataset_batches(first.run, context)
                 steps = [
                     serde.train_step_from_proto(

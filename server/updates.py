@@ -116,20 +116,23 @@ def unchecked_step(
     batches: int,
     hyperparameters: Hyperparameters = NO_OVERRIDES,
     max_grad_norm: float | None = None,
+    norm: bool = True,
 ) -> tuple[float | torch.Tensor, bool]:
     """StepRollback.step's arithmetic without its checks and copies, for a Train request run
     optimistically (optimistic_runs.py checks the request's results once and, when they are
     not all finite, puts the request's start back and runs it again through StepRollback).
-    Returns (the norm before clipping, maybe unread; whether it clipped); .grad is cleared."""
+    Returns (the norm before clipping, maybe unread; whether it clipped); .grad is cleared.
+    Without `norm`, no norm is computed unless clipping needs it (0.0 is returned)."""
     if reduction is Reduction.MEAN:
         divide_gradients(parameters, batches)
     clipped = False
-    if max_grad_norm is None:
-        norm: float | torch.Tensor = total_norm_unread(parameters)
-    else:
-        norm, clipped = clip_gradients(parameters, max_grad_norm)
+    value: float | torch.Tensor = 0.0
+    if max_grad_norm is not None:
+        value, clipped = clip_gradients(parameters, max_grad_norm)
+    elif norm:
+        value = total_norm_unread(parameters)
     optimizer.step_and_zero_grad(learning_rate, hyperparameters)
-    return norm, clipped
+    return value, clipped
 
 
 class StepRollback:

@@ -21,7 +21,7 @@ import contextlib
 import random
 import threading
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from types import TracebackType
@@ -59,12 +59,15 @@ class FaultyProxy:
         forward_dropped: bool = True,
         code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        rewrite_stream_requests: Callable[[str, bytes], bytes] | None = None,
     ) -> None:
         """methods: short method names the faults apply to (others always pass).
         drop_calls: 1-based call numbers, per method, whose answer is replaced by `code`.
         drop_fraction: probability that any other matching call is dropped (seeded RNG).
         forward_dropped: True forwards a dropped call before failing it (the server ran it);
-        False fails it without the server seeing it."""
+        False fails it without the server seeing it.
+        rewrite_stream_requests(method, bytes): what a streaming call's request becomes on its
+        way to the server (an older server's view of a message, say)."""
         if not 0.0 <= drop_fraction <= 1.0:
             raise ValueError(f"drop_fraction {drop_fraction} not in [0, 1]")
         self.methods = frozenset(methods)
@@ -72,6 +75,7 @@ class FaultyProxy:
         self.drop_fraction = drop_fraction
         self.forward_dropped = forward_dropped
         self.code = code
+        self.rewrite_stream_requests = rewrite_stream_requests
         self.calls: Counter[str] = Counter()  # every call seen, by short method name
         self.dropped: list[Dropped] = []
         # (short method name, the call's metadata) of every call, in arrival order.
@@ -132,6 +136,9 @@ class FaultyProxy:
         with self._lock:
             self.calls[path.rpartition("/")[2]] += 1
         multicallable = getattr(self._channel, kind)(path)
+        rewrite, method = self.rewrite_stream_requests, path.rpartition("/")[2]
+        if rewrite is not None and kind in ("stream_unary", "stream_stream"):
+            request = (rewrite(method, message) for message in request)
         try:
             if kind == "stream_unary":
                 future = multicallable.future(request, **_call_options(context))

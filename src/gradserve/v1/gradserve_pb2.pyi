@@ -425,14 +425,61 @@ class TrainStep(_message.Message):
     def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., apply_update: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., expected_version: _Optional[int] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("steps", "request_id", "run")
+    __slots__ = ("steps", "request_id", "run", "dataset_pass")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    DATASET_PASS_FIELD_NUMBER: _ClassVar[int]
     steps: _containers.RepeatedCompositeFieldContainer[TrainStep]
     request_id: str
     run: str
-    def __init__(self, steps: _Optional[_Iterable[_Union[TrainStep, _Mapping]]] = ..., request_id: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
+    dataset_pass: DatasetPass
+    def __init__(self, steps: _Optional[_Iterable[_Union[TrainStep, _Mapping]]] = ..., request_id: _Optional[str] = ..., run: _Optional[str] = ..., dataset_pass: _Optional[_Union[DatasetPass, _Mapping]] = ...) -> None: ...
+
+class DatasetPass(_message.Message):
+    __slots__ = ("dataset", "indices", "start", "count", "batch_size", "learning_rate", "reduction", "hyperparameters", "max_grad_norm", "expected_version", "gradient_norms")
+    class HyperparametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NORMS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    start: int
+    count: int
+    batch_size: int
+    learning_rate: float
+    reduction: Reduction
+    hyperparameters: _containers.ScalarMap[str, float]
+    max_grad_norm: float
+    expected_version: int
+    gradient_norms: bool
+    def __init__(self, dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ..., expected_version: _Optional[int] = ..., gradient_norms: _Optional[bool] = ...) -> None: ...
+
+class PassResult(_message.Message):
+    __slots__ = ("losses", "gradient_norms", "model_version", "clipped")
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NORMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    losses: _containers.RepeatedScalarFieldContainer[float]
+    gradient_norms: _containers.RepeatedScalarFieldContainer[float]
+    model_version: int
+    clipped: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, losses: _Optional[_Iterable[float]] = ..., gradient_norms: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ..., clipped: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class StepResult(_message.Message):
     __slots__ = ("losses", "model_version", "accumulated_batches", "applied", "applied_batches", "gradient_norm", "clipped")
@@ -453,12 +500,14 @@ class StepResult(_message.Message):
     def __init__(self, losses: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., applied: _Optional[bool] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., clipped: _Optional[bool] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
-    __slots__ = ("steps", "request_id")
+    __slots__ = ("steps", "request_id", "pass_result")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_RESULT_FIELD_NUMBER: _ClassVar[int]
     steps: _containers.RepeatedCompositeFieldContainer[StepResult]
     request_id: str
-    def __init__(self, steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    pass_result: PassResult
+    def __init__(self, steps: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., request_id: _Optional[str] = ..., pass_result: _Optional[_Union[PassResult, _Mapping]] = ...) -> None: ...
 
 class StreamParametersRequest(_message.Message):
     __slots__ = ("names", "chunk_bytes", "run", "include_buffers")

@@ -1,0 +1,114 @@
+"""A DatasetPass resolved into the store's steps: checked against the dataset it names and
+the request's bounds before anything is gathered, then one gather and views.
+
+The bounds are those the same steps sent as TrainRequest.steps would meet: at most
+MAX_BATCHES_PER_REQUEST steps, a batch within --max-batch-elements per tensor, and no more
+gathered bytes than one message could carry (--max-message-bytes). Indices gather the whole
+order with one index_select (the values a client's `inputs[indices]` sends inline), cut into
+consecutive views; a contiguous range is views of the stored tensors. The pass's request-id
+fingerprint is its descriptor with the indices as one tensor, never the gathered bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+
+import torch
+
+from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.pass_types import DatasetPass
+from gradserve.server.datasets import DatasetRegistry, StoredDataset
+from gradserve.server.pass_runs import PassSteps
+from gradserve.server.train_steps import MAX_BATCHES_PER_REQUEST
+from gradserve.types import TrainStep
+
+FIELD = "dataset_pass"
+
+
+def expand_pass(
+    registry: DatasetRegistry,
+    owner: Hashable,
+    descriptor: DatasetPass,
+    max_elements: int,
+    max_bytes: int,
+) -> PassSteps:
+    """The pass's steps; the first field that does not fit raises, before any gather."""
+    stored = registry.get(owner, descriptor.dataset, f"{FIELD}.dataset")
+    count_field = f"{FIELD}.indices" if descriptor.indices else f"{FIELD}.count"
+    index = _checked_indices(descriptor, stored) if descriptor.indices else None
+    if index is None:
+        _check_range(descriptor, stored)
+    steps, size = descriptor.steps, descriptor.batch_size
+    if steps > MAX_BATCHES_PER_REQUEST:
+        raise ResourceExhaustedError(
+            f"{count_field}: {descriptor.samples} samples in batches of {size} are {steps} "
+            f"steps, at most {MAX_BATCHES_PER_REQUEST} in one request",
+            field=count_field,
+        )
+    largest = min(size, descriptor.samples)
+    if largest * max(stored.inputs[0].numel(), stored.targets[0].numel()) > max_elements:
+        raise ResourceExhaustedError(
+            f"{FIELD}.batch_size: {largest} samples is over the server's limit of "
+            f"{max_elements} elements per batch tensor",
+            field=f"{FIELD}.batch_size",
+        )
+    if descriptor.samples * (stored.bytes // stored.samples) > max_bytes:
+        raise ResourceExhaustedError(
+            f"{count_field}: the pass's batches come to over {max_bytes} bytes "
+            "(--max-message-bytes, what one inline request could carry)",
+            field=count_field,
+        )
+    if index is None:
+        end = descriptor.start + descriptor.count
+        inputs = stored.inputs[descriptor.start : end]
+        targets = stored.targets[descriptor.start : end]
+    else:
+        inputs, targets = (
+            stored.inputs.index_select(0, index),
+            stored.targets.index_select(0, index),
+        )
+    pairs = zip(torch.split(inputs, size), torch.split(targets, size), strict=True)
+    settings = (
+        True,
+        descriptor.learning_rate,
+        descriptor.reduction,
+        None,
+        descriptor.hyperparameters,
+        descriptor.max_grad_norm,
+    )
+    # Without the indices (fed as one tensor: a tuple is fed item by item).
+    described = dataclasses.replace(descriptor, indices=())
+    return PassSteps(
+        steps=[TrainStep((pair,), *settings) for pair in pairs],
+        expected_version=descriptor.expected_version,
+        gradient_norms=descriptor.gradient_norms,
+        fingerprint=(described,) if index is None else (described, index),
+    )
+
+
+def _checked_indices(descriptor: DatasetPass, stored: StoredDataset) -> torch.Tensor:
+    index = torch.tensor(descriptor.indices, dtype=torch.int64)
+    outside = (index < 0) | (index >= stored.samples)
+    if bool(outside.any()):
+        position = int(outside.nonzero()[0])
+        raise InvalidArgumentError(
+            f"{FIELD}.indices[{position}]: {descriptor.indices[position]} is outside the "
+            f"dataset's samples [0, {stored.samples})",
+            field=f"{FIELD}.indices",
+        )
+    return index
+
+
+def _check_range(descriptor: DatasetPass, stored: StoredDataset) -> None:
+    if descriptor.count < 1:
+        raise InvalidArgumentError(
+            f"{FIELD}.count: {descriptor.count}; a pass names indices or count >= 1 samples",
+            field=f"{FIELD}.count",
+        )
+    if descriptor.start < 0 or descriptor.start + descriptor.count > stored.samples:
+        raise InvalidArgumentError(
+            f"{FIELD}.start: [{descriptor.start}, {descriptor.start + descriptor.count}) is "
+            f"outside the dataset's samples [0, {stored.samples})",
+            field=f"{FIELD}.start",
+        )

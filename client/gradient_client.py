@@ -25,6 +25,7 @@ from gradserve.client.run_calls import RunCalls
 from gradserve.codec import tensor_into_proto, tensor_to_proto
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
 from gradserve.errors import UnavailableError
+from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.pass_types import DatasetPass, PassResult
 from gradserve.serde_datasets import dataset_batch_into_proto
 from gradserve.serde_losses import batch_loss, batch_loss_into_proto
@@ -33,13 +34,8 @@ from gradserve.types import (
     DatasetBatch,
     EvaluationResult,
     GradientResult,
-    Graph,
-    GraphDescription,
-    GraphEdge,
-    GraphNode,
     LossSpec,
     ModelInfo,
-    NodeKind,
     Reduction,
     RunSummary,
     StepResult,

@@ -41,7 +41,7 @@ from gradserve.client.data import DataError
 from gradserve.client.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from gradserve.client.training_data import load_data
 from gradserve.errors import GradserveError, UnavailableError
-from gradserve.types import GraphDescription, GraphEdge, GraphNode, NodeKind
+from gradserve.graph_types import GraphDescription, GraphEdge, GraphNode, NodeKind
 
 # Tensors with at most this many elements are printed in full; larger ones by their norm.
 SHOW_ELEMENTS = 4

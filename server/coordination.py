@@ -18,6 +18,7 @@ from typing import TypeVar
 import torch
 
 from gradserve.errors import FailedPreconditionError
+from gradserve.graph_types import GraphDescription
 from gradserve.server.config import CoordinationConfig, LimitsConfig
 from gradserve.server.durability import GroupCommit
 from gradserve.server.hyperparameters import NO_OVERRIDES, Hyperparameters
@@ -30,7 +31,6 @@ from gradserve.types import (
     DiscardResult,
     EvaluationResult,
     GradientResult,
-    GraphDescription,
     ModelInfo,
     OutputsResult,
     Reduction,

@@ -31,7 +31,7 @@ from torch.autograd.graph import Node
 from torch.overrides import TorchFunctionMode
 
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
-from gradserve.types import Graph, GraphEdge, GraphNode, NodeKind
+from gradserve.graph_types import Graph, GraphEdge, GraphNode, NodeKind
 
 # Node caps: the default when a request gives none, and the most a request may ask for.
 DEFAULT_MAX_NODES = 1024

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+from gradserve.graph_types import Graph
 from gradserve.server.graph import ConstantUses, build_graph, with_gradients
 from gradserve.server.models import Model
-from gradserve.types import Graph
 
 
 def trace_graph(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from gradserve.graph_types import GraphDescription
 from gradserve.server.graph import effective_max_nodes
 from gradserve.server.graph_trace import trace_graph
 from gradserve.server.losses import available
@@ -21,7 +22,6 @@ from gradserve.server.request_ids import RequestIdWindow, check_request_id
 from gradserve.server.tracing import traced
 from gradserve.types import (
     EvaluationResult,
-    GraphDescription,
     ModelInfo,
     SetResult,
     TensorSpec,

@@ -8,17 +8,13 @@ import torch
 
 from gradserve import serde, serde_graph, serde_runs
 from gradserve.errors import InvalidArgumentError
+from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.types import (
     CheckpointSummary,
     EvaluationResult,
     GradientResult,
-    Graph,
-    GraphDescription,
-    GraphEdge,
-    GraphNode,
     LoadResult,
     ModelInfo,
-    NodeKind,
     Reduction,
     RunSummary,
     SavedCheckpoint,

@@ -1,7 +1,5 @@
 """The plain types of a dataset pass: many Train steps over an uploaded dataset named in one
 message (DatasetPass), and its packed answer (PassResult). docs/datasets.md.
-
-Beside gradserve.types rather than in it: that module is past the project's 400 lines.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from gradserve.codec import (
     tensor_into_proto,
 )
 from gradserve.errors import InvalidArgumentError
-from gradserve.types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
+from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.v1 import gradserve_pb2 as pb
 
 WIRE_DTYPES = frozenset(wire.torch_dtype for wire in WIRE_TYPES)

@@ -1,7 +1,7 @@
 """The store's step with other work between steps: why it costs 2-3x more in the server (issue 18).
 
     .venv/bin/python bench/cold_step.py               # 3 repeats, medians, ~40 s
-    .venv/bin/python bench/cold_step.py --repeats 5
+    .venv/bin/python bench/cold_step.py --repeats 5 --steps 3000
 
 bench/store_step.py times steps back to back, with every cache warm. In the server, between
 two of our steps, the thread blocks for the next call and gRPC's own code (and the client, on
@@ -73,9 +73,10 @@ def local_steps(batches: Batches, between: Callable[[], object]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=STEPS, help="per workload and repeat")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    batches = _seed_batches(STEPS)
+    batches = _seed_batches(max(1, args.steps))
     with ServerProcess("bench/echo_server.py") as echo:
         bare = BareClient(echo.address)
         request = bare.request(*CALL_SIZES)

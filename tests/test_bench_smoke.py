@@ -1,4 +1,5 @@
-"""bench/run.py runs: the seed workload, quick, one repeat, ends 0 with every path bitwise equal."""
+"""bench/run.py runs: the seed workload, quick, one repeat, ends 0 with every path bitwise equal;
+bench/cold_step.py runs and prints its table."""
 
 from __future__ import annotations
 
@@ -36,3 +37,21 @@ def test_bench_seed_quick_runs_and_is_bitwise(tmp_path: Path) -> None:
     assert "bitwise ✓" in result.stdout
     assert "bitwise ✗" not in result.stdout
     assert out.exists()
+
+
+@pytest.mark.slow
+def test_cold_step_runs_and_prints_every_cell() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/cold_step.py", "--repeats", "1", "--steps", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = result.stdout.splitlines()
+    assert "2 gRPC calls" in rows[0]
+    for name in ("store, request ids", "store, no request ids", "local loop"):
+        cells = next(row for row in rows if row.startswith(name))[len(name) :].split()
+        assert len(cells) == 3 and all(float(cell) > 0 for cell in cells)

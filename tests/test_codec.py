@@ -56,6 +56,21 @@ def test_non_contiguous_input_is_sent_row_major(dtype: torch.dtype) -> None:
     assert tensor_to_proto(tensor).data == tensor_to_proto(tensor.contiguous()).data
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_kind_of_cpu_tensor_encodes_as_its_plain_copy(dtype: torch.dtype) -> None:
+    # tensor_into_proto takes a shorter path for contiguous CPU tensors: each kind of tensor
+    # it might take (or must not take) gives the bytes of a fresh contiguous copy.
+    base = sample(dtype, (3, 5))
+    kinds = [base, base[1:], base[1], base[0, 2], base[:0], base.t(), base[:, ::2]]
+    if dtype.is_floating_point:
+        kinds.append(base.clone().requires_grad_(True))
+    for tensor in kinds:
+        plain = tensor.detach().clone().contiguous()
+        message = tensor_to_proto(tensor, "t")
+        assert message == tensor_to_proto(plain, "t")
+        assert torch.equal(tensor_from_proto(message), plain)
+
+
 @pytest.mark.parametrize(
     ("tensor", "data"),
     [

@@ -114,12 +114,36 @@ def tensor_to_proto(tensor: torch.Tensor, name: str = "") -> pb.Tensor:
 def tensor_into_proto(tensor: torch.Tensor, message: pb.Tensor, name: str = "") -> pb.Tensor:
     """Encode into an existing message, e.g. `response.parameters.add()`: building a repeated
     field from a list of messages would copy every tensor's bytes once more."""
-    wire, raw = wire_bytes(tensor)
+    if tensor.dtype in _NUMPY_WRITES and _plain_cpu(tensor):
+        # A small batch's common case in two torch calls, not seven: each costs a few µs when
+        # gRPC's work between calls has evicted the caches (bench/README.md, issue 18).
+        wire, data = _BY_TORCH[tensor.dtype], tensor.numpy().tobytes()
+    else:
+        wire, raw = wire_bytes(tensor)
+        data = raw.numpy().tobytes()
     message.name = name
     message.dtype = wire.proto
     message.shape[:] = tensor.shape
-    message.data = raw.numpy().tobytes()
+    message.data = data
     return message
+
+
+# Dtypes whose numpy bytes are already the wire's on a little-endian host (numpy has no bf16).
+_NUMPY_WRITES = (
+    frozenset(w.torch_dtype for w in WIRE_TYPES if w.torch_dtype is not torch.bfloat16)
+    if _LITTLE_ENDIAN_HOST
+    else frozenset()
+)
+
+
+def _plain_cpu(tensor: torch.Tensor) -> bool:
+    """A contiguous CPU tensor that .numpy() reads as it is (no autograd, no lazy negation)."""
+    return (
+        tensor.is_cpu
+        and not tensor.requires_grad
+        and tensor.is_contiguous()
+        and not tensor.is_neg()
+    )
 
 
 def wire_bytes(tensor: torch.Tensor) -> tuple[WireType, torch.Tensor]:
@@ -179,6 +203,12 @@ def tensor_from_parts(
                 field=f"{field}.shape",
             )
         return torch.empty(shape, dtype=wire.torch_dtype)
+    if not copy and wire.torch_dtype is not torch.bool and _LITTLE_ENDIAN_HOST:
+        # The common case in fewer torch calls (each costs µs once gRPC's work has evicted the
+        # caches, bench/README.md): typed at once, and not reshaped when already flat.
+        typed = torch.frombuffer(data, dtype=wire.torch_dtype)
+        if typed.data_ptr() % wire.itemsize == 0:
+            return typed if len(shape) == 1 else typed.reshape(shape)
     raw = torch.frombuffer(data, dtype=torch.uint8)
     if wire.torch_dtype is torch.bool and bool((raw > 1).any()):
         raise InvalidArgumentError(

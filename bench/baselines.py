@@ -52,7 +52,9 @@ def local_mlp_loop(
     seed: int = 0,
     lr: float = 0.01,
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    """Forward, cross_entropy, backward, SGD step per batch; (seconds, final state)."""
+    """Forward, cross_entropy, backward, then the seed loop's SGD step (`p -= lr * p.grad`,
+    then zero_()) per batch, the arithmetic of the server's `sgd`, so the remote result can be
+    compared bitwise; (seconds, final state)."""
     torch.manual_seed(seed)  # the server's initialisation (server/networks.py build_mlp)
     layers: list[nn.Module] = []
     for index in range(len(sizes) - 1):
@@ -60,13 +62,15 @@ def local_mlp_loop(
         if index < len(sizes) - 2:
             layers.append(nn.ReLU())
     model = nn.Sequential(*layers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    parameters = list(model.parameters())
     started = time.perf_counter()
     for inputs, targets in batches:
         loss = functional.cross_entropy(model(inputs), targets)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        with torch.no_grad():
+            for parameter in parameters:
+                parameter.sub_(lr * parameter.grad)  # `-=`, as the seed loop writes it
+                parameter.grad.zero_()
     seconds = time.perf_counter() - started
     return seconds, {name: value.detach().clone() for name, value in model.state_dict().items()}
 

@@ -284,7 +284,6 @@ def mlp(settings: Settings) -> list[Row]:
                 upload_s = time.perf_counter() - started
                 named = [DatasetBatch("mlp", start=i * 64, count=64) for i in range(steps)]
             differences: dict[str, float] = {}
-            finals: dict[str, dict[str, torch.Tensor]] = {}
             for _ in range(settings.repeats):
                 local_s, local_state = local_mlp_loop(MLP_SIZES, batches, lr=LR)
                 for row, per_request, window in path_rows:
@@ -302,24 +301,22 @@ def mlp(settings: Settings) -> list[Row]:
                             client, named if on_server else batches, per_request, window
                         )
                     _, final = client.get_parameters()
-                    finals[row.name] = final
                     row.ours.append(samples / seconds)
                     row.baseline.append(samples / local_s)
                     differences[row.name] = max(
                         float((final[k] - local_state[k]).abs().max()) for k in final
                     )
+                    # Bitwise against the local loop, which steps with the server's arithmetic.
+                    row.bitwise.append(all(torch.equal(final[k], local_state[k]) for k in final))
                     if on_server:
-                        inline = finals[path_rows[1][0].name]
-                        row.bitwise.append(all(torch.equal(final[k], inline[k]) for k in final))
                         row.notes = (
                             f"upload of the {steps * 64} samples once: {upload_s * 1e3:.0f} ms, "
-                            "not in the figure (what every later epoch saves); bitwise: the "
-                            "inline 10 steps/request row's parameters; "
+                            "not in the figure (what every later epoch saves); "
                         )
             for row, _, _ in path_rows:
                 row.notes += (
                     f"{steps} steps; max |server - local| parameter after them "
-                    f"{differences[row.name]:.1e} (SGD rounding differs from torch.optim.SGD)"
+                    f"{differences[row.name]:.1e}"
                 )
                 rows.append(row)
     return rows

@@ -11,7 +11,7 @@ view of the stored tensors; indices gather a copy (index_select), the same value
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -66,27 +66,39 @@ def _checked_indices(batch: DatasetBatch, stored: StoredDataset, field: str) -> 
             f"{stored.samples} samples",
             field=f"{field}.indices",
         )
-    index = torch.tensor(batch.indices, dtype=torch.int64)
+    return checked_indices(batch.indices, stored, field)
+
+
+def _check_slice(batch: DatasetBatch, stored: StoredDataset, field: str) -> None:
+    check_range(batch.start, batch.count, stored, field, "a batch")
+
+
+def checked_indices(indices: Sequence[int], stored: StoredDataset, field: str) -> torch.Tensor:
+    """`indices` as an index tensor, each checked to be a sample of `stored` (the first one
+    outside is named as `{field}.indices[i]`)."""
+    index = torch.tensor(indices, dtype=torch.int64)
     outside = (index < 0) | (index >= stored.samples)
     if bool(outside.any()):
         position = int(outside.nonzero()[0])
         raise InvalidArgumentError(
-            f"{field}.indices[{position}]: {batch.indices[position]} is outside the dataset's "
+            f"{field}.indices[{position}]: {indices[position]} is outside the dataset's "
             f"samples [0, {stored.samples})",
             field=f"{field}.indices",
         )
     return index
 
 
-def _check_slice(batch: DatasetBatch, stored: StoredDataset, field: str) -> None:
-    if batch.count < 1:
+def check_range(start: int, count: int, stored: StoredDataset, field: str, what: str) -> None:
+    """[start, start + count) is a non-empty range of `stored`'s samples; `what` names the
+    message that names it ("a batch", "a pass") in the error."""
+    if count < 1:
         raise InvalidArgumentError(
-            f"{field}.count: {batch.count}; a batch names indices or count >= 1 samples",
+            f"{field}.count: {count}; {what} names indices or count >= 1 samples",
             field=f"{field}.count",
         )
-    if batch.start < 0 or batch.start + batch.count > stored.samples:
+    if start < 0 or start + count > stored.samples:
         raise InvalidArgumentError(
-            f"{field}.start: [{batch.start}, {batch.start + batch.count}) is outside the "
-            f"dataset's samples [0, {stored.samples})",
+            f"{field}.start: [{start}, {start + count}) is outside the dataset's samples "
+            f"[0, {stored.samples})",
             field=f"{field}.start",
         )

@@ -16,9 +16,10 @@ from collections.abc import Hashable
 
 import torch
 
-from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.errors import ResourceExhaustedError
 from gradserve.pass_types import DatasetPass
-from gradserve.server.datasets import DatasetRegistry, StoredDataset
+from gradserve.server.dataset_batches import check_range, checked_indices
+from gradserve.server.datasets import DatasetRegistry
 from gradserve.server.pass_runs import PassSteps
 from gradserve.server.train_steps import MAX_BATCHES_PER_REQUEST
 from gradserve.types import TrainStep
@@ -36,9 +37,9 @@ def expand_pass(
     """The pass's steps; the first field that does not fit raises, before any gather."""
     stored = registry.get(owner, descriptor.dataset, f"{FIELD}.dataset")
     count_field = f"{FIELD}.indices" if descriptor.indices else f"{FIELD}.count"
-    index = _checked_indices(descriptor, stored) if descriptor.indices else None
+    index = checked_indices(descriptor.indices, stored, FIELD) if descriptor.indices else None
     if index is None:
-        _check_range(descriptor, stored)
+        check_range(descriptor.start, descriptor.count, stored, FIELD, "a pass")
     steps, size = descriptor.steps, descriptor.batch_size
     if steps > MAX_BATCHES_PER_REQUEST:
         raise ResourceExhaustedError(
@@ -85,30 +86,3 @@ def expand_pass(
         gradient_norms=descriptor.gradient_norms,
         fingerprint=(described,) if index is None else (described, index),
     )
-
-
-def _checked_indices(descriptor: DatasetPass, stored: StoredDataset) -> torch.Tensor:
-    index = torch.tensor(descriptor.indices, dtype=torch.int64)
-    outside = (index < 0) | (index >= stored.samples)
-    if bool(outside.any()):
-        position = int(outside.nonzero()[0])
-        raise InvalidArgumentError(
-            f"{FIELD}.indices[{position}]: {descriptor.indices[position]} is outside the "
-            f"dataset's samples [0, {stored.samples})",
-            field=f"{FIELD}.indices",
-        )
-    return index
-
-
-def _check_range(descriptor: DatasetPass, stored: StoredDataset) -> None:
-    if descriptor.count < 1:
-        raise InvalidArgumentError(
-            f"{FIELD}.count: {descriptor.count}; a pass names indices or count >= 1 samples",
-            field=f"{FIELD}.count",
-        )
-    if descriptor.start < 0 or descriptor.start + descriptor.count > stored.samples:
-        raise InvalidArgumentError(
-            f"{FIELD}.start: [{descriptor.start}, {descriptor.start + descriptor.count}) is "
-            f"outside the dataset's samples [0, {stored.samples})",
-            field=f"{FIELD}.start",
-        )

@@ -33,19 +33,7 @@ def dataset_batch_into_proto(batch: DatasetBatch, message: pb.DatasetSlice) -> p
 
 def dataset_batch_from_proto(message: pb.DatasetSlice, field: str = "dataset") -> DatasetBatch:
     """The batch as named; its bounds are checked against the dataset where it lives."""
-    if not message.dataset:
-        raise InvalidArgumentError(
-            f"{field}.dataset: a dataset name is needed", field=f"{field}.dataset"
-        )
-    if len(message.indices) > MAX_INDICES:
-        raise InvalidArgumentError(
-            f"{field}.indices: {len(message.indices)} indices, at most {MAX_INDICES}",
-            field=f"{field}.indices",
-        )
-    if message.indices and (message.start or message.count):
-        raise InvalidArgumentError(
-            f"{field}.start: indices or start and count, not both", field=f"{field}.start"
-        )
+    check_named_samples(message, field)
     return DatasetBatch(message.dataset, tuple(message.indices), message.start, message.count)
 
 
@@ -123,3 +111,21 @@ def upload_requests(
         raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         for offset in range(0, raw.numel(), chunk_bytes):
             yield pb.UploadDatasetRequest(data=raw[offset : offset + chunk_bytes].numpy().tobytes())
+
+
+def check_named_samples(message: pb.DatasetSlice | pb.DatasetPass, field: str) -> None:
+    """What a message naming samples (a DatasetSlice, a DatasetPass) must hold before any
+    dataset is looked at: a name, at most MAX_INDICES indices, indices or a range."""
+    if not message.dataset:
+        raise InvalidArgumentError(
+            f"{field}.dataset: a dataset name is needed", field=f"{field}.dataset"
+        )
+    if len(message.indices) > MAX_INDICES:
+        raise InvalidArgumentError(
+            f"{field}.indices: {len(message.indices)} indices, at most {MAX_INDICES}",
+            field=f"{field}.indices",
+        )
+    if message.indices and (message.start or message.count):
+        raise InvalidArgumentError(
+            f"{field}.start: indices or start and count, not both", field=f"{field}.start"
+        )

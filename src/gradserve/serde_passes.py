@@ -11,7 +11,7 @@ from __future__ import annotations
 from gradserve.errors import InvalidArgumentError
 from gradserve.pass_types import DatasetPass, PassResult
 from gradserve.serde import reduction_from_proto, reduction_to_proto
-from gradserve.serde_datasets import MAX_INDICES
+from gradserve.serde_datasets import check_named_samples
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -38,19 +38,7 @@ def dataset_pass_into_proto(descriptor: DatasetPass, message: pb.DatasetPass) ->
 def dataset_pass_from_proto(message: pb.DatasetPass, field: str = "dataset_pass") -> DatasetPass:
     """The pass as named; its samples are checked against the dataset where it lives
     (server/dataset_passes.py)."""
-    if not message.dataset:
-        raise InvalidArgumentError(
-            f"{field}.dataset: a dataset name is needed", field=f"{field}.dataset"
-        )
-    if len(message.indices) > MAX_INDICES:
-        raise InvalidArgumentError(
-            f"{field}.indices: {len(message.indices)} indices, at most {MAX_INDICES}",
-            field=f"{field}.indices",
-        )
-    if message.indices and (message.start or message.count):
-        raise InvalidArgumentError(
-            f"{field}.start: indices or start and count, not both", field=f"{field}.start"
-        )
+    check_named_samples(message, field)
     if message.batch_size < 1:
         raise InvalidArgumentError(
             f"{field}.batch_size: {message.batch_size}, expected at least 1",

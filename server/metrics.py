@@ -12,6 +12,7 @@ results, once per call, by the run's coordinator (`record_*`). RPC metrics have 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -96,7 +97,8 @@ class ServerMetrics:
         )
         self.gradient_norm = Gauge(
             "gradserve_gradient_norm",
-            "L2 norm of the gradient the last update applied.",
+            "L2 norm of the gradient the last update applied; NaN when that update did not "
+            "compute it (a dataset pass without gradient_norms).",
             ["run"],
             registry=r,
         )
@@ -247,8 +249,8 @@ class RunMetrics:
             last = result.steps[-1]
             self.last_loss.set(last.losses[-1])
             self.updates.inc(len(result.steps))
-            if norms:
-                self.gradient_norm.set(last.gradient_norm)
+            # Not computed: NaN, rather than an older update's norm passing for this one's.
+            self.gradient_norm.set(last.gradient_norm if norms else math.nan)
 
     def record_set(self, result: SetResult, method: str) -> None:
         if result.replayed:

@@ -5,6 +5,8 @@ request id, and are what the trainer sends by default with its data on the serve
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import pytest
 import torch
@@ -94,6 +96,24 @@ def test_a_partial_last_batch_is_the_plans_and_norms_come_when_asked(
         assert result.gradient_norms == tuple(r.gradient_norm for r in expected)
         final, inline_final = passes.get_parameters()[1], steps.get_parameters()[1]
     assert all(torch.equal(final[n], inline_final[n]) for n in final)
+
+
+def test_the_norm_gauge_is_nan_after_a_pass_that_did_not_compute_it(server) -> None:
+    """The gauge says what the last update's norm was, or that it is not known: never an older
+    update's norm in its place."""
+
+    def norm() -> float | None:
+        return server.metrics.registry.get_sample_value("gradserve_gradient_norm", {"run": ""})
+
+    with seed_client(server.address) as client:
+        client.train_pass(DatasetPass("seed", 10, SEED_LR, count=100, gradient_norms=True))
+        asked = client.train_pass(
+            DatasetPass("seed", 10, SEED_LR, count=100, gradient_norms=True)
+        ).gradient_norms[-1]
+        assert norm() == asked
+        client.train_pass(DatasetPass("seed", 10, SEED_LR, count=100))
+        value = norm()
+        assert value is not None and math.isnan(value)
 
 
 def test_an_mlp_pass_is_bitwise_inline_steps(make_server) -> None:

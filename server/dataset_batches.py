@@ -53,10 +53,7 @@ class DatasetBatches:
                 "(--max-message-bytes, what one inline request could carry)",
                 field=count_field,
             )
-        if index is None:
-            end = batch.start + batch.count
-            return stored.inputs[batch.start : end], stored.targets[batch.start : end]
-        return stored.inputs.index_select(0, index), stored.targets.index_select(0, index)
+        return selected(stored, index, batch.start, batch.count)
 
 
 def _checked_indices(batch: DatasetBatch, stored: StoredDataset, field: str) -> torch.Tensor:
@@ -86,6 +83,17 @@ def checked_indices(indices: Sequence[int], stored: StoredDataset, field: str) -
             field=f"{field}.indices",
         )
     return index
+
+
+def selected(
+    stored: StoredDataset, index: torch.Tensor | None, start: int, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and targets at `index` (gathered: the values a client's `inputs[index]`
+    sends inline), or without one the samples [start, start + count) as views."""
+    if index is None:
+        end = start + count
+        return stored.inputs[start:end], stored.targets[start:end]
+    return stored.inputs.index_select(0, index), stored.targets.index_select(0, index)
 
 
 def check_range(start: int, count: int, stored: StoredDataset, field: str, what: str) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from gradserve.errors import ResourceExhaustedError
 from gradserve.pass_types import DatasetPass
-from gradserve.server.dataset_batches import check_range, checked_indices
+from gradserve.server.dataset_batches import check_range, checked_indices, selected
 from gradserve.server.datasets import DatasetRegistry
 from gradserve.server.pass_runs import PassSteps
 from gradserve.server.train_steps import MAX_BATCHES_PER_REQUEST
@@ -60,15 +60,7 @@ def expand_pass(
             "(--max-message-bytes, what one inline request could carry)",
             field=count_field,
         )
-    if index is None:
-        end = descriptor.start + descriptor.count
-        inputs = stored.inputs[descriptor.start : end]
-        targets = stored.targets[descriptor.start : end]
-    else:
-        inputs, targets = (
-            stored.inputs.index_select(0, index),
-            stored.targets.index_select(0, index),
-        )
+    inputs, targets = selected(stored, index, descriptor.start, descriptor.count)
     pairs = zip(torch.split(inputs, size), torch.split(targets, size), strict=True)
     settings = (
         True,

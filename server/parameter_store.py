@@ -212,20 +212,35 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         check_request_id(request_id)
         sizes = check_steps(self.model, steps, self._smallest_batch, self.optimizer)
 
-        def run() -> TrainResult:
-            if self._optimistic:
-                result = self._train_optimistically(steps, sizes)
-                if result is not None:
-                    return result
-            results = []
-            for index, step in enumerate(steps):
-                note = _NOTE.format(index=index, count=len(steps))
-                with scoped(f"steps[{index}]", note=note):
-                    results.append(self._run_step(step, sizes[index]))
-            return TrainResult(tuple(results))
-
         with self._lock:
-            return self._request_ids.remembered("train", request_id, run, tuple(steps))
+            return self._request_ids.remembered(
+                "train",
+                request_id,
+                lambda: self._run_steps(steps, sizes, "steps", _NOTE),
+                tuple(steps),
+            )
+
+    def _run_steps(
+        self,
+        steps: Sequence[TrainStep],
+        sizes: Sequence[list[int]],
+        where: str,
+        note: str,
+        *,
+        norms: bool = True,
+    ) -> TrainResult:
+        """Train's steps (and a dataset pass's, pass_runs.py) with the lock held: all at once
+        optimistically (optimistic_runs.py), else one by one through the checked path, step i
+        named `{where}[i]` in its error with `note` (formatted with index and count)."""
+        if self._optimistic:
+            result = self._train_optimistically(steps, sizes, norms=norms)
+            if result is not None:
+                return result
+        results = []
+        for index, step in enumerate(steps):
+            with scoped(f"{where}[{index}]", note=note.format(index=index, count=len(steps))):
+                results.append(self._run_step(step, sizes[index]))
+        return TrainResult(tuple(results))
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
         losses = tuple(

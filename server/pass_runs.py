@@ -24,7 +24,7 @@ from gradserve.server.optimizers import Optimizer
 from gradserve.server.request_ids import RequestIdWindow, check_request_id
 from gradserve.server.tracing import traced
 from gradserve.server.updates import check_update
-from gradserve.types import StepResult, TrainResult, TrainStep
+from gradserve.types import TrainResult, TrainStep
 
 _NOTE = (
     "{index} of {count} steps of this pass were applied before it, as with the same steps "
@@ -49,11 +49,9 @@ class PassRuns:
     model: Model
     optimizer: Optimizer
     _lock: threading.Lock
-    _optimistic: bool
     _smallest_batch: int
     _request_ids: RequestIdWindow
-    _train_optimistically: Callable[..., TrainResult | None]
-    _run_step: Callable[[TrainStep, list[int]], StepResult]
+    _run_steps: Callable[..., TrainResult]
     _check_version: Callable[[int | None], None]
 
     @traced("gradserve.train_pass")
@@ -70,16 +68,7 @@ class PassRuns:
         def run() -> TrainResult:
             with scoped("dataset_pass"):
                 self._check_version(expanded.expected_version)
-            if self._optimistic:
-                result = self._train_optimistically(steps, sizes, norms=norms)
-                if result is not None:
-                    return result
-            results = []
-            for index, step in enumerate(steps):
-                note = _NOTE.format(index=index, count=len(steps))
-                with scoped(f"dataset_pass.steps[{index}]", note=note):
-                    results.append(self._run_step(step, sizes[index]))
-            return TrainResult(tuple(results))
+            return self._run_steps(steps, sizes, "dataset_pass.steps", _NOTE, norms=norms)
 
         with self._lock:
             return self._request_ids.remembered("train", request_id, run, *expanded.fingerprint)

@@ -14,6 +14,7 @@ from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.codec import dtype_from_proto, dtype_to_proto, spec_to_proto
 from gradserve.dataset_digest import dataset_digest
 from gradserve.errors import InvalidArgumentError
+from gradserve.pass_types import DatasetPass
 from gradserve.types import DatasetBatch, DatasetSummary, TensorSpec
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -22,13 +23,21 @@ MAX_INDICES = 1 << 20
 
 
 def dataset_batch_into_proto(batch: DatasetBatch, message: pb.DatasetSlice) -> pb.DatasetSlice:
-    message.dataset = batch.dataset
-    if batch.indices:
-        message.indices.extend(batch.indices)
-    else:
-        message.start = batch.start
-        message.count = batch.count
+    named_samples_into_proto(batch, message)
     return message
+
+
+def named_samples_into_proto(
+    named: DatasetBatch | DatasetPass, message: pb.DatasetSlice | pb.DatasetPass
+) -> None:
+    """The samples a DatasetSlice or a DatasetPass names: the dataset, then its indices or
+    its range (check_named_samples is the reverse's check)."""
+    message.dataset = named.dataset
+    if named.indices:
+        message.indices.extend(named.indices)
+    else:
+        message.start = named.start
+        message.count = named.count
 
 
 def dataset_batch_from_proto(message: pb.DatasetSlice, field: str = "dataset") -> DatasetBatch:

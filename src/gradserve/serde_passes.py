@@ -11,17 +11,12 @@ from __future__ import annotations
 from gradserve.errors import InvalidArgumentError
 from gradserve.pass_types import DatasetPass, PassResult
 from gradserve.serde import reduction_from_proto, reduction_to_proto
-from gradserve.serde_datasets import check_named_samples
+from gradserve.serde_datasets import check_named_samples, named_samples_into_proto
 from gradserve.v1 import gradserve_pb2 as pb
 
 
 def dataset_pass_into_proto(descriptor: DatasetPass, message: pb.DatasetPass) -> pb.DatasetPass:
-    message.dataset = descriptor.dataset
-    if descriptor.indices:
-        message.indices.extend(descriptor.indices)
-    else:
-        message.start = descriptor.start
-        message.count = descriptor.count
+    named_samples_into_proto(descriptor, message)
     message.batch_size = descriptor.batch_size
     message.learning_rate = descriptor.learning_rate
     message.reduction = reduction_to_proto(descriptor.reduction)

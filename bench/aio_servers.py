@@ -4,7 +4,7 @@
 functions) on a grpc.aio server; `... --kind gradserve --model linear ...` (any
 server flag) serves every unary GradientService method through an adapter over the
 same servicer, runs and store as server/app.py builds them, with the same RPC metrics and error
-statuses as server/interceptors.py. Both print `listening on 127.0.0.1:PORT` and stop on
+statuses as server/rpc/interceptors.py. Both print `listening on 127.0.0.1:PORT` and stop on
 SIGTERM. Handlers run inline on the event loop: the store is CPU-bound under one lock, so a
 thread pool would add handoffs and no parallelism. Streams are not served (the comparison is
 the per-call cost); a benchmark adapter, not a production server.
@@ -30,15 +30,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from bench.echo_server import OPTIONS, SERVICE, unary_behaviours
 from gradserve.defaults import SERVICE_NAME, channel_options
 from gradserve.errors import GradserveError
-from gradserve.server.auth import load_tokens
 from gradserve.server.flags import parse_args
-from gradserve.server.interceptors import status_for
 from gradserve.server.metrics import ServerMetrics
-from gradserve.server.parameter_store import ParameterStore
-from gradserve.server.principals import PrincipalTable
-from gradserve.server.run_loading import RunBuilder, RunSpec
-from gradserve.server.runs import DEFAULT_RUN, RunRegistry
-from gradserve.server.servicer import GradientServicer
+from gradserve.server.rpc.auth import load_tokens
+from gradserve.server.rpc.interceptors import status_for
+from gradserve.server.rpc.servicer import GradientServicer
+from gradserve.server.runs.lifecycle import RunBuilder, RunSpec
+from gradserve.server.runs.principals import PrincipalTable
+from gradserve.server.runs.registry import DEFAULT_RUN, RunRegistry
+from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.v1 import gradserve_pb2 as pb
 
 AioBehaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -88,7 +88,7 @@ class _SyncContext:
 
 
 def _adapted(behaviour: Callable[[Any, Any], Any], method: str, metrics: ServerMetrics) -> Any:
-    """The servicer's method as an aio handler, recording what server/interceptors.py records."""
+    """The servicer's method as an aio handler, recording what server/rpc/interceptors.py records."""
     handled = {
         code: metrics.handled.labels("unary", SERVICE_NAME, method, code.name)
         for code in grpc.StatusCode
@@ -141,7 +141,7 @@ def gradserve_handler(argv: Sequence[str]) -> grpc.GenericRpcHandler:
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             _adapted(getattr(servicer, method.name), method.name, metrics),
             request_deserializer=request.FromString,
-            # GetParameters answers bytes already serialised (server/raw_handlers.py).
+            # GetParameters answers bytes already serialised (server/rpc/raw_handlers.py).
             response_serializer=(
                 None if method.name in RAW_RESPONSES else response.SerializeToString
             ),

@@ -55,7 +55,7 @@ def local_mlp_loop(
     """Forward, cross_entropy, backward, then the seed loop's SGD step (`p -= lr * p.grad`,
     then zero_()) per batch, the arithmetic of the server's `sgd`, so the remote result can be
     compared bitwise; (seconds, final state)."""
-    torch.manual_seed(seed)  # the server's initialisation (server/networks.py build_mlp)
+    torch.manual_seed(seed)  # the server's initialisation (server/models/networks.py build_mlp)
     layers: list[nn.Module] = []
     for index in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[index], sizes[index + 1]))

@@ -27,9 +27,9 @@ import torch
 from bench.baselines import local_mlp_loop, local_seed_loop
 from gradserve.client.data import seed_data
 from gradserve.server.config import ModelConfig
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.models.optimizers import build_optimizer
+from gradserve.server.models.specs import build_configured
+from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.types import TrainStep
 
 LEARNING_RATE = 0.01

@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradserve.client.config import (
+from gradserve.types import Reduction
+
+from .config import (
     ConnectionConfig,
     DataConfig,
     EmbeddedServerConfig,
@@ -23,10 +25,9 @@ from gradserve.client.config import (
     TrainConfig,
     TransportConfig,
 )
-from gradserve.client.csv_stream import STREAM_ABOVE_BYTES
-from gradserve.client.datasets import DATASET_DEFAULTS
-from gradserve.client.server_data import add_data_on_server_flag
-from gradserve.types import Reduction
+from .csv_stream import STREAM_ABOVE_BYTES
+from .datasets import DATASET_DEFAULTS
+from .server_data import add_data_on_server_flag
 
 ENV_SERVER = "GRADSERVE_SERVER"
 ENV_METRICS_PORT = "GRADSERVE_TRAIN_METRICS_PORT"

@@ -17,16 +17,17 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gradserve.client.errors import error_from_rpc
-from gradserve.client.retry import DEFAULT_RETRY, RetryPolicy
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, channel_options
 from gradserve.errors import UnavailableError
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
+from .errors import error_from_rpc
+from .retry import DEFAULT_RETRY, RetryPolicy
+
 T = TypeVar("T")
 C = TypeVar("C", bound="ClientBase")
 
-# The request metadata that names the run (server/run_rpcs.py checks it against the body).
+# The request metadata that names the run (server/rpc/runs.py checks it against the body).
 RUN_METADATA = "gradserve-run"
 
 Metadata = tuple[tuple[str, str], ...]

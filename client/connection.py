@@ -9,18 +9,18 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gradserve.client.config import TrainConfig
-from gradserve.client.gradient_client import GradientClient
-from gradserve.client.retry import RetryPolicy
-from gradserve.client.security import bearer_metadata, channel_credentials, read_token
-from gradserve.server.app import create_server
-from gradserve.server.config import (
+from ..server.app import create_server
+from ..server.config import (
     CoordinationConfig,
     ModelConfig,
     NetworkConfig,
     RuntimeConfig,
     ServerConfig,
 )
+from .config import TrainConfig
+from .gradient_client import GradientClient
+from .retry import RetryPolicy
+from .security import bearer_metadata, channel_credentials, read_token
 
 
 def embedded_server_config(config: TrainConfig, *, sync_workers: int = 0) -> ServerConfig:

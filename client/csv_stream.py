@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gradserve.client.data import DataError, parse_value, read_rows
+from .data import DataError, parse_value, read_rows
 
 if TYPE_CHECKING:
-    from gradserve.client.config import TrainConfig
     from gradserve.types import ModelInfo
+
+    from .config import TrainConfig
 
 # Files larger than this are streamed even without --stream-csv.
 STREAM_ABOVE_BYTES = 64 * 2**20

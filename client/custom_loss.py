@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 import grpc
 import torch
 
-from gradserve.client.client_base import ClientBase
-from gradserve.client.retry import new_request_id
 from gradserve.codec import tensor_to_proto
 from gradserve.serde_losses import backward_result_from_proto, outputs_result_from_proto
 from gradserve.types import GradientResult, OutputsResult
 from gradserve.v1 import gradserve_pb2 as pb
+
+from .client_base import ClientBase
+from .retry import new_request_id
 
 T = TypeVar("T")
 LossFn = Callable[..., torch.Tensor]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from gradserve.chunks import DEFAULT_CHUNK_BYTES
-from gradserve.client.client_base import ClientBase
 from gradserve.serde_datasets import (
     dataset_summary_from_proto,
     upload_requests,
@@ -21,6 +20,8 @@ from gradserve.serde_datasets import (
 )
 from gradserve.types import DatasetSummary
 from gradserve.v1 import gradserve_pb2 as pb
+
+from .client_base import ClientBase
 
 
 class DatasetCalls(ClientBase):

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gradserve.client.plan import PlannedStep
 from gradserve.pass_types import DatasetPass
+
+from .plan import PlannedStep
 
 
 def one_batch_size(step: PlannedStep) -> int | None:

@@ -13,9 +13,10 @@ import logging
 
 import grpc
 
-from gradserve.client.gradient_client import GradientClient
-from gradserve.client.transport import ResumeError
 from gradserve.errors import FailedPreconditionError, GradserveError
+
+from .gradient_client import GradientClient
+from .transport import ResumeError
 
 logger = logging.getLogger(__name__)
 

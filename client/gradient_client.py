@@ -16,12 +16,6 @@ import grpc
 import torch
 
 from gradserve import serde, serde_graph
-from gradserve.client.custom_loss import CustomLosses
-from gradserve.client.dataset_calls import DatasetCalls
-from gradserve.client.errors import error_from_rpc
-from gradserve.client.parameter_transfer import ParameterTransfer
-from gradserve.client.retry import NO_RETRY, RetryPolicy, new_request_id
-from gradserve.client.run_calls import RunCalls
 from gradserve.codec import tensor_into_proto, tensor_to_proto
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
 from gradserve.errors import UnavailableError
@@ -45,6 +39,13 @@ from gradserve.types import (
     WeightedReduction,
 )
 from gradserve.v1 import gradserve_pb2 as pb
+
+from .custom_loss import CustomLosses
+from .dataset_calls import DatasetCalls
+from .errors import error_from_rpc
+from .parameter_transfer import ParameterTransfer
+from .retry import NO_RETRY, RetryPolicy, new_request_id
+from .run_calls import RunCalls
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",

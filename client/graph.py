@@ -29,19 +29,20 @@ from pathlib import Path
 
 import torch
 
-from gradserve.client.config import (
+from gradserve.errors import GradserveError, UnavailableError
+from gradserve.graph_types import GraphDescription, GraphEdge, GraphNode, NodeKind
+
+from .config import (
     ConnectionConfig,
     DataConfig,
     EmbeddedServerConfig,
     ScheduleConfig,
     TrainConfig,
 )
-from gradserve.client.connection import connect
-from gradserve.client.data import DataError
-from gradserve.client.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from gradserve.client.training_data import load_data
-from gradserve.errors import GradserveError, UnavailableError
-from gradserve.graph_types import GraphDescription, GraphEdge, GraphNode, NodeKind
+from .connection import connect
+from .data import DataError
+from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from .training_data import load_data
 
 # Tensors with at most this many elements are printed in full; larger ones by their norm.
 SHOW_ELEMENTS = 4

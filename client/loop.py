@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from gradserve.client.data import Dataset, batches
-from gradserve.client.digest_check import verify_resumed_digest
-from gradserve.client.gradient_client import GradientClient
-from gradserve.client.plan import StepPlan, Versioning
-from gradserve.client.recorder import Recorder, TrainSummary
-from gradserve.client.transport import OutOfStep, ResumeError, Transport
 from gradserve.errors import NotFoundError, UnavailableError
+
+from .data import Dataset, batches
+from .digest_check import verify_resumed_digest
+from .gradient_client import GradientClient
+from .plan import StepPlan, Versioning
+from .recorder import Recorder, TrainSummary
+from .transport import OutOfStep, ResumeError, Transport
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, push_to_gateway, start_http_server
 
-from gradserve.client.config import MetricsConfig
+from .config import MetricsConfig
 
 
 def serve_metrics(config: MetricsConfig, registry: CollectorRegistry) -> None:

@@ -14,13 +14,14 @@ import grpc
 import torch
 
 from gradserve.chunks import DEFAULT_CHUNK_BYTES, ChunkAssembler, tensor_to_wire_chunks
-from gradserve.client.client_base import ClientBase
-from gradserve.client.errors import error_from_rpc
-from gradserve.client.retry import new_request_id
 from gradserve.codec import tensor_from_parts
 from gradserve.defaults import SERVICE_NAME
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.wire_messages import parse_chunk, parse_get_parameters_response
+
+from .client_base import ClientBase
+from .errors import error_from_rpc
+from .retry import new_request_id
 
 _PATH = f"/{SERVICE_NAME}/"
 

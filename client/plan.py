@@ -19,9 +19,10 @@ from typing import Protocol
 
 import torch
 
-from gradserve.client.config import ScheduleConfig
-from gradserve.client.data import Dataset, batches
 from gradserve.types import DatasetBatch, Reduction, TrainStep
+
+from .config import ScheduleConfig
+from .data import Dataset, batches
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A batch, and the same samples named in the dataset uploaded to the server (when there is one).

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradserve.client.data import DataError
+from .data import DataError
 
 INSTALL_HINT = "pip install 'gradserve[plot]'"
 

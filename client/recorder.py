@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from gradserve.client.config import OutputConfig
-from gradserve.client.metrics import TrainMetrics
-from gradserve.client.progress import ProgressBar
-from gradserve.client.transport import StepDone
+from .config import OutputConfig
+from .metrics import TrainMetrics
+from .progress import ProgressBar
+from .transport import StepDone
 
 
 @dataclass(frozen=True)

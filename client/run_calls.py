@@ -10,8 +10,6 @@ of one that had landed would answer NOT_FOUND or ALREADY_EXISTS for what succeed
 from __future__ import annotations
 
 from gradserve import serde_runs
-from gradserve.client.client_base import ClientBase
-from gradserve.client.retry import new_request_id
 from gradserve.types import (
     CheckpointSummary,
     LoadResult,
@@ -21,6 +19,9 @@ from gradserve.types import (
     StateDigest,
 )
 from gradserve.v1 import gradserve_pb2 as pb
+
+from .client_base import ClientBase
+from .retry import new_request_id
 
 
 class RunCalls(ClientBase):

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from gradserve.client.config import TrainConfig
-from gradserve.client.gradient_client import GradientClient
 from gradserve.errors import AlreadyExistsError, NotFoundError
+
+from .config import TrainConfig
+from .gradient_client import GradientClient
 
 logger = logging.getLogger(__name__)
 

@@ -8,17 +8,18 @@ from typing import Any, TextIO
 
 import torch
 
-from gradserve.client.config import TrainConfig
-from gradserve.client.connection import connect
-from gradserve.client.exit_codes import EXIT_OK
-from gradserve.client.metrics import TrainMetrics
-from gradserve.client.metrics_export import Linger, push_metrics, serve_metrics
-from gradserve.client.plot import plot_data, require_matplotlib, write_plot
-from gradserve.client.recorder import Recorder, TrainSummary
-from gradserve.client.run_setup import prepare_run
-from gradserve.client.session import run_training
-from gradserve.client.workers import run_workers, shard_line, shard_report
 from gradserve.types import ModelInfo
+
+from .config import TrainConfig
+from .connection import connect
+from .exit_codes import EXIT_OK
+from .metrics import TrainMetrics
+from .metrics_export import Linger, push_metrics, serve_metrics
+from .plot import plot_data, require_matplotlib, write_plot
+from .recorder import Recorder, TrainSummary
+from .run_setup import prepare_run
+from .session import run_training
+from .workers import run_workers, shard_line, shard_report
 
 
 def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:

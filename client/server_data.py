@@ -15,12 +15,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gradserve.client.csv_stream import CsvStream
-from gradserve.client.data import DataError, Dataset
-from gradserve.client.gradient_client import GradientClient
 from gradserve.dataset_digest import dataset_digest
 from gradserve.errors import ResourceExhaustedError
 from gradserve.types import ModelInfo
+
+from .csv_stream import CsvStream
+from .data import DataError, Dataset
+from .gradient_client import GradientClient
 
 logger = logging.getLogger(__name__)
 

@@ -10,19 +10,20 @@ from typing import TextIO
 
 import torch
 
-from gradserve.client.config import TrainConfig
-from gradserve.client.data import Dataset
-from gradserve.client.gradient_client import GradientClient
-from gradserve.client.graph import render_dot, render_tree
-from gradserve.client.loop import train
-from gradserve.client.plan import BatchSource, Shard, StepPlan, Versioning
-from gradserve.client.recorder import Recorder, TrainSummary
-from gradserve.client.server_data import upload_training_set
-from gradserve.client.training_data import training_sets
-from gradserve.client.transport import Transport
-from gradserve.client.transport_stream import NAMED_REQUEST_BYTES, StreamTransport
-from gradserve.client.transport_unary import UnaryTransport
 from gradserve.types import ModelInfo
+
+from .config import TrainConfig
+from .data import Dataset
+from .gradient_client import GradientClient
+from .graph import render_dot, render_tree
+from .loop import train
+from .plan import BatchSource, Shard, StepPlan, Versioning
+from .recorder import Recorder, TrainSummary
+from .server_data import upload_training_set
+from .training_data import training_sets
+from .transport import Transport
+from .transport_stream import NAMED_REQUEST_BYTES, StreamTransport
+from .transport_unary import UnaryTransport
 
 
 def make_plan(

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 import torch
 
-from gradserve.client import datasets
-from gradserve.client.config import TrainConfig
-from gradserve.client.csv_stream import CsvStream, open_for_model, should_stream
-from gradserve.client.data import DataError, Dataset, read_csv, seed_data
 from gradserve.types import ModelInfo
+
+from . import datasets
+from .config import TrainConfig
+from .csv_stream import CsvStream, open_for_model, should_stream
+from .data import DataError, Dataset, read_csv, seed_data
 
 
 def training_sets(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from gradserve.client.plan import PlannedStep, StepPlan
+from .plan import PlannedStep, StepPlan
 
 
 class TrainingDiverged(RuntimeError):

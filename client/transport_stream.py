@@ -17,11 +17,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
-from gradserve.client.dataset_passes import as_pass, one_batch_size
-from gradserve.client.gradient_client import GradientClient
-from gradserve.client.plan import PlannedStep, StepPlan, Versioning
-from gradserve.client.transport import OutOfStep, StepDone, TrainingDiverged
-from gradserve.client.transport_unary import UnaryTransport
 from gradserve.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -31,6 +26,12 @@ from gradserve.errors import (
 )
 from gradserve.pass_types import DatasetPass
 from gradserve.types import TrainStep
+
+from .dataset_passes import as_pass, one_batch_size
+from .gradient_client import GradientClient
+from .plan import PlannedStep, StepPlan, Versioning
+from .transport import OutOfStep, StepDone, TrainingDiverged
+from .transport_unary import UnaryTransport
 
 logger = logging.getLogger(__name__)
 

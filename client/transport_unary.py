@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from gradserve.client.gradient_client import GradientClient
-from gradserve.client.plan import Batch, PlannedStep, StepPlan, Versioning
-from gradserve.client.transport import OutOfStep, ResumeError, StepDone, TrainingDiverged
 from gradserve.errors import FailedPreconditionError, VersionConflictError
 from gradserve.types import DatasetBatch
+
+from .gradient_client import GradientClient
+from .plan import Batch, PlannedStep, StepPlan, Versioning
+from .transport import OutOfStep, ResumeError, StepDone, TrainingDiverged
 
 
 class UnaryTransport:

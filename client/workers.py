@@ -18,15 +18,16 @@ import subprocess
 import sys
 from typing import Any
 
-from gradserve.client.config import TrainConfig, config_from_json, config_to_json
-from gradserve.client.connection import connect
-from gradserve.client.gradient_client import GradientClient
-from gradserve.client.metrics import TrainMetrics
-from gradserve.client.recorder import Recorder, TrainSummary
-from gradserve.client.session import run_training
-from gradserve.client.training_data import load_data
 from gradserve.errors import GradserveError
 from gradserve.types import ModelInfo
+
+from .config import TrainConfig, config_from_json, config_to_json
+from .connection import connect
+from .gradient_client import GradientClient
+from .metrics import TrainMetrics
+from .recorder import Recorder, TrainSummary
+from .session import run_training
+from .training_data import load_data
 
 ENV_WORKER_CONFIG = "GRADSERVE_WORKER_CONFIG"
 

@@ -16,21 +16,22 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gradserve.defaults import SERVICE_NAME, channel_options
-from gradserve.server.auth import BearerTokenInterceptor, load_tokens, server_credentials
-from gradserve.server.checkpoints import Checkpointer
-from gradserve.server.config import ServerConfig
-from gradserve.server.datasets import DatasetRegistry
-from gradserve.server.interceptors import ServerInterceptor
-from gradserve.server.metrics import ServerMetrics
-from gradserve.server.parameter_store import ParameterStore
-from gradserve.server.principals import PrincipalTable
-from gradserve.server.raw_handlers import add_gradient_service
-from gradserve.server.reflection import enable_server_reflection
-from gradserve.server.run_loading import Run, RunBuilder, RunSpec
-from gradserve.server.runs import DEFAULT_RUN, RunRegistry
-from gradserve.server.servicer import GradientServicer
-from gradserve.server.stream_admission import StreamAdmission
-from gradserve.server.tracing import server_interceptors
+
+from .checkpoints.files import Checkpointer
+from .config import ServerConfig
+from .datasets.registry import DatasetRegistry
+from .metrics import ServerMetrics
+from .rpc.auth import BearerTokenInterceptor, load_tokens, server_credentials
+from .rpc.interceptors import ServerInterceptor
+from .rpc.raw_handlers import add_gradient_service
+from .rpc.reflection import enable_server_reflection
+from .rpc.servicer import GradientServicer
+from .rpc.stream_admission import StreamAdmission
+from .runs.lifecycle import Run, RunBuilder, RunSpec
+from .runs.principals import PrincipalTable
+from .runs.registry import DEFAULT_RUN, RunRegistry
+from .store.parameter_store import ParameterStore
+from .tracing import server_interceptors
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def create_server(
     metrics: ServerMetrics | None = None,
     store_factory: Callable[..., ParameterStore] | None = None,
 ) -> GradientServer:
-    """`store_factory`: the store class to serve with (server/distributed.py's on rank 0)."""
+    """`store_factory`: the store class to serve with (server/store/distributed.py's on rank 0)."""
     runtime, limits, model_config = config.runtime, config.limits, config.model
     if runtime.torch_threads is not None:
         torch.set_num_threads(runtime.torch_threads)

@@ -40,7 +40,7 @@ class LimitsConfig:
     # oldest results are dropped and their replays refused (docs/protocol.md).
     request_id_window_bytes: int = 64 * MIB
     # ComputeOutputs handles per run: held at once, bytes kept for backward, lifetime
-    # (server/output_handles.py).
+    # (server/store/output_handles.py).
     output_handles: int = 16
     output_handle_bytes: int = 256 * MIB
     output_handle_seconds: float = 60.0
@@ -70,7 +70,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # The --model spec (server/model_specs.py).
+    # The --model spec (server/models/specs.py).
     spec: str = "linear"
     # None: the model's default (mse for linear, cross_entropy for classifiers).
     loss: str | None = None
@@ -93,7 +93,7 @@ STALE_POLICIES = ("reject", "downweight")
 
 @dataclass(frozen=True)
 class CoordinationConfig:
-    """Many workers on one model (server/coordination.py, docs/scaling.md)."""
+    """Many workers on one model (server/coordination/coordinator.py, docs/scaling.md)."""
 
     # "direct" (each call acts at once), "sync" (ApplyUpdate waits for N contributions) or
     # "async" (bounded staleness).
@@ -126,7 +126,7 @@ class CoordinationConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """Checkpoints (server/checkpoints.py): restored on start, saved every N updates and/or
+    """Checkpoints (server/checkpoints/files.py): restored on start, saved every N updates and/or
     every T seconds (None: not), on shutdown and on SaveCheckpoint; the newest `keep` kept."""
 
     directory: str | None = None
@@ -143,7 +143,7 @@ RUN_ACCESS = ("all", "admin")
 
 @dataclass(frozen=True)
 class RunsConfig:
-    """Training runs that clients create (server/runs.py, docs/runs.md)."""
+    """Training runs that clients create (server/runs/registry.py, docs/runs.md)."""
 
     # Runs at once, the default run included.
     max_runs: int = 64
@@ -170,7 +170,7 @@ class RunsConfig:
 
 @dataclass(frozen=True)
 class DatasetsConfig:
-    """Datasets clients upload to a run (server/datasets.py, docs/datasets.md)."""
+    """Datasets clients upload to a run (server/datasets/registry.py, docs/datasets.md)."""
 
     # Bytes of datasets across all runs, checked before an upload keeps a byte.
     max_bytes: int = 1024 * MIB
@@ -191,7 +191,7 @@ class SecurityConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
-    # Bearer tokens (server/auth.py): a file with one token per line and/or tokens given
+    # Bearer tokens (server/rpc/auth.py): a file with one token per line and/or tokens given
     # directly; none configured means no token is asked for. Never printed (repr=False).
     auth_tokens_file: str | None = None
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)

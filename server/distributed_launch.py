@@ -18,12 +18,13 @@ import torch.distributed as dist
 from grpc_health.v1 import health_pb2
 
 from gradserve.defaults import SERVICE_NAME
-from gradserve.server.app import GradientServer
-from gradserve.server.config import ServerConfig
-from gradserve.server.distributed import ENV_TIMEOUT, DistributedParameterStore
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore
+
+from .app import GradientServer
+from .config import ServerConfig
+from .models.optimizers import build_optimizer
+from .models.specs import build_configured
+from .store.distributed import ENV_TIMEOUT, DistributedParameterStore
+from .store.parameter_store import ParameterStore
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gradserve.server.config import ServerConfig, flat_defaults
-from gradserve.server.datasets import add_dataset_flags
-from gradserve.server.output_handles import add_output_handle_flags
+from .config import ServerConfig, flat_defaults
+from .datasets.registry import add_dataset_flags
+from .store.output_handles import add_output_handle_flags
 
 ENV_HOST = "GRADSERVE_HOST"
 ENV_PORT = "GRADSERVE_PORT"

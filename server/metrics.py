@@ -74,7 +74,7 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # Training state, by run (server/runs.py): the run label takes run names, which the
+        # Training state, by run (server/runs/registry.py): the run label takes run names, which the
         # server bounds by --max-runs; "" is the default run, which Prometheus reads as no
         # label at all, so queries written before runs keep working.
         self.model_version = Gauge(
@@ -131,7 +131,7 @@ class ServerMetrics:
             ["grpc_method"],
             registry=r,
         )
-        # Many workers (server/coordination.py): async staleness and sync rounds.
+        # Many workers (server/coordination/coordinator.py): async staleness and sync rounds.
         self.staleness = Histogram(
             "gradserve_gradient_staleness",
             "Async mode: model versions between a contribution's based_on_version and the "
@@ -152,7 +152,7 @@ class ServerMetrics:
             registry=r,
         )
 
-        # Streams (server/stream_admission.py): capacity apart from short calls.
+        # Streams (server/rpc/stream_admission.py): capacity apart from short calls.
         self.open_streams = Gauge("gradserve_open_streams", "Streaming RPCs open now.", registry=r)
         self.streams_refused = Counter(
             "gradserve_streams_refused_total",
@@ -164,7 +164,7 @@ class ServerMetrics:
             "Streams cancelled after waiting --stream-idle-seconds on their client.",
             registry=r,
         )
-        # Checkpoints (server/checkpoints.py): saves that failed (full disk, missing directory).
+        # Checkpoints (server/checkpoints/files.py): saves that failed (full disk, missing directory).
         self.checkpoint_failures = Counter(
             "gradserve_checkpoint_failures_total",
             "Checkpoint saves that failed (periodic, on demand, durable or final).",

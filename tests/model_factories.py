@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from gradserve.server.model_specs import FactoryModel
+from gradserve.server.models.specs import FactoryModel
 
 
 def tiny(hidden: str = "4") -> FactoryModel:

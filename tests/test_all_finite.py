@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gradserve.errors import InvalidArgumentError
-from gradserve.server.models import all_finite, all_finite_tensors, float64_norm
-from gradserve.server.parameter_access import check_values
+from gradserve.server.models.model import all_finite, all_finite_tensors, float64_norm
+from gradserve.server.store.parameter_access import check_values
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

@@ -18,10 +18,10 @@ from test_startup_errors import assert_one_line_exit_2, run
 
 from gradserve.client.gradient_client import GradientClient
 from gradserve.errors import FailedPreconditionError
-from gradserve.server.checkpoints import list_checkpoints
+from gradserve.server.checkpoints.files import list_checkpoints
 from gradserve.v1 import gradserve_pb2 as pb
 
-LOGGER = "gradserve.server.checkpoints"
+LOGGER = "gradserve.server.checkpoints.files"
 
 
 def failures(server) -> float:

@@ -16,8 +16,8 @@ import torch
 from helpers import linear_batch
 
 from gradserve.client.gradient_client import GradientClient
-from gradserve.server.checkpoint_encoding import manifest_digest
-from gradserve.server.checkpoints import MANIFEST, TENSORS, list_checkpoints
+from gradserve.server.checkpoints.encoding import manifest_digest
+from gradserve.server.checkpoints.files import MANIFEST, TENSORS, list_checkpoints
 
 Edit = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
 
@@ -65,7 +65,7 @@ def rewrite(folder: Path, edit: Edit, *, sign: bool = True) -> None:
 
 def restarted_version(make_server, directory: Path, caplog, newest: str) -> int:
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="gradserve.server.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="gradserve.server.checkpoints.files"):
         server = make_server(checkpoint_dir=str(directory), optimizer="adam")
     skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert len(skipped) == 1 and newest in skipped[0], skipped

@@ -12,7 +12,7 @@ import torch
 from helpers import TIMEOUT, linear_batch
 
 from gradserve.client.gradient_client import GradientClient
-from gradserve.server.checkpoints import MANIFEST, TENSORS, list_checkpoints
+from gradserve.server.checkpoints.files import MANIFEST, TENSORS, list_checkpoints
 from gradserve.v1 import gradserve_pb2 as pb
 
 OPTIMIZERS = ["sgd", "sgd:momentum=0.9,nesterov=true", "adam:betas=0.8/0.9", "adamw"]
@@ -115,7 +115,7 @@ def test_a_broken_newest_checkpoint_is_skipped(
     else:
         (broken / TENSORS).unlink()
 
-    with caplog.at_level(logging.WARNING, logger="gradserve.server.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="gradserve.server.checkpoints.files"):
         restarted = make_server(checkpoint_dir=str(tmp_path))
     assert any(
         newest.name in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records

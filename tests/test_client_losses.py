@@ -14,8 +14,8 @@ import torch
 from gradserve.client.gradient_client import GradientClient
 from gradserve.codec import tensor_to_proto
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
-from gradserve.server.model_specs import build
-from gradserve.server.output_handles import HandleBounds, OutputHandles
+from gradserve.server.models.specs import build
+from gradserve.server.store.output_handles import HandleBounds, OutputHandles
 from gradserve.v1 import gradserve_pb2 as pb
 from tests.conftest import ServerFactory
 from tests.helpers import TIMEOUT, Snapshot, field_violations

@@ -10,11 +10,11 @@ import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.config import CoordinationConfig, ModelConfig
-from gradserve.server.coordination import DirectCoordinator, build_coordinator
+from gradserve.server.coordination.coordinator import DirectCoordinator, build_coordinator
 from gradserve.server.metrics import ServerMetrics
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.models.optimizers import build_optimizer
+from gradserve.server.models.specs import build_configured
+from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.types import TrainStep
 
 LR = 0.1

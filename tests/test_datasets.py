@@ -23,8 +23,8 @@ from gradserve.errors import (
 from gradserve.serde import train_step_from_proto, train_step_to_proto
 from gradserve.serde_datasets import upload_requests
 from gradserve.server.config import DatasetsConfig
-from gradserve.server.datasets import DatasetRegistry, StoredDataset
-from gradserve.server.request_ids import fingerprint
+from gradserve.server.datasets.registry import DatasetRegistry, StoredDataset
+from gradserve.server.store.request_ids import fingerprint
 from gradserve.types import DatasetBatch, TrainStep
 from gradserve.v1 import gradserve_pb2 as pb
 

@@ -14,7 +14,7 @@ from helpers import linear_batch
 
 from gradserve.client.gradient_client import GradientClient, RetryPolicy
 from gradserve.errors import FailedPreconditionError, GradserveError
-from gradserve.server.checkpoints import list_checkpoints, read_checkpoint
+from gradserve.server.checkpoints.files import list_checkpoints, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

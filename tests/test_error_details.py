@@ -14,7 +14,7 @@ from helpers import TIMEOUT, apply, compute, field_violations, linear_batch
 
 from gradserve.client.errors import error_from_rpc
 from gradserve.errors import DOMAIN, FailedPreconditionError, InvalidArgumentError, Violation
-from gradserve.server.interceptors import _INTERNAL, status_for
+from gradserve.server.rpc.interceptors import _INTERNAL, status_for
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc
 

@@ -11,9 +11,9 @@ from gradserve.client.gradient_client import GradientClient, TrainStep
 from gradserve.errors import FailedPreconditionError
 from gradserve.server.app import GradientServer
 from gradserve.server.config import ModelConfig
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.models.optimizers import build_optimizer
+from gradserve.server.models.specs import build_configured
+from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.types import Reduction
 from tests.conftest import ServerFactory
 from tests.helpers import Snapshot, apply, compute, get_parameters, linear_batch, set_parameters

@@ -21,9 +21,9 @@ from gradserve.client.data import seed_data
 from gradserve.client.gradient_client import GradientClient, GraphDescription, NodeKind
 from gradserve.codec import tensor_from_proto, tensor_to_proto
 from gradserve.errors import ResourceExhaustedError
-from gradserve.server.graph import DEFAULT_MAX_NODES, MAX_NODES, build_graph
-from gradserve.server.models import ACTIVATIONS
-from gradserve.server.networks import build_mlp
+from gradserve.server.models.graph import DEFAULT_MAX_NODES, MAX_NODES, build_graph
+from gradserve.server.models.model import ACTIVATIONS
+from gradserve.server.models.networks import build_mlp
 from gradserve.v1 import gradserve_pb2 as pb
 
 TIMEOUT = 10.0

@@ -11,7 +11,7 @@ from torch.nn import functional
 from gradserve.client.gradient_client import GradientClient
 from gradserve.codec import tensor_to_proto
 from gradserve.errors import InvalidArgumentError
-from gradserve.server.model_specs import build
+from gradserve.server.models.specs import build
 from gradserve.types import BatchLoss, LossSpec, TrainStep, WeightedReduction
 from gradserve.v1 import gradserve_pb2 as pb
 from tests.conftest import ServerFactory

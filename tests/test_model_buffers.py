@@ -12,11 +12,11 @@ import torch
 from gradserve.client.gradient_client import GradientClient, TrainStep
 from gradserve.codec import tensor_to_proto
 from gradserve.errors import InvalidArgumentError
-from gradserve.server.checkpoint_encoding import decode_state, encode_state
+from gradserve.server.checkpoints.encoding import decode_state, encode_state
 from gradserve.server.config import ModelConfig
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.models.optimizers import build_optimizer
+from gradserve.server.models.specs import build_configured
+from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.v1 import gradserve_pb2 as pb
 from tests.conftest import ServerFactory
 from tests.helpers import TIMEOUT, Snapshot, compute

@@ -38,7 +38,7 @@ BAD_SPECS = [
     ({"model_factories": ("x=no_such_module:f",)}, "cannot import it"),
     (
         {"model_factories": ("x=model_factories:not_a_model",), "model": "x"},
-        "must return gradserve.server.model_specs.FactoryModel",
+        "must return gradserve.server.models.specs.FactoryModel",
     ),
     (
         {"model_factories": ("x=model_factories:tiny",), "model": "x:width=3"},

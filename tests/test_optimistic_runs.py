@@ -1,4 +1,4 @@
-"""Train and ComputeGradients run optimistically (server/optimistic_runs.py): what a refused
+"""Train and ComputeGradients run optimistically (server/store/optimistic_runs.py): what a refused
 step leaves is what the checked path leaves, torch's RNG included, and a passing step costs
 about the torch ops of the local loop. Local torch is the oracle."""
 
@@ -18,9 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gradserve.client.data import seed_data
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.config import ModelConfig
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.models.optimizers import build_optimizer
+from gradserve.server.models.specs import build_configured
+from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.types import TrainStep
 
 LEARNING_RATE = 0.1

@@ -18,8 +18,8 @@ from helpers import (
 )
 
 from gradserve.codec import tensor_to_proto
-from gradserve.server.checkpoint_encoding import decode_state, encode_state
-from gradserve.server.request_ids import RequestIdWindow, fingerprint
+from gradserve.server.checkpoints.encoding import decode_state, encode_state
+from gradserve.server.store.request_ids import RequestIdWindow, fingerprint
 from gradserve.types import GradientResult, UpdateResult
 from gradserve.v1 import gradserve_pb2 as pb
 

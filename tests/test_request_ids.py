@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from helpers import Snapshot, apply, compute, linear_batch, set_parameters
 
-from gradserve.server import request_ids
-from gradserve.server.request_ids import fingerprint
+from gradserve.server.store import request_ids
+from gradserve.server.store.request_ids import fingerprint
 from gradserve.types import BatchLoss, Reduction
 
 

@@ -11,7 +11,7 @@ from helpers import TIMEOUT, Snapshot, field_violations
 from gradserve.chunks import MIN_CHUNK_BYTES, tensor_to_chunks
 from gradserve.codec import encoded_tensor_bytes, tensor_to_proto
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
-from gradserve.server.parameter_access import check_names
+from gradserve.server.store.parameter_access import check_names
 from gradserve.v1 import gradserve_pb2 as pb
 
 # 32 * 1024 float32 weights: 128 KiB, two chunks at the minimum chunk size.

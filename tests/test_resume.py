@@ -24,7 +24,7 @@ from gradserve.client.loop import train
 from gradserve.client.metrics import TrainMetrics
 from gradserve.client.recorder import Recorder
 from gradserve.client.session import make_plan, make_transport
-from gradserve.server.checkpoints import TENSORS, list_checkpoints
+from gradserve.server.checkpoints.files import TENSORS, list_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 30  # 300 steps of the seed training: long enough for three kills, a few seconds

@@ -10,9 +10,9 @@ import torch
 from gradserve.client.data import seed_data
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
 from gradserve.server.config import ModelConfig
-from gradserve.server.model_specs import build_configured
-from gradserve.server.optimizers import build_optimizer
-from gradserve.server.parameter_store import ParameterStore
+from gradserve.server.models.optimizers import build_optimizer
+from gradserve.server.models.specs import build_configured
+from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.types import Reduction, TrainStep
 
 LEARNING_RATE = 0.01

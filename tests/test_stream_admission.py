@@ -13,14 +13,14 @@ import grpc
 import pytest
 
 from gradserve.errors import GradserveError
-from gradserve.server.interceptors import status_for
-from gradserve.server.stream_admission import StreamAdmission
+from gradserve.server.rpc.interceptors import status_for
+from gradserve.server.rpc.stream_admission import StreamAdmission
 
 SERVICE = "test.Echo"
 
 
 class ErrorMap(grpc.ServerInterceptor):  # type: ignore[misc]
-    """The project's errors as statuses (what server/interceptors.py does for the real server)."""
+    """The project's errors as statuses (what server/rpc/interceptors.py does for the real server)."""
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)

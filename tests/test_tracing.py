@@ -23,7 +23,7 @@ from gradserve.client.gradient_client import GradientClient
 from gradserve.errors import InternalError, InvalidArgumentError
 from gradserve.server import tracing
 from gradserve.server.flags import parse_args
-from gradserve.server.model_specs import FactoryModel
+from gradserve.server.models.specs import FactoryModel
 from gradserve.types import TrainStep
 
 pytest.importorskip(
@@ -195,7 +195,7 @@ def test_a_server_failure_is_an_error_span_and_its_log_line_carries_the_trace_id
     # The interceptor logs the traceback inside the RPC: the line names the RPC's span.
     lines = [line for line in traced.log.getvalue().splitlines() if "failed" in line]
     assert lines == [
-        "ERROR gradserve.server.interceptors: ComputeGradients failed "
+        "ERROR gradserve.server.rpc.interceptors: ComputeGradients failed "
         f"trace_id={TRACE_ID} span_id={format(compute.context.span_id, '016x')}"
     ]
 

@@ -1,6 +1,6 @@
 """The project's exceptions: what went wrong, why (a stable reason), the field at fault, the code.
 
-Server code raises these; one interceptor (gradserve.server.interceptors) turns them into a
+Server code raises these; one interceptor (gradserve.server.rpc.interceptors) turns them into a
 status with google.rpc details (ErrorInfo with `reason` and DOMAIN always; BadRequest,
 PreconditionFailure, QuotaFailure, RetryInfo where they fit; docs/protocol.md#errors). The
 client raises them again from the status it receives (gradserve.client.errors).

@@ -32,7 +32,7 @@ def dataset_pass_into_proto(descriptor: DatasetPass, message: pb.DatasetPass) ->
 
 def dataset_pass_from_proto(message: pb.DatasetPass, field: str = "dataset_pass") -> DatasetPass:
     """The pass as named; its samples are checked against the dataset where it lives
-    (server/dataset_passes.py)."""
+    (server/datasets/passes.py)."""
     check_named_samples(message, field)
     if message.batch_size < 1:
         raise InvalidArgumentError(

@@ -13,7 +13,7 @@ from enum import Enum
 
 import torch
 
-# Field metadata read by the server's request-id fingerprints (server/request_ids.py).
+# Field metadata read by the server's request-id fingerprints (server/store/request_ids.py).
 FINGERPRINT_OMITTED_AT_DEFAULT = "omitted_at_default"  # left out while at its default
 FINGERPRINT_STANDS_IN_FOR = "stands_in_for"  # its non-None items replace the named field's
 

@@ -1,0 +1,1 @@
+"""Checkpoints: files, names, encoding, checks, the directory's health, durability."""

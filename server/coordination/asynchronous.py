@@ -1,0 +1,155 @@
+"""Async mode: each update steps at once; stale contributions are rejected or down-weighted.
+
+Async: each ApplyUpdate steps at once. ComputeGradients may say which model version the
+worker based its batch on (`based_on_version`, the version it last observed: its last
+ApplyUpdate's or GetParameters' answer); staleness = the server's version when the gradients
+are computed minus that version. The server always computes on its current parameters, so
+staleness measures how far the worker's own view (its schedule, its learning-rate decisions,
+anything it derived from parameters it fetched) lags the model. A contribution staler than
+`max_staleness` is rejected with ABORTED (policy "reject") or accumulated with weight
+1 / (1 + staleness) (policy "downweight"). An ApplyUpdate that finds nothing accumulated,
+because another worker's update already applied its gradients, returns the current version
+with applied_batches 0 instead of FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+
+from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
+from gradserve.types import BatchLoss, GradientResult, Reduction, UpdateResult
+
+from ..config import CoordinationConfig, LimitsConfig
+from ..metrics import RunMetrics
+from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
+from ..store.parameter_store import ParameterStore
+from .coordinator import RoundCoordinator
+
+
+class AsyncCoordinator(RoundCoordinator):
+    """Each update steps at once; contributions are checked against the staleness bound."""
+
+    def __init__(
+        self,
+        store: ParameterStore,
+        config: CoordinationConfig,
+        metrics: RunMetrics | None = None,
+        limits: LimitsConfig | None = None,
+    ) -> None:
+        super().__init__(store, config, metrics, limits)
+        # An update and the snapshot taken when it found nothing to apply go together.
+        self._lock = threading.Lock()
+
+    def compute_gradients(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        request_id: str = "",
+        return_gradients: bool = False,
+        based_on_version: int | None = None,
+        batch_loss: BatchLoss | None = None,
+    ) -> GradientResult:
+        seen: list[float] = []
+        result = self.store.compute_gradients(
+            inputs,
+            targets,
+            request_id=request_id,
+            return_gradients=return_gradients,
+            weigh=self._weigher(based_on_version, seen),
+            max_response_bytes=self.limits.max_message_bytes,
+            batch_loss=batch_loss,
+        )
+        return self._recorded(result, seen)
+
+    def backward_outputs(
+        self,
+        handle: str,
+        output_gradients: torch.Tensor,
+        loss: float,
+        *,
+        request_id: str = "",
+        based_on_version: int | None = None,
+    ) -> GradientResult:
+        """Staleness as for ComputeGradients, measured when the backward pass runs."""
+        seen: list[float] = []
+        result = self.store.backward_outputs(
+            handle,
+            output_gradients,
+            loss,
+            request_id=request_id,
+            weigh=self._weigher(based_on_version, seen),
+        )
+        return self._recorded(result, seen)
+
+    def _recorded(self, result: GradientResult, seen: list[float]) -> GradientResult:
+        self.metrics.record_gradients(result)
+        if seen:
+            staleness, weight = seen
+            self.metrics.staleness.observe(staleness)
+            if weight != 1.0:
+                self.metrics.stale_contributions.labels("downweighted").inc()
+        return result
+
+    def _weigher(self, based_on_version: int | None, seen: list[float]) -> Callable[[int], float]:
+        """The store's `weigh`: checks staleness and appends (staleness, weight) to `seen`."""
+
+        def weigh(version: int) -> float:
+            # Called by the store under its lock, after the request-id lookup: a retried,
+            # accepted batch is answered from the window, whatever its staleness now.
+            based_on = version if based_on_version is None else based_on_version
+            staleness = version - based_on
+            if staleness < 0:
+                raise InvalidArgumentError(
+                    f"based_on_version: {based_on_version} is ahead of the model's version "
+                    f"{version}",
+                    field="based_on_version",
+                )
+            weight = 1.0
+            if staleness > self.config.max_staleness:
+                if self.config.stale_policy == "reject":
+                    self.metrics.stale_contributions.labels("rejected").inc()
+                    raise VersionConflictError(
+                        f"based_on_version: {based_on_version} is {staleness} versions behind "
+                        f"the model's {version}, more than max_staleness "
+                        f"{self.config.max_staleness}; nothing was accumulated",
+                        field="based_on_version",
+                        reason="STALE_CONTRIBUTION",
+                    )
+                weight = 1.0 / (1.0 + staleness)
+            seen.extend((staleness, weight))
+            return weight
+
+        return weigh
+
+    def apply_update(
+        self,
+        learning_rate: float,
+        *,
+        reduction: Reduction = Reduction.SUM,
+        expected_version: int | None = None,
+        request_id: str = "",
+        time_remaining: float | None = None,
+        hyperparameters: Hyperparameters = NO_OVERRIDES,
+        max_grad_norm: float | None = None,
+    ) -> UpdateResult:
+        """Each update takes its own request's overrides and clipping."""
+        with self._lock:
+            try:
+                result = self.store.apply_update(
+                    learning_rate,
+                    reduction=reduction,
+                    expected_version=expected_version,
+                    request_id=request_id,
+                    hyperparameters=hyperparameters,
+                    max_grad_norm=max_grad_norm,
+                )
+            except FailedPreconditionError:
+                # Another worker's update already applied this worker's gradients: no step
+                # was taken here, so none is counted.
+                return self.durable(UpdateResult(self.store.snapshot()[0], 0, 0, 0.0))
+        self.metrics.record_update(result)
+        return self.durable(result)

@@ -1,0 +1,1 @@
+"""Models: specs, networks, factories, losses, optimizers, hyperparameters, the graph view."""

@@ -1,0 +1,1 @@
+"""Runs: the registry of every principal's runs, one run's life, forks, principals."""

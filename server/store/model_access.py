@@ -1,0 +1,194 @@
+"""The store's calls that are not training steps: evaluation, reading and writing parameters
+and buffers, model info, and the autograd graph of one batch.
+
+A mixin of ParameterStore (parameter_store.py), which sets the attributes declared here; every
+method takes the store's lock for what it reads or changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+
+from gradserve.graph_types import GraphDescription
+from gradserve.types import (
+    EvaluationResult,
+    ModelInfo,
+    SetResult,
+    TensorSpec,
+)
+
+from ..models.graph import effective_max_nodes
+from ..models.graph_trace import trace_graph
+from ..models.losses import available
+from ..tracing import traced
+from .parameter_access import check_names, check_values
+from .request_ids import RequestIdWindow, check_request_id
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+    from ..models.optimizers import Optimizer
+
+T = TypeVar("T")
+
+
+class ModelAccess:
+    # Set by ParameterStore.__init__.
+    model: Model
+    optimizer: Optimizer
+    device: torch.device
+    version: int
+    accumulated_batches: int
+    accumulated_samples: int
+    _named: dict[str, torch.nn.Parameter]
+    _buffers: dict[str, torch.Tensor]
+    _tensors: dict[str, torch.Tensor]
+    _parameters: list[torch.nn.Parameter]
+    _lock: threading.Lock
+    _request_ids: RequestIdWindow
+
+    # ParameterStore's own, used here.
+    def _check_version(self, expected_version: int | None) -> None:
+        raise NotImplementedError
+
+    def _drop_gradients(self) -> None:
+        raise NotImplementedError
+
+    def snapshot(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def parameter_bytes(self) -> int:
+        """Bytes of the model's parameters and buffers (what a run costs in memory)."""
+        module = self.model.module
+        tensors = [*module.parameters(), *module.buffers()]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+    @traced("gradserve.evaluate")
+    def evaluate(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        *,
+        return_predictions: bool = False,
+    ) -> EvaluationResult:
+        batch_size = self.model.check_batch(inputs, targets)
+        inputs = inputs.to(self.device)
+        targets = None if targets is None else targets.to(self.device)
+        with self._lock, torch.no_grad():
+            self.model.module.eval()
+            predictions = self.model.module(inputs)
+            loss = None
+            if targets is not None:
+                loss = self.model.loss.function(predictions, targets).item()
+            return EvaluationResult(
+                loss, batch_size, self.version, predictions.cpu() if return_predictions else None
+            )
+
+    def read_parameters(
+        self,
+        names: Sequence[str],
+        reader: Callable[[str, torch.Tensor], T],
+        *,
+        max_bytes: int | None = None,
+        include_buffers: bool = False,
+    ) -> tuple[int, list[T]]:
+        """Call reader(name, value) for the named parameters or buffers (when names is empty:
+        every parameter, then with `include_buffers` every buffer) under the lock, so a reader
+        sees one version without copying; return (version, results). Names are checked, and
+        with `max_bytes` the encoded size too, before anything is read."""
+        default = self._tensors if include_buffers else self._named
+        selected = check_names(self._tensors, names, max_bytes, default=list(default))
+        with self._lock:
+            return self.version, [
+                reader(name, self._tensors[name].detach().cpu()) for name in selected
+            ]
+
+    @traced("gradserve.set_parameters")
+    def set_parameters(
+        self,
+        values: Sequence[tuple[str, torch.Tensor]],
+        *,
+        expected_version: int | None = None,
+        request_id: str = "",
+        values_digest: str | None = None,
+    ) -> SetResult:
+        """`values_digest`: what stands for the values in the request-id check when the caller
+        has it already (an upload's, taken as its chunks arrived: hashing 134 MB again here,
+        under the lock, took 120 ms); by default the values themselves are hashed."""
+        check_request_id(request_id)
+        check_values(self._tensors, values)
+
+        def run() -> SetResult:
+            self._check_version(expected_version)
+            with torch.no_grad():
+                for name, value in values:
+                    self._tensors[name].copy_(value)
+            self._drop_gradients()
+            self.version += 1
+            return SetResult(model_version=self.version)
+
+        with self._lock:
+            return self._request_ids.remembered(
+                "set_parameters",
+                request_id,
+                run,
+                tuple(values) if values_digest is None else values_digest,
+                expected_version,
+            )
+
+    def info(self) -> ModelInfo:
+        model = self.model
+        version, batches, samples = self.snapshot()
+        return ModelInfo(
+            model=model.name,
+            model_spec=model.spec,
+            parameters=tuple(
+                TensorSpec(name, p.dtype, tuple(p.shape)) for name, p in self._named.items()
+            ),
+            parameter_count=sum(parameter.numel() for parameter in self._parameters),
+            buffers=tuple(
+                TensorSpec(name, b.dtype, tuple(b.shape)) for name, b in self._buffers.items()
+            ),
+            input=TensorSpec("inputs", model.input.dtype, model.input.shape),
+            target=TensorSpec("targets", model.target.dtype, model.target.shape),
+            loss=model.loss.name,
+            losses=available(model),
+            optimizer=self.optimizer.description,
+            model_version=version,
+            accumulated_batches=batches,
+            accumulated_samples=samples,
+        )
+
+    def gradients(self) -> dict[str, torch.Tensor | None]:
+        """A copy of the accumulated gradients (for tests and checkpoints)."""
+        with self._lock:
+            return {
+                name: None if p.grad is None else p.grad.detach().to("cpu", copy=True)
+                for name, p in self._named.items()
+            }
+
+    def describe_graph(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        max_nodes: int = 0,
+        return_gradients: bool = False,
+    ) -> GraphDescription:
+        """The autograd graph ComputeGradients would build for this batch, changing nothing."""
+        cap = effective_max_nodes(max_nodes)
+        batch_size = self.model.check_batch(inputs, targets)
+        with self._lock:
+            graph = trace_graph(
+                self.model,
+                self._named,
+                self._parameters,
+                inputs,
+                targets,
+                max_nodes=cap,
+                return_gradients=return_gradients,
+            )
+            return GraphDescription(graph, batch_size, self.version, cap)

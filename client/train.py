@@ -8,8 +8,14 @@ nothing else. Exit codes: 0 done; 1 training failed (diverged, rejected by the s
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+
+# gRPC core reads GRPC_VERBOSITY once, when grpc is imported; unset, this grpc writes its INFO
+# lines (a GOAWAY as a server stops, ...) to stderr, into our own output. ERROR, as gRPC
+# documents its default, unless the user chose a level.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from gradserve.client.arguments import parse_args
 from gradserve.client.data import DataError

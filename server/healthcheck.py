@@ -12,6 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+# gRPC core reads GRPC_VERBOSITY once, when grpc is imported; unset, this grpc writes its INFO
+# lines (a GOAWAY as a server stops, ...) to stderr, into our own output. ERROR, as gRPC
+# documents its default, unless the user chose a level.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

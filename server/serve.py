@@ -7,11 +7,17 @@ ends that early), then in-flight calls get --shutdown-grace seconds, then the fi
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+
+# gRPC core reads GRPC_VERBOSITY once, when grpc is imported; unset, this grpc writes its INFO
+# lines (a GOAWAY as a server stops, ...) to stderr, into our own output. ERROR, as gRPC
+# documents its default, unless the user chose a level.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from prometheus_client import start_http_server
 

@@ -38,14 +38,20 @@ def free_port() -> int:
 
 
 def clean_environment() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("GRADSERVE_")}
+    # gRPC logging as a user gets it by default (tests that want more set it themselves).
+    unset = ("GRPC_VERBOSITY", "GRPC_TRACE")
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("GRADSERVE_") and key not in unset
+    }
 
 
-def serve(*args: str) -> subprocess.Popen[str]:
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "server/serve.py", *args],
         cwd=ROOT,
-        env=clean_environment(),
+        env={**clean_environment(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -74,9 +80,11 @@ def process() -> Iterator[tuple[subprocess.Popen[str], str, int]]:
 
 
 @contextmanager
-def started(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def started(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """serve.py with `args`, once it printed its address; killed afterwards if still alive."""
-    child = serve(*args)
+    child = serve(*args, env=env)
     lines, reader = lines_of(child.stdout)
     try:
         address = None
@@ -139,6 +147,19 @@ def test_a_bad_model_exits_non_zero_with_one_clear_line() -> None:
     assert "model" in lines[0]
     assert "resnet" in lines[0]
     assert "Traceback" not in stderr
+
+
+def test_grpc_core_info_lines_stay_out_of_the_server_log() -> None:
+    """GRPC_TRACE=api logs every gRPC core call at INFO (as a GOAWAY at shutdown is logged);
+    with GRPC_VERBOSITY unset the server keeps gRPC core at ERROR, so its log is its own."""
+    quiet = {"GRPC_TRACE": "api"}
+    with started("--port", "0", "--metrics-port", "0", env=quiet) as (child, address):
+        assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=STARTUP_SECONDS) == 0
+        stderr = child.stderr.read()
+    assert "grpc_init" not in stderr
+    assert "trace.cc" not in stderr
 
 
 def health_status(address: str) -> int:

@@ -34,12 +34,15 @@ class Run:
         return json.loads(self.stdout.strip().splitlines()[-1])
 
 
-def train(*args: str) -> Run:
+def train(*args: str, **extra_env: str) -> Run:
     # /metrics off by default: a fixed port (8000) could be taken on a CI machine. Tests that
     # want it pass --metrics-port themselves.
     env = {**os.environ, "GRADSERVE_TRAIN_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"}
-    env.pop("GRADSERVE_SERVER", None)
-    env.pop("GRADSERVE_PUSHGATEWAY", None)
+    # gRPC's logging as a user gets it by default: the trainer's own GRPC_VERBOSITY (ERROR), so
+    # a line of gRPC's on stderr is a real error, not a shutdown notice of a busy machine.
+    for name in ("GRADSERVE_SERVER", "GRADSERVE_PUSHGATEWAY", "GRPC_VERBOSITY", "GRPC_TRACE"):
+        env.pop(name, None)
+    env.update(extra_env)
     done = subprocess.run(
         [sys.executable, str(TRAIN), *args],
         cwd=ROOT,
@@ -167,6 +170,18 @@ def test_default_run_json_is_bitwise_the_seed_loop(seed_run: LocalRun) -> None:
     assert summary["model_version"] == 1001  # SetParameters (seed init) + 1000 updates
     assert summary["epoch_losses"] == seed_run.epoch_losses
     assert summary["server"].startswith("embedded 127.0.0.1:")
+
+
+def test_grpc_core_info_lines_stay_out_of_the_output_unless_asked_for() -> None:
+    """GRPC_TRACE=api makes gRPC core log every API call at INFO: what a server's GOAWAY at
+    shutdown also logs. The trainer's default level (ERROR) keeps them all out of stderr; a level
+    the user set is theirs."""
+    quiet = train("--epochs", "1", "--json", GRPC_TRACE="api")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.splitlines() == seed_loop(epochs=1).lines
+    chosen = train("--epochs", "1", GRPC_TRACE="api", GRPC_VERBOSITY="INFO")
+    assert chosen.returncode == 0, chosen.stderr
+    assert "grpc_init" in chosen.stdout + chosen.stderr
 
 
 def test_remote_server(server: GradientServer) -> None:

@@ -303,11 +303,11 @@ def test_grafana_provisioning_follows_grafanas_schema() -> None:
         assert panel["type"] == "timeseries"
         assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
         assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
-        assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         refs = [target["refId"] for target in panel["targets"]]
         assert refs and len(refs) == len(set(refs))
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == DATASOURCE_UID and target["expr"]
+            assert target["datasource"]["uid"] == "${datasource}" and target["expr"]
     wanted = {
         "gradserve_train_loss", "gradserve_train_epoch_loss", "gradserve_train_steps_total",
         "grpc_server_handling_seconds_bucket", "grpc_server_handled_total",
@@ -319,9 +319,9 @@ def test_grafana_provisioning_follows_grafanas_schema() -> None:
 
     # The run selector: the server's runs, All by default (".*" also matches the default run,
     # whose run label is empty), and every query of the server's training state filtered by it.
-    (variable,) = dashboard["templating"]["list"]
+    source, variable = dashboard["templating"]["list"]
     assert variable["name"] == "run" and variable["type"] == "query"
-    assert variable["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}
+    assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     assert variable["definition"] == "label_values(gradserve_model_version, run)"
     assert variable["query"]["query"] == variable["definition"]
     assert variable["includeAll"] and variable["multi"] and variable["allValue"] == ".*"
@@ -330,6 +330,19 @@ def test_grafana_provisioning_follows_grafanas_schema() -> None:
     assert {n for n in state if any(n in e for e in state_queries)} == set(state)
     for expr in state_queries:
         assert re.search(r'\{run=~"\$run"\}', expr), expr
+
+    # No uid of this compose file inside the dashboard: a Prometheus variable (provisioned, it
+    # takes Grafana's default datasource, which is ours) that an import sets from __inputs.
+    assert DATASOURCE_UID not in DASHBOARD_FILE.read_text()
+    assert source["name"] == "datasource" and source["type"] == "datasource"
+    assert source["query"] == "prometheus"
+    (wanted_input,) = dashboard["__inputs"]
+    assert wanted_input["type"] == "datasource" and wanted_input["pluginId"] == "prometheus"
+    assert source["current"]["value"] == "${%s}" % wanted_input["name"]
+    assert {"prometheus", "timeseries"} <= {need["id"] for need in dashboard["__requires"]}
+    # The errors panel draws only codes that occurred: every method's counters start at zero.
+    (errors,) = [e for _, e in panel_queries(dashboard) if "grpc_server_handled_total" in e]
+    assert errors.endswith(" > 0"), errors
 
 
 # --- the end-to-end run -------------------------------------------------------------------

@@ -7,7 +7,8 @@
 # Build arguments:
 #   PYTHON_IMAGE     base image; anything with python3 + venv on Debian works (the tests use a
 #                    locally built stand-in, since no registry can be reached there)
-#   TORCH_VERSION    the torch release, matching pyproject.toml
+#   TORCH_VERSION    the torch release the project is tested with (scripts/setup-venv.sh's;
+#                    pyproject.toml admits a range)
 #   TORCH_INDEX_URL  where torch comes from: PyTorch's CPU-only index (no CUDA download)
 #   PYPI_INDEX_URL   where everything else comes from
 #   WHEELHOUSE_URL   if set, install from this find-links location only (a local or offline
@@ -63,7 +64,7 @@ COPY server/ server/
 COPY client/ client/
 COPY src/ src/
 COPY proto/ proto/
-COPY README.md LICENSE ./
+COPY README.md README.pypi.md LICENSE ./
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && rm -rf build src/*.egg-info
 

@@ -10,6 +10,11 @@ fi
 extras=${GRADSERVE_EXTRAS:-}
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
-# torch==2.13.0 is pinned in pyproject.toml: on these machines pip takes the local CPU wheel.
-# Elsewhere, install torch first from https://download.pytorch.org/whl/cpu (see README).
+# The torch the project is tested with, installed first and explicitly: pyproject.toml asks only
+# for a range, which pip would meet with the newest torch of its index (a multi-GB CUDA build on
+# PyPI). On these machines pip takes the local CPU wheel; elsewhere set PIP_INDEX_URL to
+# https://download.pytorch.org/whl/cpu for this step (see README). The Dockerfile's
+# TORCH_VERSION says the same version (tests/test_packaging.py keeps them equal).
+TORCH_VERSION=2.13.0
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"

@@ -1,23 +1,29 @@
 """What the wheel ships beyond the code: the .proto (with `python -m gradserve.proto_path` to
-find it), the license, and the console scripts.
+find it), the license, the console scripts, and metadata a package index shows (URLs,
+classifiers, authors, a readme whose links work, torch as a range); what the sdist ships (the
+docs the readmes link to); and the one torch the project's own installs put in first.
 
-Builds the wheel from this checkout (no build isolation: the venv's setuptools, offline) and
-runs the proto_path module from the unpacked wheel, not from the checkout.
+Builds the wheel and the sdist from a copy of this checkout (no build isolation: the venv's
+setuptools, offline) and runs the proto_path module from the unpacked wheel, not the checkout.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from email.parser import Parser
 from importlib import resources
 from pathlib import Path
 
 import pytest
+import tomllib
 from grpc_tools import protoc  # type: ignore[import-untyped]
+from packaging.requirements import Requirement
 
 from gradserve.proto_path import include_directory
 
@@ -26,18 +32,31 @@ PROTO = "gradserve/v1/gradserve.proto"
 
 
 # What the build reads; copied, because setuptools writes build/ and *.egg-info beside them.
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "src", "server", "client", "proto")
+SOURCES = (
+    "pyproject.toml", "README.md", "README.pypi.md", "MANIFEST.in", "LICENSE", "src", "server",
+    "client", "proto", "docs", "examples", "deploy", "bench",
+)  # fmt: skip
+REPOSITORY = "https://github.com/gradserve/gradserve"
+# The torch the project's installs put in first, and where each says so.
+TESTED_TORCH = "2.13.0"
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("source")
+    ignore = shutil.ignore_patterns("__pycache__", "node_modules", "*.egg-info")
     for name in SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, tree / name, ignore=ignore)
         else:
             shutil.copy(source, tree / name)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def wheel(source_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = source_tree
     out = tmp_path_factory.mktemp("wheel")
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
              "--disable-pip-version-check", "-w", str(out), str(tree)]  # fmt: skip
@@ -117,3 +136,84 @@ def test_the_unpacked_wheel_runs_the_server_and_the_trainer(wheel: Path, tmp_pat
         capture_output=True, text=True, timeout=60, check=True, env=env,
     )  # fmt: skip
     assert imported.stdout.strip().startswith(str(site))
+
+
+@pytest.fixture(scope="module")
+def sdist_names(source_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    out = tmp_path_factory.mktemp("sdist")
+    build = [sys.executable, "-c",
+             "import sys, setuptools.build_meta as b; print(b.build_sdist(sys.argv[1]))", str(out)]  # fmt: skip
+    run = subprocess.run(build, capture_output=True, text=True, timeout=300, check=False,
+                         cwd=source_tree)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    (built,) = out.glob("gradserve-*.tar.gz")
+    with tarfile.open(built) as archive:
+        return {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+
+
+def relative_links(markdown: Path) -> set[str]:
+    """The files a Markdown page links to or shows by relative path, anchors dropped."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", markdown.read_text())
+    return {t.split("#")[0] for t in targets if not re.match(r"[a-z]+:|#", t) and t.split("#")[0]}
+
+
+def test_the_metadata_has_urls_classifiers_authors_and_a_torch_range(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = Parser().parsestr(_dist_info(archive, "METADATA"))
+    urls = dict(value.split(", ", 1) for value in metadata.get_all("Project-URL"))
+    assert urls["Source"] == REPOSITORY and urls["Issues"] == f"{REPOSITORY}/issues"
+    assert {"Homepage", "Documentation"} <= set(urls)
+    classifiers = metadata.get_all("Classifier")
+    assert "Programming Language :: Python :: 3" in classifiers
+    assert "Typing :: Typed" in classifiers
+    assert metadata["Author"] or metadata["Author-email"]
+    (torch,) = [Requirement(r) for r in metadata.get_all("Requires-Dist") if r.startswith("torch")]
+    # A range that admits the tested torch and others: installing gradserve keeps a user's torch.
+    assert TESTED_TORCH in torch.specifier and "2.7.1" in torch.specifier
+    assert not any(spec.operator in ("==", "===") for spec in torch.specifier)
+
+
+def test_the_package_index_readme_links_only_absolute_urls_that_exist_here(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = Parser().parsestr(_dist_info(archive, "METADATA"))
+    readme = metadata.get_payload()
+    assert readme.strip() == (ROOT / "README.pypi.md").read_text().strip()
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert links and not re.search(r"<img|!\[", readme)
+    for link in links:
+        assert link.startswith("https://"), link
+        # A page of this repository: the file is here (the index shows main's).
+        if link.startswith(f"{REPOSITORY}/blob/main/"):
+            assert (ROOT / link.removeprefix(f"{REPOSITORY}/blob/main/")).is_file(), link
+
+
+def test_the_readme_relative_links_resolve_and_ship_in_the_sdist(sdist_names: set[str]) -> None:
+    linked = relative_links(ROOT / "README.md")
+    assert "docs/protocol.md" in linked and "docs/graph-linear.png" in linked
+    for target in linked:
+        assert (ROOT / target).exists(), target
+        if (ROOT / target).is_file():
+            assert target in sdist_names, target
+        else:
+            assert any(name.startswith(target.rstrip("/") + "/") for name in sdist_names), target
+    assert {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md")} <= sdist_names
+    assert "README.pypi.md" in sdist_names and "pyproject.toml" in sdist_names
+
+
+def test_the_projects_installs_put_the_tested_torch_in_first() -> None:
+    """pyproject.toml's range alone would let pip take the newest torch (a CUDA build of
+    several GB from PyPI): setup-venv.sh (scripts/test.sh, CI) and the Dockerfile install the
+    tested one explicitly before anything that depends on torch."""
+    setup = (ROOT / "scripts" / "setup-venv.sh").read_text()
+    assert f"TORCH_VERSION={TESTED_TORCH}\n" in setup
+    first_torch = setup.index('"torch==${TORCH_VERSION}"')
+    assert first_torch < setup.index('-e "$spec"')
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG TORCH_VERSION={TESTED_TORCH}\n" in dockerfile
+    assert dockerfile.index('"torch==${TORCH_VERSION}"') < dockerfile.index(
+        "-r /tmp/requirements.txt"
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (torch,) = [Requirement(r) for r in project["dependencies"] if r.startswith("torch")]
+    assert TESTED_TORCH in torch.specifier

@@ -338,7 +338,7 @@ def test_grafana_provisioning_follows_grafanas_schema() -> None:
     assert source["query"] == "prometheus"
     (wanted_input,) = dashboard["__inputs"]
     assert wanted_input["type"] == "datasource" and wanted_input["pluginId"] == "prometheus"
-    assert source["current"]["value"] == "${%s}" % wanted_input["name"]
+    assert source["current"]["value"] == "${" + wanted_input["name"] + "}"
     assert {"prometheus", "timeseries"} <= {need["id"] for need in dashboard["__requires"]}
     # The errors panel draws only codes that occurred: every method's counters start at zero.
     (errors,) = [e for _, e in panel_queries(dashboard) if "grpc_server_handled_total" in e]

@@ -1,4 +1,4 @@
-"""`python client/graph.py`: show the autograd graph the server records for one batch.
+"""`python -m gradserve.client.graph`: show the autograd graph the server records for one batch.
 
 Prints the graph of the first batch of the training data as an indented tree, loss at the top
 and the leaves (parameters, and the inputs/targets that need no gradient) at the bottom:
@@ -145,7 +145,7 @@ def _edge_style(edge: GraphEdge) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python client/graph.py",
+        prog="python -m gradserve.client.graph",
         description="Print the autograd graph the server records for the first batch of the "
         "training data (DescribeGraph: nothing changes on the server).",
     )

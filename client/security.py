@@ -36,6 +36,8 @@ def channel_credentials(
 def read_token(
     token_file: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> str | None:
+    """The bearer token: the first line of `token_file` that is not blank or a comment, else
+    $GRADSERVE_TOKEN, else None."""
     if token_file is not None:
         for line in Path(token_file).read_text().splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
@@ -46,4 +48,5 @@ def read_token(
 
 
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The `authorization: Bearer TOKEN` call metadata, empty without a token."""
     return (("authorization", f"Bearer {token}"),) if token else ()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks: generated code is fresh, buf lint + breaking on proto/, hadolint on the
-# Dockerfile, ruff lint + format, mypy strict.
+# Dockerfile, ruff lint + format, mypy strict, the docs site with its API reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
@@ -58,4 +58,12 @@ status=0
 sed -e 's#^gradserve/server/#server/#' -e 's#^gradserve/client/#client/#' \
   -e 's#^gradserve/#src/gradserve/#' "$scratch/mypy.out"
 [ "$status" -eq 0 ] || exit "$status"
+
+# The docs site and its API reference from docstrings (mkdocs.yml), warnings as errors, read
+# from the same installed-layout copy.
+if "$py" -c "import mkdocs, mkdocstrings_handlers.python" 2>/dev/null; then
+  GRADSERVE_API_TREE="$tree" "$py" -m mkdocs build --strict --quiet --site-dir "$scratch/site"
+else
+  echo "SKIPPED mkdocs build: mkdocs/mkdocstrings not installed (pip install -e '.[dev]')" >&2
+fi
 echo "checks passed"

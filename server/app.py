@@ -40,6 +40,7 @@ __all__ = ["SERVICE_NAME", "GradientServer", "channel_options", "create_server"]
 
 
 def format_address(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -86,6 +87,7 @@ class GradientServer:
         self.final_checkpoint_failed = not self.runs.close()
 
     def wait(self) -> None:
+        """Block until the server has stopped."""
         self.server.wait_for_termination()
 
 

@@ -37,6 +37,8 @@ with warnings.catch_warnings():
 
 @dataclass(frozen=True)
 class WireType:
+    """One wire dtype: its DataType, the torch dtype, its size in bytes and its name."""
+
     proto: pb.DataType
     torch_dtype: torch.dtype
     itemsize: int
@@ -69,10 +71,12 @@ def dtype_to_proto(dtype: torch.dtype) -> pb.DataType:
 
 
 def dtype_from_proto(value: int, field: str = "dtype") -> torch.dtype:
+    """The torch dtype of a wire DataType; INVALID_ARGUMENT naming `field` if unknown."""
     return _wire_type(value, field).torch_dtype
 
 
 def dtype_name(value: int) -> str:
+    """A DataType's name for messages ("FLOAT32"), also for values this version lacks."""
     wire = _BY_PROTO.get(value)
     return wire.name if wire else f"DataType({value})"
 
@@ -228,6 +232,8 @@ def tensor_from_parts(
 
 
 def decode_shape(dims: Iterable[int], field: str) -> tuple[int, ...]:
+    """A wire shape as a tuple, its rank and sizes checked before anything is allocated;
+    INVALID_ARGUMENT naming `field` otherwise."""
     shape = tuple(dims)
     if len(shape) > MAX_RANK:
         raise InvalidArgumentError(
@@ -251,10 +257,12 @@ def encoded_tensor_bytes(name: str, dtype: torch.dtype, shape: Sequence[int]) ->
 
 
 def tensors_to_proto(named: Iterable[tuple[str, torch.Tensor]]) -> list[pb.Tensor]:
+    """Named tensors as wire Tensors, in the order given."""
     return [tensor_to_proto(tensor, name) for name, tensor in named]
 
 
 def spec_to_proto(name: str, dtype: torch.dtype, shape: Sequence[int]) -> pb.TensorSpec:
+    """A TensorSpec message: a name, a dtype and a shape."""
     return pb.TensorSpec(name=name, dtype=dtype_to_proto(dtype), shape=shape)
 
 

@@ -122,11 +122,15 @@ class AlreadyExistsError(GradserveError):
 
 
 class UnauthenticatedError(GradserveError):
+    """A missing or wrong bearer token (UNAUTHENTICATED)."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
 
 
 class InternalError(GradserveError):
+    """A bug in the server (INTERNAL): the message is generic, the details are in its log."""
+
     code = grpc.StatusCode.INTERNAL
 
 

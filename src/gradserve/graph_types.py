@@ -10,6 +10,9 @@ import torch
 
 
 class NodeKind(Enum):
+    """What a graph node is: a backward function, a parameter (an AccumulateGrad's leaf),
+    or an input tensor."""
+
     # A backward function (a grad_fn such as MulBackward0).
     BACKWARD = "backward"
     # A leaf parameter (its AccumulateGrad node).
@@ -20,6 +23,9 @@ class NodeKind(Enum):
 
 @dataclass(frozen=True)
 class GraphNode:
+    """One node of a batch's autograd graph: its kind, name, shape and dtype, and for a
+    parameter, when asked for, this batch's gradient."""
+
     id: int
     kind: NodeKind
     # BACKWARD: "MulBackward0"; PARAMETER: the parameter's name; INPUT: "inputs", "targets".
@@ -34,6 +40,8 @@ class GraphNode:
 
 @dataclass(frozen=True)
 class GraphEdge:
+    """A gradient's way from one node to another, in operand (slot) order."""
+
     # source passes gradient to target (target is in source's next_functions) or, when
     # carries_gradient is False, target is an INPUT the operation of source used.
     source: int
@@ -45,6 +53,9 @@ class GraphEdge:
 
 @dataclass(frozen=True)
 class Graph:
+    """The autograd graph the server's forward pass recorded for one batch, from the loss
+    back to the parameters and inputs."""
+
     nodes: tuple[GraphNode, ...]
     edges: tuple[GraphEdge, ...]
     root: int
@@ -66,6 +77,8 @@ class Graph:
 
 @dataclass(frozen=True)
 class GraphDescription:
+    """DescribeGraph's answer: the graph, the batch size, the version, and the node cap."""
+
     graph: Graph
     batch_size: int
     model_version: int

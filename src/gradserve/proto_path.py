@@ -27,6 +27,7 @@ def include_directory() -> Path:
 
 
 def main() -> None:
+    """`python -m gradserve.proto_path`: print the include root for protoc."""
     print(include_directory())
 
 

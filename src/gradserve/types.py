@@ -50,6 +50,7 @@ class WeightedReduction(Enum):
 
     @classmethod
     def parse(cls, value: str | WeightedReduction) -> WeightedReduction:
+        """ "sum", "mean" or "normalized" (or a WeightedReduction); anything else raises ValueError."""
         if isinstance(value, WeightedReduction):
             return value
         try:
@@ -88,6 +89,9 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What a run holds (GetModelInfo): its model, parameters, input and target specs, loss,
+    optimizer, version, what is accumulated, and the server's limits."""
+
     model: str
     model_spec: str
     parameters: tuple[TensorSpec, ...]
@@ -135,6 +139,9 @@ class OutputsResult:
 
 @dataclass(frozen=True, slots=True)
 class GradientResult:
+    """ComputeGradients' answer: the batch's loss and size, what is accumulated now, the
+    version the loss was computed at, and the batch's own gradients when asked for."""
+
     loss: float
     batch_size: int
     accumulated_batches: int
@@ -148,6 +155,9 @@ class GradientResult:
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
+    """ApplyUpdate's answer: the new version, the batches and samples applied, and the
+    gradient norm (before clipping)."""
+
     model_version: int
     applied_batches: int
     applied_samples: int
@@ -160,6 +170,9 @@ class UpdateResult:
 
 @dataclass(frozen=True)
 class EvaluationResult:
+    """Evaluate's answer: the loss (with targets) and the predictions, under no_grad in
+    eval mode."""
+
     # None when the request had no targets.
     loss: float | None
     batch_size: int
@@ -169,12 +182,16 @@ class EvaluationResult:
 
 @dataclass(frozen=True)
 class DiscardResult:
+    """DiscardGradients' answer: how many accumulated batches were dropped."""
+
     discarded_batches: int
     model_version: int
 
 
 @dataclass(frozen=True, slots=True)
 class SetResult:
+    """SetParameters' (and UploadParameters') answer: the new version."""
+
     model_version: int
     replayed: bool = False
 
@@ -265,6 +282,9 @@ class DatasetSummary:
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
+    """One Train step's answer: its batches' losses, the version after it, and whether
+    (and with how many batches) it applied an update."""
+
     losses: tuple[float, ...]
     model_version: int
     accumulated_batches: int
@@ -276,6 +296,8 @@ class StepResult:
 
 @dataclass(frozen=True, slots=True)
 class TrainResult:
+    """The answers of one Train request, one StepResult per step."""
+
     steps: tuple[StepResult, ...]
     replayed: bool = False
 

@@ -10,6 +10,11 @@ indexes do not show it):
     <!-- test: continues -->      run it after the test block above it on the page, in its
                                   namespace (python) and against the same server
     <!-- test: server model=mlp:2-8-3 -->  its server built with these flat settings
+    <!-- test: serves -->         a shell block whose first command starts a server in the
+                                  foreground: the harness starts it in the background (with
+                                  `--port 50051` made `--port 0`), waits for its "listening on"
+                                  line, runs the rest of the block (and the blocks that continue
+                                  it) against it, then stops it with SIGTERM; exit 0 expected
     <!-- illustrative: why -->    shown, never run (output, a sketch, needs docker, a server
                                   in the foreground, ...)
 
@@ -50,7 +55,20 @@ class Block:
 
     @property
     def continues(self) -> bool:
-        return self.marker == "test" and self.note.split()[:1] == ["continues"]
+        return self.marker == "test" and "continues" in self.note.split()
+
+    @property
+    def serves(self) -> bool:
+        return self.marker == "test" and "serves" in self.note.split()
+
+    def split_server(self) -> tuple[str, str]:
+        """A `serves` block: its first command (with its continuation lines), and the rest."""
+        lines = self.body.splitlines(keepends=True)
+        end = 0
+        while lines[end].rstrip().endswith("\\"):
+            end += 1
+        command = "".join(lines[: end + 1]).replace("--port 50051", "--port 0")
+        return command, "".join(lines[end + 1 :])
 
 
 def blocks(page: Path) -> list[Block]:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ def run_python(block: Block, address: str, namespace: dict[str, Any]) -> None:
     exec(compile(code, block.where, "exec"), namespace)
 
 
-def run_shell(block: Block, address: str, workdir: Path) -> None:
+def shell_environment(workdir: Path) -> dict[str, str]:
     for name in CHECKOUT:
         if (ROOT / name).exists() and not (workdir / name).exists():
             (workdir / name).symlink_to(ROOT / name)
@@ -41,11 +46,55 @@ def run_shell(block: Block, address: str, workdir: Path) -> None:
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "GRADSERVE_TRAIN_METRICS_PORT": "0",
+        "GRADSERVE_METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("GRADSERVE_SERVER", None)
+    return env
+
+
+@contextmanager
+def server_in_background(block: Block, workdir: Path) -> Iterator[str]:
+    """A `serves` block's server command, run until the block and its followers are done."""
+    command, _ = block.split_server()
+    env = {**shell_environment(workdir), "GRADSERVE_PORT": "0"}
+    with (workdir / "server.log").open("w") as log:
+        child = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+            stderr=log, text=True,
+        )  # fmt: skip
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in child.stdout or ():
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        while True:
+            line = lines.get(timeout=SHELL_SECONDS)
+            assert line is not None, f"{block.where}: {(workdir / 'server.log').read_text()}"
+            if line.startswith("listening on "):
+                break
+        yield line.removeprefix("listening on ").strip()
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=SHELL_SECONDS) == 0, (workdir / "server.log").read_text()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=SHELL_SECONDS)
+        reader.join(timeout=SHELL_SECONDS)  # the child is gone: its stdout is at its end
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def run_shell(block: Block, address: str, workdir: Path) -> None:
+    env = shell_environment(workdir)
+    script = block.split_server()[1] if block.serves else block.body
     done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.body.replace(DOCUMENTED_ADDRESS, address)],
+        ["bash", "-euo", "pipefail", "-c", script.replace(DOCUMENTED_ADDRESS, address)],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=SHELL_SECONDS, check=False,
     )  # fmt: skip
     assert done.returncode == 0, (
@@ -67,11 +116,15 @@ def run_chain(chain: list[Block], make_server: Any, workdir: Path) -> None:
             assert client.model_info().model == json.loads(first.body)["model"], first.where
         return
     namespace: dict[str, Any] = {"__name__": "__docs__"}
-    for block in chain:
-        if block.language == "python":
-            run_python(block, server.address, namespace)
-        else:
-            run_shell(block, server.address, workdir)
+    address = server.address
+    with ExitStack() as servers:
+        for block in chain:
+            if block.serves:
+                address = servers.enter_context(server_in_background(block, workdir))
+            if block.language == "python":
+                run_python(block, address, namespace)
+            else:
+                run_shell(block, address, workdir)
 
 
 @pytest.mark.parametrize("chain", chains(), ids=lambda chain: chain[0].where)

@@ -15,6 +15,7 @@ indexes do not show it):
                                   `--port 50051` made `--port 0`), waits for its "listening on"
                                   line, runs the rest of the block (and the blocks that continue
                                   it) against it, then stops it with SIGTERM; exit 0 expected
+    <!-- test: needs=openssl -->  skipped, saying so, where that program is not installed
     <!-- illustrative: why -->    shown, never run (output, a sketch, needs docker, a server
                                   in the foreground, ...)
 
@@ -61,6 +62,13 @@ class Block:
     def serves(self) -> bool:
         return self.marker == "test" and "serves" in self.note.split()
 
+    @property
+    def needs(self) -> list[str]:
+        """Programs the block runs that a machine may lack (`needs=openssl`)."""
+        return [
+            word.removeprefix("needs=") for word in self.note.split() if word.startswith("needs=")
+        ]
+
     def split_server(self) -> tuple[str, str]:
         """A `serves` block: its first command (with its continuation lines), and the rest."""
         lines = self.body.splitlines(keepends=True)
@@ -93,7 +101,8 @@ def blocks(page: Path) -> list[Block]:
             block.marker, block.note = marked.group(1), marked.group(2)
             words = block.note.split()
             if block.marker == "test" and words[:1] == ["server"]:
-                block.settings = dict(word.split("=", 1) for word in words[1:])
+                pairs = (w.split("=", 1) for w in words[1:] if not w.startswith("needs="))
+                block.settings = dict(pairs)
         found.append(block)
         index = end + 1
     return found

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,9 @@ def run_chain(chain: list[Block], make_server: Any, workdir: Path) -> None:
 def test_a_documented_block_runs(
     chain: list[Block], make_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    missing = [tool for block in chain for tool in block.needs if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{chain[0].where} runs {missing}, not installed here")
     monkeypatch.chdir(tmp_path)  # what a block writes stays in the test's folder
     run_chain(chain, make_server, tmp_path)
 

@@ -55,7 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"metrics on {format_address(network.host, network.metrics_port)}", flush=True)
     distributed.attach(running)
-    print(f"listening on {running.address}", flush=True)
 
     runtime = config.runtime
     stop_requested, drain_cut_short = threading.Event(), threading.Event()
@@ -76,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # Announced only now: a supervisor may signal as soon as it reads this line, and a SIGTERM
+    # before the handler would kill the server without its drain, grace or final checkpoint.
+    print(f"listening on {running.address}", flush=True)
     stop_requested.wait()
     # Health says NOT_SERVING while calls are still served: a balancer's probe sees it and
     # sends new calls elsewhere before the port closes.

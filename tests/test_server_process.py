@@ -149,6 +149,14 @@ def test_a_bad_model_exits_non_zero_with_one_clear_line() -> None:
     assert "Traceback" not in stderr
 
 
+def test_sigterm_right_after_the_address_line_stops_gracefully() -> None:
+    """The address line is the readiness signal a supervisor waits for: a SIGTERM sent the
+    moment it appears gets the graceful stop (exit 0), never the default action (-15)."""
+    with started("--port", "0", "--metrics-port", "0") as (child, _):
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=STARTUP_SECONDS) == 0, child.stderr.read()
+
+
 def test_grpc_core_info_lines_stay_out_of_the_server_log() -> None:
     """GRPC_TRACE=api logs every gRPC core call at INFO (as a GOAWAY at shutdown is logged);
     with GRPC_VERBOSITY unset the server keeps gRPC core at ERROR, so its log is its own."""

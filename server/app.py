@@ -73,6 +73,11 @@ class GradientServer:
     def checkpointer(self) -> Checkpointer | None:
         return self.default_run.checkpointer
 
+    def not_serving(self) -> None:
+        """Report NOT_SERVING for the server and GradientService (a failed distributed store)."""
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     def drain(self) -> None:
         """Report NOT_SERVING from now on, still serving: load balancers stop sending calls."""
         self.health.enter_graceful_shutdown()

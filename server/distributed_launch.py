@@ -15,9 +15,6 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-from grpc_health.v1 import health_pb2
-
-from gradserve.defaults import SERVICE_NAME
 
 from .app import GradientServer
 from .config import ServerConfig
@@ -86,11 +83,7 @@ def attach(running: GradientServer) -> threading.Thread | None:
     if not isinstance(store, DistributedParameterStore):
         return None
 
-    def not_serving() -> None:
-        for name in ("", SERVICE_NAME):
-            running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    store.on_failure = not_serving
+    store.on_failure = running.not_serving
     interval = float(
         os.environ.get(ENV_HEARTBEAT, str(float(os.environ.get(ENV_TIMEOUT, "30")) / 4))
     )

@@ -22,17 +22,12 @@ from typing import TypeVar
 import torch
 
 from gradserve.errors import FailedPreconditionError
-from gradserve.graph_types import GraphDescription
 from gradserve.types import (
     BatchLoss,
     DiscardResult,
-    EvaluationResult,
     GradientResult,
-    LoadResult,
-    ModelInfo,
     OutputsResult,
     Reduction,
-    SetResult,
     StepResult,
     TrainResult,
     TrainStep,
@@ -53,10 +48,9 @@ from .optimistic_runs import OptimisticRuns
 from .output_handles import HandleBounds
 from .output_passes import OutputPasses
 from .parameter_access import check_names
-from .pass_runs import PassRuns, PassSteps
+from .pass_runs import PassRuns
 from .request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
 from .state_transfer import StateTransfer
-from .store_state import StoreState
 from .train_steps import check_steps
 from .updates import StepRollback, check_update
 
@@ -105,6 +99,29 @@ class ParameterStore:
         self.output_handles = self._outputs.handles
         self._access = ModelAccess(state, self._drop_gradients)
         self._passes = PassRuns(state, self._run_steps)
+        # The calls a collaborator answers whole, each its bound method (same signature, no
+        # extra frame): checkpoints and large reads,
+        transfer = self._transfer
+        self.encode_parameters = transfer.encode_parameters
+        self.snapshot_parameters = transfer.snapshot_parameters
+        self.export_state = transfer.export_state
+        self.restore_state = transfer.restore_state
+        self.state_digest = transfer.state_digest
+        self.load_checkpoint = transfer.load_checkpoint
+        self.fork_state = transfer.fork_state
+        # BackwardOutputs (ComputeOutputs is refused first under data parallelism, below),
+        self.backward_outputs = self._outputs.backward_outputs
+        # evaluation, parameters, info, the graph,
+        access = self._access
+        self.parameter_bytes = access.parameter_bytes
+        self.evaluate = access.evaluate
+        self.read_parameters = access.read_parameters
+        self.set_parameters = access.set_parameters
+        self.info = access.info
+        self.gradients = access.gradients
+        self.describe_graph = access.describe_graph
+        # and dataset passes.
+        self.train_pass = self._passes.train_pass
 
     # Read without the lock only where one int is enough (metrics gauges); anything that
     # needs a consistent view goes through snapshot() or holds the lock.
@@ -366,50 +383,7 @@ class ParameterStore:
         state.accumulated_samples = 0
         self.compute_strategy.dropped()
 
-    # -- delegated: checkpoints and large reads (state_transfer.py) ---------------------------
-
-    def encode_parameters(
-        self,
-        names: Sequence[str],
-        encode: Callable[[list[tuple[str, torch.Tensor]], int], T],
-        *,
-        max_bytes: int | None = None,
-        include_buffers: bool = False,
-    ) -> T:
-        return self._transfer.encode_parameters(
-            names, encode, max_bytes=max_bytes, include_buffers=include_buffers
-        )
-
-    def snapshot_parameters(
-        self, names: Sequence[str], *, include_buffers: bool = False
-    ) -> tuple[int, list[tuple[str, torch.Tensor]]]:
-        return self._transfer.snapshot_parameters(names, include_buffers=include_buffers)
-
-    def export_state(self) -> StoreState:
-        return self._transfer.export_state()
-
-    def restore_state(self, state: StoreState) -> None:
-        self._transfer.restore_state(state)
-
-    def state_digest(self) -> tuple[str, int]:
-        return self._transfer.state_digest()
-
-    def load_checkpoint(
-        self,
-        read: Callable[[], StoreState],
-        *,
-        with_optimizer_state: bool,
-        request_id: str = "",
-        payload: tuple[object, ...] = (),
-    ) -> LoadResult:
-        return self._transfer.load_checkpoint(
-            read, with_optimizer_state=with_optimizer_state, request_id=request_id, payload=payload
-        )
-
-    def fork_state(self, state: StoreState, *, with_optimizer_state: bool) -> str:
-        return self._transfer.fork_state(state, with_optimizer_state=with_optimizer_state)
-
-    # -- delegated: client-computed losses (output_passes.py) --------------------------------
+    # -- what the collaborators answer for the store (delegated in __init__) ----------------
 
     def compute_outputs(
         self, inputs: torch.Tensor, *, request_id: str = "", bounds: HandleBounds | None = None
@@ -417,80 +391,3 @@ class ParameterStore:
         check_request_id(request_id)
         self.local_only("inputs")
         return self._outputs.compute_outputs(inputs, request_id=request_id, bounds=bounds)
-
-    def backward_outputs(
-        self,
-        handle: str,
-        output_gradients: torch.Tensor,
-        loss: float,
-        *,
-        request_id: str = "",
-        weigh: Callable[[int], float] | None = None,
-    ) -> GradientResult:
-        return self._outputs.backward_outputs(
-            handle, output_gradients, loss, request_id=request_id, weigh=weigh
-        )
-
-    # -- delegated: evaluation, parameters, info, graph (model_access.py) --------------------
-
-    def parameter_bytes(self) -> int:
-        return self._access.parameter_bytes()
-
-    def evaluate(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor | None,
-        *,
-        return_predictions: bool = False,
-    ) -> EvaluationResult:
-        return self._access.evaluate(inputs, targets, return_predictions=return_predictions)
-
-    def read_parameters(
-        self,
-        names: Sequence[str],
-        reader: Callable[[str, torch.Tensor], T],
-        *,
-        max_bytes: int | None = None,
-        include_buffers: bool = False,
-    ) -> tuple[int, list[T]]:
-        return self._access.read_parameters(
-            names, reader, max_bytes=max_bytes, include_buffers=include_buffers
-        )
-
-    def set_parameters(
-        self,
-        values: Sequence[tuple[str, torch.Tensor]],
-        *,
-        expected_version: int | None = None,
-        request_id: str = "",
-        values_digest: str | None = None,
-    ) -> SetResult:
-        return self._access.set_parameters(
-            values,
-            expected_version=expected_version,
-            request_id=request_id,
-            values_digest=values_digest,
-        )
-
-    def info(self) -> ModelInfo:
-        return self._access.info()
-
-    def gradients(self) -> dict[str, torch.Tensor | None]:
-        return self._access.gradients()
-
-    def describe_graph(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        *,
-        max_nodes: int = 0,
-        return_gradients: bool = False,
-    ) -> GraphDescription:
-        return self._access.describe_graph(
-            inputs, targets, max_nodes=max_nodes, return_gradients=return_gradients
-        )
-
-    # -- delegated: dataset passes (pass_runs.py) ---------------------------------------------
-
-    def train_pass(self, expanded: PassSteps, *, request_id: str = "") -> TrainResult:
-        return self._passes.train_pass(expanded, request_id=request_id)

@@ -3,14 +3,14 @@ them, their values checked once at the end, and, if a check fails, run again wit
 
 Owned by ParameterStore (parameter_store.py), which calls it with its lock held where it
 computes and steps on this process; it reads and writes the store's LiveState (live_state.py).
-The store's Train first copies what a request can change (RequestStart:
-parameters, .grad, buffers, optimizer state, version and counts, the RNG state that dropout
-draws from), then runs the steps the way the seed loop does: `loss.backward()` straight into
-.grad, the optimizer's step, no reduction per batch or per step. At the end it reads every loss
-and every update's gradient norm at once and checks the parameters, the optimizer state and
-.grad in one reduction. When something is not finite, or anything raised, the copy is put back
-and the request runs step by step through today's checked path, which raises the error, with
-the field, the reason and the steps before the failing one applied, exactly as before.
+A Train request first copies what it can change (RequestStart: parameters, .grad, buffers,
+optimizer state, version and counts, the RNG state that dropout draws from), then runs the
+steps the way the seed loop does: `loss.backward()` straight into .grad, the optimizer's step,
+no reduction per batch or per step. At the end it reads every loss and every update's gradient
+norm at once and checks the parameters, the optimizer state and .grad in one reduction. When
+something is not finite, or anything raised, the copy is put back and the request runs step by
+step through today's checked path, which raises the error, with the field, the reason and the
+steps before the failing one applied, exactly as before.
 
 A ComputeGradients batch (the run's loss, weight 1, no returned gradients) is the same in
 small: .grad copied, the loss checked, backward() into .grad, one check of .grad; when it fails,

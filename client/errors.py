@@ -53,8 +53,7 @@ def _status(error: grpc.RpcError) -> status_pb2.Status | None:
 
 
 def error_from_rpc(error: grpc.RpcError) -> GradserveError:
-    """The project's exception for a failed call: the class of its status code, with the
-    reason, field, violations and retry delay from its google.rpc details."""
+    """The GradserveError for `error`'s status code, with the server's details copied on."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(code)
     result = ERROR_BY_CODE.get(code, GradserveError)(message, code=code)

@@ -59,17 +59,7 @@ def test_the_reference_shows_the_public_api() -> None:
     } <= set(shown())  # fmt: skip
 
 
-# Issue 24's four GradientClient methods without a docstring, documented by the helper that
-# recomposes client/gradient_client.py; nothing else may join them.
-PENDING = {
-    "gradserve.client.client_base.ClientBase.close",
-    "gradserve.client.gradient_client.GradientClient.evaluate",
-    "gradserve.client.gradient_client.GradientClient.model_info",
-    "gradserve.client.run_calls.RunCalls.delete_checkpoint",
-}
-
-
 @pytest.mark.parametrize("path", shown())
 def test_every_public_member_shown_has_a_docstring(loader: Any, path: str) -> None:
-    missing = sorted(set(undocumented(loader.load(path))) - PENDING)
+    missing = sorted(set(undocumented(loader.load(path))))
     assert not missing, f"{path}: no docstring on {missing}"

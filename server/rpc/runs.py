@@ -45,8 +45,9 @@ class RunRpcs:
     def CreateRun(
         self, request: pb.CreateRunRequest, context: grpc.ServicerContext
     ) -> pb.CreateRunResponse:
-        # A generated name (run left empty) cannot have been placed by a proxy's header.
-        _checked_metadata(request.run, context, allow_absent_run=True)
+        # An empty run (a name the server generates) under a header naming a run is refused
+        # too: the generated name would hash to another replica than the header placed it on.
+        _checked_metadata(request.run, context)
         principal = self._principal(context)
         fork: Callable[[Run], None] | None = None
         if request.from_checkpoint:
@@ -93,14 +94,12 @@ class RunRpcs:
         return pb.DeleteRunResponse(deleted_checkpoints=deleted)
 
 
-def _checked_metadata(
-    run: str, context: grpc.ServicerContext, *, allow_absent_run: bool = False
-) -> Sequence[tuple[str, str | bytes]]:
+def _checked_metadata(run: str, context: grpc.ServicerContext) -> Sequence[tuple[str, str | bytes]]:
     """The call's metadata, once its `gradserve-run` (if any) agrees with the run the body
     names: a proxy that placed the call by one name must not reach or make another run."""
     metadata = context.invocation_metadata() or ()
     for key, value in metadata:
-        if key == RUN_METADATA and value != run and not (allow_absent_run and not run):
+        if key == RUN_METADATA and value != run:
             raise InvalidArgumentError(
                 f"run: the request names {run[:80]!r} but its {RUN_METADATA} metadata "
                 f"names {str(value)[:80]!r}",

@@ -15,11 +15,16 @@ import grpc
 import pytest
 import torch
 from helpers import field_violations
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_runs import batch, create, parameters, step, stub_for, wait_until
 
 from gradserve.client.security import bearer_metadata
 from gradserve.codec import tensor_to_proto
 from gradserve.errors import InvalidArgumentError
+from gradserve.names import check_name, is_name
+from gradserve.server.checkpoints.names import check_checkpoint_name, parse_folder
+from gradserve.server.runs.names import check_run_name
 from gradserve.server.runs.principals import derived_principal
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
@@ -384,3 +389,27 @@ def test_a_tokens_file_cannot_take_a_principal_name_the_server_gives(make_server
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "token-<8 hex>" in done.stderr
+
+
+ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=70) | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,70}\n?", fullmatch=True))
+def test_the_one_grammar_accepts_exactly_its_names(text: str) -> None:
+    """Runs, checkpoints, datasets and checkpoint folders all answer by the one grammar."""
+    expected = 1 <= len(text) <= 64 and text[0] not in "._-" and all(c in ALLOWED for c in text)
+    assert is_name(text) == expected
+    for check in (
+        lambda: check_run_name(text, new=True),
+        lambda: check_checkpoint_name(text, new=False),
+        lambda: check_name(text, "name", "a dataset name"),
+    ):
+        try:
+            check()
+        except InvalidArgumentError:
+            assert not expected
+        else:
+            assert expected
+    folder = parse_folder(Path(f"checkpoint-0000000001-{text}-v3"))
+    assert (folder is not None and folder.given_name == text) == expected

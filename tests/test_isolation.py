@@ -254,6 +254,7 @@ def named_calls(stub, bad: str):  # type: ignore[no-untyped-def]
     inputs, targets = tensor_to_proto(x), tensor_to_proto(y)
     on_run = [
         (stub.GetModelInfo, pb.GetModelInfoRequest(run=bad)),
+        (stub.GetRun, pb.GetRunRequest(run=bad)),
         (stub.ComputeGradients, pb.ComputeGradientsRequest(run=bad, inputs=inputs,
                                                            targets=targets)),
         (stub.ApplyUpdate, pb.ApplyUpdateRequest(run=bad, learning_rate=0.1)),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gradserve.errors import InvalidArgumentError, NotFoundError
 from gradserve.names import NAME_PATTERN, RULE, is_name
+from gradserve.types import CheckpointSummary
 
 logger = logging.getLogger("gradserve.server.checkpoints.files")
 
@@ -38,15 +39,6 @@ class Folder:
     @property
     def name(self) -> str:
         return self.given_name or self.path.name
-
-
-@dataclass(frozen=True)
-class CheckpointSummary:
-    name: str
-    model_version: int
-    accumulated_batches: int
-    digest: str
-    saved_at: float
 
 
 def check_checkpoint_name(name: str, field: str = "name", *, new: bool = True) -> None:

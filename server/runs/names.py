@@ -1,5 +1,6 @@
-"""Run names: what a client may create (the one name grammar, gradserve/names.py) and what
-it may look up, which adds the names of deleted runs whose checkpoints were kept.
+"""Run names: what a client may create (the one name grammar, gradserve/names.py), what it
+may look up (that, and the names of deleted runs whose checkpoints were kept), and the default
+run's name.
 
 A run deleted without delete_checkpoints stays its owner's as NAME@TAG, TAG the first 12 hex
 digits of its incarnation: `@` is outside the grammar, so no run a client creates can take
@@ -14,6 +15,8 @@ import re
 from gradserve.errors import InvalidArgumentError
 from gradserve.names import NAME_PATTERN, RULE, is_name
 
+# The run the server's own flags build; requests that name no run use it.
+DEFAULT_RUN = ""
 RETIRED = re.compile(rf"({NAME_PATTERN})@([0-9a-f]{{12}})", re.ASCII)
 INCARNATION = re.compile(r"[0-9a-f]{32}", re.ASCII)
 

@@ -131,6 +131,25 @@ def test_another_principals_runs_change_no_answer(make_server, tmp_path) -> None
                                  metadata=alice).model_version == 0  # fmt: skip
 
 
+def test_an_admin_acts_on_a_principals_runs_with_gradserve_owner(make_server, tmp_path) -> None:
+    server = make_server(auth_tokens_file=str(tokens_file(tmp_path)))
+    alice, bob, root = who(ALICE), who(BOB), who(ADMIN)
+    for_alice = (*root, ("gradserve-owner", "alice"))
+    channel, stub, _ = stub_for(server)
+    with channel:
+        create(stub, "course", for_alice, seed=3)
+        assert run_names(stub, alice) == ["", "course"] and run_names(stub, bob) == [""]
+        assert run_names(stub, root) == ["", "course"]
+        step(stub, "course", 0, 0.1, alice)
+        assert stub.GetRun(pb.GetRunRequest(run="course"), timeout=TIMEOUT,
+                           metadata=for_alice).owner == "alice"  # fmt: skip
+        # Bob's gradserve-owner is no admin's: it reaches nothing of Alice's.
+        refused(lambda: step(stub, "course", 0, 0.1, (*bob, ("gradserve-owner", "alice"))),
+                grpc.StatusCode.NOT_FOUND)  # fmt: skip
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(run="course"), timeout=TIMEOUT,
+                                 metadata=alice).model_version == 1  # fmt: skip
+
+
 class ServerProcess:
     """server/serve.py in a child process, so the test can kill -9 it."""
 

@@ -63,3 +63,45 @@ def _save(config: object, folder: Path, seed: int) -> Path:
 def load_local(folder: Path) -> torch.nn.Module:
     """The same folder loaded the way a user's local loop would (its own copy)."""
     return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+
+
+def peft_model(
+    folder: Path,
+    rank: int,
+    alpha: float,
+    targets: list[str] | str,
+    seed: int,
+    dropout: float = 0.0,
+) -> torch.nn.Module:
+    """The user's local equivalent: peft over its own copy of the base, from the same seed."""
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
+
+    base = load_local(folder)
+    gpt2 = base.config.model_type == "gpt2"
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=targets,
+        lora_dropout=dropout,
+        fan_in_fan_out=gpt2,
+    )
+    return get_peft_model(base, config)
+
+
+def peft_adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`<module>.lora_A` / `<module>.lora_B` -> tensor, from a peft model's trainable parameters."""
+    tensors = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            module, _, kind = name.removeprefix("base_model.model.").rpartition(".lora_")
+            tensors[f"{module}.lora_{kind[0]}"] = parameter
+    return tensors
+
+
+def token_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The formula written out: sum of weight * -log p(target)."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return -(logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * weights).sum()

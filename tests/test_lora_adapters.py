@@ -18,6 +18,12 @@ from llm_bases import (
 from gradserve.errors import InvalidArgumentError
 from gradserve.server.models.bases import Base, load_pretrained, tensor_digest
 from gradserve.server.models.lora import ALL_LINEAR, LoraAdapter, LoraConfig
+from gradserve.server.models.token_losses import (
+    TokenBatch,
+    causal_lm_loss,
+    check_options,
+    check_token_batch,
+)
 
 LLAMA_TARGETS = ("q_proj", "v_proj", "down_proj")
 
@@ -128,6 +134,57 @@ def test_twenty_adamw_steps_are_bitwise_the_local_peft_loop(tmp_path: Path) -> N
     _assert_same_tensors(_adapter_tensors(adapter), peft_adapter_tensors(local))
     assert tensor_digest(base.module) == digest  # the base was never written
     assert all(p.grad is None for p in base.module.parameters())
+
+
+def _rl_batches(count: int, seed: int) -> list[TokenBatch]:
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(2):
+        tokens = torch.randint(0, VOCAB, (3, 11), generator=generator)
+        # Near a random model's log(1/61) ~ -4.1, as a sampler's would be.
+        sampler = -4.1 + 0.3 * torch.randn(3, 10, generator=generator)
+        advantages = torch.randn(3, 10, generator=generator)
+        batches.append(TokenBatch(tokens[:, :-1], tokens[:, 1:], None, None, sampler, advantages))
+    return batches * (count // 2)
+
+
+def _local_rl_loss(
+    name: str, logits: torch.Tensor, batch: TokenBatch, low: float, high: float
+) -> torch.Tensor:
+    # Tinker's documented expressions, written out.
+    assert batch.logprobs is not None and batch.advantages is not None
+    logprobs = torch.log_softmax(logits, -1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+    ratio = torch.exp(logprobs - batch.logprobs)
+    if name == "importance_sampling":
+        return -(ratio * batch.advantages).sum()
+    clipped = torch.clamp(ratio, low, high)
+    return -torch.min(ratio * batch.advantages, clipped * batch.advantages).sum()
+
+
+@pytest.mark.parametrize("loss_name", ["importance_sampling", "ppo"])
+def test_twenty_steps_of_rl_losses_are_bitwise_the_local_peft_loop(
+    tmp_path: Path, loss_name: str
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    base = load_pretrained("tiny", folder)
+    adapter = LoraAdapter(base.module, LoraConfig(4, 8, ALL_LINEAR, seed=2))
+    local = peft_model(folder, 4, 8, ALL_LINEAR, seed=2).train()
+    given = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1} if loss_name == "ppo" else {}
+    options = check_options(loss_name, given)
+    ours_optimizer = torch.optim.AdamW(adapter.parameters(), lr=0.02)
+    local_optimizer = torch.optim.AdamW([p for p in local.parameters() if p.requires_grad], lr=0.02)
+    for batch in _rl_batches(20, 8):
+        check_token_batch(batch, loss_name, VOCAB)
+        with adapter.applied():
+            logits = base.module(batch.inputs).logits
+        ours, _ = causal_lm_loss(logits, batch, loss_name, options)
+        theirs = _local_rl_loss(loss_name, local(input_ids=batch.inputs).logits, batch, 0.9, 1.1)
+        assert torch.equal(ours, theirs)
+        for optimizer, loss in ((ours_optimizer, ours), (local_optimizer, theirs)):
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    _assert_same_tensors(_adapter_tensors(adapter), peft_adapter_tensors(local))
 
 
 def test_dropout_draws_as_peft_does(tmp_path: Path) -> None:

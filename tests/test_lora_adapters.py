@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,35 @@ def _train_ours_once(
     loss.backward()
     optimizer.step()
     return [loss.item()]
+
+
+def test_the_adapter_module_holds_only_the_adapter_under_peft_s_names(tmp_path: Path) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    base = load_pretrained("tiny", folder)
+    adapter = LoraAdapter(base.module, LoraConfig(4, 8, LLAMA_TARGETS))
+    local = peft_model(folder, 4, 8, list(LLAMA_TARGETS), seed=0)
+    peft_keys = [
+        name.replace(".default", "") for name, p in local.named_parameters() if p.requires_grad
+    ]
+    assert list(adapter.state_dict()) == peft_keys
+    assert [p for _, p in adapter.named_parameters()] == list(adapter.parameters())
+    assert adapter.nbytes() == sum(4 * p.numel() for p in adapter.parameters())
+    tokens = _batches(1, 1)[0][0]
+    with torch.no_grad():
+        for tensor in adapter.lora_b.values():
+            tensor.normal_()
+        with adapter.applied():
+            expected = base.module(tokens).logits
+        assert torch.equal(adapter(tokens), expected)
+        twin = copy.deepcopy(adapter)
+        assert twin.base is base.module  # the base is shared, never copied
+        assert torch.equal(twin(tokens), expected)
+        for tensor in twin.lora_b.values():
+            tensor.zero_()
+        assert torch.equal(twin(tokens), base.module(tokens).logits)
+        assert torch.equal(adapter(tokens), expected)  # its own tensors
+        twin.load_state_dict(adapter.state_dict())
+        assert torch.equal(twin(tokens), expected)
 
 
 def test_an_adapter_adds_nothing_to_another_base(tmp_path: Path) -> None:

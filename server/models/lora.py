@@ -15,6 +15,7 @@ Why not peft itself: docs/adapters.md.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -142,10 +143,16 @@ def resolve_targets(base: nn.Module, config: LoraConfig) -> list[tuple[str, int,
     return chosen
 
 
-class LoraAdapter:
+class LoraAdapter(nn.Module):
     """One run's adapter: lora_A [r, in] and lora_B [out, r] per targeted module of one base.
 
-    It holds its own tensors only; the base is referenced, never copied."""
+    An nn.Module whose parameters and state are the adapter's only, under PEFT's names
+    (`base_model.model.<module>.lora_A.weight`), so the machinery of full runs (optimizers,
+    checkpoints, digests, forks) carries adapter runs unchanged. The base is referenced, never
+    a submodule: not in parameters() or state_dict(), not moved by .to(), shared by deepcopy.
+    forward(inputs) is the base's forward with this adapter applied."""
+
+    base: nn.Module
 
     def __init__(
         self,
@@ -153,15 +160,13 @@ class LoraAdapter:
         config: LoraConfig,
         tensors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
-        self.training = True
-        # The base is referenced (never copied): while an adapter lives, its base's id is its own.
-        self.base = base
+        # Plain attributes, outside the module tree: while an adapter lives, id(base) is its base's.
+        object.__setattr__(self, "base", base)
         self.base_id = id(base)
+        self.causal_lm = callable(getattr(base, "get_output_embeddings", None))
         targets = resolve_targets(base, config)
-        device = _device_of(base)
-        self.lora_a: dict[str, nn.Parameter] = {}
-        self.lora_b: dict[str, nn.Parameter] = {}
         if tensors is None:
             tensors = _initial_tensors(targets, config)
         for name, in_features, out_features in targets:
@@ -172,29 +177,46 @@ class LoraAdapter:
                     f"[{out_features}, {config.rank}], got {list(a.shape)} and {list(b.shape)}",
                     field="lora",
                 )
-        # float32 whatever the base's dtype: peft's autocast_adapter_dtype does the same.
+        device = _device_of(base)
+        self.lora_a: dict[str, nn.Parameter] = {}
+        self.lora_b: dict[str, nn.Parameter] = {}
+        self.base_model = nn.Module()
+        self.base_model.model = nn.Module()
         for name, _, _ in targets:
             a, b = tensors[name]
-            self.lora_a[name] = nn.Parameter(a.detach().to(device, torch.float32).clone())
-            self.lora_b[name] = nn.Parameter(b.detach().to(device, torch.float32).clone())
+            leaf = _container(self.base_model.model, name)
+            # float32 whatever the base's dtype: peft's autocast_adapter_dtype does the same.
+            for kind, tensor, table in (("lora_A", a, self.lora_a), ("lora_B", b, self.lora_b)):
+                holder = nn.Module()
+                holder.weight = nn.Parameter(tensor.detach().to(device, torch.float32).clone())
+                leaf.add_module(kind, holder)
+                table[name] = holder.weight
         attach(base)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LoraAdapter:
+        """A copy with its own tensors over the same base (a base is never copied)."""
+        memo[id(self.base)] = self.base
+        duplicate = self.__class__.__new__(self.__class__)
+        memo[id(self)] = duplicate
+        for key, value in self.__dict__.items():
+            object.__setattr__(duplicate, key, copy.deepcopy(value, memo))
+        return duplicate
 
     @property
     def module_names(self) -> list[str]:
         return list(self.lora_a)
 
-    def parameters(self) -> list[nn.Parameter]:
-        """lora_A, lora_B of each module in module order: the order of a peft model's
-        trainable parameters, so an optimizer's state lines up with peft's."""
-        return [p for name in self.lora_a for p in (self.lora_a[name], self.lora_b[name])]
-
     def nbytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
-    def train(self, mode: bool = True) -> LoraAdapter:
-        """Dropout on (training) or off; the base's own mode never changes (it is shared)."""
-        self.training = mode
-        return self
+    def forward(
+        self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The base's output with this adapter: a causal LM's logits [B, T, V]."""
+        with self.applied():
+            if not self.causal_lm:
+                return self.base(inputs)  # type: ignore[no-any-return]
+            return self.base(input_ids=inputs, attention_mask=attention_mask).logits  # type: ignore[no-any-return]
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -215,6 +237,18 @@ class LoraAdapter:
             self.config.scaling
         )
         return added.to(outputs.dtype)
+
+
+def _container(root: nn.Module, path: str) -> nn.Module:
+    """The module at `path` under root, made of empty modules where missing."""
+    node = root
+    for part in path.split("."):
+        child = node._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            node.add_module(part, child)
+        node = child
+    return node
 
 
 def _device_of(base: nn.Module) -> torch.device:

@@ -57,12 +57,8 @@ def peft_config(adapter: LoraAdapter, base_name: str, task_type: str | None) -> 
 
 
 def peft_tensors(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
-    """The adapter_model.safetensors tensors, on CPU."""
-    tensors: dict[str, torch.Tensor] = {}
-    for name in adapter.module_names:
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.lora_a[name].detach().cpu()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.lora_b[name].detach().cpu()
-    return tensors
+    """The adapter_model.safetensors tensors, on CPU: the adapter's state is in PEFT's names."""
+    return {key: tensor.detach().cpu() for key, tensor in adapter.state_dict().items()}
 
 
 def save_peft(

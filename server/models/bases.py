@@ -19,6 +19,7 @@ from torch import nn
 
 from gradserve.errors import InvalidArgumentError
 
+from .model import Model
 from .specs import build
 
 FIELD = "base_model"
@@ -35,6 +36,8 @@ class Base:
     digest: str
     # Token-id range of a causal language model ([0, vocab_size)); None for registry specs.
     vocab_size: int | None = None
+    # A registry spec's served model (its batches and loss); None for a language model.
+    served: Model | None = None
 
 
 def parse_base_flag(entry: str) -> tuple[str, str]:
@@ -108,7 +111,7 @@ def from_spec(name: str, spec: str, seed: int | None = 0, factories: Sequence[st
     """A registry model (`mlp:...`, `cnn:...`, a factory) as a frozen base."""
     model = build(spec, None, seed, factories=factories)
     freeze(model.module)
-    return Base(name, model.module, spec, tensor_digest(model.module))
+    return Base(name, model.module, spec, tensor_digest(model.module), served=model)
 
 
 def load_base(

@@ -35,7 +35,9 @@ def test_a_store_over_an_adapter_trains_bitwise_as_the_local_peft_loop(tmp_path:
     base = load_pretrained("tiny", folder)
     model = adapter_model(base, LoraConfig(4, 8, TARGETS, seed=3))
     assert isinstance(model, TokenModel) and model.num_classes == VOCAB
-    assert model.spec == "lora:tiny:rank=4:alpha=8:targets=q_proj+v_proj:dropout=0:seed=3"
+    assert model.spec == (
+        f"lora:tiny:base_sha256={base.digest}:rank=4:alpha=8:targets=q_proj+v_proj:dropout=0:seed=3"
+    )
     store = _store(model)
     local = peft_model(folder, 4, 8, list(TARGETS), seed=3).train()
     optimizer = torch.optim.AdamW(

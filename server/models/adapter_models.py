@@ -68,14 +68,16 @@ class TokenModel(Model):
 
 
 def lora_spec(base: Base, lora: LoraConfig) -> str:
-    """The run's model spec as GetModelInfo shows it: the base and the adapter's settings."""
+    """The run's model spec as GetModelInfo shows it: the base by name and digest, and the
+    adapter's settings. Checkpoints compare it whole, so a checkpoint made over another base
+    (other tensors under the same name) is refused rather than loaded onto the wrong base."""
     targets = (
         lora.target_modules
         if isinstance(lora.target_modules, str)
         else "+".join(lora.target_modules)
     )
     return (
-        f"lora:{base.name}:rank={lora.rank}:alpha={lora.alpha:g}:targets={targets}"
+        f"lora:{base.name}:base_sha256={base.digest}:rank={lora.rank}:alpha={lora.alpha:g}:targets={targets}"
         f":dropout={lora.dropout:g}:seed={lora.seed}"
     )
 

@@ -72,6 +72,8 @@ def test_model_info_round_trip() -> None:
         accumulated_samples=20,
         max_batch_elements=1000,
         max_message_bytes=4096,
+        base_model="tiny",
+        base_model_digest="0b" * 32,
     )
     assert serde.model_info_from_proto(through_wire(serde.model_info_to_proto(info))) == info
 
@@ -211,7 +213,7 @@ def test_graph_node_unknown_kind_names_the_field() -> None:
 
 RUN_TYPES = [
     (
-        RunSummary("alice-1", "mlp:4-8-2", "sgd:momentum=0.9", 7, True, 160),
+        RunSummary("alice-1", "mlp:4-8-2", "sgd:momentum=0.9", 7, True, 160, "tiny", "0a" * 32),
         serde_runs.run_summary_to_proto,
         serde_runs.run_summary_from_proto,
     ),

@@ -45,6 +45,10 @@ class TokenModel(Model):
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     max_logits_bytes: int = MAX_LOGITS_BYTES
 
+    @property
+    def tokens(self) -> bool:
+        return True
+
     def check_batch(
         self, inputs: torch.Tensor, targets: torch.Tensor | None, *, values: bool = True
     ) -> int:
@@ -91,7 +95,14 @@ def adapter_model(
     adapter = LoraAdapter(base.module, lora, tensors)
     spec = lora_spec(base, lora)
     if base.served is not None:
-        return dataclasses.replace(base.served, name="lora", spec=spec, module=adapter)
+        return dataclasses.replace(
+            base.served,
+            name="lora",
+            spec=spec,
+            module=adapter,
+            base_model=base.name,
+            base_model_digest=base.digest,
+        )
     if base.vocab_size is None:
         raise InvalidArgumentError(
             f"base_model {base.name}: not a servable base", field="base_model"
@@ -105,6 +116,8 @@ def adapter_model(
         input=tokens,
         target=tokens,
         num_classes=base.vocab_size,
+        base_model=base.name,
+        base_model_digest=base.digest,
     )
 
 
@@ -133,6 +146,11 @@ class BaseRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._bases)
+
+    def digest_of(self, name: str) -> str:
+        """The digest of a base by name; "" for "" (a full model) or an unknown name."""
+        base = self._bases.get(name)
+        return "" if base is None else base.digest
 
     def get(self, name: str) -> Base:
         base = self._bases.get(name)

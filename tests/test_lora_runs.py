@@ -12,6 +12,7 @@ from helpers import TIMEOUT, apply, compute, decoded, field_violations
 from llm_bases import VOCAB, peft_adapter_tensors, peft_model, tiny_llama
 from safetensors.torch import load_file
 
+from gradserve.codec import tensor_to_proto
 from gradserve.server.models.bases import load_pretrained
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -31,7 +32,9 @@ def _create(stub, run: str, **fields):  # type: ignore[no-untyped-def]
         seed=3,
     )
     for key, value in fields.items():
-        if isinstance(value, pb.LoraSpec):
+        if value is None:
+            request.ClearField(key)
+        elif isinstance(value, pb.LoraSpec):
             request.lora.CopyFrom(value)
         else:
             setattr(request, key, value)
@@ -105,6 +108,35 @@ def test_an_adapter_run_trains_bitwise_as_the_local_peft_loop(
     assert (runs["adapter"].base_model, runs["adapter"].base_model_digest) == ("tiny", digest)
 
 
+def test_an_adapter_run_trains_through_a_train_stream_bitwise(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
+    _create(stub, "adapter")
+    batches = _batches(8, 12)
+    steps = [
+        pb.TrainStep(
+            batches=[pb.Batch(inputs=tensor_to_proto(x), targets=tensor_to_proto(y))],
+            apply_update=True,
+            learning_rate=0.01,
+        )
+        for x, y in batches
+    ]
+    requests = [
+        pb.TrainRequest(run="adapter", steps=steps[:6]),
+        pb.TrainRequest(run="adapter", steps=steps[6:]),
+    ]
+    responses = list(stub.Train(iter(requests), timeout=TIMEOUT))
+    losses = [loss for response in responses for step in response.steps for loss in step.losses]
+    local_losses, local_tensors = _local_loop(folder, 3, batches)
+    assert losses == local_losses
+    for mine, theirs in zip(
+        _parameters(stub, "adapter").values(), local_tensors.values(), strict=True
+    ):
+        assert torch.equal(mine, theirs)
+
+
 def test_two_adapter_runs_on_one_base_each_train_as_their_own_loop(
     make_server, make_stub, tmp_path: Path
 ) -> None:
@@ -134,6 +166,8 @@ def test_two_adapter_runs_on_one_base_each_train_as_their_own_loop(
         ({"lora": pb.LoraSpec(rank=4, alpha=8, dropout=1.5)}, "lora.dropout"),
         ({"lora": pb.LoraSpec(rank=4, alpha=8, target_modules=["nope"])}, "lora.target_modules"),
         ({"model": "linear"}, "model"),
+        ({"base_model": "", "model": "linear"}, "lora"),  # lora without a base
+        ({"lora": None}, "lora"),  # a base without lora
     ],
 )
 def test_bad_adapter_runs_are_refused_naming_the_field(

@@ -141,4 +141,3 @@ def checked_metadata(
                 field="run",
             )
     return metadata
-

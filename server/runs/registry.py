@@ -126,9 +126,7 @@ class RunRegistry:
     def list(self, principal: Principal) -> list[RunSummary]:
         with self._lock:
             runs = sorted(self._runs.values(), key=lambda run: run.name)
-        return [
-            _summary(run, self.bases) for run in runs if self._may_use(run, principal)
-        ]
+        return [_summary(run, self.bases) for run in runs if self._may_use(run, principal)]
 
     def details(self, run: Run, datasets: int, dataset_bytes: int) -> RunDetails:
         """GetRun's answer for a run the caller may see (`run` from run()), without loading

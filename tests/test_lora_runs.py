@@ -137,6 +137,36 @@ def test_an_adapter_run_trains_through_a_train_stream_bitwise(
         assert torch.equal(mine, theirs)
 
 
+def test_a_fork_of_an_adapter_run_continues_it_bitwise(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(
+        make_server(base_models=(f"tiny={folder}",), checkpoint_dir=str(tmp_path / "saved"))
+    )
+    _create(stub, "parent")
+    batches = _batches(9, 6)
+    for inputs, targets in batches[:3]:
+        compute(stub, inputs, targets, run="parent")
+        apply(stub, 0.01, run="parent")
+    stub.SaveCheckpoint(pb.SaveCheckpointRequest(run="parent", name="half"), timeout=TIMEOUT)
+    created = stub.CreateRun(
+        pb.CreateRunRequest(
+            run="child", from_checkpoint="parent/half", with_optimizer_state=True, seed=11
+        ),
+        timeout=TIMEOUT,
+    )
+    assert created.info.base_model == "tiny"
+    for inputs, targets in batches[3:]:
+        compute(stub, inputs, targets, run="child")
+        apply(stub, 0.01, run="child")
+    _, local_tensors = _local_loop(folder, 3, batches)
+    for mine, theirs in zip(
+        _parameters(stub, "child").values(), local_tensors.values(), strict=True
+    ):
+        assert torch.equal(mine, theirs)
+
+
 def test_two_adapter_runs_on_one_base_each_train_as_their_own_loop(
     make_server, make_stub, tmp_path: Path
 ) -> None:

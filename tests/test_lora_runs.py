@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -15,12 +19,14 @@ from safetensors.torch import load_file
 from gradserve.codec import tensor_to_proto
 from gradserve.server.models.bases import load_pretrained
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
 )
 TARGETS = ["q_proj", "v_proj"]
 OPTIMIZER = "adamw:weight_decay=0.01"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _create(stub, run: str, **fields):  # type: ignore[no-untyped-def]
@@ -270,3 +276,59 @@ def test_the_run_file_keeps_the_adapter(make_server, make_stub, tmp_path: Path) 
     (document,) = [d for d in documents if d["run"] == "adapter"]
     assert document["base_model"] == "tiny"
     assert document["lora"]["rank"] == 4
+
+
+class _ServerProcess:
+    """`python server/serve.py` with one base, durable (every answered update is on disk)."""
+
+    def __init__(self, base: Path, directory: Path, log: Path) -> None:
+        self.command = [
+            sys.executable, str(ROOT / "server" / "serve.py"), "--port=0",
+            f"--base-model=tiny={base}", f"--checkpoint-dir={directory}",
+            "--durability=sync", "--torch-threads=1",
+        ]  # fmt: skip
+        self.log = log
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> str:
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )  # fmt: skip
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("listening on "):
+                return f"127.0.0.1:{line.rsplit(':', 1)[1].strip()}"
+        raise AssertionError(f"server exited: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+
+
+@pytest.mark.slow
+def test_an_adapter_run_resumes_bitwise_after_kill_9(tmp_path: Path) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    server = _ServerProcess(folder, tmp_path / "saved", tmp_path / "server.log")
+    batches = _batches(10, 6)
+    try:
+        for start, stop in ((0, 3), (3, 6)):
+            channel = grpc.insecure_channel(server.start())
+            stub = pb_grpc.GradientServiceStub(channel)
+            if start == 0:
+                _create(stub, "adapter")
+            for inputs, targets in batches[start:stop]:
+                compute(stub, inputs, targets, run="adapter")
+                apply(stub, 0.01, run="adapter")  # answered once on disk (--durability sync)
+            ours = _parameters(stub, "adapter")
+            channel.close()
+            server.kill()
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.kill()
+    _, local_tensors = _local_loop(folder, 3, batches)
+    for mine, theirs in zip(ours.values(), local_tensors.values(), strict=True):
+        assert torch.equal(mine, theirs)

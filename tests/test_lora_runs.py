@@ -266,6 +266,27 @@ def test_an_adapter_run_resumes_bitwise_on_a_restarted_server_and_only_on_its_ba
     assert "base_sha256" in (caught.value.details() or "")
 
 
+def test_a_run_file_with_a_broken_adapter_is_skipped_at_start(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    saved = tmp_path / "saved"
+    make_server(base_models=(f"tiny={folder}",), checkpoint_dir=str(saved)).stop(0)
+    broken = saved / "runs" / "broken"
+    broken.mkdir(parents=True)
+    document = {
+        "run": "broken",
+        "owner": "",
+        "model": "",
+        "base_model": "tiny",
+        "lora": {"rank": 4},
+    }
+    (broken / "run.json").write_text(json.dumps(document))
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",), checkpoint_dir=str(saved)))
+    names = [r.run for r in stub.ListRuns(pb.ListRunsRequest(), timeout=TIMEOUT).runs]
+    assert "broken" not in names
+
+
 def test_the_run_file_keeps_the_adapter(make_server, make_stub, tmp_path: Path) -> None:
     folder = tiny_llama(tmp_path / "base")
     stub = make_stub(

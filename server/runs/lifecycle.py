@@ -281,14 +281,21 @@ class RunBuilder:
             document = _read_run_file(folder / RUN_FILE)
             if document is None:
                 continue
-            lora = document.get("lora")
+            try:
+                lora = document.get("lora")
+                lora = None if lora is None else _lora_from_document(lora)
+            except (KeyError, TypeError, ValueError, InvalidArgumentError) as error:
+                logger.warning(
+                    "skipping run folder %s: its lora is not an adapter: %s", folder.name, error
+                )
+                continue
             spec = RunSpec(
                 model=document["model"],
                 loss=document.get("loss"),
                 optimizer=document.get("optimizer", "sgd"),
                 seed=document.get("seed"),
                 base_model=document.get("base_model", ""),
-                lora=None if lora is None else _lora_from_document(lora),
+                lora=lora,
             )
             run = Run(folder.name, document["owner"], spec, lambda r: self._load(r, restore=True))
             saved = list_checkpoints(folder)

@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gradserve.errors import InvalidArgumentError
 from gradserve.names import is_name
 
 from ..checkpoints.files import list_checkpoints
+from ..models.lora import LoraConfig
 from .names import retired_name
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class RunSpec:
     loss: str | None = None
     optimizer: str = "sgd"
     seed: int | None = 0
+    # An adapter run: the base it trains a LoRA adapter over (--base-model), and the adapter.
+    base_model: str = ""
+    lora: LoraConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,21 @@ def saved_runs(root: Path) -> list[SavedRun]:
         name = document["run"]
         if document.get("deleted") is True:
             name = retired_name(name, folder.name)
+        try:
+            lora = document.get("lora")
+            lora = None if lora is None else _lora_from_document(lora)
+        except (KeyError, TypeError, ValueError, InvalidArgumentError) as error:
+            logger.warning(
+                "skipping run folder %s: its lora is not an adapter: %s", folder.name, error
+            )
+            continue
         spec = RunSpec(
             model=document["model"],
             loss=document.get("loss"),
             optimizer=document.get("optimizer", "sgd"),
             seed=document.get("seed"),
+            base_model=document.get("base_model", ""),
+            lora=lora,
         )
         version = newest_version(folder)
         key = (document["owner"], name)
@@ -132,3 +147,15 @@ def _read_run_file(path: Path) -> dict[str, Any] | None:
         logger.warning("skipping run folder %s: run.json is not a run", path.parent.name)
         return None
     return document
+
+
+def _lora_from_document(document: dict[str, Any]) -> LoraConfig:
+    """run.json's adapter (dataclasses.asdict wrote its target tuple as a JSON list)."""
+    targets = document["target_modules"]
+    return LoraConfig(
+        rank=document["rank"],
+        alpha=document["alpha"],
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        dropout=document["dropout"],
+        seed=document["seed"],
+    )

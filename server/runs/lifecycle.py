@@ -26,8 +26,9 @@ from ..checkpoints.files import Checkpointer, list_checkpoints
 from ..config import ModelConfig, ServerConfig
 from ..coordination.served_run import ServedRun
 from ..metrics import ServerMetrics
+from ..models.adapter_models import BaseRegistry, adapter_model
 from ..models.optimizers import build_optimizer
-from ..models.specs import build_configured
+from ..models.specs import build_configured, resolve_device
 from ..store.parameter_store import ParameterStore
 from .folders import RunSpec, newest_version, remove_folder, saved_runs, write_run_file
 from .names import retired_name
@@ -190,6 +191,12 @@ class RunBuilder:
         self._store_factory = store_factory
         root = config.checkpoints.directory
         self.root = Path(root) if root else None
+        # Loaded once, shared by every adapter run on them (never written).
+        self.bases = BaseRegistry.load(
+            config.model.base_models,
+            resolve_device(config.model.device),
+            config.model.model_factories,
+        )
 
     def directory(self, run: Run) -> Path | None:
         """The run's own folder: --checkpoint-dir for the default run, else its incarnation's
@@ -235,7 +242,10 @@ class RunBuilder:
 
     def _load(self, run: Run, *, restore: bool) -> tuple[ServedRun, Checkpointer | None]:
         config = self.model_config(run.spec) if run.name else self.config.model
-        model = build_configured(config)
+        if run.spec.base_model and run.spec.lora is not None:
+            model = adapter_model(self.bases.get(run.spec.base_model), run.spec.lora)
+        else:
+            model = build_configured(config)
         optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
         limits = self.config.limits
         store = self._store_factory(

@@ -11,7 +11,6 @@ batches in order they are bitwise the seed tutorial's local loop.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 
 import torch
@@ -24,8 +23,6 @@ from .gradient_client import GradientClient
 from .plan import StepPlan, Versioning
 from .recorder import Recorder, TrainSummary
 from .transport import OutOfStep, ResumeError, Transport
-
-logger = logging.getLogger(__name__)
 
 MAX_RESYNCS = 100
 
@@ -90,7 +87,11 @@ def train(
             next_step, start_version = resync(
                 client, connect_timeout, plan.total_steps, start_version, initial
             )
-            logger.info("re-synced after %s: continuing at step %d", reason, next_step)
+            why = (str(reason).splitlines() or [type(reason).__name__])[0][:160]
+            recorder.notice(
+                f"gradserve-train: re-synced with the server at version "
+                f"{start_version + next_step}: continuing at step {next_step} ({why})"
+            )
             recorder.rewind(next_step)
 
 

@@ -17,6 +17,7 @@ from .data import Dataset
 from .gradient_client import GradientClient
 from .graph import render_dot, render_tree
 from .loop import train
+from .parameter_files import read_parameters
 from .plan import BatchSource, Shard, StepPlan, Versioning
 from .recorder import Recorder, TrainSummary
 from .server_data import upload_training_set
@@ -73,6 +74,8 @@ def run_training(
     """Train this process's part of the run. `set_initial`: set the initial parameters the
     data implies (a --workers child leaves that to its parent)."""
     train_set, validation_set, initial = training_sets(config, info)
+    if config.data.init_from is not None:
+        initial = read_parameters(config.data.init_from)
     if not set_initial or config.parallel.shard_index > 0:
         initial = {}
     # Step s of the run applies at version start_version + s (how the loop resumes).

@@ -1,6 +1,6 @@
 """The connection flags that `gradserve-train` and `gradserve` share, defined once: the server's
 address, deadlines, retries, TLS files and the token file, with their GRADSERVE_* variables;
-and the help format both use (each flag's default shown)."""
+the client they make; and the help format both use (each flag's default shown)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConnectionConfig
+from .gradient_client import GradientClient
+from .retry import RetryPolicy
+from .security import bearer_metadata, channel_credentials, read_token
 
 ENV_SERVER = "GRADSERVE_SERVER"
 ENV_TIMEOUT = "GRADSERVE_TIMEOUT_SECONDS"
@@ -113,3 +116,19 @@ def add_connection_flags(
 
 def connection_from_args(values: Mapping[str, Any]) -> ConnectionConfig:
     return ConnectionConfig(**{name: values[name] for name in CONNECTION_FIELDS})
+
+
+def open_client(connection: ConnectionConfig, target: str, run: str = "") -> GradientClient:
+    """A client to `target` with the connection flags' deadline, retries, TLS and token
+    (shared by `gradserve-train` and `gradserve`)."""
+    return GradientClient(
+        target,
+        timeout=connection.timeout_seconds,
+        retry=RetryPolicy(
+            max_attempts=connection.retry_attempts,
+            max_backoff=connection.retry_max_backoff_seconds,
+        ),
+        credentials=channel_credentials(connection.tls_ca, connection.tls_cert, connection.tls_key),
+        metadata=bearer_metadata(read_token(connection.token_file)),
+        run=run,
+    )

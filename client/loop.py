@@ -20,6 +20,7 @@ from gradserve.errors import NotFoundError, UnavailableError
 from .data import Dataset, batches
 from .digest_check import verify_resumed_digest
 from .gradient_client import GradientClient
+from .large_parameters import put_parameters
 from .plan import StepPlan, Versioning
 from .recorder import Recorder, TrainSummary
 from .transport import OutOfStep, ResumeError, Transport
@@ -114,7 +115,7 @@ def resync(
                 f"the server is at version {info.model_version}, before this run's start "
                 f"({start_version}), and there are no initial parameters to set again"
             )
-        return 0, client.set_parameters(dict(initial), expected_version=info.model_version)
+        return 0, put_parameters(client, initial, info, expected_version=info.model_version)
     step = info.model_version - start_version
     if total_steps is not None and step > total_steps:
         raise ResumeError(

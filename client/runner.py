@@ -13,6 +13,7 @@ from gradserve.types import ModelInfo
 from .config import TrainConfig
 from .connection import connect
 from .exit_codes import EXIT_OK
+from .large_parameters import fetch_parameters
 from .metrics import TrainMetrics
 from .metrics_export import Linger, push_metrics, serve_metrics
 from .parameter_files import write_parameters
@@ -43,7 +44,7 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
             summary, reports = run_workers(client, config, info, recorder)
         else:
             summary = run_training(client, config, info, recorder, graph_out=human)
-        version, parameters = client.get_parameters()
+        version, parameters = fetch_parameters(client, info)
     if config.output.save is not None:
         write_parameters(
             config.output.save,

@@ -158,3 +158,37 @@ def test_init_from_a_missing_or_wrong_file_is_one_line_exit_2(
         assert code == 2
         assert len(lines) == 1
         assert lines[0].startswith(f"gradserve-train: {file}: {says}")
+
+
+def test_a_model_past_the_message_limit_goes_in_chunks(
+    make_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 264193 float32 parameters: 1.06 MB, past a 1 MiB message limit for Get/SetParameters.
+    server = make_server(max_message_bytes=1 << 20)
+    common = (
+        "--server",
+        server.address,
+        "--model",
+        "mlp:1-512-512-1",
+        "--loss",
+        "mse",
+        "--data-on-server",
+        "off",
+        "--lr",
+        "0.01",
+    )
+    file = tmp_path / "big.safetensors"
+    train(capsys, "--run", "first", *common, "--epochs", "1", "--save", str(file))
+    train(capsys, "--run", "second", *common, "--epochs", "1", "--init-from", str(file))
+    train(capsys, "--run", "whole", *common, "--epochs", "2")
+    with GradientClient(server.address, run="second") as client:
+        continued = client.stream_parameters()[1]
+    with GradientClient(server.address, run="whole") as client:
+        whole = client.stream_parameters()[1]
+    assert_bitwise(continued, whole)
+    assert_bitwise(load_file(str(file)), parameters_of_first(server))
+
+
+def parameters_of_first(server: GradientServer) -> dict[str, torch.Tensor]:
+    with GradientClient(server.address, run="first") as client:
+        return client.stream_parameters()[1]

@@ -99,13 +99,19 @@ def test_both_transports_and_dataset_passes_agree(
     optimizer, text = "sgd:momentum=0.9", "cosine:12:0.001"
     remote = trained(
         capsys,
-        "--optimizer", optimizer,
-        "--lr", "0.05",
-        "--lr-schedule", text,
-        "--transport", transport,
-        "--data-on-server", data_on_server,
-        "--steps-per-request", "4",
-    )  # fmt: skip
+        "--optimizer",
+        optimizer,
+        "--lr",
+        "0.05",
+        "--lr-schedule",
+        text,
+        "--transport",
+        transport,
+        "--data-on-server",
+        data_on_server,
+        "--steps-per-request",
+        "4",
+    )
     local = local_run(optimizer, SCHEDULES[text], 0.05)
     assert all(torch.equal(remote[name], local[name]) for name in ("w", "b"))
 

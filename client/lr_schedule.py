@@ -56,8 +56,9 @@ def parse_lr_schedule(text: str) -> LrScheduleSpec:
 
 
 class LearningRates:
-    """The rate at step s of a run, computed once per step in order and kept (a run asks for
-    its steps in order, and again from any earlier step when it resumes)."""
+    """The rate at step s of a run. A run asks for its steps in order; a resumed one asks for
+    an earlier step again, and the scheduler is then replayed from step 0 (nothing is kept
+    per step, so a run of any length costs the same memory)."""
 
     def __init__(self, text: str, base: float, total_steps: int | None) -> None:
         self.spec = parse_lr_schedule(text)
@@ -68,24 +69,24 @@ class LearningRates:
                 "(a streamed CSV): cosine:T_MAX"
             )
         self.total_steps = total_steps
-        self._values: list[float] = []
+        self._step = 0
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     def at(self, step: int) -> float:
         if self.spec.kind == "constant":
             return self.base
-        if self._scheduler is None:
+        if self._optimizer is None or self._scheduler is None or step < self._step:
             self._optimizer, self._scheduler = self._make()
-            self._values.append(self._optimizer.param_groups[0]["lr"])
-        assert self._optimizer is not None
-        while len(self._values) <= step:
+            self._step = 0
+        while self._step < step:
             # An optimizer step first (a no-op: no gradients), as in a training loop; torch
             # warns about a scheduler stepped before its optimizer.
             self._optimizer.step()
             self._scheduler.step()
-            self._values.append(self._optimizer.param_groups[0]["lr"])
-        return self._values[step]
+            self._step += 1
+        rate: float = self._optimizer.param_groups[0]["lr"]
+        return rate
 
     def _make(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         stand_in = torch.nn.Parameter(torch.zeros(1))

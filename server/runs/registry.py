@@ -1,7 +1,7 @@
 """Training runs: every client's own model, optimizer, version, accumulator and checkpoints.
 
 A Run is what one server process used to be: a ParameterStore (with its own lock and
-request-id window), its coordinator, and its checkpoint folder. The RunRegistry holds them by
+request-id window), its ServedRun (what every RPC of the run calls), and its checkpoint folder. The RunRegistry holds them by
 name. The default run ("") is built at start from the server's flags, exactly as before runs
 existed; clients create others (CreateRun) from models in the operator's registry — the spec
 grammar, registered factories, `file:NAME` for NAME.json in --model-dir — never from code.
@@ -18,7 +18,6 @@ start.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -30,29 +29,19 @@ from pathlib import Path
 from gradserve.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
-    InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from gradserve.types import RunSummary
+from gradserve.types import RunDetails, RunSummary
 
-from ..coordination.coordinator import DirectCoordinator
+from ..checkpoints.names import summaries
+from ..coordination.served_run import ServedRun
 from .lifecycle import Run, RunBuilder, RunSpec
+from .names import DEFAULT_RUN, check_run_name
 from .principals import Principal
 
-DEFAULT_RUN = ""
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Create requests remembered for retries (request_id -> run name).
 CREATE_WINDOW = 1024
-
-
-def check_run_name(name: str, field: str = "run") -> None:
-    if not RUN_NAME.match(name):
-        raise InvalidArgumentError(
-            f"{field}: {name[:80]!r} is not a run name (1 to 64 letters, digits, '.', '_', "
-            "'-', starting with a letter or digit)",
-            field=field,
-        )
 
 
 class RunRegistry:
@@ -97,12 +86,12 @@ class RunRegistry:
     # -- lookup --------------------------------------------------------------------------
 
     @contextmanager
-    def use(self, name: str, principal: Principal) -> Iterator[DirectCoordinator]:
-        """The run's coordinator for the length of one call (a stream's whole life), the run
+    def use(self, name: str, principal: Principal) -> Iterator[ServedRun]:
+        """The run's ServedRun for the length of one call (a stream's whole life), the run
         loaded first if it was unloaded: a run in use is never unloaded."""
         run = self._visible(name, principal)
-        with run.using(lambda: self._reserve(run.parameter_bytes, exclude=run)) as coordinator:
-            yield coordinator
+        with run.using(lambda: self._reserve(run.parameter_bytes, exclude=run)) as served:
+            yield served
 
     def run(self, name: str, principal: Principal) -> Run:
         return self._visible(name, principal)
@@ -131,18 +120,22 @@ class RunRegistry:
     def list(self, principal: Principal) -> list[RunSummary]:
         with self._lock:
             runs = sorted(self._runs.values(), key=lambda run: run.name)
-        return [
-            RunSummary(
-                run.name,
-                run.model_spec,
-                run.optimizer_description,
-                run.version,
-                run.coordinator is not None,
-                run.parameter_bytes,
-            )
-            for run in runs
-            if self._may_use(run, principal)
-        ]
+        return [_summary(run) for run in runs if self._may_use(run, principal)]
+
+    def details(self, run: Run, datasets: int, dataset_bytes: int) -> RunDetails:
+        """GetRun's answer for a run the caller may see (`run` from run()), without loading
+        it: its checkpoints are counted on disk."""
+        directory = self._builder.directory(run.name)
+        checkpoints = len(summaries(directory)) if directory is not None else 0
+        return RunDetails(
+            _summary(run),
+            owner=run.owner,
+            base_model="",
+            checkpoints=checkpoints,
+            datasets=datasets,
+            dataset_bytes=dataset_bytes,
+            loss=run.spec.loss or "",
+        )
 
     # -- create and delete ---------------------------------------------------------------
 
@@ -213,7 +206,7 @@ class RunRegistry:
             loaded = sum(
                 run.parameter_bytes
                 for run in self._runs.values()
-                if run is not exclude and run.coordinator is not None
+                if run is not exclude and run.served is not None
             )
         budget = self.config.max_parameter_bytes
         if loaded + parameter_bytes > budget:
@@ -232,8 +225,19 @@ class RunRegistry:
                 idle = [
                     run
                     for run in self._runs.values()
-                    if run.name != DEFAULT_RUN and run.coordinator is not None
+                    if run.name != DEFAULT_RUN and run.served is not None
                     and run.last_used < deadline
                 ]  # fmt: skip
             for run in idle:
                 run.unload_if_idle(deadline)
+
+
+def _summary(run: Run) -> RunSummary:
+    return RunSummary(
+        run.name,
+        run.model_spec,
+        run.optimizer_description,
+        run.version,
+        run.served is not None,
+        run.parameter_bytes,
+    )

@@ -76,8 +76,13 @@ def test_runs_and_checkpoints_from_the_shell(served: GradientServer) -> None:
     listed = json.loads(ok("runs", "list", "--json", "--server", served.address))
     assert [run["run"] for run in listed] == ["", "r1"]
     shown = json.loads(ok("runs", "show", "r1", "--json", env=env))
-    assert (shown["model_spec"], shown["parameter_count"]) == ("mlp:1-4-1:relu", 13)
-    assert "model                mlp:1-4-1:relu" in ok("runs", "show", "r1", env=env)
+    assert (shown["model_spec"], shown["parameter_bytes"], shown["loss"]) == (
+        "mlp:1-4-1:relu",
+        13 * 4,
+        "mse",
+    )
+    assert (shown["owner"], shown["checkpoints"], shown["datasets"]) == ("anonymous", 0, 0)
+    assert "model            mlp:1-4-1:relu" in ok("runs", "show", "r1", env=env)
 
     with GradientClient(served.address, run="r1") as client:
         client.compute_gradients(torch.ones(2, 1), torch.zeros(2, 1))

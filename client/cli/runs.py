@@ -15,7 +15,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     actions.add_parser("list", parents=[common], help="the runs you may see").set_defaults(
         handler=list_runs
     )
-    show = actions.add_parser("show", parents=[common], help="a run's model and state")
+    show = actions.add_parser(
+        "show", parents=[common], help="a run: owner, model, version, checkpoints, datasets"
+    )
     show.add_argument("run", metavar="RUN", help="the run ('' : the default run)")
     show.set_defaults(handler=show_run)
     create = actions.add_parser("create", parents=[common], help="create a run")
@@ -66,20 +68,28 @@ def list_runs(client: GradientClient, args: argparse.Namespace) -> Answer:
 
 
 def show_run(client: GradientClient, args: argparse.Namespace) -> Answer:
-    info = client.for_run(args.run).model_info()
-    shown = plain(info)
+    # GetRun: an idle, unloaded run is shown without being loaded back.
+    details = client.get_run(args.run)
+    summary = details.summary
+    shown = {
+        **plain(summary),
+        **{key: value for key, value in plain(details).items() if key != "summary"},
+    }
     rows = [
-        ("run", run_label(info.run)),
-        ("model", info.model_spec),
-        ("loss", info.loss),
-        ("optimizer", info.optimizer),
-        ("version", info.model_version),
-        ("parameters", info.parameter_count),
-        ("accumulated batches", info.accumulated_batches),
-        ("input", f"{shown['input']['dtype']} {shown['input']['shape']}"),
-        ("target", f"{shown['target']['dtype']} {shown['target']['shape']}"),
+        ("run", run_label(summary.run)),
+        ("owner", details.owner or "-"),
+        ("model", summary.model_spec),
+        ("loss", details.loss or "(the model's)"),
+        ("optimizer", summary.optimizer),
+        ("version", summary.model_version),
+        ("loaded", "yes" if summary.loaded else "no"),
+        ("parameter bytes", summary.parameter_bytes),
+        ("checkpoints", details.checkpoints),
+        ("datasets", f"{details.datasets} ({details.dataset_bytes} bytes)"),
     ]
-    return Answer(info, ("FIELD", "VALUE"), [(key, str(value)) for key, value in rows])
+    if details.base_model:
+        rows.insert(3, ("base model", details.base_model))
+    return Answer(shown, ("FIELD", "VALUE"), [(key, str(value)) for key, value in rows])
 
 
 def create_run(client: GradientClient, args: argparse.Namespace) -> Answer:

@@ -15,14 +15,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from gradserve.server.models.sampling import (
-    PromptLogprobs,
-    SampledStep,
-    SamplingParams,
-    StopReason,
-    filtered_logits,
-    sample,
-)
+from gradserve.sampling_types import PromptLogprobs, SampledStep, SamplingParams, StopReason
+from gradserve.server.models.sampling import filtered_logits, sample
 
 VOCAB = 61
 PROMPT = [5, 7, 9, 11, 3, 4]

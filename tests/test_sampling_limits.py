@@ -14,7 +14,7 @@ import torch
 from test_sampling_engine import PROMPT, tiny_model
 
 from gradserve.errors import GradserveError, InvalidArgumentError, ResourceExhaustedError
-from gradserve.server.models.sampling import SamplingParams
+from gradserve.sampling_types import SamplingParams
 from gradserve.server.models.sampling_limits import (
     LanguageModelShape,
     SamplingAdmission,

@@ -13,57 +13,22 @@ token) so the batch keeps its shape, as `generate` does, and their draws are dis
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from gradserve.sampling_types import (
+    PromptLogprobs,
+    SampledStep,
+    SamplingEvent,
+    SamplingParams,
+    StopReason,
+)
+
 # A context entered around each forward: an adapter's `applied` (server/models/lora.py).
 ForwardContext = Callable[[], contextlib.AbstractContextManager[Any]]
-
-
-class StopReason(enum.Enum):
-    STOP_TOKEN = "stop_token"  # noqa: S105 (a stop reason, not a password)
-    MAX_TOKENS = "max_tokens"
-    CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """What one request asks for; checked against limits in sampling_limits.py."""
-
-    num_samples: int
-    max_tokens: int
-    temperature: float = 1.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    stop_token_ids: tuple[int, ...] = ()
-    seed: int = 0
-    prompt_logprobs: bool = False
-
-
-@dataclass(frozen=True)
-class PromptLogprobs:
-    """log p(prompt[t] | prompt[:t]) for t >= 1, from one uncached forward of the prompt."""
-
-    logprobs: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class SampledStep:
-    """One decoding step: the token each still-running sample drew, and who stopped."""
-
-    step: int
-    samples: tuple[int, ...]
-    tokens: tuple[int, ...]
-    logprobs: tuple[float, ...]
-    finished: tuple[tuple[int, StopReason], ...]
-
-
-SamplingEvent = PromptLogprobs | SampledStep
 
 
 def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -81,6 +46,23 @@ def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
         remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
         scores = scores.masked_fill(remove, -float("inf"))
     return scores
+
+
+def causal_lm_of(module: nn.Module) -> tuple[nn.Module, ForwardContext] | None:
+    """(the model to call, the context around each call) for a run's module that is a causal
+    language model (transformers' forward and config) or an adapter over one (lora.py:
+    its base, with `applied`); None for any other module."""
+    base = getattr(module, "base", None)
+    applied = getattr(module, "applied", None)
+    if isinstance(base, nn.Module) and callable(applied) and _is_causal_lm(base):
+        return base, applied
+    if _is_causal_lm(module):
+        return module, contextlib.nullcontext
+    return None
+
+
+def _is_causal_lm(module: nn.Module) -> bool:
+    return hasattr(module, "config") and callable(getattr(module, "get_output_embeddings", None))
 
 
 def _forward(model: nn.Module, context: ForwardContext, **inputs: Any) -> tuple[torch.Tensor, Any]:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
-
-from .sampling import SamplingParams
+from gradserve.sampling_types import SamplingParams
 
 # Stop ids are compared every step; more than this is a mistake, not a use.
 MAX_STOP_TOKEN_IDS = 64

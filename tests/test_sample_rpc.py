@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import torch
 from conftest import ServerFactory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sampling_factories import EOS, llama_config
 from test_sampling_engine import PROMPT, local_sampling_loop
 from transformers import AutoModelForCausalLM
 
+from gradserve import serde_sampling
 from gradserve.client.gradient_client import GradientClient
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from gradserve.sampling_types import SampledStep, SamplingParams, StopReason
+from gradserve.server.models.sampling_limits import SamplingLimits
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 FACTORY = ("tinylm=sampling_factories:tiny_llama",)
 
@@ -152,3 +158,40 @@ def test_a_run_that_is_not_a_language_model_is_refused(make_server: ServerFactor
     ):
         plain.sample([1, 2], SamplingParams(num_samples=1, max_tokens=2))
     assert refused.value.field == "run"
+
+
+def test_32_held_sample_streams_leave_health_and_short_calls_served(
+    make_server: ServerFactory,
+) -> None:
+    """Streams left unread hold stream threads (stream_admission.py), and sampling admits
+    at most SamplingLimits.max_concurrent of them (the others refused at once, naming why)."""
+    running = make_server(model="tinylm", model_factories=FACTORY)
+    channel = grpc.insecure_channel(running.address)
+    stub = pb_grpc.GradientServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    request = serde_sampling.sample_request_to_proto(
+        "", PROMPT, SamplingParams(num_samples=4, max_tokens=58)
+    )
+    calls = [stub.Sample(request, timeout=60) for _ in range(32)]
+    try:
+        started, refused = 0, []
+        for call in calls:
+            try:
+                next(call)  # the first token: the call is under way, then left unread
+                started += 1
+            except grpc.RpcError as error:
+                refused.append((error.code(), error.details()))
+        # A call that finished its 58 tokens into the flow-control window frees its place, so
+        # more than max_concurrent may start; none is refused for any other reason.
+        assert started >= SamplingLimits().max_concurrent
+        assert started + len(refused) == len(calls)
+        assert {code for code, _ in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert all("max_concurrent_samples" in (details or "") for _, details in refused)
+        for _ in range(10):
+            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    finally:
+        for call in calls:
+            call.cancel()
+        channel.close()

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import torch
-from conftest import ServerFactory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sampling_factories import EOS, llama_config
 from test_sampling_engine import PROMPT, local_sampling_loop
@@ -20,6 +19,7 @@ from gradserve.sampling_types import SampledStep, SamplingParams, StopReason
 from gradserve.server.models.sampling_limits import SamplingLimits
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+from tests.conftest import ServerFactory
 
 FACTORY = ("tinylm=sampling_factories:tiny_llama",)
 

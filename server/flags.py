@@ -13,6 +13,8 @@ from typing import Any
 
 from .config import ServerConfig, flat_defaults
 from .datasets.registry import add_dataset_flags
+from .listening import add_connection_flags
+from .metrics_endpoint import add_metrics_flags
 from .store.output_handles import add_output_handle_flags
 
 ENV_HOST = "GRADSERVE_HOST"
@@ -351,6 +353,8 @@ def parse_args(
     add_run_flags(add, env_or, default)
     add_output_handle_flags(add, env_or, default)
     add_dataset_flags(add, env_or, default)
+    add_metrics_flags(add, env_or, default)
+    add_connection_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{**vars(args), "loss": args.loss or None, "model_factories": tuple(args.model_factories)}

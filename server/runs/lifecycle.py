@@ -30,7 +30,7 @@ from ..config import ModelConfig, ServerConfig
 from ..coordination.coordinator import DirectCoordinator, build_coordinator
 from ..metrics import ServerMetrics
 from ..models.optimizers import build_optimizer
-from ..models.specs import build_configured
+from ..models.specs import build_configured, measure_configured
 from ..store.parameter_store import ParameterStore
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class Run:
         # What ListRuns and the gauges show while the run is unloaded.
         self._version = 0
         self.parameter_bytes = 0
+        # Bytes held against the budget while the model is being built or loaded (measured
+        # from the spec first: the registry reserves them before anything is allocated).
+        self.reserved_bytes = 0
         self.model_spec = spec.model
         self.optimizer_description = spec.optimizer
 
@@ -87,10 +90,17 @@ class Run:
         coordinator = self.coordinator
         return coordinator.store.accumulated_batches if coordinator is not None else 0
 
+    @property
+    def budgeted_bytes(self) -> int:
+        """What the run holds against --max-run-parameter-bytes now."""
+        return self.parameter_bytes if self.coordinator is not None else self.reserved_bytes
+
     def attach(self, coordinator: DirectCoordinator, checkpointer: Checkpointer | None) -> None:
         store = coordinator.store
-        self.coordinator, self.checkpointer = coordinator, checkpointer
+        # Bytes before the coordinator: the budget never sees a loaded run with a stale size.
         self.parameter_bytes = store.parameter_bytes()
+        self.coordinator, self.checkpointer = coordinator, checkpointer
+        self.reserved_bytes = 0
         info = store.info()
         self.model_spec, self.optimizer_description = info.model_spec, info.optimizer
 
@@ -105,7 +115,10 @@ class Run:
                         f"run: {self.name!r} is being created", field="run"
                     )
                 before_load()
-                self.attach(*self._load(self))
+                try:
+                    self.attach(*self._load(self))
+                finally:
+                    self.reserved_bytes = 0
                 logger.info("loaded run %s at version %d", self.name, self.version)
             self.active += 1
             coordinator = self.coordinator
@@ -210,6 +223,11 @@ class RunBuilder:
         if not path.is_file():
             raise InvalidArgumentError(f"model: no model file {name!r}", field="model")
         return path
+
+    def measure(self, name: str, spec: RunSpec) -> int:
+        """Bytes of the parameters and buffers the run's model will hold, known without
+        allocating them (server/models/specs.py)."""
+        return measure_configured(self.model_config(spec) if name else self.config.model).bytes
 
     def build(self, name: str, owner: str, spec: RunSpec, *, restore: bool = True) -> Run:
         """A loaded run (its newest checkpoint restored when `restore` and there is one)."""

@@ -22,6 +22,7 @@ from gradserve.errors import UnavailableError
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 from .errors import error_from_rpc
+from .handshake import tls_hint
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 T = TypeVar("T")
@@ -63,6 +64,8 @@ class ClientBase:
         # The caller's metadata (the bearer token), and with the run's name for this run.
         self._caller_metadata = tuple(metadata)
         self._metadata = run_metadata(self._caller_metadata, run)
+        # Known only for a channel made here: what a failed handshake is checked against.
+        self._uses_tls: bool | None = None
         if channel is None:
             options: list[tuple[str, int]] = [
                 *channel_options(max_message_bytes),
@@ -76,6 +79,7 @@ class ClientBase:
                 channel = grpc.insecure_channel(target, options=options)
             else:
                 channel = grpc.secure_channel(target, credentials, options=options)
+            self._uses_tls = credentials is not None
         self._channel = channel
         self._owns_channel = True
         self._stub = pb_grpc.GradientServiceStub(channel)
@@ -114,9 +118,12 @@ class ClientBase:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UnavailableError(
-                    f"server at {self.target} not ready after {timeout:g}s ({last})"
-                )
+                message = f"server at {self.target} not ready after {timeout:g}s ({last})"
+                # gRPC reports a refused TLS handshake as a timeout: say so when it is one.
+                hint = None
+                if self._uses_tls is not None:
+                    hint = tls_hint(self.target, client_uses_tls=self._uses_tls)
+                raise UnavailableError(f"{message}; {hint}" if hint else message)
             try:
                 response = self._health.Check(
                     health_pb2.HealthCheckRequest(service=SERVICE_NAME),

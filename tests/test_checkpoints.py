@@ -162,3 +162,25 @@ def test_a_checkpoint_of_another_model_is_refused(make_server, tmp_path) -> None
     make_server(checkpoint_dir=str(tmp_path)).stop(0)
     with pytest.raises(Exception, match="checkpoint"):
         make_server(checkpoint_dir=str(tmp_path), optimizer="adam")
+
+
+def test_stopping_writes_no_second_checkpoint_of_an_unchanged_state(
+    make_server, make_stub, tmp_path
+) -> None:
+    server = make_server(checkpoint_dir=str(tmp_path))
+    x, y = linear_batch(5, torch.Generator().manual_seed(1))
+    with GradientClient(server.address) as client:
+        client.compute_gradients(x, y)
+        client.apply_update(0.05)
+    saved = save(make_stub(server)).name  # as a periodic save would, just before SIGTERM
+    server.stop(0)
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == [saved]
+    # A restart that changes nothing and stops again adds nothing either.
+    make_server(checkpoint_dir=str(tmp_path)).stop(0)
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == [saved]
+    # Gradients accumulated since are state: the final checkpoint keeps them.
+    again = make_server(checkpoint_dir=str(tmp_path))
+    with GradientClient(again.address) as client:
+        client.compute_gradients(x, y)
+    again.stop(0)
+    assert len(list_checkpoints(tmp_path)) == 2

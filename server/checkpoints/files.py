@@ -282,6 +282,20 @@ class Checkpointer:
             logger.debug("saved checkpoint %s", saved.path.name)
             return saved
 
+    def save_final(self) -> CheckpointInfo:
+        """The checkpoint at shutdown: the last one when it already holds this state (a
+        SIGTERM right after a periodic save writes no second copy of the same version)."""
+        with self._save_lock:
+            last = self.last
+            if (
+                last is not None
+                and last.model_version == self.store.version
+                and last.accumulated_batches == 0 == self.store.accumulated_batches
+                and last.path.is_dir()
+            ):
+                return last
+        return self.save()
+
     def find(self, name: str) -> Folder:
         return find(self.directory, name)
 

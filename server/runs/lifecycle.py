@@ -175,7 +175,7 @@ class Run:
             coordinator.durability.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
-            saved = self.checkpointer.save()
+            saved = self.checkpointer.save_final()
             logger.info("run %s: checkpoint %s", self.name or "(default)", saved.path.name)
 
 

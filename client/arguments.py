@@ -79,7 +79,13 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
     ),
     "transport": (
         TransportConfig,
-        (("transport", "kind"), "steps_per_request", "window", "data_on_server"),
+        (
+            ("transport", "kind"),
+            "steps_per_request",
+            "window",
+            "data_on_server",
+            "keep_datasets",
+        ),
     ),
     "parallel": (ParallelConfig, ("shared", "workers", "shard_index", "shard_count")),
     "metrics": (
@@ -347,7 +353,7 @@ def parse_args(
         default=d.window,
         help="Train requests in flight at once (stream transport)",
     )
-    add_data_on_server_flag(add, d.data_on_server)
+    add_data_on_server_flag(add, d.data_on_server, d.keep_datasets)
     add(
         "--retry-attempts",
         type=_positive,

@@ -46,6 +46,7 @@ from .parameter_access import check_names
 from .pass_runs import PassRuns
 from .request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
 from .state_transfer import StateTransfer
+from .store_state import StoreState
 from .train_steps import check_steps
 from .updates import StepRollback, check_update
 
@@ -104,6 +105,10 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         self.version = 0
         self.accumulated_batches = 0
         self.accumulated_samples = 0
+        # --checkpoint-every-updates N (checkpoints/files.py sets it): a request of many steps
+        # is cut after each update that reaches a multiple of N, and the state there is
+        # handed to `save`, so the cadence counts updates whatever the transport.
+        self.update_cadence: tuple[int, Callable[[StoreState], object]] | None = None
 
     def snapshot(self) -> tuple[int, int, int]:
         """(version, accumulated batches, accumulated samples), read together under the lock."""
@@ -232,15 +237,45 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
     ) -> TrainResult:
         """Train's steps (and a dataset pass's, pass_runs.py) with the lock held: all at once
         optimistically (optimistic_runs.py), else one by one through the checked path, step i
-        named `{where}[i]` in its error with `note` (formatted with index and count)."""
+        named `{where}[i]` in its error with `note` (formatted with index and count); cut at
+        the checkpoint cadence's versions when there is one."""
+        cadence = self.update_cadence
+        if cadence is None:
+            return self._run_part(steps, sizes, where, note, range(len(steps)), norms=norms)
+        every, save = cadence
+        results: list[StepResult] = []
+        start, version = 0, self.version
+        for index, step in enumerate(steps):
+            version += step.apply_update
+            if (step.apply_update and version % every == 0) or index == len(steps) - 1:
+                done = range(start, index + 1)
+                part = self._run_part(steps, sizes, where, note, done, norms=norms)
+                results.extend(part.steps)
+                start = index + 1
+                if self.version % every == 0 and step.apply_update:
+                    save(self._state_copy())
+        return TrainResult(tuple(results))
+
+    def _run_part(
+        self,
+        steps: Sequence[TrainStep],
+        sizes: Sequence[list[int]],
+        where: str,
+        note: str,
+        part: range,
+        *,
+        norms: bool,
+    ) -> TrainResult:
+        """The steps of `part`, named by their index in the whole request."""
         if self._optimistic:
-            result = self._train_optimistically(steps, sizes, norms=norms)
+            chosen = slice(part.start, part.stop)
+            result = self._train_optimistically(steps[chosen], sizes[chosen], norms=norms)
             if result is not None:
                 return result
         results = []
-        for index, step in enumerate(steps):
+        for index in part:
             with scoped(f"{where}[{index}]", note=note.format(index=index, count=len(steps))):
-                results.append(self._run_step(step, sizes[index]))
+                results.append(self._run_step(steps[index], sizes[index]))
         return TrainResult(tuple(results))
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:

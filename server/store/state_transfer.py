@@ -93,22 +93,26 @@ class StateTransfer:
     def export_state(self) -> StoreState:
         """A consistent copy of everything a checkpoint holds, taken under the lock."""
         with self._lock:
-            return StoreState(
-                version=self.version,
-                accumulated_batches=self.accumulated_batches,
-                accumulated_samples=self.accumulated_samples,
-                parameters={n: p.detach().clone() for n, p in self._named.items()},
-                gradients={
-                    n: p.grad.detach().clone() for n, p in self._named.items() if p.grad is not None
-                },
-                # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
-                optimizer=copy.deepcopy(self.optimizer.state_dict()),
-                buffers={n: b.detach().clone() for n, b in self._buffers.items()},
-                request_ids=tuple(
-                    (method, request_id, entry.result, entry.fingerprint)
-                    for method, request_id, entry in self._request_ids.items()
-                ),
-            )
+            return self._state_copy()
+
+    def _state_copy(self) -> StoreState:
+        """export_state's copy; call with the lock held."""
+        return StoreState(
+            version=self.version,
+            accumulated_batches=self.accumulated_batches,
+            accumulated_samples=self.accumulated_samples,
+            parameters={n: p.detach().clone() for n, p in self._named.items()},
+            gradients={
+                n: p.grad.detach().clone() for n, p in self._named.items() if p.grad is not None
+            },
+            # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
+            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            buffers={n: b.detach().clone() for n, b in self._buffers.items()},
+            request_ids=tuple(
+                (method, request_id, entry.result, entry.fingerprint)
+                for method, request_id, entry in self._request_ids.items()
+            ),
+        )
 
     def restore_state(self, state: StoreState) -> None:
         """Put a checkpoint's state back: parameters, .grad, buffers (when it has them),

@@ -187,9 +187,7 @@ def test_stopping_writes_no_second_checkpoint_of_an_unchanged_state(
     assert len(list_checkpoints(tmp_path)) == 2
 
 
-def test_checkpoint_cadence_counts_updates_inside_one_train_request(
-    make_server, tmp_path
-) -> None:
+def test_checkpoint_cadence_counts_updates_inside_one_train_request(make_server, tmp_path) -> None:
     # One Train request of 30 steps with an update each, saved every 10 updates: the
     # checkpoints are at versions 10, 20 and 30, not once per request.
     server = make_server(

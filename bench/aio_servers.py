@@ -36,8 +36,9 @@ from gradserve.server.rpc.auth import load_tokens
 from gradserve.server.rpc.interceptors import status_for
 from gradserve.server.rpc.servicer import GradientServicer
 from gradserve.server.runs.lifecycle import RunBuilder, RunSpec
+from gradserve.server.runs.names import DEFAULT_RUN
 from gradserve.server.runs.principals import PrincipalTable
-from gradserve.server.runs.registry import DEFAULT_RUN, RunRegistry
+from gradserve.server.runs.registry import RunRegistry
 from gradserve.server.store.parameter_store import ParameterStore
 from gradserve.v1 import gradserve_pb2 as pb
 

@@ -1,6 +1,6 @@
 """Client-computed losses: a loss written in PyTorch on the client, over the server's outputs.
 
-A mixin of GradientClient. `compute_gradients_with(loss_fn, inputs, *extra)` asks the server
+A call group of GradientClient, over its CallChannel. `compute_gradients_with(loss_fn, inputs, *extra)` asks the server
 for the model's outputs (ComputeOutputs, which keeps that forward pass under a handle), runs
 `loss_fn(outputs, *extra)` here with autograd, and sends dL/d(outputs) back (BackwardOutputs);
 the server backpropagates it through the very pass whose outputs `loss_fn` saw and adds the
@@ -10,9 +10,8 @@ result to .grad as ComputeGradients does. docs/losses.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 import torch
 
 from gradserve.codec import tensor_to_proto
@@ -20,23 +19,31 @@ from gradserve.serde_losses import backward_result_from_proto, outputs_result_fr
 from gradserve.types import GradientResult, OutputsResult
 from gradserve.v1 import gradserve_pb2 as pb
 
-from .client_base import ClientBase
+from .call_channel import CallChannel
 from .retry import new_request_id
 
-T = TypeVar("T")
 LossFn = Callable[..., torch.Tensor]
 
 
-class CustomLosses(ClientBase):
+class CustomLosses:
+    """Losses computed on the client over the server's outputs, over one CallChannel."""
+
+    def __init__(self, channel: CallChannel) -> None:
+        self._channel = channel
+
     def compute_outputs(
         self, inputs: torch.Tensor, *, request_id: str | None = None
     ) -> OutputsResult:
         """The model's outputs for a batch (training mode), kept on the server under a handle
         that one backward_outputs may use, until it expires or the run's version changes."""
         request = pb.ComputeOutputsRequest(
-            inputs=tensor_to_proto(inputs), request_id=request_id or new_request_id(), run=self.run
+            inputs=tensor_to_proto(inputs),
+            request_id=request_id or new_request_id(),
+            run=self._channel.run,
         )
-        return outputs_result_from_proto(self._call(self._stub.ComputeOutputs, request))
+        return outputs_result_from_proto(
+            self._channel.call(self._channel.stub.ComputeOutputs, request)
+        )
 
     def backward_outputs(
         self,
@@ -53,11 +60,13 @@ class CustomLosses(ClientBase):
             output_gradients=tensor_to_proto(output_gradients.detach().contiguous()),
             loss=loss,
             request_id=request_id or new_request_id(),
-            run=self.run,
+            run=self._channel.run,
         )
         if based_on_version is not None:
             request.based_on_version = based_on_version
-        return backward_result_from_proto(self._call(self._stub.BackwardOutputs, request))
+        return backward_result_from_proto(
+            self._channel.call(self._channel.stub.BackwardOutputs, request)
+        )
 
     def compute_gradients_with(
         self,
@@ -80,4 +89,4 @@ class CustomLosses(ClientBase):
         )
 
 
-__all__ = ["CustomLosses", "LossFn", "grpc"]
+__all__ = ["CustomLosses", "LossFn"]

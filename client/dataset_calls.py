@@ -1,6 +1,6 @@
 """GradientClient's calls for datasets kept on the server (docs/datasets.md).
 
-A mixin over ClientBase: upload a dataset to the client's run once, list and delete the run's
+Built over a CallChannel: upload a dataset to the client's run once, list and delete the run's
 datasets. Batches then name samples (gradserve.types.DatasetBatch) in compute_gradients and in
 Train steps instead of carrying them. An upload is safe to repeat: the same content under the
 same name is answered OK without the server keeping a second copy (the header carries the
@@ -21,10 +21,15 @@ from gradserve.serde_datasets import (
 from gradserve.types import DatasetSummary
 from gradserve.v1 import gradserve_pb2 as pb
 
-from .client_base import ClientBase
+from .call_channel import CallChannel
 
 
-class DatasetCalls(ClientBase):
+class DatasetCalls:
+    """The datasets of the channel's run, over one CallChannel."""
+
+    def __init__(self, channel: CallChannel) -> None:
+        self._channel = channel
+
     def upload_dataset(
         self,
         name: str,
@@ -37,23 +42,30 @@ class DatasetCalls(ClientBase):
         """Keep `inputs` [N, ...] and `targets` [N, ...] on the server as dataset `name` of
         this client's run. Other content under a name the run holds is ALREADY_EXISTS unless
         `replace`; over the server's dataset budget, RESOURCE_EXHAUSTED (nothing kept)."""
-        response = self._call_stream(
-            self._stub.UploadDataset,
+        response = self._channel.call_stream(
+            self._channel.stub.UploadDataset,
             lambda: upload_requests(
-                name, inputs, targets, run=self.run, replace=replace, chunk_bytes=chunk_bytes
+                name,
+                inputs,
+                targets,
+                run=self._channel.run,
+                replace=replace,
+                chunk_bytes=chunk_bytes,
             ),
         )
         return upload_result_from_proto(response)
 
     def list_datasets(self) -> tuple[list[DatasetSummary], int]:
         """(the run's datasets by name, bytes of datasets the server can take now)."""
-        response = self._call(self._stub.ListDatasets, pb.ListDatasetsRequest(run=self.run))
+        response = self._channel.call(
+            self._channel.stub.ListDatasets, pb.ListDatasetsRequest(run=self._channel.run)
+        )
         datasets = [dataset_summary_from_proto(message) for message in response.datasets]
         return datasets, int(response.dataset_bytes_available)
 
     def delete_dataset(self, name: str) -> int:
         """Drop a dataset of the run; the bytes released. Sent once (a repeat that had
         landed would answer NOT_FOUND)."""
-        request = pb.DeleteDatasetRequest(run=self.run, name=name)
-        response = self._call(self._stub.DeleteDataset, request, retry=False)
+        request = pb.DeleteDatasetRequest(run=self._channel.run, name=name)
+        response = self._channel.call(self._channel.stub.DeleteDataset, request, retry=False)
         return int(response.released_bytes)

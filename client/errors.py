@@ -53,6 +53,7 @@ def _status(error: grpc.RpcError) -> status_pb2.Status | None:
 
 
 def error_from_rpc(error: grpc.RpcError) -> GradserveError:
+    """The GradserveError for `error`'s status code, with the server's details copied on."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(code)
     result = ERROR_BY_CODE.get(code, GradserveError)(message, code=code)

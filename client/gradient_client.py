@@ -1,80 +1,62 @@
 """GradientClient: every gradserve.v1 RPC as a typed method over torch tensors.
 
-Every call has a deadline. Calls that change the server carry a request_id (one is made when
-the caller gives none), so retrying them after UNAVAILABLE is safe: the server answers a
-repeated id with the first answer and applies nothing twice. Errors leave as GradserveError.
-Results are gradserve.types, decoded by gradserve.serde; they are re-exported here so that
-`from gradserve.client.gradient_client import GradientClient, TrainStep, ModelInfo` works.
+The call groups are plain objects over one CallChannel, and each method hands its call to
+one. Results are gradserve.types, re-exported here (`from ... import TrainStep` works).
 """
 
 from __future__ import annotations
 
-import threading
+import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import torch
 
-from gradserve import serde, serde_graph
-from gradserve.codec import tensor_into_proto, tensor_to_proto
+from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
-from gradserve.errors import UnavailableError
 from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.pass_types import DatasetPass, PassResult
-from gradserve.serde_datasets import dataset_batch_into_proto
-from gradserve.serde_losses import batch_loss, batch_loss_into_proto
-from gradserve.serde_passes import dataset_pass_into_proto, pass_result_from_proto
 from gradserve.types import (
+    CheckpointSummary,
     DatasetBatch,
+    DatasetSummary,
     EvaluationResult,
     GradientResult,
+    LoadResult,
     LossSpec,
     ModelInfo,
+    OutputsResult,
     Reduction,
     RunSummary,
+    SavedCheckpoint,
+    StateDigest,
     StepResult,
     TensorSpec,
     TrainStep,
     UpdateResult,
     WeightedReduction,
 )
-from gradserve.v1 import gradserve_pb2 as pb
 
-from .custom_loss import CustomLosses
+from .call_channel import CallChannel
+from .custom_loss import CustomLosses, LossFn
 from .dataset_calls import DatasetCalls
-from .errors import error_from_rpc
 from .parameter_transfer import ParameterTransfer
-from .retry import NO_RETRY, RetryPolicy, new_request_id
+from .retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, new_request_id
 from .run_calls import RunCalls
+from .step_calls import StepCalls
+from .train_calls import TrainCalls
 
-__all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "NO_RETRY",
-    "SERVICE_NAME",
-    "DatasetBatch",
-    "DatasetPass",
-    "EvaluationResult",
-    "GradientClient",
-    "GradientResult",
-    "Graph",
-    "GraphDescription",
-    "GraphEdge",
-    "GraphNode",
-    "ModelInfo",
-    "NodeKind",
-    "PassResult",
-    "Reduction",
-    "RetryPolicy",
-    "RunSummary",
-    "StepResult",
-    "TensorSpec",
-    "TrainStep",
-    "UpdateResult",
-    "new_request_id",
-]
+# Re-exported, so that one import serves a caller: the policy, the defaults, and the types
+# the methods take and return.
+__all__ = ["NO_RETRY", "GradientClient", "RetryPolicy", "new_request_id"]
+__all__ += ["DEFAULT_MAX_MESSAGE_BYTES", "SERVICE_NAME"]
+__all__ += ["DatasetBatch", "DatasetPass", "EvaluationResult", "GradientResult", "ModelInfo"]
+__all__ += ["PassResult", "Reduction", "RunSummary", "StepResult", "TensorSpec", "TrainStep"]
+__all__ += ["Graph", "GraphDescription", "GraphEdge", "GraphNode", "NodeKind", "UpdateResult"]
 
 
-class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
+class GradientClient:
     """A connection to one gradserve server, bound to one run ("" is the default run).
 
     >>> with GradientClient("127.0.0.1:50051", run="mine") as client:
@@ -82,12 +64,85 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
     ...     client.compute_gradients(x, y)
     ...     client.apply_update(0.01)
 
-    Every request that has a `run` field carries `run`; every call also carries it as the
-    `gradserve-run` metadata, except for the default run (client/client_base.py says why).
-    The server refuses a call whose metadata and body name different runs.
+    Every call names `run` (client/call_channel.py); calls that change the server carry a
+    request_id, so a retry after UNAVAILABLE applies nothing twice. The call groups are
+    attributes too: `steps`, `stream`, `losses`, `runs`, `datasets`, `parameters`, all over
+    the CallChannel `call_channel`.
     """
 
-    # -- the RPCs ------------------------------------------------------------------------
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel: grpc.Channel | None = None,
+        run: str = "",
+    ) -> None:
+        self._compose(
+            CallChannel(
+                target,
+                timeout=timeout,
+                retry=retry,
+                max_message_bytes=max_message_bytes,
+                credentials=credentials,
+                metadata=metadata,
+                channel=channel,
+                run=run,
+            )
+        )
+
+    def _compose(self, call_channel: CallChannel) -> None:
+        self.call_channel = call_channel
+        self.steps = StepCalls(call_channel)
+        self.stream = TrainCalls(call_channel)
+        self.losses = CustomLosses(call_channel)
+        self.runs = RunCalls(call_channel)
+        self.datasets = DatasetCalls(call_channel)
+        self.parameters = ParameterTransfer(call_channel)
+
+    @property
+    def target(self) -> str:
+        """The server's address."""
+        return self.call_channel.target
+
+    @property
+    def timeout(self) -> float:
+        """Each call's deadline, in seconds."""
+        return self.call_channel.timeout
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How calls that are safe to repeat are retried after UNAVAILABLE."""
+        return self.call_channel.retry
+
+    @property
+    def run(self) -> str:
+        """The run every call names ("" is the default run)."""
+        return self.call_channel.run
+
+    def for_run(self, run: str) -> GradientClient:
+        """A client for run `run` over this channel; closing it leaves the channel open."""
+        other = copy.copy(self)
+        other._compose(self.call_channel.for_run(run))
+        return other
+
+    def close(self) -> None:
+        """Close the channel (a client made by `for_run` leaves it to the one it came from)."""
+        self.call_channel.close()
+
+    def __enter__(self) -> GradientClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wait_until_ready(self, timeout: float = 10.0) -> None:
+        """Block until the server reports SERVING; UnavailableError after `timeout` seconds."""
+        self.call_channel.wait_until_ready(timeout)
 
     def compute_gradients(
         self,
@@ -101,29 +156,17 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         sample_weights: torch.Tensor | None = None,
         weighted_reduction: WeightedReduction | str | None = None,
     ) -> GradientResult:
-        """`based_on_version`: the model version this batch was prepared against (the server's
-        async mode bounds the staleness; docs/scaling.md). `loss` (a name or LossSpec),
-        `sample_weights` [N], `weighted_reduction`: this batch's own loss, docs/losses.md.
-        `inputs` a DatasetBatch (and no targets): samples of a dataset uploaded to the run."""
-        request = pb.ComputeGradientsRequest(
-            request_id=request_id or new_request_id(),
+        """Add one batch's gradients to the run's accumulator (StepCalls.compute_gradients)."""
+        return self.steps.compute_gradients(
+            inputs,
+            targets,
+            request_id=request_id,
             return_gradients=return_gradients,
-            run=self.run,
+            based_on_version=based_on_version,
+            loss=loss,
+            sample_weights=sample_weights,
+            weighted_reduction=weighted_reduction,
         )
-        if isinstance(inputs, DatasetBatch):
-            if targets is not None:
-                raise TypeError("compute_gradients: a DatasetBatch names its targets too")
-            dataset_batch_into_proto(inputs, request.dataset)
-        else:
-            if targets is None:
-                raise TypeError("compute_gradients: targets are needed with inputs")
-            tensor_into_proto(inputs, request.inputs)
-            tensor_into_proto(targets, request.targets)
-        batch_loss_into_proto(batch_loss(loss, sample_weights, weighted_reduction), request)
-        if based_on_version is not None:
-            request.based_on_version = based_on_version
-        response = self._call(self._stub.ComputeGradients, request)
-        return serde.gradient_result_from_proto(response)
 
     def apply_update(
         self,
@@ -135,19 +178,19 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         hyperparameters: Mapping[str, float] | None = None,
         max_grad_norm: float | None = None,
     ) -> UpdateResult:
-        """One optimizer step with the accumulated gradients; `hyperparameters` and
-        `max_grad_norm` apply to this step only. An unknown reduction raises ValueError before
-        anything is sent."""
-        request = pb.ApplyUpdateRequest(
-            learning_rate=learning_rate,
-            reduction=serde.reduction_to_proto(Reduction.parse(reduction)),
-            request_id=request_id or new_request_id(),
-            run=self.run,
+        """One optimizer step with the accumulated gradients (StepCalls.apply_update)."""
+        return self.steps.apply_update(
+            learning_rate,
+            reduction=reduction,
             expected_version=expected_version,
+            request_id=request_id,
             hyperparameters=hyperparameters,
             max_grad_norm=max_grad_norm,
         )
-        return serde.update_result_from_proto(self._call(self._stub.ApplyUpdate, request))
+
+    def discard_gradients(self) -> int:
+        """Drop the accumulated gradients; returns how many batches were dropped."""
+        return self.steps.discard_gradients()
 
     def evaluate(
         self,
@@ -156,13 +199,8 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         *,
         return_predictions: bool = False,
     ) -> EvaluationResult:
-        request = pb.EvaluateRequest(
-            inputs=tensor_to_proto(inputs), return_predictions=return_predictions, run=self.run
-        )
-        if targets is not None:
-            request.targets.CopyFrom(tensor_to_proto(targets))
-        response = self._call(self._stub.Evaluate, request)
-        return serde.evaluation_result_from_proto(response)
+        """Loss and predictions for a batch in evaluation mode (StepCalls.evaluate)."""
+        return self.steps.evaluate(inputs, targets, return_predictions=return_predictions)
 
     def set_parameters(
         self,
@@ -172,23 +210,13 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         request_id: str | None = None,
     ) -> int:
         """Replace parameter values; returns the new model version."""
-        request = pb.SetParametersRequest(
-            parameters=[tensor_to_proto(value, name) for name, value in values.items()],
-            request_id=request_id or new_request_id(),
-            run=self.run,
+        return self.steps.set_parameters(
+            values, expected_version=expected_version, request_id=request_id
         )
-        if expected_version is not None:
-            request.expected_version = expected_version
-        return int(self._call(self._stub.SetParameters, request).model_version)
 
     def model_info(self) -> ModelInfo:
-        response = self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(run=self.run))
-        return serde.model_info_from_proto(response)
-
-    def discard_gradients(self) -> int:
-        """Drop the accumulated gradients; returns how many batches were dropped."""
-        response = self._call(self._stub.DiscardGradients, pb.DiscardGradientsRequest(run=self.run))
-        return int(response.discarded_batches)
+        """The run's model as the server describes it (StepCalls.model_info)."""
+        return self.steps.model_info()
 
     def describe_graph(
         self,
@@ -198,19 +226,10 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         return_gradients: bool = False,
         max_nodes: int = 0,
     ) -> GraphDescription:
-        """The autograd graph the server's forward pass records for this batch; changes nothing
-        on the server. max_nodes 0 is the server's default cap (docs/graph.md)."""
-        request = pb.DescribeGraphRequest(
-            inputs=tensor_to_proto(inputs),
-            targets=tensor_to_proto(targets),
-            return_gradients=return_gradients,
-            max_nodes=max_nodes,
-            run=self.run,
+        """The autograd graph of this batch's forward pass (StepCalls.describe_graph)."""
+        return self.steps.describe_graph(
+            inputs, targets, return_gradients=return_gradients, max_nodes=max_nodes
         )
-        response = self._call(self._stub.DescribeGraph, request)
-        return serde_graph.graph_description_from_proto(response)
-
-    # -- streams -------------------------------------------------------------------------
 
     def train_stream(
         self,
@@ -219,75 +238,153 @@ class GradientClient(CustomLosses, RunCalls, DatasetCalls, ParameterTransfer):
         window: int = 8,
         timeout: float | None = None,
     ) -> Iterator[list[StepResult]]:
-        """Run groups of steps over one Train stream, at most `window` groups in flight.
-
-        Yields each group's results in order. The same arithmetic as the unary calls, with one
-        round trip per group instead of two per step. A group may be a DatasetPass (steps over
-        an uploaded dataset named in one message, docs/datasets.md): its answer comes as the
-        results of the equivalent steps. `timeout` bounds the whole stream (default: the
-        client's timeout per group of the window, at least an hour)."""
-        for response in self._train_responses(requests, window, timeout):
-            if response.HasField("pass_result"):
-                yield pass_result_from_proto(response.pass_result).step_results()
-            else:
-                yield [serde.step_result_from_proto(result) for result in response.steps]
+        """Groups of steps over one Train stream, `window` in flight (TrainCalls.train_stream)."""
+        return self.stream.train_stream(requests, window=window, timeout=timeout)
 
     def train_pass(self, descriptor: DatasetPass, *, timeout: float | None = None) -> PassResult:
-        """One dataset pass, its answer packed (per-step losses; norms when asked)."""
-        # Read to the stream's end: leaving early would cancel it under the server.
-        answers = list(self._train_responses([descriptor], 1, timeout or self.timeout))
-        if not answers:
-            raise UnavailableError("Train: the stream ended without an answer")
-        return pass_result_from_proto(answers[0].pass_result)
+        """One dataset pass, its answer packed (TrainCalls.train_pass)."""
+        return self.stream.train_pass(descriptor, timeout=timeout)
 
-    def _train_responses(
+    def compute_outputs(
+        self, inputs: torch.Tensor, *, request_id: str | None = None
+    ) -> OutputsResult:
+        """The model's outputs, kept under a handle (CustomLosses.compute_outputs)."""
+        return self.losses.compute_outputs(inputs, request_id=request_id)
+
+    def backward_outputs(
         self,
-        requests: Iterable[Sequence[TrainStep] | DatasetPass],
-        window: int,
-        timeout: float | None,
-    ) -> Iterator[pb.TrainResponse]:
-        slots = threading.Semaphore(window)
-        finished = threading.Event()
-        # gRPC reads `requests` on a thread of its own and turns what it raises into UNKNOWN
-        # "Exception iterating requests!": keep the caller's error and raise it here instead.
-        failures: list[Exception] = []
-
-        def caught(
-            steps_iterable: Iterable[Sequence[TrainStep] | DatasetPass],
-        ) -> Iterator[Sequence[TrainStep] | DatasetPass]:
-            try:
-                yield from steps_iterable
-            except Exception as error:  # the caller's own (bad data, say): half-close, re-raise
-                failures.append(error)
-
-        def gated() -> Iterator[pb.TrainRequest]:
-            for steps in caught(requests):
-                # Wait for a free slot; stop feeding once the consumer is gone.
-                while not slots.acquire(timeout=0.1):
-                    if finished.is_set():
-                        return
-                if finished.is_set():
-                    return
-                request = pb.TrainRequest(request_id=new_request_id(), run=self.run)
-                if isinstance(steps, DatasetPass):
-                    dataset_pass_into_proto(steps, request.dataset_pass)
-                else:
-                    request.steps.extend(serde.train_step_to_proto(step) for step in steps)
-                yield request
-
-        call = self._stub.Train(
-            gated(), timeout=timeout or max(3600.0, self.timeout), metadata=self._metadata
+        handle: str,
+        output_gradients: torch.Tensor,
+        loss: float,
+        *,
+        request_id: str | None = None,
+        based_on_version: int | None = None,
+    ) -> GradientResult:
+        """Backpropagate dL/d(outputs) through the pass `handle` names into .grad."""
+        return self.losses.backward_outputs(
+            handle,
+            output_gradients,
+            loss,
+            request_id=request_id,
+            based_on_version=based_on_version,
         )
-        try:
-            for response in call:
-                slots.release()
-                yield response
-        except grpc.RpcError as error:
-            if failures:
-                raise failures[0] from None
-            raise error_from_rpc(error) from None
-        finally:
-            finished.set()
-            call.cancel()
-        if failures:
-            raise failures[0]
+
+    def compute_gradients_with(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        *extra: Any,
+        based_on_version: int | None = None,
+    ) -> GradientResult:
+        """Gradients of a loss computed here (CustomLosses.compute_gradients_with)."""
+        return self.losses.compute_gradients_with(
+            loss_fn, inputs, *extra, based_on_version=based_on_version
+        )
+
+    def create_run(
+        self,
+        run: str = "",
+        *,
+        model: str = "",
+        loss: str | None = None,
+        optimizer: str | None = None,
+        seed: int | None = None,
+        from_checkpoint: str | None = None,
+        with_optimizer_state: bool = False,
+        request_id: str | None = None,
+    ) -> tuple[str, ModelInfo]:
+        """Create run `run`, or fork a checkpoint (RunCalls.create_run)."""
+        return self.runs.create_run(
+            run,
+            model=model,
+            loss=loss,
+            optimizer=optimizer,
+            seed=seed,
+            from_checkpoint=from_checkpoint,
+            with_optimizer_state=with_optimizer_state,
+            request_id=request_id,
+        )
+
+    def list_runs(self) -> list[RunSummary]:
+        """The runs this caller may see, sorted by name."""
+        return self.runs.list_runs()
+
+    def delete_run(self, run: str, *, delete_checkpoints: bool = False) -> int:
+        """Delete run `run`; the checkpoints deleted with it (RunCalls.delete_run)."""
+        return self.runs.delete_run(run, delete_checkpoints=delete_checkpoints)
+
+    def save_checkpoint(self, name: str = "") -> SavedCheckpoint:
+        """Checkpoint this client's run now, durably (RunCalls.save_checkpoint)."""
+        return self.runs.save_checkpoint(name)
+
+    def list_checkpoints(self) -> list[CheckpointSummary]:
+        """This client's run's checkpoints, oldest first."""
+        return self.runs.list_checkpoints()
+
+    def load_checkpoint(
+        self, name: str, *, with_optimizer_state: bool = False, request_id: str | None = None
+    ) -> LoadResult:
+        """Load a checkpoint of this client's run into it (RunCalls.load_checkpoint)."""
+        return self.runs.load_checkpoint(
+            name, with_optimizer_state=with_optimizer_state, request_id=request_id
+        )
+
+    def delete_checkpoint(self, name: str) -> None:
+        """Delete checkpoint `name` of this client's run (RunCalls.delete_checkpoint)."""
+        self.runs.delete_checkpoint(name)
+
+    def state_digest(self) -> StateDigest:
+        """The SHA-256 over this run's parameters, buffers, optimizer state and version."""
+        return self.runs.state_digest()
+
+    def upload_dataset(
+        self,
+        name: str,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        replace: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> DatasetSummary:
+        """Keep a dataset on the server for this run (DatasetCalls.upload_dataset)."""
+        return self.datasets.upload_dataset(
+            name, inputs, targets, replace=replace, chunk_bytes=chunk_bytes
+        )
+
+    def list_datasets(self) -> tuple[list[DatasetSummary], int]:
+        """(the run's datasets by name, bytes of datasets the server can take now)."""
+        return self.datasets.list_datasets()
+
+    def delete_dataset(self, name: str) -> int:
+        """Drop a dataset of the run; the bytes released (DatasetCalls.delete_dataset)."""
+        return self.datasets.delete_dataset(name)
+
+    def get_parameters(
+        self, names: Iterable[str] = (), *, include_buffers: bool = False
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """(model_version, {name: value}) (ParameterTransfer.get_parameters)."""
+        return self.parameters.get_parameters(names, include_buffers=include_buffers)
+
+    def stream_parameters(
+        self, names: Iterable[str] = (), *, chunk_bytes: int = 0, include_buffers: bool = False
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """GetParameters in chunks: no message-size limit applies to the model's size."""
+        return self.parameters.stream_parameters(
+            names, chunk_bytes=chunk_bytes, include_buffers=include_buffers
+        )
+
+    def upload_parameters(
+        self,
+        values: Mapping[str, torch.Tensor],
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        expected_version: int | None = None,
+        request_id: str | None = None,
+    ) -> int:
+        """SetParameters in chunks, for models past the message limit; returns the version."""
+        return self.parameters.upload_parameters(
+            values,
+            chunk_bytes=chunk_bytes,
+            expected_version=expected_version,
+            request_id=request_id,
+        )

@@ -1,6 +1,6 @@
 """The client's parameter transfers: GetParameters, StreamParameters, UploadParameters.
 
-A mixin of GradientClient. The three RPCs carry whole models, so their messages are written
+A call group of GradientClient, over its CallChannel. The three RPCs carry whole models, so their messages are written
 and read by hand (gradserve.wire_messages, the same bytes protobuf makes): the client copies
 each parameter's bytes once on the way out (into each chunk) and once on the way in (into a
 writable tensor of its own, gradserve.huge_pages), instead of protobuf's three or four copies.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-import grpc
 import torch
 
 from gradserve.chunks import DEFAULT_CHUNK_BYTES, ChunkAssembler, tensor_to_wire_chunks
@@ -19,28 +18,32 @@ from gradserve.defaults import SERVICE_NAME
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.wire_messages import parse_chunk, parse_get_parameters_response
 
-from .client_base import ClientBase
-from .errors import error_from_rpc
+from .call_channel import CallChannel
 from .retry import new_request_id
 
 _PATH = f"/{SERVICE_NAME}/"
 
 
-class ParameterTransfer(ClientBase):
+class ParameterTransfer:
+    """Whole models in and out of the channel's run, over one CallChannel."""
+
+    def __init__(self, channel: CallChannel) -> None:
+        self._channel = channel
+
     def get_parameters(
         self, names: Iterable[str] = (), *, include_buffers: bool = False
     ) -> tuple[int, dict[str, torch.Tensor]]:
         """(model_version, {name: value}); empty names: every parameter (then every buffer).
         Each value is a writable tensor of its own."""
         request = pb.GetParametersRequest(
-            names=list(names), include_buffers=include_buffers, run=self.run
+            names=list(names), include_buffers=include_buffers, run=self._channel.run
         )
         # No response deserializer: the bytes are parsed here, so that a malformed answer is
         # an error naming its field rather than gRPC's INTERNAL.
-        call = self._channel.unary_unary(
+        call = self._channel.grpc_channel.unary_unary(
             _PATH + "GetParameters", request_serializer=pb.GetParametersRequest.SerializeToString
         )
-        version, views = parse_get_parameters_response(self._call(call, request))
+        version, views = parse_get_parameters_response(self._channel.call(call, request))
         return version, {
             view.name: tensor_from_parts(
                 view.dtype, view.shape, view.data, f"parameters[{index}]", copy=True
@@ -53,22 +56,19 @@ class ParameterTransfer(ClientBase):
     ) -> tuple[int, dict[str, torch.Tensor]]:
         """GetParameters in chunks: no message-size limit applies to the model's size."""
         request = pb.StreamParametersRequest(
-            names=list(names), chunk_bytes=chunk_bytes, run=self.run
+            names=list(names), chunk_bytes=chunk_bytes, run=self._channel.run
         )
         request.include_buffers = include_buffers
-        call = self._channel.unary_stream(
+        call = self._channel.grpc_channel.unary_stream(
             _PATH + "StreamParameters",
             request_serializer=pb.StreamParametersRequest.SerializeToString,
         )
         version = 0
         assembler = ChunkAssembler()
-        try:
-            for message in call(request, timeout=self.timeout, metadata=self._metadata):
-                chunk = parse_chunk(message)
-                assembler.add(chunk)
-                version = chunk.model_version
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
+        for message in self._channel.responses(call, request):
+            chunk = parse_chunk(message)
+            assembler.add(chunk)
+            version = chunk.model_version
         return version, {} if assembler.empty else dict(assembler.tensors())
 
     def upload_parameters(
@@ -81,7 +81,7 @@ class ParameterTransfer(ClientBase):
     ) -> int:
         """SetParameters in chunks, for models past the message limit; returns the version."""
         request_id = request_id or new_request_id()
-        call = self._channel.stream_unary(
+        call = self._channel.grpc_channel.stream_unary(
             _PATH + "UploadParameters",
             response_deserializer=pb.UploadParametersResponse.FromString,
         )
@@ -95,11 +95,11 @@ class ParameterTransfer(ClientBase):
                         value,
                         chunk_bytes,
                         request_id=request_id,
-                        run=self.run,
+                        run=self._channel.run,
                         expected_version=expected_version,
                     )
                     first = False
                 else:
                     yield from tensor_to_wire_chunks(name, value, chunk_bytes)
 
-        return int(self._call_stream(call, chunks).model_version)
+        return int(self._channel.call_stream(call, chunks).model_version)

@@ -17,6 +17,8 @@ class RetryPolicy:
     multiplier: float = 2.0
 
     def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt `attempt` (1 for the first): a uniform draw
+        up to the capped exponential ceiling."""
         ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
         return random.uniform(0, ceiling)
 

@@ -1,6 +1,6 @@
 """GradientClient's calls that manage runs and their checkpoints (docs/runs.md).
 
-A mixin over ClientBase: create, list and delete runs; save, list, load and delete the
+Built over a CallChannel: create, list and delete runs; save, list, load and delete the
 client's run's checkpoints; its state digest. Results are gradserve.types. Retries follow the
 client's rule, only what is safe to repeat: CreateRun and LoadCheckpoint carry request ids;
 DeleteRun, DeleteCheckpoint and a named SaveCheckpoint have none and are sent once (a retry
@@ -20,11 +20,16 @@ from gradserve.types import (
 )
 from gradserve.v1 import gradserve_pb2 as pb
 
-from .client_base import ClientBase
+from .call_channel import CallChannel
 from .retry import new_request_id
 
 
-class RunCalls(ClientBase):
+class RunCalls:
+    """Runs and the checkpoints of the channel's run, over one CallChannel."""
+
+    def __init__(self, channel: CallChannel) -> None:
+        self._channel = channel
+
     def create_run(
         self,
         run: str = "",
@@ -55,32 +60,32 @@ class RunCalls(ClientBase):
         )
         if seed is not None:
             request.seed = seed
-        response = self._call(self._stub.CreateRun, request, run=run)
+        response = self._channel.call(self._channel.stub.CreateRun, request, run=run)
         return serde_runs.created_run_from_proto(response)
 
     def list_runs(self) -> list[RunSummary]:
         """The runs this caller may see, sorted by name."""
-        response = self._call(self._stub.ListRuns, pb.ListRunsRequest())
+        response = self._channel.call(self._channel.stub.ListRuns, pb.ListRunsRequest())
         return [serde_runs.run_summary_from_proto(summary) for summary in response.runs]
 
     def delete_run(self, run: str, *, delete_checkpoints: bool = False) -> int:
         """Delete run `run` (never the default run); returns the checkpoints deleted with it.
         Without delete_checkpoints they stay on disk."""
         request = pb.DeleteRunRequest(run=run, delete_checkpoints=delete_checkpoints)
-        response = self._call(self._stub.DeleteRun, request, run=run, retry=False)
+        response = self._channel.call(self._channel.stub.DeleteRun, request, run=run, retry=False)
         return int(response.deleted_checkpoints)
 
     def save_checkpoint(self, name: str = "") -> SavedCheckpoint:
         """Checkpoint this client's run now, durably; `name` empty lets the server name it.
         Unnamed saves are retried (a repeat writes one more checkpoint, nothing else)."""
-        request = pb.SaveCheckpointRequest(run=self.run, name=name)
-        response = self._call(self._stub.SaveCheckpoint, request, retry=not name)
+        request = pb.SaveCheckpointRequest(run=self._channel.run, name=name)
+        response = self._channel.call(self._channel.stub.SaveCheckpoint, request, retry=not name)
         return serde_runs.saved_checkpoint_from_proto(response)
 
     def list_checkpoints(self) -> list[CheckpointSummary]:
         """This client's run's checkpoints, oldest first."""
-        request = pb.ListCheckpointsRequest(run=self.run)
-        response = self._call(self._stub.ListCheckpoints, request)
+        request = pb.ListCheckpointsRequest(run=self._channel.run)
+        response = self._channel.call(self._channel.stub.ListCheckpoints, request)
         return [serde_runs.checkpoint_summary_from_proto(c) for c in response.checkpoints]
 
     def load_checkpoint(
@@ -90,20 +95,22 @@ class RunCalls(ClientBase):
         the optimizer's state when asked); accumulated gradients are dropped and the version
         increases by one."""
         request = pb.LoadCheckpointRequest(
-            run=self.run,
+            run=self._channel.run,
             name=name,
             with_optimizer_state=with_optimizer_state,
             request_id=request_id or new_request_id(),
         )
-        response = self._call(self._stub.LoadCheckpoint, request)
+        response = self._channel.call(self._channel.stub.LoadCheckpoint, request)
         return serde_runs.load_result_from_proto(response)
 
     def delete_checkpoint(self, name: str) -> None:
-        request = pb.DeleteCheckpointRequest(run=self.run, name=name)
-        self._call(self._stub.DeleteCheckpoint, request, retry=False)
+        """Delete checkpoint `name` of this client's run. Sent once (a repeat that had
+        landed would answer NOT_FOUND)."""
+        request = pb.DeleteCheckpointRequest(run=self._channel.run, name=name)
+        self._channel.call(self._channel.stub.DeleteCheckpoint, request, retry=False)
 
     def state_digest(self) -> StateDigest:
         """The SHA-256 over this run's parameters, buffers, optimizer state and version."""
-        request = pb.GetStateDigestRequest(run=self.run)
-        response = self._call(self._stub.GetStateDigest, request)
+        request = pb.GetStateDigestRequest(run=self._channel.run)
+        response = self._channel.call(self._channel.stub.GetStateDigest, request)
         return serde_runs.state_digest_from_proto(response)

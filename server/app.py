@@ -29,8 +29,9 @@ from .rpc.reflection import enable_server_reflection
 from .rpc.servicer import GradientServicer
 from .rpc.stream_admission import StreamAdmission
 from .runs.lifecycle import Run, RunBuilder, RunSpec
+from .runs.names import DEFAULT_RUN
 from .runs.principals import PrincipalTable
-from .runs.registry import DEFAULT_RUN, RunRegistry
+from .runs.registry import RunRegistry
 from .store.parameter_store import ParameterStore
 from .tracing import server_interceptors
 
@@ -62,12 +63,17 @@ class GradientServer:
     @property
     def store(self) -> ParameterStore:
         """The default run's store (the one model of a server that serves no other runs)."""
-        assert self.default_run.coordinator is not None  # the default run is never unloaded
-        return self.default_run.coordinator.store
+        assert self.default_run.served is not None  # the default run is never unloaded
+        return self.default_run.served.store
 
     @property
     def checkpointer(self) -> Checkpointer | None:
         return self.default_run.checkpointer
+
+    def not_serving(self) -> None:
+        """Report NOT_SERVING for the server and GradientService (a failed distributed store)."""
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def drain(self) -> None:
         """Report NOT_SERVING from now on, still serving: load balancers stop sending calls."""

@@ -1,7 +1,7 @@
 """Server configuration: frozen dataclasses, one per concern, nested in ServerConfig.
 
 Each section is defined once and handed whole to what it configures (CoordinationConfig to
-the coordinator, CheckpointConfig to the Checkpointer, ...). The command line and environment
+the ServedRun's update policy, CheckpointConfig to the Checkpointer, ...). The command line and environment
 stay flat (server/flags.py); `ServerConfig.from_flat` routes flat names (`checkpoint_dir`,
 `mode`, ...) onto their sections. Nothing here runs at import time.
 """
@@ -106,7 +106,7 @@ STALE_POLICIES = ("reject", "downweight")
 
 @dataclass(frozen=True)
 class CoordinationConfig:
-    """Many workers on one model (server/coordination/coordinator.py, docs/scaling.md)."""
+    """Many workers on one model (server/coordination/update_policy.py, docs/scaling.md)."""
 
     # "direct" (each call acts at once), "sync" (ApplyUpdate waits for N contributions) or
     # "async" (bounded staleness).

@@ -15,15 +15,12 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-from grpc_health.v1 import health_pb2
-
-from gradserve.defaults import SERVICE_NAME
 
 from .app import GradientServer
 from .config import ServerConfig
 from .models.optimizers import build_optimizer
 from .models.specs import build_configured
-from .store.distributed import ENV_TIMEOUT, DistributedParameterStore
+from .store.distributed import ENV_TIMEOUT, DataParallelCompute, data_parallel_store
 from .store.parameter_store import ParameterStore
 
 logger = logging.getLogger(__name__)
@@ -37,8 +34,8 @@ def launched() -> bool:
 
 
 def store_factory() -> Callable[..., ParameterStore] | None:
-    """The store class rank 0 serves with: distributed once the group is joined."""
-    return DistributedParameterStore if dist.is_initialized() else None
+    """What builds rank 0's stores: with the data-parallel strategy once the group is joined."""
+    return data_parallel_store if dist.is_initialized() else None
 
 
 def is_rank_zero() -> bool:
@@ -66,14 +63,16 @@ def follow_rank_zero(config: ServerConfig) -> int:
         torch.set_num_threads(config.runtime.torch_threads)
     model = build_configured(config.model)
     optimizer = build_optimizer(config.model.optimizer, list(model.module.parameters()))
-    store = DistributedParameterStore(model, optimizer, request_id_window=0)
+    store = data_parallel_store(model, optimizer, request_id_window=0)
+    parallel = store.compute_strategy
+    assert isinstance(parallel, DataParallelCompute)
     # Rank 0 decides when to stop (OP_STOP); a launcher's SIGINT/SIGTERM goes to rank 0 too.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        store.follow()
+        parallel.follow(store)
     except (RuntimeError, dist.DistBackendError) as error:
-        logger.error("rank %d: rank 0 stopped answering: %s", store.rank, error)
+        logger.error("rank %d: rank 0 stopped answering: %s", parallel.rank, error)
         return 1
     finally:
         dist.destroy_process_group()
@@ -82,26 +81,22 @@ def follow_rank_zero(config: ServerConfig) -> int:
 
 def attach(running: GradientServer) -> threading.Thread | None:
     """Rank 0, once serving: report NOT_SERVING on failure, and start the heartbeat."""
-    store = running.store
-    if not isinstance(store, DistributedParameterStore):
+    parallel = running.store.compute_strategy
+    if not isinstance(parallel, DataParallelCompute):
         return None
 
-    def not_serving() -> None:
-        for name in ("", SERVICE_NAME):
-            running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    store.on_failure = not_serving
+    parallel.on_failure = running.not_serving
     interval = float(
         os.environ.get(ENV_HEARTBEAT, str(float(os.environ.get(ENV_TIMEOUT, "30")) / 4))
     )
     thread = threading.Thread(
-        target=store.heartbeat, args=(interval,), name="gradserve-heartbeat", daemon=True
+        target=parallel.heartbeat, args=(interval,), name="gradserve-heartbeat", daemon=True
     )
     thread.start()
     return thread
 
 
 def shutdown(store: ParameterStore) -> None:
-    if isinstance(store, DistributedParameterStore):
-        store.stop_ranks()
+    if isinstance(store.compute_strategy, DataParallelCompute):
+        store.compute_strategy.stop_ranks()
         dist.destroy_process_group()

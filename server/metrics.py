@@ -6,7 +6,7 @@ and gc collectors (gradserve.runtime_metrics); `serve.py` exposes it over HTTP.
 Training state is labelled by run: each run records through its RunMetrics (`for_run`), whose
 state gauges (model version, accumulated batches) read the store when scraped, so no path
 that changes the store can leave them stale; counters and last-value gauges are recorded from
-results, once per call, by the run's coordinator (`record_*`). RPC metrics have no run label.
+results, once per call, by the run's ServedRun (`record_*`). RPC metrics have no run label.
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gradserve.defaults import SERVICE_METHODS, SERVICE_NAME
 from gradserve.runtime_metrics import register_runtime_collectors
 from gradserve.types import GradientResult, SetResult, TrainResult, UpdateResult
-from gradserve.v1 import gradserve_pb2
 
 logger = logging.getLogger(__name__)
 
 # The method label takes values from this closed set alone: a client can call any path it
 # likes (with auth on, every made-up path was once a new series), and labels must not grow.
 _LABELLED_SERVICES = {
-    "gradserve.v1.GradientService": frozenset(
-        gradserve_pb2.DESCRIPTOR.services_by_name["GradientService"].methods_by_name
-    ),
+    SERVICE_NAME: SERVICE_METHODS,
     "grpc.health.v1.Health": frozenset({"Check", "Watch"}),
     "grpc.reflection.v1alpha.ServerReflection": frozenset({"ServerReflectionInfo"}),
     "grpc.reflection.v1.ServerReflection": frozenset({"ServerReflectionInfo"}),
@@ -142,7 +140,7 @@ class ServerMetrics:
             ["grpc_method"],
             registry=r,
         )
-        # Many workers (server/coordination/coordinator.py): async staleness and sync rounds.
+        # Many workers (server/coordination/update_policy.py): async staleness and sync rounds.
         self.staleness = Histogram(
             "gradserve_gradient_staleness",
             "Async mode: model versions between a contribution's based_on_version and the "
@@ -219,8 +217,8 @@ class ServerMetrics:
 
 class RunMetrics:
     """One run's view of the server's metrics: its labelled children, bound once, and the
-    server-wide collectors the coordinators record into. Counters and last-value gauges are
-    recorded from results, once per call, by the coordinator (`record_*`)."""
+    server-wide collectors the ServedRuns record into. Counters and last-value gauges are
+    recorded from results, once per call, by the ServedRun (`record_*`)."""
 
     def __init__(self, server: ServerMetrics, run: str) -> None:
         self.server = server

@@ -1,5 +1,5 @@
-"""The direct, sync and async coordinators called directly, without gRPC; local torch is the
-oracle (same seed, same model built here), compared with torch.equal."""
+"""A ServedRun under the direct, sync and async update policies, called without gRPC; local
+torch is the oracle (same seed, same model built here), compared with torch.equal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
 from gradserve.server.config import CoordinationConfig, ModelConfig
-from gradserve.server.coordination.coordinator import DirectCoordinator, build_coordinator
+from gradserve.server.coordination.served_run import ServedRun
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.models.optimizers import build_optimizer
 from gradserve.server.models.specs import build_configured
@@ -20,11 +20,11 @@ from gradserve.types import TrainStep
 LR = 0.1
 
 
-def coordinator(**coordination: object) -> DirectCoordinator:
+def coordinator(**coordination: object) -> ServedRun:
     model = build_configured(ModelConfig(seed=0))
     store = ParameterStore(model, build_optimizer("sgd", list(model.module.parameters())))
     metrics = ServerMetrics().for_run("", store)
-    return build_coordinator(store, CoordinationConfig(**coordination), metrics)  # type: ignore[arg-type]
+    return ServedRun(store, metrics, coordination=CoordinationConfig(**coordination))  # type: ignore[arg-type]
 
 
 def local_linear() -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,11 +38,11 @@ def batch(seed: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     return x, 2 * x + 1 + 0.1 * torch.randn(size, 1, generator=generator)
 
 
-def parameters(c: DirectCoordinator) -> dict[str, torch.Tensor]:
+def parameters(c: ServedRun) -> dict[str, torch.Tensor]:
     return dict(c.read_parameters([], lambda name, value: (name, value.clone()))[1])
 
 
-def gauge(c: DirectCoordinator, name: str) -> float | None:
+def gauge(c: ServedRun, name: str) -> float | None:
     return c.metrics.registry.get_sample_value(name, {"run": ""})
 
 

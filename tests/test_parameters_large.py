@@ -46,7 +46,7 @@ def test_a_stream_is_of_one_version_when_an_update_lands_mid_stream(make_server)
     before = {n: p.detach().clone() for n, p in server.store.model.module.named_parameters()}
     with GradientClient(server.address, timeout=TIMEOUT) as client:
         request = pb.StreamParametersRequest(chunk_bytes=MIN_CHUNK_BYTES)
-        stream = client._stub.StreamParameters(request, timeout=TIMEOUT)
+        stream = client.call_channel.stub.StreamParameters(request, timeout=TIMEOUT)
         assembler = ChunkAssembler()
         assembler.add(next(stream))
         ones = {name: torch.ones_like(value) for name, value in before.items()}

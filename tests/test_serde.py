@@ -6,18 +6,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradserve import serde, serde_graph, serde_runs
+from gradserve import serde, serde_datasets, serde_graph, serde_parameters, serde_runs
+from gradserve.codec import dtype_to_proto
 from gradserve.errors import InvalidArgumentError
 from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.types import (
     CheckpointSummary,
+    DatasetUploadHeader,
+    DeclaredTensor,
+    DiscardResult,
     EvaluationResult,
     GradientResult,
     LoadResult,
     ModelInfo,
     Reduction,
+    RunRequest,
     RunSummary,
     SavedCheckpoint,
+    SetResult,
     StateDigest,
     StepResult,
     TensorSpec,
@@ -229,6 +235,26 @@ RUN_TYPES = [
         serde_runs.state_digest_to_proto,
         serde_runs.state_digest_from_proto,
     ),
+    (
+        RunRequest("bob-3", "mlp:4-8-2", "mse", "adam", 5, "bob-2/best", True, "req-1"),
+        serde_runs.run_request_to_proto,
+        serde_runs.run_request_from_proto,
+    ),
+    (
+        SetResult(4),
+        serde_parameters.set_result_to_proto,
+        serde_parameters.set_result_from_proto,
+    ),
+    (
+        SetResult(6),
+        serde_parameters.uploaded_parameters_to_proto,
+        serde_parameters.uploaded_parameters_from_proto,
+    ),
+    (
+        DiscardResult(3, 8),
+        serde_parameters.discard_result_to_proto,
+        serde_parameters.discard_result_from_proto,
+    ),
 ]
 
 
@@ -257,3 +283,38 @@ def test_created_run_round_trip() -> None:
     )
     message = through_wire(serde_runs.created_run_to_proto("bob-2", info))
     assert serde_runs.created_run_from_proto(message) == ("bob-2", info)
+
+
+@pytest.mark.parametrize("seed", [None, 0])
+def test_run_request_tells_an_absent_seed_from_seed_zero(seed: int | None) -> None:
+    request = RunRequest(model="linear", seed=seed)
+    assert (
+        serde_runs.run_request_from_proto(through_wire(serde_runs.run_request_to_proto(request)))
+        == request
+    )
+
+
+def test_upload_header_and_data_from_the_messages_an_upload_sends() -> None:
+    inputs, targets = torch.zeros(3, 2), torch.ones(3, 1, dtype=torch.int64)
+    first, *rest = serde_datasets.upload_requests(
+        "squares", inputs, targets, run="bob-2", replace=True
+    )
+    header = serde_datasets.upload_header_from_proto(through_wire(first))
+    assert header == DatasetUploadHeader(
+        "bob-2",
+        "squares",
+        DeclaredTensor(dtype_to_proto(torch.float32), (3, 2)),
+        DeclaredTensor(dtype_to_proto(torch.int64), (3, 1)),
+        replace=True,
+        digest=first.digest,
+    )
+    data = b"".join(serde_datasets.upload_data_from_proto(first, iter(rest)))
+    assert data == inputs.numpy().tobytes() + targets.numpy().tobytes()
+
+
+def test_upload_data_refuses_a_header_field_after_the_first_message() -> None:
+    first, *rest = serde_datasets.upload_requests("squares", torch.zeros(2, 1), torch.zeros(2, 1))
+    late = pb.UploadDatasetRequest(name="other", data=b"\0")
+    with pytest.raises(InvalidArgumentError) as caught:
+        list(serde_datasets.upload_data_from_proto(first, iter([*rest, late])))
+    assert caught.value.field == "name"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradserve.errors import InvalidArgumentError, NotFoundError
+from gradserve.types import CheckpointSummary
 
 logger = logging.getLogger("gradserve.server.checkpoints.files")
 
@@ -37,15 +38,6 @@ class Folder:
     @property
     def name(self) -> str:
         return self.given_name or self.path.name
-
-
-@dataclass(frozen=True)
-class CheckpointSummary:
-    name: str
-    model_version: int
-    accumulated_batches: int
-    digest: str
-    saved_at: float
 
 
 def check_checkpoint_name(name: str, field: str = "name", *, new: bool = True) -> None:

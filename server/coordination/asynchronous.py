@@ -15,86 +15,32 @@ with applied_batches 0 instead of FAILED_PRECONDITION.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-
-import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, VersionConflictError
-from gradserve.types import BatchLoss, GradientResult, Reduction, UpdateResult
+from gradserve.types import UpdateResult
 
-from ..config import CoordinationConfig, LimitsConfig
+from ..config import CoordinationConfig
 from ..metrics import RunMetrics
-from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..store.parameter_store import ParameterStore
-from .coordinator import RoundCoordinator
+from .update_policy import UpdateCall, Weigh, refuse_streamed
 
 
-class AsyncCoordinator(RoundCoordinator):
+class AsyncUpdates:
     """Each update steps at once; contributions are checked against the staleness bound."""
 
     def __init__(
-        self,
-        store: ParameterStore,
-        config: CoordinationConfig,
-        metrics: RunMetrics | None = None,
-        limits: LimitsConfig | None = None,
+        self, store: ParameterStore, config: CoordinationConfig, metrics: RunMetrics
     ) -> None:
-        super().__init__(store, config, metrics, limits)
+        self.store = store
+        self.config = config
+        self.metrics = metrics
         # An update and the snapshot taken when it found nothing to apply go together.
         self._lock = threading.Lock()
 
-    def compute_gradients(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        *,
-        request_id: str = "",
-        return_gradients: bool = False,
-        based_on_version: int | None = None,
-        batch_loss: BatchLoss | None = None,
-    ) -> GradientResult:
-        seen: list[float] = []
-        result = self.store.compute_gradients(
-            inputs,
-            targets,
-            request_id=request_id,
-            return_gradients=return_gradients,
-            weigh=self._weigher(based_on_version, seen),
-            max_response_bytes=self.limits.max_message_bytes,
-            batch_loss=batch_loss,
-        )
-        return self._recorded(result, seen)
+    def check_streamed(self) -> None:
+        refuse_streamed()
 
-    def backward_outputs(
-        self,
-        handle: str,
-        output_gradients: torch.Tensor,
-        loss: float,
-        *,
-        request_id: str = "",
-        based_on_version: int | None = None,
-    ) -> GradientResult:
-        """Staleness as for ComputeGradients, measured when the backward pass runs."""
-        seen: list[float] = []
-        result = self.store.backward_outputs(
-            handle,
-            output_gradients,
-            loss,
-            request_id=request_id,
-            weigh=self._weigher(based_on_version, seen),
-        )
-        return self._recorded(result, seen)
-
-    def _recorded(self, result: GradientResult, seen: list[float]) -> GradientResult:
-        self.metrics.record_gradients(result)
-        if seen:
-            staleness, weight = seen
-            self.metrics.staleness.observe(staleness)
-            if weight != 1.0:
-                self.metrics.stale_contributions.labels("downweighted").inc()
-        return result
-
-    def _weigher(self, based_on_version: int | None, seen: list[float]) -> Callable[[int], float]:
+    def weigher(self, based_on_version: int | None, seen: list[float]) -> Weigh | None:
         """The store's `weigh`: checks staleness and appends (staleness, weight) to `seen`."""
 
         def weigh(version: int) -> float:
@@ -125,31 +71,14 @@ class AsyncCoordinator(RoundCoordinator):
 
         return weigh
 
-    def apply_update(
-        self,
-        learning_rate: float,
-        *,
-        reduction: Reduction = Reduction.SUM,
-        expected_version: int | None = None,
-        request_id: str = "",
-        time_remaining: float | None = None,
-        hyperparameters: Hyperparameters = NO_OVERRIDES,
-        max_grad_norm: float | None = None,
-    ) -> UpdateResult:
+    def apply(self, call: UpdateCall) -> UpdateResult:
         """Each update takes its own request's overrides and clipping."""
         with self._lock:
             try:
-                result = self.store.apply_update(
-                    learning_rate,
-                    reduction=reduction,
-                    expected_version=expected_version,
-                    request_id=request_id,
-                    hyperparameters=hyperparameters,
-                    max_grad_norm=max_grad_norm,
-                )
+                result = call.applied_by(self.store)
             except FailedPreconditionError:
                 # Another worker's update already applied this worker's gradients: no step
                 # was taken here, so none is counted.
-                return self.durable(UpdateResult(self.store.snapshot()[0], 0, 0, 0.0))
+                return UpdateResult(self.store.snapshot()[0], 0, 0, 0.0)
         self.metrics.record_update(result)
-        return self.durable(result)
+        return result

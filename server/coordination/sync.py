@@ -31,11 +31,11 @@ from gradserve.types import Reduction, UpdateResult
 
 from ..config import CoordinationConfig, LimitsConfig
 from ..metrics import RunMetrics
-from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
+from ..models.hyperparameters import Hyperparameters
 from ..store.parameter_store import ParameterStore
 from ..store.request_ids import RequestIdWindow, check_request_id
 from ..store.updates import check_update
-from .coordinator import RoundCoordinator
+from .update_policy import UpdateCall, Weigh, refuse_streamed
 
 _REMEMBERED_ROUNDS = 256
 
@@ -60,17 +60,19 @@ class _Settings:
     max_grad_norm: float | None
 
 
-class SyncCoordinator(RoundCoordinator):
+class SyncUpdates:
     """ApplyUpdate is a barrier: one MEAN update per N contributions, shared by all waiters."""
 
     def __init__(
         self,
         store: ParameterStore,
         config: CoordinationConfig,
-        metrics: RunMetrics | None = None,
-        limits: LimitsConfig | None = None,
+        metrics: RunMetrics,
+        limits: LimitsConfig,
     ) -> None:
-        super().__init__(store, config, metrics, limits)
+        self.store = store
+        self.config = config
+        self.metrics = metrics
         self._changed = threading.Condition()
         self._round: _Round | None = None
         self._rounds = 0
@@ -78,43 +80,46 @@ class SyncCoordinator(RoundCoordinator):
         self._completed: OrderedDict[int, UpdateResult] = OrderedDict()
         # Waiters' ids: the store only remembers the id of the call that applied the round.
         self._request_ids = RequestIdWindow(
-            self.limits.request_id_window, self.limits.request_id_window_bytes
+            limits.request_id_window, limits.request_id_window_bytes
         )
+
+    def weigher(self, based_on_version: int | None, seen: list[float]) -> Weigh | None:
+        return None
+
+    def check_streamed(self) -> None:
+        refuse_streamed()
 
     def contributions(self) -> int:
         _, batches, samples = self.store.snapshot()
         return samples if self.config.sync_unit == "samples" else batches
 
-    def apply_update(
-        self,
-        learning_rate: float,
-        *,
-        reduction: Reduction = Reduction.SUM,
-        expected_version: int | None = None,
-        request_id: str = "",
-        time_remaining: float | None = None,
-        hyperparameters: Hyperparameters = NO_OVERRIDES,
-        max_grad_norm: float | None = None,
-    ) -> UpdateResult:
+    def apply(self, call: UpdateCall) -> UpdateResult:
         """The round's update takes the closing call's settings (see _Round)."""
-        check_request_id(request_id)
-        check_update(self.store.optimizer, learning_rate, hyperparameters, max_grad_norm)
-        call_deadline = None if time_remaining is None else time.monotonic() + time_remaining
-        settings = _Settings(learning_rate, dict(sorted(hyperparameters.items())), max_grad_norm)
-        extra = (settings,) if hyperparameters or max_grad_norm is not None else ()
+        check_request_id(call.request_id)
+        check_update(
+            self.store.optimizer, call.learning_rate, call.hyperparameters, call.max_grad_norm
+        )
+        remaining = call.time_remaining
+        call_deadline = None if remaining is None else time.monotonic() + remaining
+        settings = _Settings(
+            call.learning_rate, dict(sorted(call.hyperparameters.items())), call.max_grad_norm
+        )
+        extra = (settings,) if call.hyperparameters or call.max_grad_norm is not None else ()
         with self._changed:
             result = self._request_ids.remembered(
                 "sync_apply_update",
-                request_id,
-                lambda: self._wait_for_round(settings, expected_version, call_deadline, request_id),
-                learning_rate,
-                reduction,
-                expected_version,
+                call.request_id,
+                lambda: self._wait_for_round(
+                    settings, call.expected_version, call_deadline, call.request_id
+                ),
+                call.learning_rate,
+                call.reduction,
+                call.expected_version,
                 *extra,
             )
         if result.replayed:
             self.metrics.record_update(result)
-        return self.durable(result)
+        return result
 
     def _wait_for_round(
         self,

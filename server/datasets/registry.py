@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from gradserve.errors import AlreadyExistsError, NotFoundError, ResourceExhaustedError
+from gradserve.types import DatasetSummary, TensorSpec
 
 from ..config import DatasetsConfig
 
@@ -43,6 +44,23 @@ class StoredDataset:
     @property
     def bytes(self) -> int:
         return tensor_bytes(self.inputs) + tensor_bytes(self.targets)
+
+    def summary(self, unchanged: bool = False, replaced: bool = False) -> DatasetSummary:
+        """As UploadDataset (`unchanged`, `replaced`) and ListDatasets show it."""
+
+        def spec(tensor: torch.Tensor) -> TensorSpec:
+            return TensorSpec("", tensor.dtype, tuple(tensor.shape))
+
+        return DatasetSummary(
+            self.name,
+            self.samples,
+            spec(self.inputs),
+            spec(self.targets),
+            self.bytes,
+            self.digest,
+            unchanged,
+            replaced,
+        )
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

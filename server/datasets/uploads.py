@@ -22,10 +22,10 @@ from gradserve.chunks import max_chunks
 from gradserve.codec import decode_shape, dtype_from_proto, torch_dtype_name
 from gradserve.dataset_digest import digest_header
 from gradserve.errors import InvalidArgumentError
-from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.types import DatasetUploadHeader, DeclaredTensor
 
 from ..models.model import BatchSpec, Model
-from ..runs.registry import check_run_name
+from ..runs.names import check_run_name
 from .registry import DatasetRegistry, StoredDataset
 
 
@@ -37,7 +37,7 @@ class Uploaded:
 
 
 def _declared(
-    spec: pb.TensorSpec, field: str, expected: BatchSpec
+    spec: DeclaredTensor, field: str, expected: BatchSpec
 ) -> tuple[torch.dtype, tuple[int, ...]]:
     """The declared dtype and shape, once both fit the model."""
     dtype = dtype_from_proto(spec.dtype, f"{field}.dtype")
@@ -59,43 +59,43 @@ def _declared(
 
 
 def upload_dataset(
-    first: pb.UploadDatasetRequest,
-    rest: Iterator[pb.UploadDatasetRequest],
+    header: DatasetUploadHeader,
+    data: Iterator[bytes],
     model: Model,
     registry: DatasetRegistry,
     owner: Hashable,
 ) -> Uploaded:
-    check_run_name(first.name, "name")
-    declared_inputs = _declared(first.inputs, "inputs", model.input)
-    declared_targets = _declared(first.targets, "targets", model.target)
+    check_run_name(header.name, "name")
+    declared_inputs = _declared(header.inputs, "inputs", model.input)
+    declared_targets = _declared(header.targets, "targets", model.target)
     samples = declared_inputs[1][0]
     if declared_targets[1][0] != samples:
         raise InvalidArgumentError(
             f"targets.shape: {declared_targets[1][0]} samples, inputs has {samples}",
             field="targets.shape",
         )
-    existing = registry.find(owner, first.name)
-    if existing is not None and first.digest and first.digest == existing.digest:
+    existing = registry.find(owner, header.name)
+    if existing is not None and header.digest and header.digest == existing.digest:
         return Uploaded(existing, unchanged=True)  # the data need not even be read
     sizes = (_bytes(*declared_inputs), _bytes(*declared_targets))
     digest = hashlib.sha256(
-        digest_header(first.inputs.dtype, first.inputs.shape, first.targets.dtype,
-                      first.targets.shape)
+        digest_header(header.inputs.dtype, header.inputs.shape, header.targets.dtype,
+                      header.targets.shape)
     )  # fmt: skip
-    with registry.reserved(owner, first.name, sum(sizes)) as recheck:
+    with registry.reserved(owner, header.name, sum(sizes)) as recheck:
         # Allocated once the budget has admitted them; filled in place.
         inputs = torch.empty(declared_inputs[1], dtype=declared_inputs[0])
         targets = torch.empty(declared_targets[1], dtype=declared_targets[0])
-        _fill((inputs, targets), sizes, first, rest, digest)
-        dataset = StoredDataset(first.name, inputs, targets, digest.hexdigest())
-        if first.digest and first.digest != dataset.digest:
+        _fill((inputs, targets), sizes, data, digest)
+        dataset = StoredDataset(header.name, inputs, targets, digest.hexdigest())
+        if header.digest and header.digest != dataset.digest:
             raise InvalidArgumentError(
-                f"digest: the data's digest is {dataset.digest}, not {first.digest[:80]!r}",
+                f"digest: the data's digest is {dataset.digest}, not {header.digest[:80]!r}",
                 field="digest",
             )
         model.check_batch(inputs, targets)
         recheck()
-        kept, previous = registry.store(owner, dataset, replace=first.replace)
+        kept, previous = registry.store(owner, dataset, replace=header.replace)
     return Uploaded(kept, unchanged=kept is not dataset, replaced=previous is not None)
 
 
@@ -106,21 +106,20 @@ def _bytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
 def _fill(
     tensors: tuple[torch.Tensor, torch.Tensor],
     sizes: tuple[int, int],
-    first: pb.UploadDatasetRequest,
-    rest: Iterator[pb.UploadDatasetRequest],
+    messages: Iterator[bytes],
     digest: hashlib._Hash,
 ) -> None:
-    """Copy the stream's data into the tensors' bytes, in order, checking the total."""
+    """Copy the stream's data (each message's bytes) into the tensors' bytes, in order,
+    checking the total."""
     views = [t.reshape(-1).view(torch.uint8) for t in tensors]
     total = sum(sizes)
     allowed = max_chunks(sizes) + 1  # one per tensor and 64 KiB, and the header
     offset = 0
-    for number, message in enumerate(_messages(first, rest), start=1):
+    for number, data in enumerate(messages, start=1):
         if number > allowed:
             raise InvalidArgumentError(
                 f"data: more than {allowed} messages for {total} bytes", field="data"
             )
-        data = message.data  # read once: the upb backend builds a new object on every access
         if offset + len(data) > total:
             raise InvalidArgumentError(
                 f"data: more than the {total} bytes the header declares", field="data"
@@ -149,17 +148,3 @@ def _fill(
     for tensor in tensors:
         if tensor.dtype is torch.bool and bool((tensor.view(torch.uint8) > 1).any()):
             raise InvalidArgumentError("data: BOOL elements must be 0x00 or 0x01", field="data")
-
-
-def _messages(
-    first: pb.UploadDatasetRequest, rest: Iterator[pb.UploadDatasetRequest]
-) -> Iterator[pb.UploadDatasetRequest]:
-    yield first
-    for message in rest:
-        if message.run or message.name or message.HasField("inputs") or message.digest:
-            raise InvalidArgumentError(
-                "name: the header (run, name, inputs, targets, digest) is for the first "
-                "message only",
-                field="name",
-            )
-        yield message

@@ -1,10 +1,11 @@
-"""The RPCs that manage runs (create, fork, list, delete), and how every RPC finds its run.
+"""How every RPC finds its run (RunAccess), and the RPCs that manage runs: create, fork, list,
+delete (RunRpcs).
 
-Part of the GradientService servicer (servicer.py inherits it, through checkpoint_rpcs.py's
-CheckpointRpcs, which holds the checkpoint RPCs): decode, one call to the run registry, encode. `_use` gives every other RPC its run's
-coordinator for the caller's principal, and checks the `gradserve-run` metadata that clients
-send for proxies against the run the request names: a proxy that placed the call by one name
-must not reach another run.
+RunAccess gives each RPC its run's ServedRun for the caller's principal, and checks the
+`gradserve-run` metadata that clients send for proxies against the run the request names: a
+proxy that placed the call by one name must not reach another run. RunRpcs is one of the
+handlers the servicer (servicer.py) delegates to: decode, one call to the run registry,
+encode.
 """
 
 from __future__ import annotations
@@ -15,85 +16,107 @@ from contextlib import contextmanager
 
 import grpc
 
-from gradserve import serde, serde_runs
+from gradserve import serde_runs
 from gradserve.errors import InvalidArgumentError
 from gradserve.v1 import gradserve_pb2 as pb
 
-from ..coordination.coordinator import DirectCoordinator
+from ..coordination.served_run import ServedRun
+from ..datasets.registry import DatasetRegistry
 from ..runs.forks import fork_plan
 from ..runs.lifecycle import Run, RunSpec
+from ..runs.names import check_run_name
 from ..runs.principals import Principal, PrincipalTable
-from ..runs.registry import RunRegistry, check_run_name
+from ..runs.registry import RunRegistry
 
 RUN_METADATA = "gradserve-run"
 
 
-class RunRpcs:
+class RunAccess:
+    """The run registry as the caller's principal sees it."""
+
     def __init__(self, runs: RunRegistry, principals: PrincipalTable) -> None:
-        self._runs = runs
+        self.runs = runs
         self._principals = principals
 
-    def _principal(self, context: grpc.ServicerContext) -> Principal:
+    def principal(self, context: grpc.ServicerContext) -> Principal:
         return self._principals.of(context.invocation_metadata())
 
     @contextmanager
-    def _use(self, run: str, context: grpc.ServicerContext) -> Iterator[DirectCoordinator]:
-        metadata = _checked_metadata(run, context)
-        with self._runs.use(run, self._principals.of(metadata)) as coordinator:
-            yield coordinator
+    def use(self, run: str, context: grpc.ServicerContext) -> Iterator[ServedRun]:
+        """The run's ServedRun for the length of one call (loaded, never unloaded meanwhile)."""
+        metadata = checked_metadata(run, context)
+        with self.runs.use(run, self._principals.of(metadata)) as served:
+            yield served
+
+    def run_of(self, run: str, context: grpc.ServicerContext) -> Run:
+        """The run itself (its datasets are keyed by it), loaded or not."""
+        checked_metadata(run, context)
+        return self.runs.run(run, self.principal(context))
+
+
+class RunRpcs:
+    def __init__(self, access: RunAccess, datasets: DatasetRegistry) -> None:
+        self._access = access
+        self._runs = access.runs
+        self._datasets = datasets
 
     def CreateRun(
         self, request: pb.CreateRunRequest, context: grpc.ServicerContext
     ) -> pb.CreateRunResponse:
+        wanted = serde_runs.run_request_from_proto(request)
         # A generated name (run left empty) cannot have been placed by a proxy's header.
-        _checked_metadata(request.run, context, allow_absent_run=True)
-        principal = self._principal(context)
+        checked_metadata(wanted.run, context, allow_absent_run=True)
+        principal = self._access.principal(context)
         fork: Callable[[Run], None] | None = None
-        if request.from_checkpoint:
-            spec, fork = fork_plan(request, self._runs, principal)
-        elif not request.model:
+        if wanted.from_checkpoint:
+            spec, fork = fork_plan(wanted, self._runs, principal)
+        elif not wanted.model:
             raise InvalidArgumentError("model: a model spec is needed", field="model")
-        elif request.with_optimizer_state:
+        elif wanted.with_optimizer_state:
             raise InvalidArgumentError(
                 "with_optimizer_state: only with from_checkpoint", field="with_optimizer_state"
             )
         else:
             spec = RunSpec(
-                model=request.model,
-                loss=request.loss or None,
-                optimizer=request.optimizer or "sgd",
-                seed=request.seed if request.HasField("seed") else 0,
+                model=wanted.model,
+                loss=wanted.loss or None,
+                optimizer=wanted.optimizer or "sgd",
+                seed=wanted.seed if wanted.seed is not None else 0,
             )
         run = self._runs.create(
-            request.run, spec, principal, request_id=request.request_id, fork=fork
+            wanted.run, spec, principal, request_id=wanted.request_id, fork=fork
         )
-        with self._runs.use(run.name, principal) as coordinator:
-            info = dataclasses.replace(coordinator.info(), run=run.name)
-        return pb.CreateRunResponse(run=run.name, info=serde.model_info_to_proto(info))
+        with self._runs.use(run.name, principal) as served:
+            # The room left for datasets, as GetModelInfo advertises it.
+            info = dataclasses.replace(
+                served.info(), run=run.name, dataset_bytes_available=self._datasets.available()
+            )
+        return serde_runs.created_run_to_proto(run.name, info)
 
     def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListRunsResponse:
-        return pb.ListRunsResponse(
-            runs=[
-                serde_runs.run_summary_to_proto(summary)
-                for summary in self._runs.list(self._principal(context))
-            ]
-        )
+        return serde_runs.runs_to_proto(self._runs.list(self._access.principal(context)))
 
     def DeleteRun(
         self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
     ) -> pb.DeleteRunResponse:
+        # Its datasets go with it (they are keyed by the Run object).
+        owner = self._access.run_of(request.run, context) if request.run else None
         if request.run:
             check_run_name(request.run)
-        _checked_metadata(request.run, context)
+        checked_metadata(request.run, context)
         deleted = self._runs.delete(
-            request.run, self._principal(context), delete_checkpoints=request.delete_checkpoints
+            request.run,
+            self._access.principal(context),
+            delete_checkpoints=request.delete_checkpoints,
         )
-        return pb.DeleteRunResponse(deleted_checkpoints=deleted)
+        if owner is not None:
+            self._datasets.drop_owner(owner)
+        return serde_runs.deleted_run_to_proto(deleted)
 
 
-def _checked_metadata(
+def checked_metadata(
     run: str, context: grpc.ServicerContext, *, allow_absent_run: bool = False
 ) -> Sequence[tuple[str, str | bytes]]:
     """The call's metadata, once its `gradserve-run` (if any) agrees with the run the body

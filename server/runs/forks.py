@@ -13,14 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradserve.errors import InvalidArgumentError, NotFoundError
-from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.types import RunRequest
 
 from ..checkpoints.checks import ModelLayout
 from ..checkpoints.files import read_for_load
 from ..checkpoints.names import check_checkpoint_name, find
 from .lifecycle import Run, RunSpec
+from .names import DEFAULT_RUN, check_run_name
 from .principals import Principal
-from .registry import DEFAULT_RUN, RunRegistry, check_run_name
+from .registry import RunRegistry
 
 FIELD = "from_checkpoint"
 
@@ -49,7 +50,7 @@ def _must_match(field: str, given: str, allowed: tuple[str | None, ...]) -> None
 
 
 def fork_plan(
-    request: pb.CreateRunRequest, runs: RunRegistry, principal: Principal
+    request: RunRequest, runs: RunRegistry, principal: Principal
 ) -> tuple[RunSpec, Callable[[Run], None]]:
     """The new run's spec and the hook that loads the checkpoint into it."""
     source_name, checkpoint = parse_reference(request.from_checkpoint)
@@ -64,15 +65,15 @@ def fork_plan(
     _must_match("model", request.model, (source.model,))
     _must_match("optimizer", request.optimizer, (source.optimizer,))
     _must_match("loss", request.loss, (source.loss, None if source.loss else request.loss))
-    seed = request.seed if request.HasField("seed") else source.seed
+    seed = request.seed if request.seed is not None else source.seed
     spec = RunSpec(model=source.model, loss=source.loss, optimizer=source.optimizer, seed=seed)
     return spec, _loader(folder.path, request.loss, request.with_optimizer_state)
 
 
 def _loader(path: Path, loss: str, with_optimizer_state: bool) -> Callable[[Run], None]:
     def fork(run: Run) -> None:
-        assert run.coordinator is not None
-        store = run.coordinator.store
+        assert run.served is not None
+        store = run.served.store
         if loss and store.info().loss != loss:
             # The source used its model's default loss; a given one must be that default.
             raise InvalidArgumentError(

@@ -1,10 +1,10 @@
 """One run's life: built from its spec, loaded, used, checkpointed, unloaded, deleted.
 
-A Run holds its coordinator (and through it its ParameterStore) while loaded. Calls use it
+A Run holds its ServedRun (and through it its ParameterStore) while loaded. Calls use it
 inside `Run.using()`, which counts them, so an idle unload never drops a store that a call
 is still working on. RunBuilder makes runs the way create_server made the one model before
 runs existed: the operator's model settings (files, factories, device) with the run's spec,
-its own metrics children, checkpointer and coordinator.
+its own metrics children, checkpointer and ServedRun.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gradserve.errors import FailedPreconditionError, GradserveError, InvalidArg
 from ..checkpoints.durability import GroupCommit
 from ..checkpoints.files import Checkpointer, list_checkpoints
 from ..config import ModelConfig, ServerConfig
-from ..coordination.coordinator import DirectCoordinator, build_coordinator
+from ..coordination.served_run import ServedRun
 from ..metrics import ServerMetrics
 from ..models.optimizers import build_optimizer
 from ..models.specs import build_configured, measure_configured
@@ -55,13 +55,13 @@ class Run:
         name: str,
         owner: str,
         spec: RunSpec,
-        load: Callable[[Run], tuple[DirectCoordinator, Checkpointer | None]] | None,
+        load: Callable[[Run], tuple[ServedRun, Checkpointer | None]] | None,
     ) -> None:
         self.name = name
         self.owner = owner
         self.spec = spec
         self._load = load
-        self.coordinator: DirectCoordinator | None = None
+        self.served: ServedRun | None = None
         self.checkpointer: Checkpointer | None = None
         self.lock = threading.Lock()
         self.active = 0
@@ -82,34 +82,34 @@ class Run:
     # The state the run's gauges read at each scrape.
     @property
     def version(self) -> int:
-        coordinator = self.coordinator
-        return coordinator.store.version if coordinator is not None else self._version
+        served = self.served
+        return served.store.version if served is not None else self._version
 
     @property
     def accumulated_batches(self) -> int:
-        coordinator = self.coordinator
-        return coordinator.store.accumulated_batches if coordinator is not None else 0
+        served = self.served
+        return served.store.accumulated_batches if served is not None else 0
 
     @property
     def budgeted_bytes(self) -> int:
         """What the run holds against --max-run-parameter-bytes now."""
-        return self.parameter_bytes if self.coordinator is not None else self.reserved_bytes
+        return self.parameter_bytes if self.served is not None else self.reserved_bytes
 
-    def attach(self, coordinator: DirectCoordinator, checkpointer: Checkpointer | None) -> None:
-        store = coordinator.store
-        # Bytes before the coordinator: the budget never sees a loaded run with a stale size.
+    def attach(self, served: ServedRun, checkpointer: Checkpointer | None) -> None:
+        store = served.store
+        # Bytes before the run counts as loaded: the budget never sees it with a stale size.
         self.parameter_bytes = store.parameter_bytes()
-        self.coordinator, self.checkpointer = coordinator, checkpointer
+        self.served, self.checkpointer = served, checkpointer
         self.reserved_bytes = 0
         info = store.info()
         self.model_spec, self.optimizer_description = info.model_spec, info.optimizer
 
     @contextmanager
-    def using(self, before_load: Callable[[], None]) -> Iterator[DirectCoordinator]:
-        """The loaded coordinator for the length of one call (loading the run first if it was
+    def using(self, before_load: Callable[[], None]) -> Iterator[ServedRun]:
+        """The loaded ServedRun for the length of one call (loading the run first if it was
         unloaded; `before_load` checks the budget)."""
         with self.lock:
-            if self.coordinator is None:
+            if self.served is None:
                 if self._load is None:
                     raise FailedPreconditionError(
                         f"run: {self.name!r} is being created", field="run"
@@ -121,10 +121,10 @@ class Run:
                     self.reserved_bytes = 0
                 logger.info("loaded run %s at version %d", self.name, self.version)
             self.active += 1
-            coordinator = self.coordinator
-        assert coordinator is not None
+            served = self.served
+        assert served is not None
         try:
-            yield coordinator
+            yield served
         finally:
             with self.lock:
                 self.active -= 1
@@ -133,7 +133,7 @@ class Run:
     def unload_if_idle(self, deadline: float) -> None:
         """Checkpoint and drop the model when no call has used it since `deadline`."""
         with self.lock:
-            if self.coordinator is None or self.active or self.last_used >= deadline:
+            if self.served is None or self.active or self.last_used >= deadline:
                 return
             self._version = self.version
             if self.checkpointer is not None:
@@ -145,9 +145,9 @@ class Run:
                     logger.warning("run %s stays loaded: %s", self.name, error)
                     return
                 self.checkpointer.close()
-            if self.coordinator.durability is not None:
-                self.coordinator.durability.close()
-            self.coordinator = self.checkpointer = None
+            if self.served.durability is not None:
+                self.served.durability.close()
+            self.served = self.checkpointer = None
         logger.info("unloaded idle run %s at version %d", self.name, self._version)
 
     def close(self) -> bool:
@@ -163,16 +163,16 @@ class Run:
     def discard(self) -> None:
         """Forget the model without saving (the run is being deleted)."""
         with self.lock:
-            if self.coordinator is not None and self.coordinator.durability is not None:
-                self.coordinator.durability.close()
+            if self.served is not None and self.served.durability is not None:
+                self.served.durability.close()
             if self.checkpointer is not None:
                 self.checkpointer.close()
-            self.coordinator = self.checkpointer = None
+            self.served = self.checkpointer = None
 
     def _close_checkpointer(self) -> None:
-        coordinator = self.coordinator
-        if coordinator is not None and coordinator.durability is not None:
-            coordinator.durability.close()
+        served = self.served
+        if served is not None and served.durability is not None:
+            served.durability.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
             saved = self.checkpointer.save_final()
@@ -235,7 +235,7 @@ class RunBuilder:
         run.attach(*self._load(run, restore=restore))
         return run
 
-    def _load(self, run: Run, *, restore: bool) -> tuple[DirectCoordinator, Checkpointer | None]:
+    def _load(self, run: Run, *, restore: bool) -> tuple[ServedRun, Checkpointer | None]:
         config = self.model_config(run.spec) if run.name else self.config.model
         model = build_configured(config)
         optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
@@ -255,17 +255,16 @@ class RunBuilder:
                 checkpointer.restore_latest()
             checkpointer.start()
         metrics = self.metrics.for_run(run.name, run)
-        coordinator = build_coordinator(
-            store, self.config.coordination, metrics, self.config.limits
-        )
+        served = ServedRun(store, metrics, self.config.limits, self.config.coordination)
+        served.checkpointer = checkpointer
         if self.config.checkpoints.durability == "sync":
             if checkpointer is None:
                 raise FailedPreconditionError(
                     "--durability sync needs --checkpoint-dir", field="durability"
                 )
             # Changes are answered once a checkpoint holding them is on disk.
-            coordinator.durability = GroupCommit(checkpointer)
-        return coordinator, checkpointer
+            served.durability = GroupCommit(checkpointer)
+        return served, checkpointer
 
     def persist(self, run: Run) -> None:
         directory = self.directory(run.name)

@@ -1,7 +1,7 @@
 """Training runs: every client's own model, optimizer, version, accumulator and checkpoints.
 
 A Run is what one server process used to be: a ParameterStore (with its own lock and
-request-id window), its coordinator, and its checkpoint folder. The RunRegistry holds them by
+request-id window), its ServedRun (what every RPC of the run calls), and its checkpoint folder. The RunRegistry holds them by
 name. The default run ("") is built at start from the server's flags, exactly as before runs
 existed; clients create others (CreateRun) from models in the operator's registry — the spec
 grammar, registered factories, `file:NAME` for NAME.json in --model-dir — never from code.
@@ -18,7 +18,6 @@ start.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -30,29 +29,18 @@ from pathlib import Path
 from gradserve.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
-    InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
 from gradserve.types import RunSummary
 
-from ..coordination.coordinator import DirectCoordinator
+from ..coordination.served_run import ServedRun
 from .lifecycle import Run, RunBuilder, RunSpec
+from .names import DEFAULT_RUN, check_run_name
 from .principals import Principal
 
-DEFAULT_RUN = ""
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Create requests remembered for retries (request_id -> run name).
 CREATE_WINDOW = 1024
-
-
-def check_run_name(name: str, field: str = "run") -> None:
-    if not RUN_NAME.match(name):
-        raise InvalidArgumentError(
-            f"{field}: {name[:80]!r} is not a run name (1 to 64 letters, digits, '.', '_', "
-            "'-', starting with a letter or digit)",
-            field=field,
-        )
 
 
 class RunRegistry:
@@ -97,8 +85,8 @@ class RunRegistry:
     # -- lookup --------------------------------------------------------------------------
 
     @contextmanager
-    def use(self, name: str, principal: Principal) -> Iterator[DirectCoordinator]:
-        """The run's coordinator for the length of one call (a stream's whole life), the run
+    def use(self, name: str, principal: Principal) -> Iterator[ServedRun]:
+        """The run's ServedRun for the length of one call (a stream's whole life), the run
         loaded first if it was unloaded: a run in use is never unloaded."""
         run = self._visible(name, principal)
 
@@ -107,8 +95,8 @@ class RunRegistry:
             # disk at start was never loaded here.
             self._reserve(run, self._builder.measure(run.name, run.spec))
 
-        with run.using(reserve) as coordinator:
-            yield coordinator
+        with run.using(reserve) as served:
+            yield served
 
     def run(self, name: str, principal: Principal) -> Run:
         return self._visible(name, principal)
@@ -143,7 +131,7 @@ class RunRegistry:
                 run.model_spec,
                 run.optimizer_description,
                 run.version,
-                run.coordinator is not None,
+                run.served is not None,
                 run.parameter_bytes,
             )
             for run in runs
@@ -239,7 +227,7 @@ class RunRegistry:
                 idle = [
                     run
                     for run in self._runs.values()
-                    if run.name != DEFAULT_RUN and run.coordinator is not None
+                    if run.name != DEFAULT_RUN and run.served is not None
                     and run.last_used < deadline
                 ]  # fmt: skip
             for run in idle:

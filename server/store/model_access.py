@@ -1,15 +1,15 @@
 """The store's calls that are not training steps: evaluation, reading and writing parameters
 and buffers, model info, and the autograd graph of one batch.
 
-A mixin of ParameterStore (parameter_store.py), which sets the attributes declared here; every
-method takes the store's lock for what it reads or changes.
+Owned by ParameterStore (parameter_store.py), which delegates these calls to it; it reads and
+writes the store's LiveState (live_state.py), and every method takes the store's lock for what
+it reads or changes.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -25,44 +25,24 @@ from ..models.graph import effective_max_nodes
 from ..models.graph_trace import trace_graph
 from ..models.losses import available
 from ..tracing import traced
+from .live_state import LiveState
 from .parameter_access import check_names, check_values
-from .request_ids import RequestIdWindow, check_request_id
-
-if TYPE_CHECKING:
-    from ..models.model import Model
-    from ..models.optimizers import Optimizer
+from .request_ids import check_request_id
 
 T = TypeVar("T")
 
 
 class ModelAccess:
-    # Set by ParameterStore.__init__.
-    model: Model
-    optimizer: Optimizer
-    device: torch.device
-    version: int
-    accumulated_batches: int
-    accumulated_samples: int
-    _named: dict[str, torch.nn.Parameter]
-    _buffers: dict[str, torch.Tensor]
-    _tensors: dict[str, torch.Tensor]
-    _parameters: list[torch.nn.Parameter]
-    _lock: threading.Lock
-    _request_ids: RequestIdWindow
+    """Reads, writes and descriptions of one store's LiveState. `drop_gradients` is the
+    store's (under data parallelism it reaches every rank): SetParameters drops them."""
 
-    # ParameterStore's own, used here.
-    def _check_version(self, expected_version: int | None) -> None:
-        raise NotImplementedError
-
-    def _drop_gradients(self) -> None:
-        raise NotImplementedError
-
-    def snapshot(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+    def __init__(self, state: LiveState, drop_gradients: Callable[[], None]) -> None:
+        self._state = state
+        self._drop_gradients = drop_gradients
 
     def parameter_bytes(self) -> int:
         """Bytes of the model's parameters and buffers (what a run costs in memory)."""
-        module = self.model.module
+        module = self._state.model.module
         tensors = [*module.parameters(), *module.buffers()]
         return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
@@ -74,17 +54,20 @@ class ModelAccess:
         *,
         return_predictions: bool = False,
     ) -> EvaluationResult:
-        batch_size = self.model.check_batch(inputs, targets)
-        inputs = inputs.to(self.device)
-        targets = None if targets is None else targets.to(self.device)
-        with self._lock, torch.no_grad():
-            self.model.module.eval()
-            predictions = self.model.module(inputs)
+        batch_size = self._state.model.check_batch(inputs, targets)
+        inputs = inputs.to(self._state.device)
+        targets = None if targets is None else targets.to(self._state.device)
+        with self._state.lock, torch.no_grad():
+            self._state.model.module.eval()
+            predictions = self._state.model.module(inputs)
             loss = None
             if targets is not None:
-                loss = self.model.loss.function(predictions, targets).item()
+                loss = self._state.model.loss.function(predictions, targets).item()
             return EvaluationResult(
-                loss, batch_size, self.version, predictions.cpu() if return_predictions else None
+                loss,
+                batch_size,
+                self._state.version,
+                predictions.cpu() if return_predictions else None,
             )
 
     def read_parameters(
@@ -99,11 +82,11 @@ class ModelAccess:
         every parameter, then with `include_buffers` every buffer) under the lock, so a reader
         sees one version without copying; return (version, results). Names are checked, and
         with `max_bytes` the encoded size too, before anything is read."""
-        default = self._tensors if include_buffers else self._named
-        selected = check_names(self._tensors, names, max_bytes, default=list(default))
-        with self._lock:
-            return self.version, [
-                reader(name, self._tensors[name].detach().cpu()) for name in selected
+        default = self._state.tensors if include_buffers else self._state.named
+        selected = check_names(self._state.tensors, names, max_bytes, default=list(default))
+        with self._state.lock:
+            return self._state.version, [
+                reader(name, self._state.tensors[name].detach().cpu()) for name in selected
             ]
 
     @traced("gradserve.set_parameters")
@@ -119,19 +102,19 @@ class ModelAccess:
         has it already (an upload's, taken as its chunks arrived: hashing 134 MB again here,
         under the lock, took 120 ms); by default the values themselves are hashed."""
         check_request_id(request_id)
-        check_values(self._tensors, values)
+        check_values(self._state.tensors, values)
 
         def run() -> SetResult:
-            self._check_version(expected_version)
+            self._state.check_version(expected_version)
             with torch.no_grad():
                 for name, value in values:
-                    self._tensors[name].copy_(value)
+                    self._state.tensors[name].copy_(value)
             self._drop_gradients()
-            self.version += 1
-            return SetResult(model_version=self.version)
+            self._state.version += 1
+            return SetResult(model_version=self._state.version)
 
-        with self._lock:
-            return self._request_ids.remembered(
+        with self._state.lock:
+            return self._state.request_ids.remembered(
                 "set_parameters",
                 request_id,
                 run,
@@ -140,23 +123,29 @@ class ModelAccess:
             )
 
     def info(self) -> ModelInfo:
-        model = self.model
-        version, batches, samples = self.snapshot()
+        model = self._state.model
+        with self._state.lock:
+            state = self._state
+            version, batches, samples = (
+                state.version,
+                state.accumulated_batches,
+                state.accumulated_samples,
+            )
         return ModelInfo(
             model=model.name,
             model_spec=model.spec,
             parameters=tuple(
-                TensorSpec(name, p.dtype, tuple(p.shape)) for name, p in self._named.items()
+                TensorSpec(name, p.dtype, tuple(p.shape)) for name, p in self._state.named.items()
             ),
-            parameter_count=sum(parameter.numel() for parameter in self._parameters),
+            parameter_count=sum(parameter.numel() for parameter in self._state.parameters),
             buffers=tuple(
-                TensorSpec(name, b.dtype, tuple(b.shape)) for name, b in self._buffers.items()
+                TensorSpec(name, b.dtype, tuple(b.shape)) for name, b in self._state.buffers.items()
             ),
             input=TensorSpec("inputs", model.input.dtype, model.input.shape),
             target=TensorSpec("targets", model.target.dtype, model.target.shape),
             loss=model.loss.name,
             losses=available(model),
-            optimizer=self.optimizer.description,
+            optimizer=self._state.optimizer.description,
             model_version=version,
             accumulated_batches=batches,
             accumulated_samples=samples,
@@ -164,10 +153,10 @@ class ModelAccess:
 
     def gradients(self) -> dict[str, torch.Tensor | None]:
         """A copy of the accumulated gradients (for tests and checkpoints)."""
-        with self._lock:
+        with self._state.lock:
             return {
                 name: None if p.grad is None else p.grad.detach().to("cpu", copy=True)
-                for name, p in self._named.items()
+                for name, p in self._state.named.items()
             }
 
     def describe_graph(
@@ -180,15 +169,15 @@ class ModelAccess:
     ) -> GraphDescription:
         """The autograd graph ComputeGradients would build for this batch, changing nothing."""
         cap = effective_max_nodes(max_nodes)
-        batch_size = self.model.check_batch(inputs, targets)
-        with self._lock:
+        batch_size = self._state.model.check_batch(inputs, targets)
+        with self._state.lock:
             graph = trace_graph(
-                self.model,
-                self._named,
-                self._parameters,
+                self._state.model,
+                self._state.named,
+                self._state.parameters,
                 inputs,
                 targets,
                 max_nodes=cap,
                 return_gradients=return_gradients,
             )
-            return GraphDescription(graph, batch_size, self.version, cap)
+            return GraphDescription(graph, batch_size, self._state.version, cap)

@@ -1,14 +1,16 @@
 """Train requests and ComputeGradients batches run optimistically: taken as the local loop takes
 them, their values checked once at the end, and, if a check fails, run again with every check.
 
-The store's Train (parameter_store.py) first copies what a request can change (RequestStart:
-parameters, .grad, buffers, optimizer state, version and counts, the RNG state that dropout
-draws from), then runs the steps the way the seed loop does: `loss.backward()` straight into
-.grad, the optimizer's step, no reduction per batch or per step. At the end it reads every loss
-and every update's gradient norm at once and checks the parameters, the optimizer state and
-.grad in one reduction. When something is not finite, or anything raised, the copy is put back
-and the request runs step by step through today's checked path, which raises the error, with
-the field, the reason and the steps before the failing one applied, exactly as before.
+Owned by ParameterStore (parameter_store.py), which calls it with its lock held where it
+computes and steps on this process; it reads and writes the store's LiveState (live_state.py).
+A Train request first copies what it can change (RequestStart: parameters, .grad, buffers,
+optimizer state, version and counts, the RNG state that dropout draws from), then runs the
+steps the way the seed loop does: `loss.backward()` straight into .grad, the optimizer's step,
+no reduction per batch or per step. At the end it reads every loss and every update's gradient
+norm at once and checks the parameters, the optimizer state and .grad in one reduction. When
+something is not finite, or anything raised, the copy is put back and the request runs step by
+step through today's checked path, which raises the error, with the field, the reason and the
+steps before the failing one applied, exactly as before.
 
 A ComputeGradients batch (the run's loss, weight 1, no returned gradients) is the same in
 small: .grad copied, the loss checked, backward() into .grad, one check of .grad; when it fails,
@@ -40,10 +42,9 @@ import torch
 from gradserve.types import StepResult, TrainResult, TrainStep
 
 from ..models.losses import batch_loss_function
-from ..models.model import Model, all_finite_tensors, float64_norm
-from ..models.optimizers import Optimizer
+from ..models.model import CONCATENATED_ELEMENTS, all_finite_tensors, float64_norm
 from .accumulation import backward_into_grad, check_loss
-from .buffers import BufferKeeper
+from .live_state import LiveState
 from .updates import StepRollback, unchecked_step
 
 
@@ -60,27 +61,26 @@ class RequestStart:
 
 
 class OptimisticRuns:
-    # The ParameterStore's, set by its __init__.
-    model: Model
-    optimizer: Optimizer
-    version: int
-    accumulated_batches: int
-    accumulated_samples: int
-    device: torch.device
-    _parameters: list[torch.nn.Parameter]
-    _buffers: dict[str, torch.Tensor]
-    _rollback: StepRollback
-    _buffer_keeper: BufferKeeper
-    # Where RequestStart's .grad and buffer values are copied (allocated on first use; the
-    # parameters go into the rollback's copies).
-    _gradient_copies: list[torch.Tensor]
-    _buffer_copies: list[torch.Tensor]
-    # Whether a batch's .grad check is its float64 norm (small float32/16 models), and the
-    # last such norm with the .grad tensors and versions it was taken of.
-    _norm_checks: bool
-    _known_norm: tuple[float, list[torch.Tensor], list[int]] | None
+    """Train requests and ComputeGradients batches of one store's LiveState, run unchecked
+    first; the store calls it with its lock held. `rollback` is the store's step (its
+    parameter copies hold RequestStart's parameters)."""
 
-    def _train_optimistically(
+    def __init__(self, state: LiveState, rollback: StepRollback) -> None:
+        self._state = state
+        self._rollback = rollback
+        # Where RequestStart's .grad and buffer values are copied (allocated on first use;
+        # the parameters go into the rollback's copies).
+        self._gradient_copies: list[torch.Tensor] = []
+        self._buffer_copies: list[torch.Tensor] = []
+        parameters = state.parameters
+        # Whether a batch's .grad check is its float64 norm (small float32/16 models), and
+        # the last such norm with the .grad tensors and versions it was taken of.
+        self._norm_checks = sum(p.numel() for p in parameters) <= CONCATENATED_ELEMENTS and all(
+            p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in parameters
+        )
+        self._known_norm: tuple[float, list[torch.Tensor], list[int]] | None = None
+
+    def train_optimistically(
         self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]], *, norms: bool = True
     ) -> TrainResult | None:
         """The request's result, or None with the store as the request found it when some
@@ -99,22 +99,26 @@ class OptimisticRuns:
 
     def _request_start(self) -> RequestStart:
         if not self._gradient_copies:
-            self._gradient_copies = [torch.empty_like(p) for p in self._parameters]
-        if len(self._buffer_copies) != len(self._buffers):
-            self._buffer_copies = [torch.empty_like(b) for b in self._buffers.values()]
-        gradients = [p.grad for p in self._parameters]
+            self._gradient_copies = [torch.empty_like(p) for p in self._state.parameters]
+        if len(self._buffer_copies) != len(self._state.buffers):
+            self._buffer_copies = [torch.empty_like(b) for b in self._state.buffers.values()]
+        gradients = [p.grad for p in self._state.parameters]
         had = [g is not None for g in gradients]
-        sources = [*self._parameters, *self._buffers.values()]
+        sources = [*self._state.parameters, *self._state.buffers.values()]
         sources += [g for g in gradients if g is not None]
         targets = [*self._rollback.parameter_copies(), *self._buffer_copies]
         targets += [c for c, h in zip(self._gradient_copies, had, strict=True) if h]
         with torch.no_grad():
             torch._foreach_copy_(targets, sources)
-        device_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        device_rng = (
+            torch.cuda.get_rng_state(self._state.device)
+            if self._state.device.type == "cuda"
+            else None
+        )
         return RequestStart(
-            (self.version, self.accumulated_batches, self.accumulated_samples),
+            (self._state.version, self._state.accumulated_batches, self._state.accumulated_samples),
             had,
-            self.optimizer.saved_state(),
+            self._state.optimizer.saved_state(),
             torch.get_rng_state(),
             device_rng,
         )
@@ -122,23 +126,25 @@ class OptimisticRuns:
     def _put_back(self, start: RequestStart) -> None:
         with torch.no_grad():
             torch._foreach_copy_(
-                [*self._parameters, *self._buffers.values()],
+                [*self._state.parameters, *self._state.buffers.values()],
                 [*self._rollback.parameter_copies(), *self._buffer_copies],
             )
         self._put_gradients_back(start.had_gradient)
-        self.optimizer.restore_saved_state(start.optimizer)
-        self.version, self.accumulated_batches, self.accumulated_samples = start.counts
+        self._state.optimizer.restore_saved_state(start.optimizer)
+        self._state.version, self._state.accumulated_batches, self._state.accumulated_samples = (
+            start.counts
+        )
         torch.set_rng_state(start.rng)
         if start.device_rng is not None:
-            torch.cuda.set_rng_state(start.device_rng, self.device)
+            torch.cuda.set_rng_state(start.device_rng, self._state.device)
 
     def _put_gradients_back(self, had: Sequence[bool]) -> None:
         # No copies are allocated while no parameter ever had a .grad: then none gets one.
-        copies = self._gradient_copies or self._parameters
-        for parameter, copy, present in zip(self._parameters, copies, had, strict=True):
+        copies = self._gradient_copies or self._state.parameters
+        for parameter, copy, present in zip(self._state.parameters, copies, had, strict=True):
             parameter.grad = copy.clone() if present else None
 
-    def _accumulate_optimistically(
+    def accumulate_optimistically(
         self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
     ) -> float | None:
         """One ComputeGradients batch with the run's loss and weight 1, as the local loop
@@ -146,44 +152,48 @@ class OptimisticRuns:
         .grad. None, with .grad, the buffers and the RNG put back, when .grad is not finite:
         the caller's checked path (accumulation.py) then says which gradient failed or that
         the sum overflows."""
-        gradients = [p.grad for p in self._parameters]
+        gradients = [p.grad for p in self._state.parameters]
         had = [g is not None for g in gradients]
         if any(had):
             if not self._gradient_copies:
-                self._gradient_copies = [torch.empty_like(p) for p in self._parameters]
+                self._gradient_copies = [torch.empty_like(p) for p in self._state.parameters]
             torch._foreach_copy_(  # .grad needs no grad: no no_grad() here
                 [c for c, h in zip(self._gradient_copies, had, strict=True) if h],
                 [g for g in gradients if g is not None],
             )
         rng = torch.get_rng_state()
-        device_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        device_rng = (
+            torch.cuda.get_rng_state(self._state.device)
+            if self._state.device.type == "cuda"
+            else None
+        )
         try:
-            with self._buffer_keeper.kept():
+            with self._state.buffer_keeper.kept():
                 loss_value = self._backward_checked(inputs, targets)
         except _NotFinite:
             self._put_gradients_back(had)
             torch.set_rng_state(rng)
             if device_rng is not None:
-                torch.cuda.set_rng_state(device_rng, self.device)
+                torch.cuda.set_rng_state(device_rng, self._state.device)
             return None
         except Exception:  # a refused loss, or torch failing mid-backward: .grad as it was
             self._put_gradients_back(had)
             raise
-        self.accumulated_batches += 1
-        self.accumulated_samples += batch_size
+        self._state.accumulated_batches += 1
+        self._state.accumulated_samples += batch_size
         return loss_value
 
     def _backward_checked(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        module = self.model.module
+        module = self._state.model.module
         if not module.training:
             module.train()
-        if inputs.device != self.device:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-        loss = self.model.loss.function(module(inputs), targets)
+        if inputs.device != self._state.device:
+            inputs, targets = inputs.to(self._state.device), targets.to(self._state.device)
+        loss = self._state.model.loss.function(module(inputs), targets)
         loss_value: float = loss.item()
-        check_loss(loss_value, self.version)
+        check_loss(loss_value, self._state.version)
         backward_into_grad(loss)
-        present = [g for p in self._parameters if (g := p.grad) is not None]
+        present = [g for p in self._state.parameters if (g := p.grad) is not None]
         if not self._norm_checks:
             if not all_finite_tensors(present):
                 raise _NotFinite
@@ -196,14 +206,14 @@ class OptimisticRuns:
         self._known_norm = (norm, present, [g._version for g in present])
         return loss_value
 
-    def _take_known_norm(self) -> float | None:
+    def take_known_norm(self) -> float | None:
         """The norm the last batch found, if .grad is still what it left (the same tensors,
         not changed in place since: torch counts in-place changes in `_version`)."""
         known, self._known_norm = self._known_norm, None
         if known is None:
             return None
         norm, tensors, versions = known
-        present = [g for p in self._parameters if (g := p.grad) is not None]
+        present = [g for p in self._state.parameters if (g := p.grad) is not None]
         if len(present) != len(tensors):
             return None
         for gradient, tensor, version in zip(present, tensors, versions, strict=True):
@@ -214,7 +224,7 @@ class OptimisticRuns:
     def _run_unchecked(
         self, steps: Sequence[TrainStep], sizes: Sequence[Sequence[int]], norms: bool = True
     ) -> TrainResult | None:
-        model, module, device = self.model, self.model.module, self.device
+        model, module, device = self._state.model, self._state.model.module, self._state.device
         if not module.training:
             module.train()
         losses: list[torch.Tensor] = []
@@ -233,17 +243,19 @@ class OptimisticRuns:
                 loss = function(module(inputs), targets)
                 backward_into_grad(loss)
                 losses.append(loss.detach())
-            self.accumulated_batches += len(step_sizes)
-            self.accumulated_samples += sum(step_sizes)
+            self._state.accumulated_batches += len(step_sizes)
+            self._state.accumulated_samples += sum(step_sizes)
             if not step.apply_update:
-                done.append((len(losses), self.version, self.accumulated_batches, None))
+                done.append(
+                    (len(losses), self._state.version, self._state.accumulated_batches, None)
+                )
                 continue
-            batches = self.accumulated_batches
-            if step.expected_version not in (None, self.version) or not batches:
+            batches = self._state.accumulated_batches
+            if step.expected_version not in (None, self._state.version) or not batches:
                 return None
             norm, clipped = unchecked_step(
-                self._parameters,
-                self.optimizer,
+                self._state.parameters,
+                self._state.optimizer,
                 step.learning_rate,
                 reduction=step.reduction,
                 batches=batches,
@@ -252,9 +264,9 @@ class OptimisticRuns:
                 norm=norms,
             )
             step_norms.append(norm)
-            self.version += 1
-            self.accumulated_batches = self.accumulated_samples = 0
-            done.append((len(losses), self.version, batches, clipped))
+            self._state.version += 1
+            self._state.accumulated_batches = self._state.accumulated_samples = 0
+            done.append((len(losses), self._state.version, batches, clipped))
         return self._checked_result(losses, step_norms, done)
 
     def _checked_result(
@@ -266,8 +278,8 @@ class OptimisticRuns:
         loss_values, norm_values = _read(losses), iter(_read(norms))
         if not all(map(math.isfinite, loss_values)):
             return None
-        state = [*self._parameters, *self.optimizer.state_tensors()]
-        state += [p.grad for p in self._parameters if p.grad is not None]
+        state = [*self._state.parameters, *self._state.optimizer.state_tensors()]
+        state += [p.grad for p in self._state.parameters if p.grad is not None]
         with torch.no_grad():
             if not all_finite_tensors(state):
                 return None

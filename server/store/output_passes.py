@@ -1,8 +1,9 @@
 """The store's half of client-computed losses (ComputeOutputs, BackwardOutputs) and of
 per-batch losses (a batch's own loss function in place of the run's).
 
-A mixin of ParameterStore (it uses the store's lock, request-id windows, buffers and `_add`).
-compute_outputs runs the model forward in training mode and keeps the outputs with their graph
+Owned by ParameterStore (parameter_store.py), which delegates both calls to it after
+refusing them under data parallelism; it reads the store's LiveState (live_state.py) and adds
+through the store's `_add`. compute_outputs runs the model forward in training mode and keeps the outputs with their graph
 under a handle (output_handles.py); backward_outputs backpropagates the client's dL/d(outputs)
 through that same graph and adds the result to .grad exactly as a ComputeGradients batch is
 added (weights, finiteness checks, counts). The forward pass updates batch norm's running
@@ -12,7 +13,6 @@ statistics as `module(x)` does in torch; a refused ComputeOutputs puts them back
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,11 +22,12 @@ from gradserve.codec import torch_dtype_name
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
 from gradserve.types import GradientResult, OutputsResult
 
-from ..models.model import LossFunction, Model, all_finite
-from .accumulation import Gradients, batch_gradients
-from .buffers import BufferKeeper, check_training_batch
+from ..models.model import all_finite
+from .accumulation import Gradients
+from .buffers import check_training_batch
+from .live_state import LiveState
 from .output_handles import HandleBounds, OutputHandles, saved_bytes
-from .request_ids import RequestIdWindow, check_request_id
+from .request_ids import check_request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,87 +39,54 @@ class _Issued:
 
 
 class OutputPasses:
-    # The ParameterStore's, set by its __init__.
-    model: Model
-    version: int
-    accumulated_batches: int
-    accumulated_samples: int
-    device: torch.device
-    output_handles: OutputHandles
-    _lock: threading.Lock
-    _request_ids: RequestIdWindow
-    _buffer_keeper: BufferKeeper
-    _named: dict[str, torch.nn.Parameter]
-    _parameters: list[torch.nn.Parameter]
-    _smallest_batch: int
+    """ComputeOutputs and BackwardOutputs on one store's LiveState, with the kept passes.
+    `add` is the store's: what a backward pass yields is added as a batch's gradients are."""
 
-    def local_only(self, field: str) -> None:
-        """Per-batch losses and kept graphs are computed on this process: data parallelism
-        (server/store/distributed.py) computes only the run's loss over its ranks."""
-        if getattr(self, "world_size", 1) != 1:
-            raise FailedPreconditionError(
-                f"{field}: not served with data parallelism (--nproc); use the run's loss",
-                field=field,
-                reason="UNSUPPORTED_IN_MODE",
-            )
-
-    def _add(self, gradients: Gradients, batch_size: int, weight: float) -> None:
-        raise NotImplementedError  # the store's
-
-    def _compute_with(
-        self, inputs: torch.Tensor, targets: torch.Tensor, loss_function: LossFunction
-    ) -> tuple[float, Gradients]:
-        """The store's _compute with the batch's own loss (per-batch losses are local_only)."""
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
-        return batch_gradients(
-            self.model,
-            self._named,
-            self._parameters,
-            inputs,
-            targets,
-            version=self.version,
-            loss_function=loss_function,
-        )
+    def __init__(self, state: LiveState, add: Callable[[Gradients, int, float], None]) -> None:
+        self._state = state
+        self._add = add
+        self.handles = OutputHandles()
 
     def compute_outputs(
         self, inputs: torch.Tensor, *, request_id: str = "", bounds: HandleBounds | None = None
     ) -> OutputsResult:
         """Forward in training mode; the outputs, and a handle of the pass for backward."""
         check_request_id(request_id)
-        self.local_only("inputs")
         bounds = bounds or HandleBounds()
-        batch_size = self.model.check_batch(inputs, None)
-        check_training_batch(batch_size, self._smallest_batch)
+        batch_size = self._state.model.check_batch(inputs, None)
+        check_training_batch(batch_size, self._state.smallest_batch)
 
         def run() -> _Issued:
-            self.output_handles.check_room(self.version, bounds)
-            module = self.model.module
+            self.handles.check_room(self._state.version, bounds)
+            module = self._state.model.module
             if not module.training:
                 module.train()
-            with self._buffer_keeper.kept():
-                with saved_bytes(self._parameters) as size:
-                    outputs = module(inputs.to(self.device))
+            with self._state.buffer_keeper.kept():
+                with saved_bytes(self._state.parameters) as size:
+                    outputs = module(inputs.to(self._state.device))
                 if not outputs.is_floating_point() or not all_finite(outputs.detach()):
                     raise FailedPreconditionError(
                         f"inputs: the outputs are not finite for this batch at model version "
-                        f"{self.version}; nothing was kept",
+                        f"{self._state.version}; nothing was kept",
                         field="inputs",
                         reason="NOT_FINITE",
                     )
-                handle = self.output_handles.keep(
-                    outputs, self.version, batch_size, size[0], bounds
+                handle = self.handles.keep(
+                    outputs, self._state.version, batch_size, size[0], bounds
                 )
                 return _Issued(handle)
 
-        with self._lock:
-            handle = self._request_ids.remembered("compute_outputs", request_id, run, inputs).handle
+        with self._state.lock:
+            handle = self._state.request_ids.remembered(
+                "compute_outputs", request_id, run, inputs
+            ).handle
             # A replay answers from the kept pass: once it is used or gone, so is the answer.
-            kept = self.output_handles.peek(handle, self.version)
+            kept = self.handles.peek(handle, self._state.version)
             return OutputsResult(
                 handle,
                 kept.outputs.detach().cpu(),
                 kept.version,
-                self.output_handles.expires_in(kept),
+                self.handles.expires_in(kept),
                 kept.batch_size,
             )
 
@@ -138,27 +106,27 @@ class OutputPasses:
             raise InvalidArgumentError(f"loss: {loss}, expected a finite number", field="loss")
 
         def run() -> GradientResult:
-            kept = self.output_handles.peek(handle, self.version)
+            kept = self.handles.peek(handle, self._state.version)
             _check_output_gradients(output_gradients, kept.outputs)
-            weight = 1.0 if weigh is None else weigh(self.version)
+            weight = 1.0 if weigh is None else weigh(self._state.version)
             with torch.no_grad():
-                seed = output_gradients.to(self.device)
+                seed = output_gradients.to(self._state.device)
             # retain_graph: a refused add (non-finite, overflow) keeps the handle usable.
             gradients = torch.autograd.grad(
-                kept.outputs, self._parameters, seed, retain_graph=True, allow_unused=True
+                kept.outputs, self._state.parameters, seed, retain_graph=True, allow_unused=True
             )
             self._add(gradients, kept.batch_size, weight)
-            self.output_handles.release(handle)
+            self.handles.release(handle)
             return GradientResult(
                 loss=loss,
                 batch_size=kept.batch_size,
-                accumulated_batches=self.accumulated_batches,
-                accumulated_samples=self.accumulated_samples,
-                model_version=self.version,
+                accumulated_batches=self._state.accumulated_batches,
+                accumulated_samples=self._state.accumulated_samples,
+                model_version=self._state.version,
             )
 
-        with self._lock:
-            return self._request_ids.remembered(
+        with self._state.lock:
+            return self._state.request_ids.remembered(
                 "backward_outputs", request_id, run, handle, output_gradients, loss
             )
 

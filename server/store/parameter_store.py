@@ -1,28 +1,32 @@
-"""Where the parameters live: the model, its accumulated gradients, its version, and one lock.
+"""Where the parameters live: one model's version, accumulated gradients and lock, with the
+accumulate/step core; every other call is delegated to a collaborator the store owns.
 
 Plain torch, no protobuf. The rule for concurrent calls: every ComputeGradients that returns
 has added its batch's gradients; an update applies everything that finished before it took the
 lock; a rejected call changes nothing (checks run before any state is touched, or what a call
-ran optimistically is put back). The pieces live beside it: optimistic_runs.py (Train and
-ComputeGradients as the local loop runs them, checked once), accumulation.py (one batch into
-.grad, checked), updates.py (the step's arithmetic), train_steps.py (Train's checks),
-pass_runs.py (dataset passes), parameter_access.py (parameter checks), graph_trace.py
-(DescribeGraph), request_ids.py (replays), state_transfer.py (checkpoints in and out).
+ran optimistically is put back). What the store owns, each built here with what it needs:
+live_state.py (the tensors, lock, version and counts they all share), compute.py (the compute
+strategy: this process, or distributed.py's ranks), optimistic_runs.py (Train and
+ComputeGradients as the local loop runs them, checked once), state_transfer.py (checkpoints in
+and out), output_passes.py (ComputeOutputs, BackwardOutputs), model_access.py (evaluation,
+parameters, info, the graph), pass_runs.py (dataset passes). Plain helpers: accumulation.py
+(one batch into .grad, checked), updates.py (the step's arithmetic), train_steps.py (Train's
+checks), parameter_access.py (parameter checks), request_ids.py (replays).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 
-from gradserve.errors import FailedPreconditionError, VersionConflictError
+from gradserve.errors import FailedPreconditionError
 from gradserve.types import (
     BatchLoss,
     DiscardResult,
     GradientResult,
+    OutputsResult,
     Reduction,
     StepResult,
     TrainResult,
@@ -32,21 +36,21 @@ from gradserve.types import (
 
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..models.losses import batch_loss_function, prepare
-from ..models.model import CONCATENATED_ELEMENTS, LossFunction, Model
+from ..models.model import LossFunction, Model
 from ..models.optimizers import Optimizer
 from ..tracing import traced
-from .accumulation import Gradients, add_gradients, batch_gradients
-from .buffers import BufferKeeper, model_buffers, smallest_training_batch
-from .error_scope import scoped
+from .accumulation import Gradients, add_gradients
+from .cadence import Cadence, StepRunner, run_steps
+from .compute import ComputeStrategy, LocalCompute, local_gradients
+from .live_state import LiveState
 from .model_access import ModelAccess
 from .optimistic_runs import OptimisticRuns
-from .output_handles import OutputHandles
+from .output_handles import HandleBounds
 from .output_passes import OutputPasses
 from .parameter_access import check_names
 from .pass_runs import PassRuns
 from .request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
 from .state_transfer import StateTransfer
-from .store_state import StoreState
 from .train_steps import check_steps
 from .updates import StepRollback, check_update
 
@@ -57,8 +61,10 @@ _NOTE = (
 )
 
 
-class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, PassRuns):
-    """One model's parameters, gradients and version, safe to call from many threads."""
+class ParameterStore:
+    """One model's parameters, gradients and version, safe to call from many threads.
+    `compute_strategy` builds how batches are computed and what follows a step (compute.py's
+    LocalCompute; distributed.py's DataParallelCompute under torchrun)."""
 
     def __init__(
         self,
@@ -66,54 +72,88 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         optimizer: Optimizer,
         request_id_window: int = 1024,
         request_id_window_bytes: int = DEFAULT_WINDOW_BYTES,
+        *,
+        compute_strategy: Callable[[LiveState], ComputeStrategy] = LocalCompute,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
-        self._named = dict(model.module.named_parameters())
-        self._parameters = list(self._named.values())
-        self._rollback = StepRollback(self._parameters, optimizer)
-        # Buffers (batch norm's statistics): kept through a refused batch, checkpointed.
-        self._buffers = model_buffers(model.module)
-        self._buffer_keeper = BufferKeeper(self._buffers)
-        # Train runs a request unchecked first (optimistic_runs.py) where the store computes
-        # and steps itself (data parallelism's store does not) and backward() reaches exactly
-        # the parameters autograd.grad would.
-        self._optimistic = (
-            type(self)._compute is ParameterStore._compute
-            and type(self)._step is ParameterStore._step
-            and all(p.requires_grad for p in self._parameters)
+        state = LiveState(
+            model, optimizer, RequestIdWindow(request_id_window, request_id_window_bytes)
         )
-        self._gradient_copies: list[torch.Tensor] = []
-        self._buffer_copies: list[torch.Tensor] = []
-        self._norm_checks = sum(
-            p.numel() for p in self._parameters
-        ) <= CONCATENATED_ELEMENTS and all(
-            p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self._parameters
+        self._state = state
+        # The same lock as the collaborators': tests hold it to stall the store.
+        self._lock = state.lock
+        self.device = state.device
+        self.compute_strategy = compute_strategy(state)
+        self._rollback = StepRollback(state.parameters, optimizer)
+        # Train runs a request unchecked first (optimistic_runs.py) where this process computes
+        # and steps (data parallelism does not) and backward() reaches exactly the parameters
+        # autograd.grad would.
+        self._optimistic = self.compute_strategy.world_size == 1 and all(
+            p.requires_grad for p in state.parameters
         )
-        self._known_norm = None
-        # What GetParameters and SetParameters may name: the parameters, then the buffers.
-        self._tensors: dict[str, torch.Tensor] = {**self._named, **self._buffers}
-        self._smallest_batch = smallest_training_batch(model)
-        # The model's device (--device); requests move there once, results come back to CPU.
-        self.device = self._parameters[0].device if self._parameters else torch.device("cpu")
-        self._lock = threading.Lock()
-        self._request_ids = RequestIdWindow(request_id_window, request_id_window_bytes)
-        # ComputeOutputs' forward passes, kept for BackwardOutputs (output_passes.py).
-        self.output_handles = OutputHandles()
-        # Read without the lock only where one int is enough (metrics gauges); anything that
-        # needs a consistent view goes through snapshot() or holds the lock.
-        self.version = 0
-        self.accumulated_batches = 0
-        self.accumulated_samples = 0
-        # --checkpoint-every-updates N (checkpoints/files.py sets it): a request of many steps
-        # is cut after each update that reaches a multiple of N, and the state there is
-        # handed to `save`, so the cadence counts updates whatever the transport.
-        self.update_cadence: tuple[int, Callable[[StoreState], object]] | None = None
+        self._optimistic_runs = OptimisticRuns(state, self._rollback)
+        self._transfer = StateTransfer(state, self.compute_strategy)
+        self._outputs = OutputPasses(state, self._add)
+        # ComputeOutputs' forward passes, kept for BackwardOutputs.
+        self.output_handles = self._outputs.handles
+        self._access = ModelAccess(state, self._drop_gradients)
+        self._passes = PassRuns(state, self._run_steps)
+        # The calls a collaborator answers whole, each its bound method (same signature, no
+        # extra frame): checkpoints and large reads,
+        transfer = self._transfer
+        self.encode_parameters = transfer.encode_parameters
+        self.snapshot_parameters = transfer.snapshot_parameters
+        self.export_state = transfer.export_state
+        self.restore_state = transfer.restore_state
+        self.state_digest = transfer.state_digest
+        self.load_checkpoint = transfer.load_checkpoint
+        self.fork_state = transfer.fork_state
+        # BackwardOutputs (ComputeOutputs is refused first under data parallelism, below),
+        self.backward_outputs = self._outputs.backward_outputs
+        # evaluation, parameters, info, the graph,
+        access = self._access
+        self.parameter_bytes = access.parameter_bytes
+        self.evaluate = access.evaluate
+        self.read_parameters = access.read_parameters
+        self.set_parameters = access.set_parameters
+        self.info = access.info
+        self.gradients = access.gradients
+        self.describe_graph = access.describe_graph
+        # and dataset passes.
+        self.train_pass = self._passes.train_pass
+        # --checkpoint-every-updates inside a request (cadence.py; checkpoints/files.py sets it).
+        self.update_cadence: Cadence | None = None
+
+    # Read without the lock only where one int is enough (metrics gauges); anything that
+    # needs a consistent view goes through snapshot() or holds the lock.
+    @property
+    def version(self) -> int:
+        return self._state.version
+
+    @property
+    def accumulated_batches(self) -> int:
+        return self._state.accumulated_batches
+
+    @property
+    def accumulated_samples(self) -> int:
+        return self._state.accumulated_samples
 
     def snapshot(self) -> tuple[int, int, int]:
         """(version, accumulated batches, accumulated samples), read together under the lock."""
-        with self._lock:
-            return self.version, self.accumulated_batches, self.accumulated_samples
+        state = self._state
+        with state.lock:
+            return state.version, state.accumulated_batches, state.accumulated_samples
+
+    def local_only(self, field: str) -> None:
+        """Per-batch losses and kept graphs are computed on this process: data parallelism
+        (server/store/distributed.py) computes only the run's loss over its ranks."""
+        if self.compute_strategy.world_size != 1:
+            raise FailedPreconditionError(
+                f"{field}: not served with data parallelism (--nproc); use the run's loss",
+                field=field,
+                reason="UNSUPPORTED_IN_MODE",
+            )
 
     # -- gradients and updates -------------------------------------------------------------
 
@@ -135,6 +175,7 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         `return_gradients`, a response over `max_response_bytes` is refused before any work.
         `batch_loss`: this batch's own loss and weights (server/models/losses.py); None: the run's."""
         check_request_id(request_id)
+        state = self._state
         function: LossFunction | None = None
         if batch_loss is None:
             batch_size = self.model.check_batch(inputs, targets)
@@ -142,41 +183,41 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
             self.local_only("loss")
             batch_size, function = prepare(self.model, inputs, targets, batch_loss)
         if return_gradients and max_response_bytes is not None:
-            check_names(self._named, (), max_response_bytes, size_field="return_gradients")
+            check_names(state.named, (), max_response_bytes, size_field="return_gradients")
 
         def run() -> GradientResult:
-            weight = 1.0 if weigh is None else weigh(self.version)
+            weight = 1.0 if weigh is None else weigh(state.version)
             # The batch's own gradients (to return, or to weigh) need autograd.grad.
             if self._optimistic and weight == 1.0 and function is None and not return_gradients:
-                fast = self._accumulate_optimistically(inputs, targets, batch_size)
+                fast = self._optimistic_runs.accumulate_optimistically(inputs, targets, batch_size)
                 if fast is not None:
                     return GradientResult(
                         loss=fast,
                         batch_size=batch_size,
-                        accumulated_batches=self.accumulated_batches,
-                        accumulated_samples=self.accumulated_samples,
-                        model_version=self.version,
+                        accumulated_batches=state.accumulated_batches,
+                        accumulated_samples=state.accumulated_samples,
+                        model_version=state.version,
                     )
             loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
             own: dict[str, torch.Tensor] = {}
             if return_gradients:
                 own = {
                     name: (g if g is not None else torch.zeros_like(p)).cpu()
-                    for (name, p), g in zip(self._named.items(), gradients, strict=True)
+                    for (name, p), g in zip(state.named.items(), gradients, strict=True)
                 }
             return GradientResult(
                 loss=loss,
                 batch_size=batch_size,
-                accumulated_batches=self.accumulated_batches,
-                accumulated_samples=self.accumulated_samples,
-                model_version=self.version,
+                accumulated_batches=state.accumulated_batches,
+                accumulated_samples=state.accumulated_samples,
+                model_version=state.version,
                 gradients=own,
             )
 
-        with self._lock:
+        with state.lock:
             # The loss joins the fingerprint only when chosen: older windows stay valid.
             chosen = () if batch_loss is None else (batch_loss,)
-            return self._request_ids.remembered(
+            return state.request_ids.remembered(
                 "compute_gradients", request_id, run, inputs, targets, return_gradients, *chosen
             )
 
@@ -197,8 +238,9 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         overrides = dict(sorted(hyperparameters.items()))
         # Fingerprinted only when set: a plain update's fingerprint stays what it was.
         extra = (tuple(overrides.items()), max_grad_norm) if overrides or max_grad_norm else ()
-        with self._lock:
-            return self._request_ids.remembered(
+        state = self._state
+        with state.lock:
+            return state.request_ids.remembered(
                 "apply_update",
                 request_id,
                 lambda: self._step(
@@ -216,10 +258,11 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         apply_update. Everything is checked before anything runs; a step that fails while
         running raises with the number of steps already applied in the message."""
         check_request_id(request_id)
-        sizes = check_steps(self.model, steps, self._smallest_batch, self.optimizer)
+        state = self._state
+        sizes = check_steps(self.model, steps, state.smallest_batch, self.optimizer)
 
-        with self._lock:
-            return self._request_ids.remembered(
+        with state.lock:
+            return state.request_ids.remembered(
                 "train",
                 request_id,
                 lambda: self._run_steps(steps, sizes, "steps", _NOTE),
@@ -235,48 +278,15 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         *,
         norms: bool = True,
     ) -> TrainResult:
-        """Train's steps (and a dataset pass's, pass_runs.py) with the lock held: all at once
-        optimistically (optimistic_runs.py), else one by one through the checked path, step i
-        named `{where}[i]` in its error with `note` (formatted with index and count); cut at
-        the checkpoint cadence's versions when there is one."""
-        cadence = self.update_cadence
-        if cadence is None:
-            return self._run_part(steps, sizes, where, note, range(len(steps)), norms=norms)
-        every, save = cadence
-        results: list[StepResult] = []
-        start, version = 0, self.version
-        for index, step in enumerate(steps):
-            version += step.apply_update
-            if (step.apply_update and version % every == 0) or index == len(steps) - 1:
-                done = range(start, index + 1)
-                part = self._run_part(steps, sizes, where, note, done, norms=norms)
-                results.extend(part.steps)
-                start = index + 1
-                if self.version % every == 0 and step.apply_update:
-                    save(self._state_copy())
-        return TrainResult(tuple(results))
-
-    def _run_part(
-        self,
-        steps: Sequence[TrainStep],
-        sizes: Sequence[list[int]],
-        where: str,
-        note: str,
-        part: range,
-        *,
-        norms: bool,
-    ) -> TrainResult:
-        """The steps of `part`, named by their index in the whole request."""
-        if self._optimistic:
-            chosen = slice(part.start, part.stop)
-            result = self._train_optimistically(steps[chosen], sizes[chosen], norms=norms)
-            if result is not None:
-                return result
-        results = []
-        for index in part:
-            with scoped(f"{where}[{index}]", note=note.format(index=index, count=len(steps))):
-                results.append(self._run_step(steps[index], sizes[index]))
-        return TrainResult(tuple(results))
+        """Train's steps (and a dataset pass's, pass_runs.py) with the lock held (cadence.py)."""
+        optimistic = self._optimistic_runs.train_optimistically if self._optimistic else None
+        runner = StepRunner(
+            (lambda chosen, sizes: optimistic(chosen, sizes, norms=norms)) if optimistic else None,
+            self._run_step,
+            lambda: self.version,
+            self._transfer.state_copy,
+        )
+        return run_steps(steps, sizes, where, note, runner, cadence=self.update_cadence)
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
         losses = tuple(
@@ -286,7 +296,7 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
             for i, ((inputs, targets), size) in enumerate(zip(step.batches, sizes, strict=True))
         )
         if not step.apply_update:
-            return StepResult(losses, self.version, self.accumulated_batches)
+            return StepResult(losses, self._state.version, self._state.accumulated_batches)
         update = self._step(
             step.learning_rate,
             step.reduction,
@@ -307,28 +317,20 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
     ) -> tuple[float, Gradients]:
         """Compute one batch's gradients, then add them. Call with the lock held. A refused
         batch leaves the buffers its forward pass changed as they were."""
-        with self._buffer_keeper.kept():
+        state = self._state
+        with state.buffer_keeper.kept():
             if loss_function is None:
-                loss, gradients = self._compute(inputs, targets, weight)
-            else:
-                loss, gradients = self._compute_with(inputs, targets, loss_function)
+                loss, gradients = self.compute_strategy.compute(inputs, targets, weight)
+            else:  # per-batch losses are local_only
+                loss, gradients = local_gradients(state, inputs, targets, loss_function)
             self._add(gradients, batch_size, weight)
         return loss, gradients
 
-    def _compute(
-        self, inputs: torch.Tensor, targets: torch.Tensor, weight: float
-    ) -> tuple[float, Gradients]:
-        """Forward, loss and checked gradients (distributed.py computes these over ranks)."""
-        if inputs.device != self.device:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-        return batch_gradients(
-            self.model, self._named, self._parameters, inputs, targets, version=self.version
-        )
-
     def _add(self, gradients: Gradients, batch_size: int, weight: float) -> None:
-        add_gradients(self._named, gradients, weight, version=self.version)
-        self.accumulated_batches += 1
-        self.accumulated_samples += batch_size
+        state = self._state
+        add_gradients(state.named, gradients, weight, version=state.version)
+        state.accumulated_batches += 1
+        state.accumulated_samples += batch_size
 
     def _step(
         self,
@@ -338,9 +340,11 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         hyperparameters: Hyperparameters = NO_OVERRIDES,
         max_grad_norm: float | None = None,
     ) -> UpdateResult:
-        """One optimizer step with the accumulated gradients. Call with the lock held."""
-        self._check_version(expected_version)
-        if self.accumulated_batches == 0:
+        """One optimizer step with the accumulated gradients, then the strategy's part (the
+        other ranks take the same step). Call with the lock held."""
+        state = self._state
+        state.check_version(expected_version)
+        if state.accumulated_batches == 0:
             raise FailedPreconditionError(
                 "nothing to apply: no gradients accumulated since the last update",
                 reason="NOTHING_ACCUMULATED",
@@ -348,39 +352,41 @@ class ParameterStore(StateTransfer, OutputPasses, ModelAccess, OptimisticRuns, P
         norm, clipped = self._rollback.step(
             learning_rate,
             reduction,
-            self.accumulated_batches,
+            state.accumulated_batches,
             hyperparameters,
             max_grad_norm,
-            known_norm=self._take_known_norm(),
+            known_norm=self._optimistic_runs.take_known_norm(),
         )
         self.optimizer.zero_grad()
-        batches, samples = self.accumulated_batches, self.accumulated_samples
-        result = UpdateResult(self.version + 1, batches, samples, norm, clipped=clipped)
-        self.version += 1
-        self.accumulated_batches = 0
-        self.accumulated_samples = 0
+        batches, samples = state.accumulated_batches, state.accumulated_samples
+        result = UpdateResult(state.version + 1, batches, samples, norm, clipped=clipped)
+        state.version += 1
+        state.accumulated_batches = 0
+        state.accumulated_samples = 0
+        self.compute_strategy.stepped(learning_rate, reduction, hyperparameters, max_grad_norm)
         return result
 
     def discard_gradients(self) -> DiscardResult:
-        with self._lock:
-            discarded = self.accumulated_batches
+        state = self._state
+        with state.lock:
+            discarded = state.accumulated_batches
             self._drop_gradients()
-            return DiscardResult(discarded_batches=discarded, model_version=self.version)
+            return DiscardResult(discarded_batches=discarded, model_version=state.version)
 
     def _drop_gradients(self) -> None:
-        for parameter in self._parameters:
+        """Then the strategy's part (the other ranks take rank 0's parameters)."""
+        state = self._state
+        for parameter in state.parameters:
             parameter.grad = None
-        self.accumulated_batches = 0
-        self.accumulated_samples = 0
+        state.accumulated_batches = 0
+        state.accumulated_samples = 0
+        self.compute_strategy.dropped()
 
-    def _check_version(self, expected_version: int | None) -> None:
-        if expected_version is not None and expected_version != self.version:
-            raise VersionConflictError(
-                f"expected_version: {expected_version}, but the model is at version "
-                f"{self.version}; nothing was applied",
-                field="expected_version",
-                metadata={
-                    "expected_version": str(expected_version),
-                    "model_version": str(self.version),
-                },
-            )
+    # -- what the collaborators answer for the store (delegated in __init__) ----------------
+
+    def compute_outputs(
+        self, inputs: torch.Tensor, *, request_id: str = "", bounds: HandleBounds | None = None
+    ) -> OutputsResult:
+        check_request_id(request_id)
+        self.local_only("inputs")
+        return self._outputs.compute_outputs(inputs, request_id=request_id, bounds=bounds)

@@ -9,22 +9,23 @@ so the parameters are bitwise those of the equivalent steps. What it skips is th
 work the pass makes redundant: check_steps' look at every batch (the batches are samples of a
 dataset checked whole against this model at upload, so one batch of each size is looked at),
 and, unless asked or clipping, the gradient norm of every update.
+
+Owned by ParameterStore (parameter_store.py), which delegates train_pass to it; it reads the
+store's LiveState (live_state.py) and runs the steps through the store's `_run_steps`.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gradserve.types import TrainResult, TrainStep
 
-from ..models.model import Model
-from ..models.optimizers import Optimizer
 from ..tracing import traced
 from .buffers import check_training_batch
 from .error_scope import scoped
-from .request_ids import RequestIdWindow, check_request_id
+from .live_state import LiveState
+from .request_ids import check_request_id
 from .updates import check_update
 
 _NOTE = (
@@ -46,14 +47,12 @@ class PassSteps:
 
 
 class PassRuns:
-    # The ParameterStore's, set by its __init__.
-    model: Model
-    optimizer: Optimizer
-    _lock: threading.Lock
-    _smallest_batch: int
-    _request_ids: RequestIdWindow
-    _run_steps: Callable[..., TrainResult]
-    _check_version: Callable[[int | None], None]
+    """Dataset passes on one store's LiveState. `run_steps` is the store's: the steps run
+    as Train's do (optimistically, else checked), with the lock held."""
+
+    def __init__(self, state: LiveState, run_steps: Callable[..., TrainResult]) -> None:
+        self._state = state
+        self._run_steps = run_steps
 
     @traced("gradserve.train_pass")
     def train_pass(self, expanded: PassSteps, *, request_id: str = "") -> TrainResult:
@@ -68,22 +67,27 @@ class PassRuns:
 
         def run() -> TrainResult:
             with scoped("dataset_pass"):
-                self._check_version(expanded.expected_version)
+                self._state.check_version(expanded.expected_version)
             return self._run_steps(steps, sizes, "dataset_pass.steps", _NOTE, norms=norms)
 
-        with self._lock:
-            return self._request_ids.remembered("train", request_id, run, *expanded.fingerprint)
+        with self._state.lock:
+            return self._state.request_ids.remembered(
+                "train", request_id, run, *expanded.fingerprint
+            )
 
     def _pass_sizes(self, steps: list[TrainStep]) -> list[list[int]]:
         first, last = steps[0], steps[-1]
         with scoped("dataset_pass"):
             check_update(
-                self.optimizer, first.learning_rate, first.hyperparameters, first.max_grad_norm
+                self._state.optimizer,
+                first.learning_rate,
+                first.hyperparameters,
+                first.max_grad_norm,
             )
-            size = self.model.check_batch(*first.batches[0], values=False)
-            last_size = self.model.check_batch(*last.batches[0], values=False)
+            size = self._state.model.check_batch(*first.batches[0], values=False)
+            last_size = self._state.model.check_batch(*last.batches[0], values=False)
         with scoped("dataset_pass.batch_size"):
-            check_training_batch(last_size, self._smallest_batch)
+            check_training_batch(last_size, self._state.smallest_batch)
         sizes = [[size]] * (len(steps) - 1)
         sizes.append([last_size])
         return sizes

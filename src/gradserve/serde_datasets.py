@@ -15,7 +15,13 @@ from gradserve.codec import dtype_from_proto, dtype_to_proto, spec_to_proto
 from gradserve.dataset_digest import dataset_digest
 from gradserve.errors import InvalidArgumentError
 from gradserve.pass_types import DatasetPass
-from gradserve.types import DatasetBatch, DatasetSummary, TensorSpec
+from gradserve.types import (
+    DatasetBatch,
+    DatasetSummary,
+    DatasetUploadHeader,
+    DeclaredTensor,
+    TensorSpec,
+)
 from gradserve.v1 import gradserve_pb2 as pb
 
 # Indices one DatasetSlice may carry (a batch of more samples is over any batch limit).
@@ -93,6 +99,48 @@ def upload_result_to_proto(summary: DatasetSummary) -> pb.UploadDatasetResponse:
 
 def upload_result_from_proto(message: pb.UploadDatasetResponse) -> DatasetSummary:
     return dataset_summary_from_proto(message.dataset, message.unchanged, message.replaced)
+
+
+def datasets_to_proto(listed: list[DatasetSummary], available: int) -> pb.ListDatasetsResponse:
+    return pb.ListDatasetsResponse(
+        datasets=[dataset_summary_to_proto(summary) for summary in listed],
+        dataset_bytes_available=available,
+    )
+
+
+def deleted_dataset_to_proto(released_bytes: int) -> pb.DeleteDatasetResponse:
+    return pb.DeleteDatasetResponse(released_bytes=released_bytes)
+
+
+def upload_header_from_proto(message: pb.UploadDatasetRequest) -> DatasetUploadHeader:
+    """The header as sent; dtypes and shapes are checked against the run's model."""
+
+    def declared(spec: pb.TensorSpec) -> DeclaredTensor:
+        return DeclaredTensor(spec.dtype, tuple(spec.shape))
+
+    return DatasetUploadHeader(
+        message.run,
+        message.name,
+        declared(message.inputs),
+        declared(message.targets),
+        message.replace,
+        message.digest,
+    )
+
+
+def upload_data_from_proto(
+    first: pb.UploadDatasetRequest, rest: Iterator[pb.UploadDatasetRequest]
+) -> Iterator[bytes]:
+    """The upload's bytes, message by message (the header's too), as they arrive."""
+    yield first.data
+    for message in rest:
+        if message.run or message.name or message.HasField("inputs") or message.digest:
+            raise InvalidArgumentError(
+                "name: the header (run, name, inputs, targets, digest) is for the first "
+                "message only",
+                field="name",
+            )
+        yield message.data  # read once: the upb backend builds a new object on every access
 
 
 def upload_requests(

@@ -12,11 +12,40 @@ from gradserve.types import (
     CheckpointSummary,
     LoadResult,
     ModelInfo,
+    RunRequest,
     RunSummary,
     SavedCheckpoint,
     StateDigest,
 )
 from gradserve.v1 import gradserve_pb2 as pb
+
+
+def run_request_to_proto(request: RunRequest) -> pb.CreateRunRequest:
+    message = pb.CreateRunRequest(
+        run=request.run,
+        model=request.model,
+        loss=request.loss,
+        optimizer=request.optimizer,
+        from_checkpoint=request.from_checkpoint,
+        with_optimizer_state=request.with_optimizer_state,
+        request_id=request.request_id,
+    )
+    if request.seed is not None:
+        message.seed = request.seed
+    return message
+
+
+def run_request_from_proto(message: pb.CreateRunRequest) -> RunRequest:
+    return RunRequest(
+        run=message.run,
+        model=message.model,
+        loss=message.loss,
+        optimizer=message.optimizer,
+        seed=message.seed if message.HasField("seed") else None,
+        from_checkpoint=message.from_checkpoint,
+        with_optimizer_state=message.with_optimizer_state,
+        request_id=message.request_id,
+    )
 
 
 def created_run_to_proto(run: str, info: ModelInfo) -> pb.CreateRunResponse:
@@ -97,6 +126,22 @@ def load_result_to_proto(result: LoadResult) -> pb.LoadCheckpointResponse:
         discarded_batches=result.discarded_batches,
         digest=result.digest,
     )
+
+
+def deleted_run_to_proto(deleted_checkpoints: int) -> pb.DeleteRunResponse:
+    return pb.DeleteRunResponse(deleted_checkpoints=deleted_checkpoints)
+
+
+def deleted_checkpoint_to_proto() -> pb.DeleteCheckpointResponse:
+    return pb.DeleteCheckpointResponse()
+
+
+def checkpoints_to_proto(listed: list[CheckpointSummary]) -> pb.ListCheckpointsResponse:
+    return pb.ListCheckpointsResponse(checkpoints=[checkpoint_summary_to_proto(c) for c in listed])
+
+
+def runs_to_proto(listed: list[RunSummary]) -> pb.ListRunsResponse:
+    return pb.ListRunsResponse(runs=[run_summary_to_proto(summary) for summary in listed])
 
 
 def load_result_from_proto(message: pb.LoadCheckpointResponse) -> LoadResult:

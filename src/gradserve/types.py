@@ -263,6 +263,28 @@ class DatasetSummary:
     replaced: bool = False
 
 
+@dataclass(frozen=True)
+class DeclaredTensor:
+    """A tensor an upload declares before its bytes: the wire dtype (a gradserve.v1.DataType
+    value, checked where the model is known) and the full shape, both as sent."""
+
+    dtype: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetUploadHeader:
+    """The first UploadDataset message without its bytes: which dataset, of what shape."""
+
+    run: str
+    name: str
+    inputs: DeclaredTensor
+    targets: DeclaredTensor
+    replace: bool = False
+    # The content's digest as the client computed it ("" when not sent).
+    digest: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class StepResult:
     losses: tuple[float, ...]
@@ -278,6 +300,23 @@ class StepResult:
 class TrainResult:
     steps: tuple[StepResult, ...]
     replayed: bool = False
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What CreateRun asks for: a fresh run of a model, or a fork of a checkpoint."""
+
+    # "" to have the server name it.
+    run: str = ""
+    model: str = ""
+    loss: str = ""
+    optimizer: str = ""
+    # None: the default (0, or a fork's source's seed).
+    seed: int | None = None
+    # "RUN/NAME" of a checkpoint to fork; "" for a fresh run.
+    from_checkpoint: str = ""
+    with_optimizer_state: bool = False
+    request_id: str = ""
 
 
 @dataclass(frozen=True)

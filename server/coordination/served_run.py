@@ -1,18 +1,15 @@
-"""How many workers share one model: the object the servicer calls for everything it serves.
+"""One run as the servicer serves it: every run-scoped RPC is one call on its ServedRun.
 
-A coordinator stands between the servicer and the ParameterStore and records each call's
-result in the metrics, once. Three modes (CoordinationConfig.mode):
-- direct (this module): each call acts at once, and Train runs its steps in the store.
-- sync (sync_coordinator.py): ApplyUpdate is a barrier; one MEAN update per N contributions.
-- async (async_coordinator.py): each update steps at once; stale contributions are bounded.
-Sync and async decide per ComputeGradients/ApplyUpdate call, so they refuse Train (a stream of
-steps would bypass them) with FAILED_PRECONDITION naming the field "mode".
+A ServedRun stands between the servicer and the run's ParameterStore (training, parameters,
+outputs, digests), its checkpoint folder and its datasets, and records each call's result in
+the metrics, once. How updates are coordinated among workers is the UpdatePolicy it holds
+(update_policy.py: direct; sync.py; asynchronous.py), picked by CoordinationConfig.mode.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TypeVar
 
 import torch
@@ -21,41 +18,72 @@ from gradserve.errors import FailedPreconditionError
 from gradserve.graph_types import GraphDescription
 from gradserve.types import (
     BatchLoss,
+    CheckpointSummary,
+    DatasetSummary,
+    DatasetUploadHeader,
     DiscardResult,
     EvaluationResult,
     GradientResult,
+    LoadResult,
     ModelInfo,
     OutputsResult,
     Reduction,
+    SavedCheckpoint,
     SetResult,
+    StateDigest,
     TrainResult,
     TrainStep,
     UpdateResult,
 )
 
+from ..checkpoints.checks import ModelLayout
 from ..checkpoints.durability import GroupCommit
+from ..checkpoints.files import Checkpointer, read_for_load
+from ..checkpoints.names import summaries
 from ..config import CoordinationConfig, LimitsConfig
+from ..datasets.registry import DatasetRegistry
+from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
 from ..store.pass_runs import PassSteps
+from ..store.store_state import StoreState
+from .asynchronous import AsyncUpdates
+from .sync import SyncUpdates
+from .update_policy import DirectUpdates, UpdateCall, UpdatePolicy
 
 T = TypeVar("T")
 
 
-class DirectCoordinator:
-    """Every call goes straight to the store: one worker, or workers that coordinate themselves."""
+def update_policy(
+    store: ParameterStore, config: CoordinationConfig, metrics: RunMetrics, limits: LimitsConfig
+) -> UpdatePolicy:
+    if config.mode == "sync":
+        return SyncUpdates(store, config, metrics, limits)
+    if config.mode == "async":
+        return AsyncUpdates(store, config, metrics)
+    return DirectUpdates(store, metrics)
+
+
+class ServedRun:
+    """A run's store, checkpoints and update policy behind one object per run."""
 
     def __init__(
         self,
         store: ParameterStore,
         metrics: RunMetrics | None = None,
         limits: LimitsConfig | None = None,
+        coordination: CoordinationConfig | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics if metrics is not None else ServerMetrics().for_run("", store)
         self.limits = limits if limits is not None else LimitsConfig()
+        self.policy = update_policy(
+            store, coordination or CoordinationConfig(), self.metrics, self.limits
+        )
+        # The run's checkpoint folder (None without --checkpoint-dir).
+        self.checkpointer: Checkpointer | None = None
         # --durability sync (server/checkpoints/durability.py): changes wait for their checkpoint.
         self.durability: GroupCommit | None = None
 
@@ -65,6 +93,8 @@ class DirectCoordinator:
         if self.durability is not None:
             self.durability.wait_durable()
         return result
+
+    # -- training ------------------------------------------------------------------------
 
     def compute_gradients(
         self,
@@ -76,16 +106,17 @@ class DirectCoordinator:
         based_on_version: int | None = None,
         batch_loss: BatchLoss | None = None,
     ) -> GradientResult:
+        seen: list[float] = []
         result = self.store.compute_gradients(
             inputs,
             targets,
             request_id=request_id,
             return_gradients=return_gradients,
+            weigh=self.policy.weigher(based_on_version, seen),
             max_response_bytes=self.limits.max_message_bytes,
             batch_loss=batch_loss,
         )
-        self.metrics.record_gradients(result)
-        return result
+        return self._recorded(result, seen)
 
     def compute_outputs(self, inputs: torch.Tensor, *, request_id: str = "") -> OutputsResult:
         bounds = HandleBounds.of(self.limits)
@@ -100,9 +131,25 @@ class DirectCoordinator:
         request_id: str = "",
         based_on_version: int | None = None,
     ) -> GradientResult:
-        """A contribution like a ComputeGradients batch (sync rounds count it as one)."""
-        result = self.store.backward_outputs(handle, output_gradients, loss, request_id=request_id)
+        """A contribution like a ComputeGradients batch (sync rounds count it as one; async
+        staleness is measured when the backward pass runs)."""
+        seen: list[float] = []
+        result = self.store.backward_outputs(
+            handle,
+            output_gradients,
+            loss,
+            request_id=request_id,
+            weigh=self.policy.weigher(based_on_version, seen),
+        )
+        return self._recorded(result, seen)
+
+    def _recorded(self, result: GradientResult, seen: list[float]) -> GradientResult:
         self.metrics.record_gradients(result)
+        if seen:
+            staleness, weight = seen
+            self.metrics.staleness.observe(staleness)
+            if weight != 1.0:
+                self.metrics.stale_contributions.labels("downweighted").inc()
         return result
 
     def apply_update(
@@ -116,20 +163,19 @@ class DirectCoordinator:
         hyperparameters: Hyperparameters = NO_OVERRIDES,
         max_grad_norm: float | None = None,
     ) -> UpdateResult:
-        """`hyperparameters`, `max_grad_norm`: this update's optimizer overrides and
-        clipping (server/store/updates.py)."""
-        result = self.store.apply_update(
+        call = UpdateCall(
             learning_rate,
-            reduction=reduction,
-            expected_version=expected_version,
-            request_id=request_id,
-            hyperparameters=hyperparameters,
-            max_grad_norm=max_grad_norm,
+            reduction,
+            expected_version,
+            request_id,
+            time_remaining,
+            hyperparameters,
+            max_grad_norm,
         )
-        self.metrics.record_update(result)
-        return self.durable(result)
+        return self.durable(self.policy.apply(call))
 
     def train(self, steps: Sequence[TrainStep], *, request_id: str = "") -> TrainResult:
+        self.policy.check_streamed()
         result = self.store.train(steps, request_id=request_id)
         samples = sum(int(inputs.shape[0]) for step in steps for inputs, _ in step.batches)
         self.metrics.record_train(result, samples)
@@ -137,6 +183,7 @@ class DirectCoordinator:
 
     def train_pass(self, expanded: PassSteps, *, request_id: str = "") -> TrainResult:
         """A dataset pass (server/store/pass_runs.py), recorded as the same steps would be."""
+        self.policy.check_streamed()
         result = self.store.train_pass(expanded, request_id=request_id)
         samples = sum(int(step.batches[0][0].shape[0]) for step in expanded.steps)
         norms = expanded.gradient_norms or expanded.steps[0].max_grad_norm is not None
@@ -151,6 +198,31 @@ class DirectCoordinator:
         return_predictions: bool = False,
     ) -> EvaluationResult:
         return self.store.evaluate(inputs, targets, return_predictions=return_predictions)
+
+    def discard_gradients(self) -> DiscardResult:
+        return self.store.discard_gradients()
+
+    def describe_graph(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        max_nodes: int = 0,
+        return_gradients: bool = False,
+    ) -> GraphDescription:
+        return self.store.describe_graph(
+            inputs, targets, max_nodes=max_nodes, return_gradients=return_gradients
+        )
+
+    # -- parameters ----------------------------------------------------------------------
+
+    def info(self) -> ModelInfo:
+        """The store's model info with the server's limits."""
+        return dataclasses.replace(
+            self.store.info(),
+            max_batch_elements=self.limits.max_batch_elements,
+            max_message_bytes=self.limits.max_message_bytes,
+        )
 
     def read_parameters(
         self,
@@ -201,67 +273,58 @@ class DirectCoordinator:
         self.metrics.record_set(result, method)
         return self.durable(result)
 
-    def discard_gradients(self) -> DiscardResult:
-        return self.store.discard_gradients()
+    def state_digest(self) -> StateDigest:
+        digest, version = self.store.state_digest()
+        return StateDigest(digest, version)
 
-    def info(self) -> ModelInfo:
-        """The store's model info with the server's limits."""
-        return dataclasses.replace(
-            self.store.info(),
-            max_batch_elements=self.limits.max_batch_elements,
-            max_message_bytes=self.limits.max_message_bytes,
+    # -- checkpoints and datasets --------------------------------------------------------
+
+    def _checkpoints(self) -> Checkpointer:
+        if self.checkpointer is None:
+            raise FailedPreconditionError(
+                "this server has no checkpoint directory (--checkpoint-dir)",
+                field="checkpoint_dir",
+                reason="NO_CHECKPOINT_DIRECTORY",
+            )
+        return self.checkpointer
+
+    def save_checkpoint(self, name: str) -> SavedCheckpoint:
+        saved = self._checkpoints().save(name)
+        return SavedCheckpoint(
+            saved.name, saved.model_version, saved.accumulated_batches, saved.digest
         )
 
-    def describe_graph(
+    def list_checkpoints(self) -> list[CheckpointSummary]:
+        return summaries(self.checkpointer.directory) if self.checkpointer is not None else []
+
+    def load_checkpoint(
+        self, name: str, *, with_optimizer_state: bool, request_id: str = ""
+    ) -> LoadResult:
+        checkpointer = self._checkpoints()
+        layout = ModelLayout.of(self.store)
+
+        def read() -> StoreState:
+            # Under the store's lock, and only when the request id is new.
+            return read_for_load(checkpointer.find(name).path, layout, "name")
+
+        result = self.store.load_checkpoint(
+            read,
+            with_optimizer_state=with_optimizer_state,
+            request_id=request_id,
+            payload=(name,),
+        )
+        return self.durable(result)
+
+    def delete_checkpoint(self, name: str) -> None:
+        self._checkpoints().delete(name)
+
+    def upload_dataset(
         self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        *,
-        max_nodes: int = 0,
-        return_gradients: bool = False,
-    ) -> GraphDescription:
-        return self.store.describe_graph(
-            inputs, targets, max_nodes=max_nodes, return_gradients=return_gradients
-        )
-
-
-class RoundCoordinator(DirectCoordinator):
-    """Base of the modes that decide per ComputeGradients/ApplyUpdate call (sync, async)."""
-
-    def __init__(
-        self,
-        store: ParameterStore,
-        config: CoordinationConfig,
-        metrics: RunMetrics | None = None,
-        limits: LimitsConfig | None = None,
-    ) -> None:
-        super().__init__(store, metrics, limits)
-        self.config = config
-
-    def train(self, steps: Sequence[TrainStep], *, request_id: str = "") -> TrainResult:
-        raise FailedPreconditionError(
-            "Train runs in --mode direct only; in sync or async mode call "
-            "ComputeGradients and ApplyUpdate (client/train.py --transport unary)",
-            field="mode",
-            reason="UNSUPPORTED_IN_MODE",
-        )
-
-    def train_pass(self, expanded: PassSteps, *, request_id: str = "") -> TrainResult:
-        return self.train(expanded.steps, request_id=request_id)
-
-
-def build_coordinator(
-    store: ParameterStore,
-    config: CoordinationConfig,
-    metrics: RunMetrics | None = None,
-    limits: LimitsConfig | None = None,
-) -> DirectCoordinator:
-    # Imported here: the modes build on this module's classes.
-    from .asynchronous import AsyncCoordinator  # noqa: PLC0415
-    from .sync import SyncCoordinator  # noqa: PLC0415
-
-    if config.mode == "sync":
-        return SyncCoordinator(store, config, metrics, limits)
-    if config.mode == "async":
-        return AsyncCoordinator(store, config, metrics, limits)
-    return DirectCoordinator(store, metrics, limits)
+        header: DatasetUploadHeader,
+        data: Iterator[bytes],
+        datasets: DatasetRegistry,
+        owner: Hashable,
+    ) -> DatasetSummary:
+        """A dataset checked against this run's model, kept in `datasets` for `owner`."""
+        uploaded = upload_dataset(header, data, self.store.model, datasets, owner)
+        return uploaded.dataset.summary(uploaded.unchanged, uploaded.replaced)

@@ -1,17 +1,17 @@
-"""What every GradientClient call shares: the channel, deadlines, retries, and the run.
+"""The one object a GradientClient calls through: channel, deadlines, retries, errors, run.
 
-A client is bound to one run (`run`, "" for the default run): the RPC methods put it into
-every request that has a `run` field, and `_metadata` carries it as `gradserve-run` so that
-a proxy can place the call by run without reading the body (docs/runs.md). `for_run` makes a
-client for another run over the same channel.
+`CallChannel` owns the gRPC channel and its stubs, sets the deadline on every call, retries
+what is safe to retry, and turns grpc.RpcError into GradserveError (its error boundary: the
+call groups never catch grpc.RpcError themselves). It is bound to one run (`run`, "" for the
+default run): `metadata` carries it as `gradserve-run` so that a proxy can place the call by
+run without reading the body (docs/runs.md). `for_run` makes one for another run over the
+same channel.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -26,7 +26,6 @@ from .handshake import tls_hint
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 T = TypeVar("T")
-C = TypeVar("C", bound="ClientBase")
 
 # The request metadata that names the run (server/rpc/runs.py checks it against the body).
 RUN_METADATA = "gradserve-run"
@@ -44,7 +43,26 @@ def run_metadata(metadata: Sequence[tuple[str, str]], run: str) -> Metadata:
     return (*metadata, (RUN_METADATA, run)) if run else tuple(metadata)
 
 
-class ClientBase:
+def new_channel(
+    target: str, max_message_bytes: int, credentials: grpc.ChannelCredentials | None
+) -> grpc.Channel:
+    """A channel to `target` with gradserve's message limits and a short reconnect backoff."""
+    options: list[tuple[str, int]] = [
+        *channel_options(max_message_bytes),
+        # Reconnect soon after a server restart: gRPC's default backoff grows to 120 s,
+        # and calls fail fast while the channel waits it out.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+class CallChannel:
+    """gRPC calls to one server for one run, each with a deadline, retries and GradserveError."""
+
     def __init__(
         self,
         target: str,
@@ -56,60 +74,44 @@ class ClientBase:
         metadata: Sequence[tuple[str, str]] = (),
         channel: grpc.Channel | None = None,
         run: str = "",
+        owns_channel: bool = True,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry
         self.run = run
         # The caller's metadata (the bearer token), and with the run's name for this run.
-        self._caller_metadata = tuple(metadata)
-        self._metadata = run_metadata(self._caller_metadata, run)
+        self.caller_metadata = tuple(metadata)
+        self.metadata = run_metadata(self.caller_metadata, run)
         # Known only for a channel made here: what a failed handshake is checked against.
-        self._uses_tls: bool | None = None
+        self.uses_tls: bool | None = None
         if channel is None:
-            options: list[tuple[str, int]] = [
-                *channel_options(max_message_bytes),
-                # Reconnect soon after a server restart: gRPC's default backoff grows to 120 s,
-                # and calls fail fast while the channel waits it out.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ]
-            if credentials is None:
-                channel = grpc.insecure_channel(target, options=options)
-            else:
-                channel = grpc.secure_channel(target, credentials, options=options)
-            self._uses_tls = credentials is not None
-        self._channel = channel
-        self._owns_channel = True
-        self._stub = pb_grpc.GradientServiceStub(channel)
-        self._health = health_pb2_grpc.HealthStub(channel)
+            channel = new_channel(target, max_message_bytes, credentials)
+            self.uses_tls = credentials is not None
+        self.grpc_channel = channel
+        self.owns_channel = owns_channel
+        self.stub = pb_grpc.GradientServiceStub(self.grpc_channel)
+        self.health = health_pb2_grpc.HealthStub(self.grpc_channel)
 
-    def for_run(self: C, run: str) -> C:
-        """A client for run `run` over this client's channel, with its deadline, retries and
-        credentials. Closing it leaves the channel to this client."""
-        other = copy.copy(self)
-        other.run = run
-        other._metadata = run_metadata(self._caller_metadata, run)
-        other._owns_channel = False
+    def for_run(self, run: str) -> CallChannel:
+        """One for run `run` over this channel, with its deadline, retries and credentials;
+        closing it leaves the channel open."""
+        other = CallChannel(
+            self.target,
+            timeout=self.timeout,
+            retry=self.retry,
+            metadata=self.caller_metadata,
+            channel=self.grpc_channel,
+            run=run,
+            owns_channel=False,
+        )
+        other.uses_tls = self.uses_tls
         return other
 
-    # -- lifecycle ---------------------------------------------------------------------
-
     def close(self) -> None:
-        if self._owns_channel:
-            self._channel.close()
-
-    def __enter__(self: C) -> C:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        """Close the gRPC channel when this object made it (not one `for_run` shares)."""
+        if self.owns_channel:
+            self.grpc_channel.close()
 
     def wait_until_ready(self, timeout: float = 10.0) -> None:
         """Block until the server reports SERVING; UnavailableError after `timeout` seconds."""
@@ -121,15 +123,15 @@ class ClientBase:
                 message = f"server at {self.target} not ready after {timeout:g}s ({last})"
                 # gRPC reports a refused TLS handshake as a timeout: say so when it is one.
                 hint = None
-                if self._uses_tls is not None:
-                    hint = tls_hint(self.target, client_uses_tls=self._uses_tls)
+                if self.uses_tls is not None:
+                    hint = tls_hint(self.target, client_uses_tls=self.uses_tls)
                 raise UnavailableError(f"{message}; {hint}" if hint else message)
             try:
-                response = self._health.Check(
+                response = self.health.Check(
                     health_pb2.HealthCheckRequest(service=SERVICE_NAME),
                     timeout=min(remaining, 2.0),
                     wait_for_ready=True,
-                    metadata=self._metadata,
+                    metadata=self.metadata,
                 )
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -144,9 +146,7 @@ class ClientBase:
             # Polling a health endpoint: the interval bounds how fast readiness is seen.
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
-    # -- internals -----------------------------------------------------------------------
-
-    def _call(
+    def call(
         self,
         method: Callable[..., T],
         request: Any,
@@ -160,7 +160,7 @@ class ClientBase:
 
         Retried only when the request is safe to repeat: reads, or writes carrying a
         request_id (the same id on every attempt). `retry=False` for writes without one."""
-        metadata = self._metadata if run is None else run_metadata(self._caller_metadata, run)
+        metadata = self.metadata if run is None else run_metadata(self.caller_metadata, run)
         max_attempts = self.retry.max_attempts if retry else 1
         attempt = 0
         while True:
@@ -172,8 +172,22 @@ class ClientBase:
                     raise error_from_rpc(error) from None
             time.sleep(self.retry.backoff(attempt))
 
-    def _call_stream(self, method: Callable[..., T], messages: Callable[[], Iterator[Any]]) -> T:
-        """A client-streaming RPC under _call's deadline and retries: `messages()` makes the
+    def call_stream(self, method: Callable[..., T], messages: Callable[[], Iterator[Any]]) -> T:
+        """A client-streaming RPC under `call`'s deadline and retries: `messages()` makes the
         request stream anew for every attempt (an iterator the failed attempt used up cannot
         be sent again)."""
-        return self._call(lambda _, **options: method(messages(), **options), None)
+        return self.call(lambda _, **options: method(messages(), **options), None)
+
+    def responses(
+        self, method: Callable[..., Any], request: Any, *, timeout: float | None = None
+    ) -> Generator[Any, None, None]:
+        """A server-streaming (or bidirectional) RPC's answers, once, without retries: its
+        deadline `timeout` (default the client's) bounds the whole stream. The call is
+        cancelled when the caller stops reading early, so the server stops too."""
+        call = method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        finally:
+            call.cancel()

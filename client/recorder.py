@@ -86,16 +86,19 @@ class Recorder:
         """Close the epoch that `done` ends; `validation`: (loss, accuracy) after it."""
         epoch = done.step.epoch
         first = self._epoch_first_step[epoch]
-        losses = [loss for s in range(first, done.step.number + 1) for loss in self._step_losses[s]]
+        # A step the server applied and checkpointed before a crash, whose answer never came,
+        # is not run again after the re-sync: its losses are unknown, not an error.
+        steps = range(first, done.step.number + 1)
+        losses = [loss for s in steps for loss in self._step_losses.get(s, ())]
         summary, metrics = self.summary, self.metrics
-        mean_loss = sum(losses) / len(losses)
+        mean_loss = sum(losses) / len(losses) if losses else math.nan
         summary.epoch_losses.append(mean_loss)
         summary.batch_losses.extend(losses)
-        summary.last_loss = losses[-1]
+        summary.last_loss = losses[-1] if losses else math.nan
         self._epochs.append((done.step.number, len(losses)))
         metrics.epoch_loss.set(mean_loss)
         metrics.epoch.set(epoch + 1)
-        report = EpochReport(epoch, losses[-1], mean_loss)
+        report = EpochReport(epoch, summary.last_loss, mean_loss)
         if validation is not None:
             validation_loss, accuracy = validation
             summary.validation_loss, summary.accuracy = validation_loss, accuracy
@@ -104,7 +107,7 @@ class Recorder:
             if accuracy is not None:
                 summary.accuracies.append(accuracy)
                 metrics.accuracy.set(accuracy)
-            report = EpochReport(epoch, losses[-1], mean_loss, validation_loss, accuracy)
+            report = EpochReport(epoch, summary.last_loss, mean_loss, validation_loss, accuracy)
         self._print(report)
         return report
 

@@ -188,8 +188,9 @@ def test_stopping_writes_no_second_checkpoint_of_an_unchanged_state(
 
 
 def test_checkpoint_cadence_counts_updates_inside_one_train_request(make_server, tmp_path) -> None:
-    # One Train request of 30 steps with an update each, saved every 10 updates: the
-    # checkpoints are at versions 10, 20 and 30, not once per request.
+    # One Train request of 35 steps with an update each, saved every 10 updates: checkpoints
+    # at versions 10, 20 and 30 are written inside the request, not once per request (its
+    # end, v35, is the background thread's, as after any request).
     server = make_server(
         checkpoint_dir=str(tmp_path), checkpoint_every_updates=10, checkpoint_keep=10
     )
@@ -197,12 +198,12 @@ def test_checkpoint_cadence_counts_updates_inside_one_train_request(make_server,
     generator = torch.Generator().manual_seed(3)
     steps = [
         TrainStep((linear_batch(5, generator),), apply_update=True, learning_rate=0.05)
-        for _ in range(30)
+        for _ in range(35)
     ]
     for running in (server, plain):
         with GradientClient(running.address) as client:
             (answer,) = client.train_stream([steps])
-            assert [step.model_version for step in answer] == list(range(1, 31))
+            assert [step.model_version for step in answer] == list(range(1, 36))
     versions = {int(p.name.rpartition("-v")[2]) for _, p in list_checkpoints(tmp_path)}
     assert {10, 20, 30} <= versions, versions
     # Cut at the cadence, the request trains bitwise as in one piece.

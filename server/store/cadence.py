@@ -4,7 +4,8 @@ the checkpoint cadence (--checkpoint-every-updates counted inside a request).
 The background checkpointer sees the version between requests only, so a 100-step request
 with N = 10 used to leave one checkpoint. With a cadence set (checkpoints/files.py sets it on
 the store), the steps run in parts that end at each update reaching a multiple of N, and the
-state there is copied (under the store's lock, already held) and handed to `save`.
+state there is copied (under the store's lock, already held) and handed to `save`; the state
+at the request's end is left to the background thread, as a one-step request's always was.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def run_steps(
         if (step.apply_update and expected % every == 0) or index == len(steps) - 1:
             results.extend(run(range(start, index + 1)))
             start = index + 1
-            if step.apply_update and runner.version() % every == 0:
+            # The request's last state stays for the background thread to see and save
+            # (one step per request costs nothing more than before); the ones inside it
+            # would be gone by then.
+            last = index == len(steps) - 1
+            if step.apply_update and runner.version() % every == 0 and not last:
                 save(runner.state_copy())
     return TrainResult(tuple(results))

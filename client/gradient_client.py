@@ -28,6 +28,7 @@ from gradserve.types import (
     ModelInfo,
     OutputsResult,
     Reduction,
+    RunDetails,
     RunSummary,
     SavedCheckpoint,
     StateDigest,
@@ -52,8 +53,9 @@ from .train_calls import TrainCalls
 __all__ = ["NO_RETRY", "GradientClient", "RetryPolicy", "new_request_id"]
 __all__ += ["DEFAULT_MAX_MESSAGE_BYTES", "SERVICE_NAME"]
 __all__ += ["DatasetBatch", "DatasetPass", "EvaluationResult", "GradientResult", "ModelInfo"]
-__all__ += ["PassResult", "Reduction", "RunSummary", "StepResult", "TensorSpec", "TrainStep"]
-__all__ += ["Graph", "GraphDescription", "GraphEdge", "GraphNode", "NodeKind", "UpdateResult"]
+__all__ += ["PassResult", "Reduction", "RunDetails", "RunSummary", "StepResult"]
+__all__ += ["TensorSpec", "TrainStep", "UpdateResult"]
+__all__ += ["Graph", "GraphDescription", "GraphEdge", "GraphNode", "NodeKind"]
 
 
 class GradientClient:
@@ -308,6 +310,10 @@ class GradientClient:
     def list_runs(self) -> list[RunSummary]:
         """The runs this caller may see, sorted by name."""
         return self.runs.list_runs()
+
+    def get_run(self, run: str) -> RunDetails:
+        """One run this caller may see: its summary, owner, base, checkpoints and datasets."""
+        return self.runs.get_run(run)
 
     def delete_run(self, run: str, *, delete_checkpoints: bool = False) -> int:
         """Delete run `run`; the checkpoints deleted with it (RunCalls.delete_run)."""

@@ -14,6 +14,7 @@ from gradserve.types import (
     CheckpointSummary,
     LoadResult,
     ModelInfo,
+    RunDetails,
     RunSummary,
     SavedCheckpoint,
     StateDigest,
@@ -67,6 +68,11 @@ class RunCalls:
         """The runs this caller may see, sorted by name."""
         response = self._channel.call(self._channel.stub.ListRuns, pb.ListRunsRequest())
         return [serde_runs.run_summary_from_proto(summary) for summary in response.runs]
+
+    def get_run(self, run: str) -> RunDetails:
+        """One run this caller may see: its summary, owner, base, checkpoints and datasets."""
+        response = self._channel.call(self._channel.stub.GetRun, pb.GetRunRequest(run=run))
+        return serde_runs.run_details_from_proto(response)
 
     def delete_run(self, run: str, *, delete_checkpoints: bool = False) -> int:
         """Delete run `run` (never the default run); returns the checkpoints deleted with it.

@@ -98,6 +98,12 @@ class RunRpcs:
     ) -> pb.ListRunsResponse:
         return serde_runs.runs_to_proto(self._runs.list(self._access.principal(context)))
 
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        run = self._access.run_of(request.run, context)
+        held = self._datasets.list(run)
+        details = self._runs.details(run, len(held), sum(dataset.bytes for dataset in held))
+        return serde_runs.run_details_to_proto(details)
+
     def DeleteRun(
         self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
     ) -> pb.DeleteRunResponse:

@@ -160,6 +160,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
     ) -> pb.ListRunsResponse:
         return self._runs.ListRuns(request, context)
 
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        return self._runs.GetRun(request, context)
+
     def DeleteRun(
         self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
     ) -> pb.DeleteRunResponse:

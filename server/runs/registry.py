@@ -32,8 +32,9 @@ from gradserve.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from gradserve.types import RunSummary
+from gradserve.types import RunDetails, RunSummary
 
+from ..checkpoints.names import summaries
 from ..coordination.served_run import ServedRun
 from .lifecycle import Run, RunBuilder, RunSpec
 from .names import DEFAULT_RUN, check_run_name
@@ -125,18 +126,22 @@ class RunRegistry:
     def list(self, principal: Principal) -> list[RunSummary]:
         with self._lock:
             runs = sorted(self._runs.values(), key=lambda run: run.name)
-        return [
-            RunSummary(
-                run.name,
-                run.model_spec,
-                run.optimizer_description,
-                run.version,
-                run.served is not None,
-                run.parameter_bytes,
-            )
-            for run in runs
-            if self._may_use(run, principal)
-        ]
+        return [_summary(run) for run in runs if self._may_use(run, principal)]
+
+    def details(self, run: Run, datasets: int, dataset_bytes: int) -> RunDetails:
+        """GetRun's answer for a run the caller may see (`run` from run()), without loading
+        it: its checkpoints are counted on disk."""
+        directory = self._builder.directory(run.name)
+        checkpoints = len(summaries(directory)) if directory is not None else 0
+        return RunDetails(
+            _summary(run),
+            owner=run.owner,
+            base_model="",
+            checkpoints=checkpoints,
+            datasets=datasets,
+            dataset_bytes=dataset_bytes,
+            loss=run.spec.loss or "",
+        )
 
     # -- create and delete ---------------------------------------------------------------
 
@@ -232,3 +237,14 @@ class RunRegistry:
                 ]  # fmt: skip
             for run in idle:
                 run.unload_if_idle(deadline)
+
+
+def _summary(run: Run) -> RunSummary:
+    return RunSummary(
+        run.name,
+        run.model_spec,
+        run.optimizer_description,
+        run.version,
+        run.served is not None,
+        run.parameter_bytes,
+    )

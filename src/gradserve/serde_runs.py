@@ -12,6 +12,7 @@ from gradserve.types import (
     CheckpointSummary,
     LoadResult,
     ModelInfo,
+    RunDetails,
     RunRequest,
     RunSummary,
     SavedCheckpoint,
@@ -75,6 +76,30 @@ def run_summary_from_proto(message: pb.RunSummary) -> RunSummary:
         model_version=message.model_version,
         loaded=message.loaded,
         parameter_bytes=message.parameter_bytes,
+    )
+
+
+def run_details_to_proto(details: RunDetails) -> pb.GetRunResponse:
+    return pb.GetRunResponse(
+        summary=run_summary_to_proto(details.summary),
+        owner=details.owner,
+        base_model=details.base_model,
+        checkpoints=details.checkpoints,
+        datasets=details.datasets,
+        dataset_bytes=details.dataset_bytes,
+        loss=details.loss,
+    )
+
+
+def run_details_from_proto(message: pb.GetRunResponse) -> RunDetails:
+    return RunDetails(
+        summary=run_summary_from_proto(message.summary),
+        owner=message.owner,
+        base_model=message.base_model,
+        checkpoints=message.checkpoints,
+        datasets=message.datasets,
+        dataset_bytes=message.dataset_bytes,
+        loss=message.loss,
     )
 
 

@@ -334,6 +334,22 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class RunDetails:
+    """One run as GetRun shows it: its summary, and who and what it holds on the server."""
+
+    summary: RunSummary
+    # The principal that created it ("" for the default run).
+    owner: str
+    # The shared base it trains over; "" for a run that holds its whole model.
+    base_model: str
+    checkpoints: int
+    datasets: int
+    dataset_bytes: int
+    # The loss its batches use when they name none ("" for the model's default).
+    loss: str
+
+
+@dataclass(frozen=True)
 class SavedCheckpoint:
     """What SaveCheckpoint wrote."""
 

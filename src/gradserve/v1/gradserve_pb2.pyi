@@ -663,6 +663,30 @@ class ListRunsResponse(_message.Message):
     runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
     def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
 
+class GetRunRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
+
+class GetRunResponse(_message.Message):
+    __slots__ = ("summary", "owner", "base_model", "checkpoints", "datasets", "dataset_bytes", "loss")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    summary: RunSummary
+    owner: str
+    base_model: str
+    checkpoints: int
+    datasets: int
+    dataset_bytes: int
+    loss: str
+    def __init__(self, summary: _Optional[_Union[RunSummary, _Mapping]] = ..., owner: _Optional[str] = ..., base_model: _Optional[str] = ..., checkpoints: _Optional[int] = ..., datasets: _Optional[int] = ..., dataset_bytes: _Optional[int] = ..., loss: _Optional[str] = ...) -> None: ...
+
 class DeleteRunRequest(_message.Message):
     __slots__ = ("run", "delete_checkpoints")
     RUN_FIELD_NUMBER: _ClassVar[int]

@@ -105,6 +105,11 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/gradserve.v1.GradientService/GetRun',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.GetRunResponse.FromString,
+                _registered_method=True)
         self.DeleteRun = channel.unary_unary(
                 '/gradserve.v1.GradientService/DeleteRun',
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteRunRequest.SerializeToString,
@@ -278,6 +283,14 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRun(self, request, context):
+        """One run the caller may see: its summary, owner, base, checkpoints and datasets. Does not
+        load an idle run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteRun(self, request, context):
         """Delete a run (and, when asked, its checkpoints). The default run cannot be deleted.
         """
@@ -434,6 +447,11 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.GetRunRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.GetRunResponse.SerializeToString,
             ),
             'DeleteRun': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRun,
@@ -865,6 +883,33 @@ class GradientService:
             '/gradserve.v1.GradientService/ListRuns',
             gradserve_dot_v1_dot_gradserve__pb2.ListRunsRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/GetRun',
+            gradserve_dot_v1_dot_gradserve__pb2.GetRunRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.GetRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

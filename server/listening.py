@@ -19,6 +19,8 @@ from gradserve.errors import GradserveError
 
 from .config import NetworkConfig
 
+ENV_HOST = "GRADSERVE_HOST"
+ENV_PORT = "GRADSERVE_PORT"
 ENV_CONNECTION_IDLE_SECONDS = "GRADSERVE_CONNECTION_IDLE_SECONDS"
 ENV_MAX_CONNECTIONS = "GRADSERVE_MAX_CONNECTIONS"
 # gRPC's keepalive enforcement: a client pinging without calls more often than this is sent
@@ -73,10 +75,17 @@ def server_options(network: NetworkConfig) -> list[tuple[str, Any]]:
     return options
 
 
-def add_connection_flags(
+def add_listening_flags(
     add: Callable[..., object], env_or: Callable[[str, object], str], default: dict[str, object]
 ) -> None:
-    """The flags above (server/flags.py calls this)."""
+    """The address and the connection flags (server/flags.py calls this)."""
+    add("--host", default=env_or(ENV_HOST, default["host"]), help=f"address to bind [{ENV_HOST}]")
+    add(
+        "--port",
+        type=int,
+        default=int(env_or(ENV_PORT, default["port"])),
+        help=f"port to bind, 0 for a free one [{ENV_PORT}]",
+    )
     add(
         "--connection-idle-seconds",
         type=float,

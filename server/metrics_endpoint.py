@@ -31,6 +31,7 @@ from .rpc.auth import BearerTokenInterceptor, load_tokens
 
 logger = logging.getLogger(__name__)
 
+ENV_METRICS_PORT = "GRADSERVE_METRICS_PORT"
 ENV_METRICS_HOST = "GRADSERVE_METRICS_HOST"
 ENV_METRICS_AUTH = "GRADSERVE_METRICS_AUTH"
 ENV_METRICS_TLS = "GRADSERVE_METRICS_TLS"
@@ -144,7 +145,13 @@ def _true(text: str) -> bool:
 def add_metrics_flags(
     add: Callable[..., object], env_or: Callable[[str, object], str], default: dict[str, object]
 ) -> None:
-    """The endpoint's flags (server/flags.py calls this; --metrics-port is there)."""
+    """The endpoint's flags (server/flags.py calls this)."""
+    add(
+        "--metrics-port",
+        type=int,
+        default=int(env_or(ENV_METRICS_PORT, default["metrics_port"])),
+        help=f"Prometheus /metrics port, 0 for none [{ENV_METRICS_PORT}]",
+    )
     add(
         "--metrics-host",
         default=env_or(ENV_METRICS_HOST, default["metrics_host"]),

@@ -59,6 +59,8 @@ class Recorder:
         self.output = output or OutputConfig(epoch_lines=False, progress="never")
         self.human = human if self.output.epoch_lines else None
         self.bar = ProgressBar(epochs, progress, self.output.progress) if progress else None
+        # Notices (a re-sync) go where the bar goes: stderr, for people, never the JSON.
+        self.notices = progress
         self.summary = TrainSummary()
         self._started = time.perf_counter()
         self._step_losses: dict[int, tuple[float, ...]] = {}
@@ -86,19 +88,22 @@ class Recorder:
         """Close the epoch that `done` ends; `validation`: (loss, accuracy) after it."""
         epoch = done.step.epoch
         first = self._epoch_first_step[epoch]
-        # A step the server applied and checkpointed before a crash, whose answer never came,
-        # is not run again after the re-sync: its losses are unknown, not an error.
-        steps = range(first, done.step.number + 1)
-        losses = [loss for s in steps for loss in self._step_losses.get(s, ())]
+        # A step can be missing: a re-sync that finds the server past it (its update landed,
+        # its answer was lost; another client moved the run) continues after it.
+        losses = [
+            loss
+            for s in range(first, done.step.number + 1)
+            for loss in self._step_losses.get(s, ())
+        ] or [math.nan]
         summary, metrics = self.summary, self.metrics
-        mean_loss = sum(losses) / len(losses) if losses else math.nan
+        mean_loss = sum(losses) / len(losses)
         summary.epoch_losses.append(mean_loss)
         summary.batch_losses.extend(losses)
-        summary.last_loss = losses[-1] if losses else math.nan
+        summary.last_loss = losses[-1]
         self._epochs.append((done.step.number, len(losses)))
         metrics.epoch_loss.set(mean_loss)
         metrics.epoch.set(epoch + 1)
-        report = EpochReport(epoch, summary.last_loss, mean_loss)
+        report = EpochReport(epoch, losses[-1], mean_loss)
         if validation is not None:
             validation_loss, accuracy = validation
             summary.validation_loss, summary.accuracy = validation_loss, accuracy
@@ -107,7 +112,7 @@ class Recorder:
             if accuracy is not None:
                 summary.accuracies.append(accuracy)
                 metrics.accuracy.set(accuracy)
-            report = EpochReport(epoch, summary.last_loss, mean_loss, validation_loss, accuracy)
+            report = EpochReport(epoch, losses[-1], mean_loss, validation_loss, accuracy)
         self._print(report)
         return report
 
@@ -124,6 +129,15 @@ class Recorder:
         del summary.accuracies[kept:]
         summary.steps = step
         summary.batches = sum(len(losses) for losses in self._step_losses.values())
+
+    def notice(self, line: str) -> None:
+        """One line for people about the run (not an epoch): a re-sync after a restart."""
+        if self.notices is None:
+            return
+        if self.bar is not None:
+            self.bar.write(line, self.notices)
+        else:
+            print(line, file=self.notices, flush=True)
 
     def finish(self) -> TrainSummary:
         self.summary.seconds = time.perf_counter() - self._started

@@ -16,7 +16,9 @@ from .config import TrainConfig
 from .data import Dataset
 from .gradient_client import GradientClient
 from .graph import render_dot, render_tree
+from .large_parameters import put_parameters
 from .loop import train
+from .parameter_files import read_parameters
 from .plan import BatchSource, Shard, StepPlan, Versioning
 from .recorder import Recorder, TrainSummary
 from .server_data import upload_training_set
@@ -73,10 +75,12 @@ def run_training(
     """Train this process's part of the run. `set_initial`: set the initial parameters the
     data implies (a --workers child leaves that to its parent)."""
     train_set, validation_set, initial = training_sets(config, info)
+    if config.data.init_from is not None:
+        initial = read_parameters(config.data.init_from)
     if not set_initial or config.parallel.shard_index > 0:
         initial = {}
     # Step s of the run applies at version start_version + s (how the loop resumes).
-    start_version = client.set_parameters(initial) if initial else info.model_version
+    start_version = put_parameters(client, initial, info) if initial else info.model_version
     if isinstance(train_set, Dataset) and graph_out is not None:
         show_graph(client, train_set, config, graph_out)
     server_data = upload_training_set(client, config.transport.data_on_server, info, train_set)

@@ -114,6 +114,7 @@ class ParameterStore:
         # evaluation, parameters, info, the graph,
         access = self._access
         self.parameter_bytes = access.parameter_bytes
+        self.copy_for_sampling = access.copy_for_sampling
         self.evaluate = access.evaluate
         self.read_parameters = access.read_parameters
         self.set_parameters = access.set_parameters

@@ -73,7 +73,13 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
     ),
     "transport": (
         TransportConfig,
-        (("transport", "kind"), "steps_per_request", "window", "data_on_server"),
+        (
+            ("transport", "kind"),
+            "steps_per_request",
+            "window",
+            "data_on_server",
+            "keep_datasets",
+        ),
     ),
     "parallel": (ParallelConfig, ("shared", "workers", "shard_index", "shard_count")),
     "metrics": (

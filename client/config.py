@@ -104,6 +104,9 @@ class TransportConfig:
     # "auto": upload the training set once and name batches by samples when it is held and
     # fits the server's dataset budget; "on": the same, or fail; "off": batches go inline.
     data_on_server: str = "auto"
+    # Leave the training set uploaded when the trainer ends (by default it deletes what it
+    # uploaded: datasets count against the server's budget for every run).
+    keep_datasets: bool = False
 
 
 @dataclass(frozen=True)

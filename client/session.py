@@ -85,18 +85,26 @@ def run_training(
         show_graph(client, train_set, config, graph_out)
     server_data = upload_training_set(client, config.transport.data_on_server, info, train_set)
     plan = make_plan(config, train_set, server_data.name if server_data else None)
-    return train(
-        client,
-        plan,
-        make_transport(client, config, info),
-        recorder,
-        validation_set=validation_set if validate else None,
-        classification=info.target.dtype == torch.int64,
-        initial=initial if plan.versioning is Versioning.EXACT else None,
-        start_version=start_version,
-        connect_timeout=config.connection.connect_timeout_seconds,
-        upload=server_data.upload if server_data else None,
-    )
+    try:
+        return train(
+            client,
+            plan,
+            make_transport(client, config, info),
+            recorder,
+            validation_set=validation_set if validate else None,
+            classification=info.target.dtype == torch.int64,
+            initial=initial if plan.versioning is Versioning.EXACT else None,
+            start_version=start_version,
+            connect_timeout=config.connection.connect_timeout_seconds,
+            upload=server_data.upload if server_data else None,
+        )
+    finally:
+        # Datasets count against the server's budget for every run: not left behind. Only a
+        # lone trainer's: shards and --shared trainers name one dataset together, and one
+        # that ends first must not pull it from under the others.
+        alone = not (config.parallel.sharded or config.parallel.shared)
+        if server_data is not None and alone and not config.transport.keep_datasets:
+            server_data.delete()
 
 
 def show_graph(

@@ -195,7 +195,7 @@ def add_transport_flags(group: Any, d: Any, env: Mapping[str, str]) -> None:
         default=d.window,
         help="Train requests in flight at once (stream transport)",
     )
-    add_data_on_server_flag(add, d.data_on_server)
+    add_data_on_server_flag(add, d.data_on_server, d.keep_datasets)
     add(
         "--shared",
         action="store_true",

@@ -28,7 +28,7 @@ from ..coordination.served_run import ServedRun
 from ..metrics import ServerMetrics
 from ..models.adapter_models import BaseRegistry, adapter_model
 from ..models.optimizers import build_optimizer
-from ..models.specs import build_configured, resolve_device
+from ..models.specs import build_configured, measure_configured, resolve_device
 from ..store.parameter_store import ParameterStore
 from .folders import RunSpec, newest_version, remove_folder, saved_runs, write_run_file
 from .names import retired_name
@@ -67,6 +67,9 @@ class Run:
         # What ListRuns and the gauges show while the run is unloaded.
         self._version = 0
         self.parameter_bytes = 0
+        # Bytes held against the budget while the model is being built or loaded (measured
+        # from the spec first: the registry reserves them before anything is allocated).
+        self.reserved_bytes = 0
         self.model_spec = spec.model
         self.optimizer_description = spec.optimizer
 
@@ -96,10 +99,17 @@ class Run:
         served = self.served
         return served.store.accumulated_batches if served is not None else 0
 
+    @property
+    def budgeted_bytes(self) -> int:
+        """What the run holds against --max-run-parameter-bytes now."""
+        return self.parameter_bytes if self.served is not None else self.reserved_bytes
+
     def attach(self, served: ServedRun, checkpointer: Checkpointer | None) -> None:
         store = served.store
-        self.served, self.checkpointer = served, checkpointer
+        # Bytes before the run counts as loaded: the budget never sees it with a stale size.
         self.parameter_bytes = store.parameter_bytes()
+        self.served, self.checkpointer = served, checkpointer
+        self.reserved_bytes = 0
         info = store.info()
         self.model_spec, self.optimizer_description = info.model_spec, info.optimizer
 
@@ -114,7 +124,10 @@ class Run:
                         f"run: {self.name!r} is being created", field="run"
                     )
                 before_load()
-                self.attach(*self._load(self))
+                try:
+                    self.attach(*self._load(self))
+                finally:
+                    self.reserved_bytes = 0
                 logger.info("loaded run %s at version %d", self.name, self.version)
             self.active += 1
             served = self.served
@@ -175,7 +188,7 @@ class Run:
             served.durability.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
-            saved = self.checkpointer.save()
+            saved = self.checkpointer.save_final()
             logger.info("run %s: checkpoint %s", self.name or "(default)", saved.path.name)
 
 
@@ -231,6 +244,17 @@ class RunBuilder:
         if not path.is_file():
             raise InvalidArgumentError(f"model: no model file {name!r}", field="model")
         return path
+
+    def measure(self, name: str, spec: RunSpec) -> int:
+        """Bytes of the parameters and buffers the run's model will hold, known without
+        allocating them (server/models/specs.py)."""
+        if spec.base_model and spec.lora is not None:
+            # An adapter is small beside its base (rank x dims), and the base is loaded once
+            # and shared: it is sized by building it, counted as the store will count it.
+            module = adapter_model(self.bases.get(spec.base_model), spec.lora).module
+            tensors = [*module.parameters(), *module.buffers()]
+            return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+        return measure_configured(self.model_config(spec) if name else self.config.model).bytes
 
     def build(self, name: str, owner: str, spec: RunSpec, *, restore: bool = True) -> Run:
         """A loaded run, a new incarnation (the default run's is the checkpoint directory

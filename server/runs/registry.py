@@ -100,7 +100,13 @@ class RunRegistry:
         """The run's ServedRun for the length of one call (a stream's whole life), the run
         loaded first if it was unloaded: a run in use is never unloaded."""
         run = self._visible(name, principal)
-        with run.using(lambda: self._reserve(run.parameter_bytes, exclude=run)) as served:
+
+        def reserve() -> None:
+            # Measured from the spec, not from the size it had when loaded: a run found on
+            # disk at start was never loaded here.
+            self._reserve(run, self._builder.measure(run.name, run.spec))
+
+        with run.using(reserve) as served:
             yield served
 
     def run(self, name: str, principal: Principal) -> Run:
@@ -203,10 +209,12 @@ class RunRegistry:
             self._runs[key] = placeholder  # the name is taken while the model is built
         built: Run | None = None
         try:
+            # Reserved before the model exists: a refused spec allocates nothing, and
+            # concurrent creates cannot pass the budget together.
+            self._reserve(placeholder, self._builder.measure(name, spec))
             # A new incarnation: its own folder, so nothing a deleted run of the same name
             # left on disk reaches it.
             run = built = self._builder.build(name, owner, spec, restore=False)
-            self._reserve(run.parameter_bytes, exclude=placeholder)
             if fork is not None:
                 fork(run)
             self._builder.persist(run)
@@ -253,20 +261,19 @@ class RunRegistry:
 
     # -- limits and idle runs --------------------------------------------------------------
 
-    def _reserve(self, parameter_bytes: int, *, exclude: Run) -> None:
-        with self._lock:
-            loaded = sum(
-                run.parameter_bytes
-                for run in self._runs.values()
-                if run is not exclude and run.served is not None
-            )
+    def _reserve(self, run: Run, parameter_bytes: int) -> None:
+        """Hold `parameter_bytes` for `run` (being built or loaded), or RESOURCE_EXHAUSTED:
+        checked and taken under one lock, so no two reservations see the same room."""
         budget = self.config.max_parameter_bytes
-        if loaded + parameter_bytes > budget:
-            raise ResourceExhaustedError(
-                f"max_run_parameter_bytes: {parameter_bytes} more bytes of parameters would "
-                f"pass the budget of {budget} ({loaded} loaded)",
-                field="max_run_parameter_bytes",
-            )
+        with self._lock:
+            held = sum(other.budgeted_bytes for other in self._runs.values() if other is not run)
+            if held + parameter_bytes > budget:
+                raise ResourceExhaustedError(
+                    f"max_run_parameter_bytes: {parameter_bytes} more bytes of parameters "
+                    f"would pass the budget of {budget} ({held} held)",
+                    field="max_run_parameter_bytes",
+                )
+            run.reserved_bytes = parameter_bytes
 
     def _unload_idle(self) -> None:
         assert self.config.idle_seconds is not None

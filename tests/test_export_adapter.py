@@ -54,7 +54,9 @@ def test_export_of_an_adapter_run_loads_with_peft_and_gives_its_logits(
         optimizer.zero_grad()
 
     out = tmp_path / "exported"
-    code = gradserve_main(["export", "tuned", "--out", str(out), "--server", server.address, "--json"])
+    code = gradserve_main(
+        ["export", "tuned", "--out", str(out), "--server", server.address, "--json"]
+    )
     assert code == 0, capsys.readouterr()
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["peft_type"]) == (4, 8.0, "LORA")

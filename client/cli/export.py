@@ -1,5 +1,6 @@
 """`gradserve export RUN --out DIR`: a run's parameters as DIR/model.safetensors, the file name
-the Hugging Face libraries load, readable by any safetensors reader (and by --init-from)."""
+the Hugging Face libraries load, readable by any safetensors reader (and by --init-from); an
+adapter run's adapter in PEFT's layout instead (adapter_export.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from ..gradient_client import GradientClient
 from ..parameter_files import EXPORT_FILE_NAME, write_parameters
+from .adapter_export import adapter_settings, write_adapter
 from .output import Answer
 
 
@@ -33,9 +35,15 @@ def export_run(client: GradientClient, args: argparse.Namespace) -> Answer:
     # Streamed in chunks: no message limit applies to the model's size.
     version, tensors = run.stream_parameters(include_buffers=args.include_buffers)
     info = run.model_info()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / EXPORT_FILE_NAME
-    write_parameters(path, tensors, {"model": info.model_spec, "model_version": str(version)})
+    settings = adapter_settings(info.model_spec)
+    if settings and info.base_model:
+        # An adapter run: the folder peft loads over the same base.
+        path = write_adapter(args.out, tensors, settings, info.base_model)
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / EXPORT_FILE_NAME
+        metadata = {"model": info.model_spec, "model_version": str(version)}
+        write_parameters(path, tensors, metadata)
     size = sum(value.numel() * value.element_size() for value in tensors.values())
     return Answer(
         {

@@ -17,16 +17,20 @@ from dataclasses import dataclass
 import torch
 
 from gradserve.errors import InvalidArgumentError
+from gradserve.token_types import TokenBatchLoss
+from gradserve.types import BatchLoss, WeightedReduction
 
 from .bases import Base, load_base
 from .lora import LoraAdapter, LoraConfig
-from .model import BatchSpec, Loss, Model
+from .model import BatchSpec, Loss, LossFunction, Model
 from .token_losses import (
     MAX_LOGITS_BYTES,
     MAX_SEQUENCE_LENGTH,
     TokenBatch,
+    check_options,
     check_token_batch,
     target_logprobs,
+    token_loss,
 )
 
 
@@ -62,6 +66,46 @@ class TokenModel(Model):
             values=values,
         )
         return int(inputs.shape[0])
+
+    def batch_loss_function(
+        self, inputs: torch.Tensor, targets: torch.Tensor, choice: BatchLoss
+    ) -> tuple[int, LossFunction]:
+        """A batch's own token loss (docs/adapters.md), every check before any forward: its
+        size and the function of (logits, targets) the store calls instead of the run's."""
+        name = "cross_entropy" if choice.loss is None else choice.loss.name
+        options = check_options(name, {} if choice.loss is None else choice.loss.options)
+        if choice.weighted_reduction not in (None, WeightedReduction.SUM):
+            raise InvalidArgumentError(
+                "weighted_reduction: token losses are sums over tokens (unset or SUM)",
+                field="weighted_reduction",
+            )
+        extra = choice if isinstance(choice, TokenBatchLoss) else TokenBatchLoss()
+        batch = TokenBatch(
+            inputs,
+            targets,
+            weights=choice.sample_weights,
+            logprobs=extra.logprobs,
+            advantages=extra.advantages,
+        )
+        check_token_batch(
+            batch,
+            name,
+            self.num_classes or 0,
+            max_sequence_length=self.max_sequence_length,
+            max_logits_bytes=self.max_logits_bytes,
+            weights_field="sample_weights",
+        )
+
+        def function(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            def on(t: torch.Tensor | None) -> torch.Tensor | None:
+                return None if t is None else t.to(logits.device)
+
+            placed = TokenBatch(
+                inputs, targets, None, on(batch.weights), on(batch.logprobs), on(batch.advantages)
+            )
+            return token_loss(name, target_logprobs(logits, targets), placed, options)
+
+        return int(inputs.shape[0]), function
 
     def values_fit(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> bool:
         vocab = self.num_classes or 0

@@ -28,6 +28,7 @@ from gradserve.types import (
     WeightedReduction,
 )
 
+from .adapter_models import TokenModel
 from .model import BatchSpec, LossFunction, Model, all_finite, mean_squared_error
 
 Options = Mapping[str, float]
@@ -263,6 +264,8 @@ def prepare(
     model: Model, inputs: torch.Tensor, targets: torch.Tensor, choice: BatchLoss
 ) -> tuple[int, LossFunction]:
     """Check a batch that chose its own loss or weights; its size and its loss function."""
+    if isinstance(model, TokenModel):  # token losses and per-token tensors: docs/adapters.md
+        return model.batch_loss_function(inputs, targets, choice)
     loss, target, options = _named(model, choice.loss)
     batch_size = _check_targets(model, loss, target, options, (inputs, targets))
     weights, reduction = choice.sample_weights, choice.weighted_reduction

@@ -1,0 +1,199 @@
+"""Token losses over the wire: per-token weights, importance_sampling and ppo on adapter runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from helpers import TIMEOUT, apply, compute, decoded, field_violations
+from llm_bases import VOCAB, peft_adapter_tensors, peft_model, tiny_llama
+
+from gradserve.codec import tensor_to_proto
+from gradserve.v1 import gradserve_pb2 as pb
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)
+TARGETS = ["q_proj", "v_proj"]
+CLIPS = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}
+Batch = dict[str, torch.Tensor]
+
+
+def _create(stub, run: str) -> None:  # type: ignore[no-untyped-def]
+    stub.CreateRun(
+        pb.CreateRunRequest(
+            run=run,
+            base_model="tiny",
+            lora=pb.LoraSpec(rank=4, alpha=8, target_modules=TARGETS),
+            optimizer="adamw:weight_decay=0.01",
+            seed=3,
+        ),
+        timeout=TIMEOUT,
+    )
+
+
+def _batches(loss: str, seed: int, count: int) -> list[Batch]:
+    """Token batches with the per-token tensors `loss` takes (weights with zeros that mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        tokens = torch.randint(0, VOCAB, (2, 9), generator=generator)
+        batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+        if loss == "cross_entropy":
+            weights = torch.rand(2, 8, generator=generator) * 2
+            weights[torch.rand(2, 8, generator=generator) < 0.3] = 0.0
+            batch["sample_weights"] = weights
+        else:
+            # The sampler's log-probabilities near the model's (about -log VOCAB).
+            batch["logprobs"] = -4.1 + 0.3 * torch.randn(2, 8, generator=generator)
+            batch["advantages"] = torch.randn(2, 8, generator=generator)
+        batches.append(batch)
+    return batches
+
+
+def _fields(loss: str, batch: Batch) -> dict[str, object]:
+    fields: dict[str, object] = {name: tensor_to_proto(t) for name, t in batch.items()}
+    fields["loss"] = pb.LossSpec(name=loss, options=CLIPS if loss == "ppo" else {})
+    return fields
+
+
+def _local_loss(loss: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """docs/adapters.md's formulas, written out."""
+    lp = torch.log_softmax(logits, -1).gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1)
+    if loss == "cross_entropy":
+        return -(lp * batch["sample_weights"]).sum()
+    ratio = torch.exp(lp - batch["logprobs"])
+    advantages = batch["advantages"]
+    if loss == "importance_sampling":
+        return -(ratio * advantages).sum()
+    clipped = torch.clamp(ratio, CLIPS["clip_low_threshold"], CLIPS["clip_high_threshold"])
+    return -torch.min(ratio * advantages, clipped * advantages).sum()
+
+
+def _local_loop(folder: Path, loss: str, batches: list[Batch]) -> tuple[list[float], dict]:  # type: ignore[type-arg]
+    local = peft_model(folder, 4, 8, TARGETS, seed=3).train()
+    optimizer = torch.optim.AdamW(
+        [p for p in local.parameters() if p.requires_grad], lr=0.01, weight_decay=0.01
+    )
+    losses = []
+    for batch in batches:
+        value = _local_loss(loss, local(input_ids=batch["inputs"]).logits, batch)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+    return losses, peft_adapter_tensors(local)
+
+
+def _assert_adapter_is(stub, run: str, tensors: dict) -> None:  # type: ignore[no-untyped-def,type-arg]
+    response = stub.GetParameters(pb.GetParametersRequest(run=run), timeout=TIMEOUT)
+    ours = decoded(response.parameters)
+    assert len(ours) == len(tensors)
+    for mine, theirs in zip(ours.values(), tensors.values(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "importance_sampling", "ppo"])
+def test_twenty_steps_of_a_named_token_loss_are_bitwise_the_local_peft_loop(
+    make_server, make_stub, tmp_path: Path, loss: str
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
+    _create(stub, "adapter")
+    batches = _batches(loss, 4, 20)
+    losses = []
+    for batch in batches:
+        request = pb.ComputeGradientsRequest(run="adapter", **_fields(loss, batch))  # type: ignore[arg-type]
+        losses.append(stub.ComputeGradients(request, timeout=TIMEOUT).loss)
+        apply(stub, 0.01, run="adapter")
+    local_losses, local_tensors = _local_loop(folder, loss, batches)
+    assert losses == local_losses
+    _assert_adapter_is(stub, "adapter", local_tensors)
+
+
+def test_ppo_batches_train_through_a_train_stream_bitwise(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
+    _create(stub, "adapter")
+    batches = _batches("ppo", 8, 8)
+    steps = [
+        pb.TrainStep(
+            batches=[pb.Batch(**_fields("ppo", batch))],  # type: ignore[arg-type]
+            apply_update=True,
+            learning_rate=0.01,
+        )
+        for batch in batches
+    ]
+    responses = list(
+        stub.Train(iter([pb.TrainRequest(run="adapter", steps=steps)]), timeout=TIMEOUT)
+    )
+    losses = [loss for response in responses for step in response.steps for loss in step.losses]
+    local_losses, local_tensors = _local_loop(folder, "ppo", batches)
+    assert losses == local_losses
+    _assert_adapter_is(stub, "adapter", local_tensors)
+
+
+def _bad(loss: str, change: str) -> dict[str, object]:
+    batch = _batches("cross_entropy" if loss == "cross_entropy" else "ppo", 1, 1)[0]
+    options = dict(CLIPS) if loss == "ppo" else {}
+    if change == "short weights":
+        batch["sample_weights"] = batch["sample_weights"][:, :-1]
+    elif change == "float64 logprobs":
+        batch["logprobs"] = batch["logprobs"].double()
+    elif change == "no advantages":
+        del batch["advantages"]
+    elif change == "vocabulary":
+        batch["inputs"] = batch["inputs"].clone()
+        batch["inputs"][0, 0] = VOCAB
+    elif change == "weights with ppo":
+        batch["sample_weights"] = torch.ones(2, 8)
+    elif change == "low clip":
+        options["clip_low_threshold"] = 1.5
+    elif change == "nan advantages":
+        batch["advantages"] = batch["advantages"].clone()
+        batch["advantages"][1, 1] = float("nan")
+    fields: dict[str, object] = {name: tensor_to_proto(t) for name, t in batch.items()}
+    fields["loss"] = pb.LossSpec(name=loss, options=options)
+    if change == "mean":
+        fields["weighted_reduction"] = pb.WEIGHTED_REDUCTION_MEAN
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("loss", "change", "field"),
+    [
+        ("cross_entropy", "short weights", "sample_weights.shape"),
+        ("cross_entropy", "mean", "weighted_reduction"),
+        ("cross_entropy", "vocabulary", "inputs.data"),
+        ("ppo", "float64 logprobs", "logprobs.dtype"),
+        ("ppo", "no advantages", "advantages"),
+        ("importance_sampling", "no advantages", "advantages"),
+        ("ppo", "weights with ppo", "sample_weights"),
+        ("ppo", "low clip", "loss.options.clip_low_threshold"),
+        ("ppo", "nan advantages", "advantages.data"),
+        ("huber", "none", "loss.name"),
+    ],
+)
+def test_bad_token_batches_are_refused_naming_the_field_and_change_nothing(
+    make_server, make_stub, tmp_path: Path, loss: str, change: str, field: str
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
+    _create(stub, "adapter")
+    before = stub.GetParameters(pb.GetParametersRequest(run="adapter"), timeout=TIMEOUT)
+    request = pb.ComputeGradientsRequest(run="adapter", **_bad(loss, change))  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ComputeGradients(request, timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in field_violations(caught.value)
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(run="adapter"), timeout=TIMEOUT)
+    assert (info.accumulated_batches, info.model_version) == (0, 0)
+    after = stub.GetParameters(pb.GetParametersRequest(run="adapter"), timeout=TIMEOUT)
+    assert before == after
+    # The run still trains after a refusal: the same batch made right is taken.
+    good = _batches("ppo", 1, 1)[0]
+    assert compute(stub, good["inputs"], good["targets"], run="adapter").batch_size == 2

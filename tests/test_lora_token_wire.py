@@ -197,3 +197,67 @@ def test_bad_token_batches_are_refused_naming_the_field_and_change_nothing(
     # The run still trains after a refusal: the same batch made right is taken.
     good = _batches("ppo", 1, 1)[0]
     assert compute(stub, good["inputs"], good["targets"], run="adapter").batch_size == 2
+
+
+def test_evaluate_answers_the_targets_logprobs_without_the_logits(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
+    _create(stub, "adapter")
+    batches = _batches("ppo", 6, 4)
+    for batch in batches[:3]:
+        request = pb.ComputeGradientsRequest(run="adapter", **_fields("ppo", batch))  # type: ignore[arg-type]
+        stub.ComputeGradients(request, timeout=TIMEOUT)
+        apply(stub, 0.01, run="adapter")
+    last = batches[3]
+    response = stub.Evaluate(
+        pb.EvaluateRequest(
+            run="adapter",
+            inputs=tensor_to_proto(last["inputs"]),
+            targets=tensor_to_proto(last["targets"]),
+            return_logprobs=True,
+        ),
+        timeout=TIMEOUT,
+    )
+    assert not response.HasField("predictions")  # the logits stay on the server
+    ours = decoded([response.logprobs])[""]
+    local = peft_model(folder, 4, 8, TARGETS, seed=3).train()
+    optimizer = torch.optim.AdamW(
+        [p for p in local.parameters() if p.requires_grad], lr=0.01, weight_decay=0.01
+    )
+    for batch in batches[:3]:
+        optimizer.zero_grad()
+        _local_loss("ppo", local(input_ids=batch["inputs"]).logits, batch).backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = local.eval()(input_ids=last["inputs"]).logits
+    theirs = torch.log_softmax(logits, -1).gather(-1, last["targets"].unsqueeze(-1)).squeeze(-1)
+    assert ours.dtype == torch.float32 and ours.shape == (2, 8)
+    assert torch.equal(ours, theirs)
+    assert response.loss == -theirs.sum().item()
+
+
+@pytest.mark.parametrize(
+    ("run", "targets", "field"), [("adapter", False, "targets"), ("", True, "return_logprobs")]
+)
+def test_logprobs_are_refused_without_targets_or_on_a_model_without_tokens(
+    make_server, make_stub, tmp_path: Path, run: str, targets: bool, field: str
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
+    _create(stub, "adapter")
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(run=run), timeout=TIMEOUT)
+    if run:
+        inputs = torch.zeros(2, 4, dtype=torch.int64)
+        target = inputs
+    else:  # the default run's own batch
+        inputs = torch.zeros(2, *info.input.shape[1:])
+        target = torch.zeros(2, *info.target.shape[1:])
+    request = pb.EvaluateRequest(run=run, inputs=tensor_to_proto(inputs), return_logprobs=True)
+    if targets:
+        request.targets.CopyFrom(tensor_to_proto(target))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Evaluate(request, timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in field_violations(caught.value)

@@ -206,30 +206,34 @@ class ApplyUpdateResponse(_message.Message):
     def __init__(self, model_version: _Optional[int] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., applied_samples: _Optional[int] = ..., clipped: _Optional[bool] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "return_predictions", "run")
+    __slots__ = ("inputs", "targets", "return_predictions", "run", "return_logprobs")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     RETURN_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    RETURN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     return_predictions: bool
     run: str
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_predictions: _Optional[bool] = ..., run: _Optional[str] = ...) -> None: ...
+    return_logprobs: bool
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_predictions: _Optional[bool] = ..., run: _Optional[str] = ..., return_logprobs: _Optional[bool] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("loss", "batch_size", "model_version", "predictions", "has_loss")
+    __slots__ = ("loss", "batch_size", "model_version", "predictions", "has_loss", "logprobs")
     LOSS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     HAS_LOSS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     loss: float
     batch_size: int
     model_version: int
     predictions: Tensor
     has_loss: bool
-    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_version: _Optional[int] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., has_loss: _Optional[bool] = ...) -> None: ...
+    logprobs: Tensor
+    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_version: _Optional[int] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., has_loss: _Optional[bool] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class GetParametersRequest(_message.Message):
     __slots__ = ("names", "run", "include_buffers")

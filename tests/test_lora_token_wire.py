@@ -34,23 +34,33 @@ def _create(stub, run: str) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-def _batches(loss: str, seed: int, count: int) -> list[Batch]:
-    """Token batches with the per-token tensors `loss` takes (weights with zeros that mask)."""
+def _batches(loss: str, seed: int, count: int, masked: bool = False) -> list[Batch]:
+    """Token batches with the per-token tensors `loss` takes (weights with zeros that mask);
+    `masked`: left padding, the padded positions out of the attention and weighted 0."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(count):
         tokens = torch.randint(0, VOCAB, (2, 9), generator=generator)
         batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+        if masked:
+            mask = torch.ones(2, 8, dtype=torch.int64)
+            mask[1, :3] = 0
+            batch["attention_mask"] = mask
         if loss == "cross_entropy":
             weights = torch.rand(2, 8, generator=generator) * 2
             weights[torch.rand(2, 8, generator=generator) < 0.3] = 0.0
-            batch["sample_weights"] = weights
+            batch["sample_weights"] = weights if not masked else weights * mask
         else:
             # The sampler's log-probabilities near the model's (about -log VOCAB).
             batch["logprobs"] = -4.1 + 0.3 * torch.randn(2, 8, generator=generator)
             batch["advantages"] = torch.randn(2, 8, generator=generator)
         batches.append(batch)
     return batches
+
+
+def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    return model(input_ids=batch["inputs"], attention_mask=mask).logits  # type: ignore[no-any-return]
 
 
 def _fields(loss: str, batch: Batch) -> dict[str, object]:
@@ -79,7 +89,7 @@ def _local_loop(folder: Path, loss: str, batches: list[Batch]) -> tuple[list[flo
     )
     losses = []
     for batch in batches:
-        value = _local_loss(loss, local(input_ids=batch["inputs"]).logits, batch)
+        value = _local_loss(loss, _logits(local, batch), batch)
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
@@ -95,14 +105,22 @@ def _assert_adapter_is(stub, run: str, tensors: dict) -> None:  # type: ignore[n
         assert torch.equal(mine, theirs)
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "importance_sampling", "ppo"])
+@pytest.mark.parametrize(
+    ("loss", "masked"),
+    [
+        ("cross_entropy", False),
+        ("cross_entropy", True),
+        ("importance_sampling", False),
+        ("ppo", True),
+    ],
+)
 def test_twenty_steps_of_a_named_token_loss_are_bitwise_the_local_peft_loop(
-    make_server, make_stub, tmp_path: Path, loss: str
+    make_server, make_stub, tmp_path: Path, loss: str, masked: bool
 ) -> None:
     folder = tiny_llama(tmp_path / "base")
     stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
     _create(stub, "adapter")
-    batches = _batches(loss, 4, 20)
+    batches = _batches(loss, 4, 20, masked)
     losses = []
     for batch in batches:
         request = pb.ComputeGradientsRequest(run="adapter", **_fields(loss, batch))  # type: ignore[arg-type]
@@ -119,7 +137,7 @@ def test_ppo_batches_train_through_a_train_stream_bitwise(
     folder = tiny_llama(tmp_path / "base")
     stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
     _create(stub, "adapter")
-    batches = _batches("ppo", 8, 8)
+    batches = _batches("ppo", 8, 8, masked=True)
     steps = [
         pb.TrainStep(
             batches=[pb.Batch(**_fields("ppo", batch))],  # type: ignore[arg-type]
@@ -138,7 +156,7 @@ def test_ppo_batches_train_through_a_train_stream_bitwise(
 
 
 def _bad(loss: str, change: str) -> dict[str, object]:
-    batch = _batches("cross_entropy" if loss == "cross_entropy" else "ppo", 1, 1)[0]
+    batch = _batches("cross_entropy" if loss == "cross_entropy" else "ppo", 1, 1, True)[0]
     options = dict(CLIPS) if loss == "ppo" else {}
     if change == "short weights":
         batch["sample_weights"] = batch["sample_weights"][:, :-1]
@@ -153,6 +171,10 @@ def _bad(loss: str, change: str) -> dict[str, object]:
         batch["sample_weights"] = torch.ones(2, 8)
     elif change == "low clip":
         options["clip_low_threshold"] = 1.5
+    elif change == "mask shape":
+        batch["attention_mask"] = batch["attention_mask"][:1]
+    elif change == "mask values":
+        batch["attention_mask"] = batch["attention_mask"] * 2
     elif change == "nan advantages":
         batch["advantages"] = batch["advantages"].clone()
         batch["advantages"][1, 1] = float("nan")
@@ -175,6 +197,8 @@ def _bad(loss: str, change: str) -> dict[str, object]:
         ("ppo", "weights with ppo", "sample_weights"),
         ("ppo", "low clip", "loss.options.clip_low_threshold"),
         ("ppo", "nan advantages", "advantages.data"),
+        ("ppo", "mask shape", "attention_mask.shape"),
+        ("cross_entropy", "mask values", "attention_mask.data"),
         ("huber", "none", "loss.name"),
     ],
 )

@@ -43,6 +43,30 @@ TOKEN_CROSS_ENTROPY = Loss("cross_entropy", token_cross_entropy, class_targets=T
 
 
 @dataclass(frozen=True)
+class TokenLossFunction:
+    """A checked token batch's own loss as the store calls it, (logits, targets) -> loss;
+    `attention_mask` is what model.forward_of gives the forward."""
+
+    name: str
+    batch: TokenBatch
+    options: Mapping[str, float]
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        return self.batch.attention_mask
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        def on(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(logits.device)
+
+        batch = self.batch
+        placed = TokenBatch(
+            batch.inputs, targets, None, on(batch.weights), on(batch.logprobs), on(batch.advantages)
+        )
+        return token_loss(self.name, target_logprobs(logits, targets), placed, self.options)
+
+
+@dataclass(frozen=True)
 class TokenModel(Model):
     """A causal LM's adapter: batches of token ids [B, T]; num_classes is the vocabulary."""
 
@@ -83,6 +107,7 @@ class TokenModel(Model):
         batch = TokenBatch(
             inputs,
             targets,
+            attention_mask=extra.attention_mask,
             weights=choice.sample_weights,
             logprobs=extra.logprobs,
             advantages=extra.advantages,
@@ -95,17 +120,7 @@ class TokenModel(Model):
             max_logits_bytes=self.max_logits_bytes,
             weights_field="sample_weights",
         )
-
-        def function(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            def on(t: torch.Tensor | None) -> torch.Tensor | None:
-                return None if t is None else t.to(logits.device)
-
-            placed = TokenBatch(
-                inputs, targets, None, on(batch.weights), on(batch.logprobs), on(batch.advantages)
-            )
-            return token_loss(name, target_logprobs(logits, targets), placed, options)
-
-        return int(inputs.shape[0]), function
+        return int(inputs.shape[0]), TokenLossFunction(name, batch, options)
 
     def values_fit(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> bool:
         vocab = self.num_classes or 0

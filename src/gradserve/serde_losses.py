@@ -70,6 +70,8 @@ def batch_loss_into_proto(choice: BatchLoss | None, message: _WithLoss) -> None:
             tensor_into_proto(choice.logprobs, message.logprobs)
         if choice.advantages is not None:
             tensor_into_proto(choice.advantages, message.advantages)
+        if choice.attention_mask is not None:
+            tensor_into_proto(choice.attention_mask, message.attention_mask)
     message.weighted_reduction = weighted_reduction_to_proto(choice.weighted_reduction)
 
 
@@ -77,9 +79,11 @@ def batch_loss_from_proto(
     message: _WithLoss, prefix: str = "", max_elements: int | None = None
 ) -> BatchLoss | None:
     """None when the batch names no loss, sends no weights and sets no reduction; a
-    TokenBatchLoss when it sends per-token `logprobs` or `advantages`."""
+    TokenBatchLoss when it sends per-token `logprobs`, `advantages` or `attention_mask`."""
     has_loss = message.HasField("loss")
-    per_token = [name for name in ("logprobs", "advantages") if message.HasField(name)]
+    per_token = [
+        name for name in ("logprobs", "advantages", "attention_mask") if message.HasField(name)
+    ]
     chosen_any = has_loss or message.HasField("sample_weights") or message.weighted_reduction
     if not (chosen_any or per_token):
         return None

@@ -12,7 +12,9 @@ from gradserve.types import BatchLoss
 @dataclass(frozen=True)
 class TokenBatchLoss(BatchLoss):
     """BatchLoss plus the sampler's per-token `logprobs` and the `advantages`, float32 [B, T]
-    (importance_sampling, ppo). Per-token weights travel as `sample_weights` [B, T]."""
+    (importance_sampling, ppo), and the batch's `attention_mask` [B, T]. Per-token weights
+    travel as `sample_weights` [B, T]."""
 
     logprobs: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None

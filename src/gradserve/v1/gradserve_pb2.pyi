@@ -111,7 +111,7 @@ class LossInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class ComputeGradientsRequest(_message.Message):
     DATASET_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
@@ -136,7 +137,8 @@ class ComputeGradientsRequest(_message.Message):
     dataset: DatasetSlice
     logprobs: Tensor
     advantages: Tensor
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    attention_mask: Tensor
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class DatasetSlice(_message.Message):
     __slots__ = ("dataset", "indices", "start", "count")
@@ -396,7 +398,7 @@ class DescribeGraphResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[GraphNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[GraphEdge, _Mapping]]] = ..., root_id: _Optional[int] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_nodes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("inputs", "targets", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages")
+    __slots__ = ("inputs", "targets", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +407,7 @@ class Batch(_message.Message):
     DATASET_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     loss: LossSpec
@@ -413,7 +416,8 @@ class Batch(_message.Message):
     dataset: DatasetSlice
     logprobs: Tensor
     advantages: Tensor
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    attention_mask: Tensor
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class TrainStep(_message.Message):
     __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version", "hyperparameters", "max_grad_norm")

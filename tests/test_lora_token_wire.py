@@ -285,3 +285,18 @@ def test_logprobs_are_refused_without_targets_or_on_a_model_without_tokens(
         stub.Evaluate(request, timeout=TIMEOUT)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(caught.value)
+
+
+def test_per_token_tensors_on_a_model_without_tokens_are_refused_not_ignored(
+    make_server, make_stub
+) -> None:
+    stub = make_stub(make_server())
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
+    inputs = torch.zeros(2, *info.input.shape[1:])
+    targets = torch.zeros(2, *info.target.shape[1:])
+    with pytest.raises(grpc.RpcError) as caught:
+        compute(stub, inputs, targets, advantages=tensor_to_proto(torch.ones(2, 1)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "advantages" in field_violations(caught.value)
+    after = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
+    assert after.accumulated_batches == 0

@@ -19,6 +19,7 @@ from torch.nn import functional
 
 from gradserve.codec import torch_dtype_name
 from gradserve.errors import InvalidArgumentError
+from gradserve.token_types import TokenBatchLoss
 from gradserve.types import (
     BatchLoss,
     LossInfo,
@@ -266,6 +267,16 @@ def prepare(
     """Check a batch that chose its own loss or weights; its size and its loss function."""
     if isinstance(model, TokenModel):  # token losses and per-token tensors: docs/adapters.md
         return model.batch_loss_function(inputs, targets, choice)
+    if isinstance(choice, TokenBatchLoss):  # per-token tensors are never ignored
+        sent = [
+            name
+            for name in ("logprobs", "advantages", "attention_mask")
+            if getattr(choice, name) is not None
+        ]
+        raise InvalidArgumentError(
+            f"{sent[0]}: only adapter runs over a language model take per-token tensors",
+            field=sent[0],
+        )
     loss, target, options = _named(model, choice.loss)
     batch_size = _check_targets(model, loss, target, options, (inputs, targets))
     weights, reduction = choice.sample_weights, choice.weighted_reduction

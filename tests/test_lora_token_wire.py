@@ -300,3 +300,28 @@ def test_per_token_tensors_on_a_model_without_tokens_are_refused_not_ignored(
     assert "advantages" in field_violations(caught.value)
     after = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
     assert after.accumulated_batches == 0
+
+
+def test_a_retried_ppo_batch_replays_and_the_same_id_with_other_advantages_is_refused(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    folder = tiny_llama(tmp_path / "base")
+    stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
+    _create(stub, "adapter")
+    batch = _batches("ppo", 2, 1, masked=True)[0]
+    request = pb.ComputeGradientsRequest(run="adapter", request_id="b1", **_fields("ppo", batch))  # type: ignore[arg-type]
+    first = stub.ComputeGradients(request, timeout=TIMEOUT)
+    assert stub.ComputeGradients(request, timeout=TIMEOUT) == first
+    for name in ("advantages", "attention_mask"):
+        other = dict(batch)
+        other[name] = batch[name].clone()
+        other[name][0, -1] = 0
+        changed = pb.ComputeGradientsRequest(
+            run="adapter", request_id="b1", **_fields("ppo", other)
+        )  # type: ignore[arg-type]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ComputeGradients(changed, timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request_id" in field_violations(caught.value)
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(run="adapter"), timeout=TIMEOUT)
+    assert info.accumulated_batches == 1

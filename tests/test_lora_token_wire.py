@@ -120,6 +120,13 @@ def test_twenty_steps_of_a_named_token_loss_are_bitwise_the_local_peft_loop(
     folder = tiny_llama(tmp_path / "base")
     stub = make_stub(make_server(base_models=(f"tiny={folder}",)))
     _create(stub, "adapter")
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(run="adapter"), timeout=TIMEOUT)
+    listed = {entry.name: list(entry.options) for entry in info.losses}
+    assert listed == {
+        "cross_entropy": [],
+        "importance_sampling": [],
+        "ppo": ["clip_low_threshold", "clip_high_threshold"],
+    }
     batches = _batches(loss, 4, 20, masked)
     losses = []
     for batch in batches:

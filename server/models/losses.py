@@ -31,6 +31,7 @@ from gradserve.types import (
 
 from .adapter_models import TokenModel
 from .model import BatchSpec, LossFunction, Model, all_finite, mean_squared_error
+from .token_losses import OPTIONS as TOKEN_OPTIONS
 
 Options = Mapping[str, float]
 # (outputs, targets, options, reduction) -> the loss, reduced ("mean"/"batchmean") or "none".
@@ -164,10 +165,11 @@ def target_spec(model: Model, loss: NamedLoss) -> BatchSpec | None:
 
 
 def available(model: Model) -> tuple[LossInfo, ...]:
-    """The losses GetModelInfo lists for this model (none for token models: their run's
-    token loss only, docs/adapters.md)."""
+    """The losses GetModelInfo lists for this model (for token models, the token losses with
+    int64 [B, T] targets, docs/adapters.md)."""
     if model.tokens:
-        return ()
+        tokens = TensorSpec("targets", torch.int64, (-1, -1))
+        return tuple(LossInfo(name, tokens, tuple(TOKEN_OPTIONS[name])) for name in TOKEN_OPTIONS)
     infos = []
     for loss in NAMED.values():
         spec = target_spec(model, loss)

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import torch
 
-from gradserve.errors import FailedPreconditionError
+from gradserve.errors import FailedPreconditionError, InvalidArgumentError
 from gradserve.graph_types import GraphDescription
 from gradserve.sampling_types import SamplingEvent, SamplingParams
 from gradserve.types import (
@@ -48,6 +48,7 @@ from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..models.sampling import causal_lm_of, sample
 from ..models.sampling_limits import SamplingLimits, check_request, shape_of
+from ..models.token_losses import target_logprobs
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
 from ..store.pass_runs import PassSteps
@@ -201,6 +202,26 @@ class ServedRun:
         return_predictions: bool = False,
     ) -> EvaluationResult:
         return self.store.evaluate(inputs, targets, return_predictions=return_predictions)
+
+    def evaluate_logprobs(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None, *, return_predictions: bool
+    ) -> tuple[EvaluationResult, torch.Tensor]:
+        """Evaluate, with the targets' per-token log-probabilities [B, T] (token models)."""
+        if not self.store.model.tokens:
+            raise InvalidArgumentError(
+                "return_logprobs: only adapter runs over a language model answer per-token "
+                "log-probabilities",
+                field="return_logprobs",
+            )
+        if targets is None:
+            raise InvalidArgumentError(
+                "targets: return_logprobs needs the targets", field="targets"
+            )
+        result = self.store.evaluate(inputs, targets, return_predictions=True)
+        assert result.predictions is not None  # asked for
+        logprobs = target_logprobs(result.predictions, targets)
+        kept = result.predictions if return_predictions else None
+        return dataclasses.replace(result, predictions=kept), logprobs
 
     def discard_gradients(self) -> DiscardResult:
         return self.store.discard_gradients()

@@ -17,16 +17,20 @@ from dataclasses import dataclass
 import torch
 
 from gradserve.errors import InvalidArgumentError
+from gradserve.token_types import TokenBatchLoss
+from gradserve.types import BatchLoss, WeightedReduction
 
 from .bases import Base, load_base
 from .lora import LoraAdapter, LoraConfig
-from .model import BatchSpec, Loss, Model
+from .model import BatchSpec, Loss, LossFunction, Model
 from .token_losses import (
     MAX_LOGITS_BYTES,
     MAX_SEQUENCE_LENGTH,
     TokenBatch,
+    check_options,
     check_token_batch,
     target_logprobs,
+    token_loss,
 )
 
 
@@ -36,6 +40,30 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 TOKEN_CROSS_ENTROPY = Loss("cross_entropy", token_cross_entropy, class_targets=True)
+
+
+@dataclass(frozen=True)
+class TokenLossFunction:
+    """A checked token batch's own loss as the store calls it, (logits, targets) -> loss;
+    `attention_mask` is what model.forward_of gives the forward."""
+
+    name: str
+    batch: TokenBatch
+    options: Mapping[str, float]
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        return self.batch.attention_mask
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        def on(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(logits.device)
+
+        batch = self.batch
+        placed = TokenBatch(
+            batch.inputs, targets, None, on(batch.weights), on(batch.logprobs), on(batch.advantages)
+        )
+        return token_loss(self.name, target_logprobs(logits, targets), placed, self.options)
 
 
 @dataclass(frozen=True)
@@ -62,6 +90,37 @@ class TokenModel(Model):
             values=values,
         )
         return int(inputs.shape[0])
+
+    def batch_loss_function(
+        self, inputs: torch.Tensor, targets: torch.Tensor, choice: BatchLoss
+    ) -> tuple[int, LossFunction]:
+        """A batch's own token loss (docs/adapters.md), every check before any forward: its
+        size and the function of (logits, targets) the store calls instead of the run's."""
+        name = "cross_entropy" if choice.loss is None else choice.loss.name
+        options = check_options(name, {} if choice.loss is None else choice.loss.options)
+        if choice.weighted_reduction not in (None, WeightedReduction.SUM):
+            raise InvalidArgumentError(
+                "weighted_reduction: token losses are sums over tokens (unset or SUM)",
+                field="weighted_reduction",
+            )
+        extra = choice if isinstance(choice, TokenBatchLoss) else TokenBatchLoss()
+        batch = TokenBatch(
+            inputs,
+            targets,
+            attention_mask=extra.attention_mask,
+            weights=choice.sample_weights,
+            logprobs=extra.logprobs,
+            advantages=extra.advantages,
+        )
+        check_token_batch(
+            batch,
+            name,
+            self.num_classes or 0,
+            max_sequence_length=self.max_sequence_length,
+            max_logits_bytes=self.max_logits_bytes,
+            weights_field="sample_weights",
+        )
+        return int(inputs.shape[0]), TokenLossFunction(name, batch, options)
 
     def values_fit(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> bool:
         vocab = self.num_classes or 0

@@ -19,6 +19,7 @@ from torch.nn import functional
 
 from gradserve.codec import torch_dtype_name
 from gradserve.errors import InvalidArgumentError
+from gradserve.token_types import TokenBatchLoss
 from gradserve.types import (
     BatchLoss,
     LossInfo,
@@ -28,7 +29,9 @@ from gradserve.types import (
     WeightedReduction,
 )
 
+from .adapter_models import TokenModel
 from .model import BatchSpec, LossFunction, Model, all_finite, mean_squared_error
+from .token_losses import OPTIONS as TOKEN_OPTIONS
 
 Options = Mapping[str, float]
 # (outputs, targets, options, reduction) -> the loss, reduced ("mean"/"batchmean") or "none".
@@ -162,10 +165,11 @@ def target_spec(model: Model, loss: NamedLoss) -> BatchSpec | None:
 
 
 def available(model: Model) -> tuple[LossInfo, ...]:
-    """The losses GetModelInfo lists for this model (none for token models: their run's
-    token loss only, docs/adapters.md)."""
+    """The losses GetModelInfo lists for this model (for token models, the token losses with
+    int64 [B, T] targets, docs/adapters.md)."""
     if model.tokens:
-        return ()
+        tokens = TensorSpec("targets", torch.int64, (-1, -1))
+        return tuple(LossInfo(name, tokens, tuple(TOKEN_OPTIONS[name])) for name in TOKEN_OPTIONS)
     infos = []
     for loss in NAMED.values():
         spec = target_spec(model, loss)
@@ -263,6 +267,18 @@ def prepare(
     model: Model, inputs: torch.Tensor, targets: torch.Tensor, choice: BatchLoss
 ) -> tuple[int, LossFunction]:
     """Check a batch that chose its own loss or weights; its size and its loss function."""
+    if isinstance(model, TokenModel):  # token losses and per-token tensors: docs/adapters.md
+        return model.batch_loss_function(inputs, targets, choice)
+    if isinstance(choice, TokenBatchLoss):  # per-token tensors are never ignored
+        sent = [
+            name
+            for name in ("logprobs", "advantages", "attention_mask")
+            if getattr(choice, name) is not None
+        ]
+        raise InvalidArgumentError(
+            f"{sent[0]}: only adapter runs over a language model take per-token tensors",
+            field=sent[0],
+        )
     loss, target, options = _named(model, choice.loss)
     batch_size = _check_targets(model, loss, target, options, (inputs, targets))
     weights, reduction = choice.sample_weights, choice.weighted_reduction

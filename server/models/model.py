@@ -66,6 +66,17 @@ class BatchSpec:
         return (-1, *self.sample_shape)
 
 
+def forward_of(
+    module: nn.Module, inputs: torch.Tensor, loss_function: LossFunction | None
+) -> torch.Tensor:
+    """The module's outputs for a batch; a token batch's own loss may carry its attention mask
+    (adapter_models.TokenLossFunction), which the language model's forward takes."""
+    mask = getattr(loss_function, "attention_mask", None)
+    if mask is None:
+        return module(inputs)  # type: ignore[no-any-return]
+    return module(inputs, attention_mask=mask.to(inputs.device))  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class Model:
     name: str

@@ -99,9 +99,11 @@ def check_token_batch(
     max_sequence_length: int = MAX_SEQUENCE_LENGTH,
     max_logits_bytes: int = MAX_LOGITS_BYTES,
     values: bool = True,
+    weights_field: str = "weights",
 ) -> None:
     """Raise naming the field (under `prefix`) unless the batch fits the loss and the model.
-    `values=False` checks dtypes and shapes only (the caller checks values of many at once)."""
+    `values=False` checks dtypes and shapes only (the caller checks values of many at once).
+    `weights_field`: the weights' name in errors (the wire's is `sample_weights`)."""
     inputs = batch.inputs
     if inputs.dtype != torch.int64:
         raise _bad(f"{prefix}inputs.dtype", f"{inputs.dtype} is not int64")
@@ -132,7 +134,7 @@ def check_token_batch(
             raise _bad(f"{prefix}attention_mask.data", "values must be 0 or 1")
     needed = NEEDS.get(loss_name, ())
     for name, tensor in batch.per_token().items():
-        field = f"{prefix}{name}"
+        field = f"{prefix}{weights_field if name == 'weights' else name}"
         if tensor is None:
             # cross_entropy without weights weighs every token 1.
             if name in needed and name != "weights":

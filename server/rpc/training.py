@@ -15,7 +15,7 @@ import grpc
 import torch
 
 from gradserve import serde, serde_graph
-from gradserve.codec import tensor_from_proto
+from gradserve.codec import tensor_from_proto, tensor_into_proto
 from gradserve.errors import InvalidArgumentError
 from gradserve.pass_types import PassResult
 from gradserve.serde_datasets import dataset_batch_from_proto
@@ -100,6 +100,13 @@ class TrainingRpcs:
         targets = self._batch(request.targets, "targets") if request.HasField("targets") else None
         inputs = self._batch(request.inputs, "inputs")
         with self._access.use(request.run, context) as served:
+            if request.return_logprobs:
+                result, logprobs = served.evaluate_logprobs(
+                    inputs, targets, return_predictions=request.return_predictions
+                )
+                response = serde.evaluation_result_to_proto(result)
+                tensor_into_proto(logprobs, response.logprobs)
+                return response
             result = served.evaluate(inputs, targets, return_predictions=request.return_predictions)
         return serde.evaluation_result_to_proto(result)
 

@@ -17,7 +17,7 @@ import torch
 
 from gradserve.errors import FailedPreconditionError
 
-from ..models.model import LossFunction, Model, all_finite, all_finite_tensors
+from ..models.model import LossFunction, Model, all_finite, all_finite_tensors, forward_of
 
 Gradients = tuple[torch.Tensor | None, ...]
 
@@ -81,7 +81,7 @@ def batch_gradients(
     if not module.training:  # Module.train() walks every submodule: skip it when set
         module.train()
     function = model.loss.function if loss_function is None else loss_function
-    loss = function(module(inputs), targets)
+    loss = function(forward_of(module, inputs, loss_function), targets)
     loss_value = loss.item()
     check_loss(loss_value, version)
     # autograd.grad rather than backward(): the batch's gradients are checked before

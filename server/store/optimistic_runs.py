@@ -42,7 +42,12 @@ import torch
 from gradserve.types import StepResult, TrainResult, TrainStep
 
 from ..models.losses import batch_loss_function
-from ..models.model import CONCATENATED_ELEMENTS, all_finite_tensors, float64_norm
+from ..models.model import (
+    CONCATENATED_ELEMENTS,
+    all_finite_tensors,
+    float64_norm,
+    forward_of,
+)
 from .accumulation import backward_into_grad, check_loss
 from .live_state import LiveState
 from .updates import StepRollback, unchecked_step
@@ -240,7 +245,7 @@ class OptimisticRuns:
                 inputs, targets = given_inputs, given_targets
                 if inputs.device != device:
                     inputs, targets = inputs.to(device), targets.to(device)
-                loss = function(module(inputs), targets)
+                loss = function(forward_of(module, inputs, function), targets)
                 backward_into_grad(loss)
                 losses.append(loss.detach())
             self._state.accumulated_batches += len(step_sizes)

@@ -11,6 +11,7 @@ import torch
 
 from gradserve.codec import tensor_from_proto, tensor_into_proto, tensor_to_proto
 from gradserve.errors import InvalidArgumentError
+from gradserve.token_types import TokenBatchLoss
 from gradserve.types import (
     BatchLoss,
     GradientResult,
@@ -64,29 +65,45 @@ def batch_loss_into_proto(choice: BatchLoss | None, message: _WithLoss) -> None:
         message.loss.CopyFrom(loss_spec_to_proto(choice.loss))
     if choice.sample_weights is not None:
         tensor_into_proto(choice.sample_weights, message.sample_weights)
+    if isinstance(choice, TokenBatchLoss):
+        if choice.logprobs is not None:
+            tensor_into_proto(choice.logprobs, message.logprobs)
+        if choice.advantages is not None:
+            tensor_into_proto(choice.advantages, message.advantages)
+        if choice.attention_mask is not None:
+            tensor_into_proto(choice.attention_mask, message.attention_mask)
     message.weighted_reduction = weighted_reduction_to_proto(choice.weighted_reduction)
 
 
 def batch_loss_from_proto(
     message: _WithLoss, prefix: str = "", max_elements: int | None = None
 ) -> BatchLoss | None:
-    """None when the batch names no loss, sends no weights and sets no reduction."""
+    """None when the batch names no loss, sends no weights and sets no reduction; a
+    TokenBatchLoss when it sends per-token `logprobs`, `advantages` or `attention_mask`."""
     has_loss = message.HasField("loss")
-    has_weights = message.HasField("sample_weights")
-    if not (has_loss or has_weights or message.weighted_reduction):
+    per_token = [
+        name for name in ("logprobs", "advantages", "attention_mask") if message.HasField(name)
+    ]
+    chosen_any = has_loss or message.HasField("sample_weights") or message.weighted_reduction
+    if not (chosen_any or per_token):
         return None
-    weights = None
-    if has_weights:
-        weights = tensor_from_proto(
-            message.sample_weights, f"{prefix}sample_weights", max_elements=max_elements
-        )
-    return BatchLoss(
+    tensors: dict[str, torch.Tensor | None] = {}
+    for name in ("sample_weights", *per_token):
+        tensors[name] = None
+        if message.HasField(name):
+            tensors[name] = tensor_from_proto(
+                getattr(message, name), f"{prefix}{name}", max_elements=max_elements
+            )
+    chosen = BatchLoss(
         loss=loss_spec_from_proto(message.loss) if has_loss else None,
-        sample_weights=weights,
+        sample_weights=tensors.pop("sample_weights"),
         weighted_reduction=weighted_reduction_from_proto(
             message.weighted_reduction, f"{prefix}weighted_reduction"
         ),
     )
+    if not per_token:
+        return chosen
+    return TokenBatchLoss(chosen.loss, chosen.sample_weights, chosen.weighted_reduction, **tensors)
 
 
 def train_batch_losses_from_proto(

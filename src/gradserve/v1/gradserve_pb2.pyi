@@ -122,7 +122,7 @@ class LossInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,9 @@ class ComputeGradientsRequest(_message.Message):
     SAMPLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_REDUCTION_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
@@ -143,7 +146,10 @@ class ComputeGradientsRequest(_message.Message):
     sample_weights: Tensor
     weighted_reduction: WeightedReduction
     dataset: DatasetSlice
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ...) -> None: ...
+    logprobs: Tensor
+    advantages: Tensor
+    attention_mask: Tensor
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class DatasetSlice(_message.Message):
     __slots__ = ("dataset", "indices", "start", "count")
@@ -213,30 +219,34 @@ class ApplyUpdateResponse(_message.Message):
     def __init__(self, model_version: _Optional[int] = ..., applied_batches: _Optional[int] = ..., gradient_norm: _Optional[float] = ..., applied_samples: _Optional[int] = ..., clipped: _Optional[bool] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "return_predictions", "run")
+    __slots__ = ("inputs", "targets", "return_predictions", "run", "return_logprobs")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     RETURN_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    RETURN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     return_predictions: bool
     run: str
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_predictions: _Optional[bool] = ..., run: _Optional[str] = ...) -> None: ...
+    return_logprobs: bool
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., return_predictions: _Optional[bool] = ..., run: _Optional[str] = ..., return_logprobs: _Optional[bool] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("loss", "batch_size", "model_version", "predictions", "has_loss")
+    __slots__ = ("loss", "batch_size", "model_version", "predictions", "has_loss", "logprobs")
     LOSS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     HAS_LOSS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     loss: float
     batch_size: int
     model_version: int
     predictions: Tensor
     has_loss: bool
-    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_version: _Optional[int] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., has_loss: _Optional[bool] = ...) -> None: ...
+    logprobs: Tensor
+    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_version: _Optional[int] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., has_loss: _Optional[bool] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class GetParametersRequest(_message.Message):
     __slots__ = ("names", "run", "include_buffers")
@@ -399,20 +409,26 @@ class DescribeGraphResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[GraphNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[GraphEdge, _Mapping]]] = ..., root_id: _Optional[int] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., batch_size: _Optional[int] = ..., max_nodes: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("inputs", "targets", "loss", "sample_weights", "weighted_reduction", "dataset")
+    __slots__ = ("inputs", "targets", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTED_REDUCTION_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     loss: LossSpec
     sample_weights: Tensor
     weighted_reduction: WeightedReduction
     dataset: DatasetSlice
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ...) -> None: ...
+    logprobs: Tensor
+    advantages: Tensor
+    attention_mask: Tensor
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class TrainStep(_message.Message):
     __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version", "hyperparameters", "max_grad_norm")

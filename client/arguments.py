@@ -27,6 +27,7 @@ from .config import (
 )
 from .csv_stream import STREAM_ABOVE_BYTES
 from .datasets import DATASET_DEFAULTS
+from .model_flags import add_model_flags
 from .server_data import add_data_on_server_flag
 
 ENV_SERVER = "GRADSERVE_SERVER"
@@ -56,7 +57,7 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
             "token_file",
         ),
     ),
-    "embedded": (EmbeddedServerConfig, ("model", "optimizer", "loss")),
+    "embedded": (EmbeddedServerConfig, ("model", "optimizer", "loss", "model_factories")),
     "run": (RunConfig, (("run", "name"), "from_checkpoint")),
     "data": (
         DataConfig,
@@ -71,6 +72,7 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
             "init",
             "stream_csv",
             "shuffle_buffer",
+            "step_seeds",
         ),
     ),
     "schedule": (
@@ -234,11 +236,8 @@ def parse_args(
         help="other trainers drive the same model at once: no version checks, no exact "
         f"resume, keep the server's parameters [{ENV_SHARED}]",
     )
-    add(
-        "--json",
-        action="store_true",
-        help="print a JSON summary on stdout (human lines go to stderr)",
-    )
+    add("--json", action="store_true", help="print a JSON summary on stdout (human lines: stderr)")
+    add_model_flags(add)
     add(
         "--progress",
         choices=("auto", "always", "never"),
@@ -395,6 +394,7 @@ def parse_args(
         parser.error("--from-checkpoint needs --run: the name of the fork to create")
     values = vars(args)
     values["features"] = tuple(f for f in args.features.split(",") if f)
+    values["model_factories"] = tuple(values["model_factories"])
     values["run_id"] = args.run_id or uuid.uuid4().hex[:8]
     values["reduction"] = Reduction.parse(args.reduction)
     return _nest(values)

@@ -105,6 +105,7 @@ class ServedRun:
         return_gradients: bool = False,
         based_on_version: int | None = None,
         batch_loss: BatchLoss | None = None,
+        seed: int | None = None,
     ) -> GradientResult:
         seen: list[float] = []
         result = self.store.compute_gradients(
@@ -115,6 +116,7 @@ class ServedRun:
             weigh=self.policy.weigher(based_on_version, seen),
             max_response_bytes=self.limits.max_message_bytes,
             batch_loss=batch_loss,
+            seed=seed,
         )
         return self._recorded(result, seen)
 

@@ -220,7 +220,8 @@ class RunBuilder:
     def _load(self, run: Run, *, restore: bool) -> tuple[ServedRun, Checkpointer | None]:
         config = self.model_config(run.spec) if run.name else self.config.model
         model = build_configured(config)
-        optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
+        named = dict(model.module.named_parameters())
+        optimizer = build_optimizer(config.optimizer, list(named.values()), list(named))
         limits = self.config.limits
         store = self._store_factory(
             model,

@@ -43,6 +43,7 @@ from gradserve.types import StepResult, TrainResult, TrainStep
 
 from ..models.losses import batch_loss_function
 from ..models.model import CONCATENATED_ELEMENTS, all_finite_tensors, float64_norm
+from ..models.randomness import seeded
 from .accumulation import backward_into_grad, check_loss
 from .live_state import LiveState
 from .updates import StepRollback, unchecked_step
@@ -240,7 +241,8 @@ class OptimisticRuns:
                 inputs, targets = given_inputs, given_targets
                 if inputs.device != device:
                     inputs, targets = inputs.to(device), targets.to(device)
-                loss = function(module(inputs), targets)
+                with seeded(None if step.seed is None else step.seed + index, device):
+                    loss = function(module(inputs), targets)
                 backward_into_grad(loss)
                 losses.append(loss.detach())
             self._state.accumulated_batches += len(step_sizes)

@@ -15,3 +15,9 @@ def tiny(hidden: str = "4") -> FactoryModel:
 
 def not_a_model() -> nn.Module:
     return nn.Linear(3, 2)
+
+
+def classifier(loss: str = "cross_entropy") -> FactoryModel:
+    # Names its own default loss: class-index targets without --loss.
+    module = nn.Sequential(nn.Linear(3, 4))
+    return FactoryModel(module, input_shape=(3,), output_shape=(4,), loss=loss)

@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from gradserve.errors import InvalidArgumentError
+from gradserve.server.models.specs import build
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "custom_model"
 SCRIPTS = Path(sys.executable).parent
-STARTUP_SECONDS = 120.0
-pytest.importorskip("sklearn")
 
 
 def readme_commands() -> list[list[str]]:
@@ -55,6 +57,7 @@ def train(command: list[str]) -> dict[str, object]:
 
 
 def test_readme_commands_train_the_factory_model_reproducibly() -> None:
+    pytest.importorskip("sklearn")  # --dataset digits: the `data` extra
     embedded, serve, remote = readme_commands()
     assert [embedded[0], serve[0], remote[0]] == [
         "gradserve-train",
@@ -92,3 +95,16 @@ def test_readme_commands_train_the_factory_model_reproducibly() -> None:
     assert summary["model"] == "digitsnet"
     assert summary["steps"] == first["steps"]
     assert float(summary["accuracy"]) > 0.8  # type: ignore[arg-type]
+
+
+def test_a_factory_names_its_default_loss_and_loss_still_overrides_it() -> None:
+    factories = ("c=model_factories:classifier",)
+    chosen = build("c", factories=factories)
+    assert (chosen.loss.name, chosen.target.dtype, chosen.num_classes) == (
+        "cross_entropy",
+        torch.int64,
+        4,
+    )
+    assert build("c", "mse", factories=factories).loss.name == "mse"
+    with pytest.raises(InvalidArgumentError, match="loss: unknown loss 'hinge'"):
+        build("c:loss=hinge", factories=factories)

@@ -238,3 +238,18 @@ def test_trainer_with_a_seed_is_bitwise_its_local_twin(tmp_path, capsys) -> None
     for name, value in module.state_dict().items():
         remote = torch.tensor(summary["parameters"][name], dtype=torch.float32)
         assert torch.equal(remote, value.flatten()), name
+
+
+def test_a_seed_is_part_of_a_request_ids_payload(make_server) -> None:
+    server = make_server()
+    with GradientClient(server.address, timeout=TIMEOUT) as root:
+        root.create_run("ids", model=SPEC, seed=6)
+        client = root.for_run("ids")
+        (batch,) = batches(1)
+        first = client.compute_gradients(*batch, seed=1, request_id="same")
+        again = client.compute_gradients(*batch, seed=1, request_id="same")
+        assert (again.loss, again.accumulated_batches) == (first.loss, 1)
+        with pytest.raises(InvalidArgumentError, match="request_id"):
+            client.compute_gradients(*batch, seed=2, request_id="same")
+        with pytest.raises(InvalidArgumentError, match="request_id"):
+            client.compute_gradients(*batch, request_id="same")

@@ -184,5 +184,5 @@ def test_two_ranks_refuse_seeds_and_change_nothing() -> None:
         step = TrainStep.of([(inputs, targets)], 0.1, seed=1)
         with pytest.raises(FailedPreconditionError, match="seed"):
             list(client.train_stream([[step]]))
-        info = client.get_model_info()
+        info = client.model_info()
         assert (info.model_version, info.accumulated_batches) == (0, 0)

@@ -78,6 +78,9 @@ class ModelConfig:
     model_file: str | None = None
     # NAME=package.module:function entries: trusted code the operator adds to the registry.
     model_factories: tuple[str, ...] = ()
+    # NAME=DIR (a local Hugging Face folder) or NAME=SPEC entries: the bases adapter runs
+    # train LoRA adapters over, each loaded once (docs/adapters.md).
+    base_models: tuple[str, ...] = ()
     # Where the model lives: cpu, cuda or cuda:N.
     device: str = "cpu"
     optimizer: str = "sgd"

@@ -120,6 +120,15 @@ def parse_args(
         f"(repeatable; comma-separated in {ENV_MODEL_FACTORIES})",
     )
     add(
+        "--base-model",
+        dest="base_models",
+        action="append",
+        default=[],
+        help="NAME=DIR (a local Hugging Face model folder: config.json + *.safetensors) or "
+        "NAME=SPEC: a frozen base that runs train LoRA adapters over, loaded once (repeatable; "
+        "docs/adapters.md)",
+    )
+    add(
         "--device",
         default=env_or(ENV_DEVICE, default["device"]),
         help=f"cpu | cuda | cuda:N: where the model lives [{ENV_DEVICE}]",
@@ -353,7 +362,12 @@ def parse_args(
     add_dataset_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
-        **{**vars(args), "loss": args.loss or None, "model_factories": tuple(args.model_factories)}
+        **{
+            **vars(args),
+            "loss": args.loss or None,
+            "model_factories": tuple(args.model_factories),
+            "base_models": tuple(args.base_models),
+        }
     )
 
 

@@ -18,6 +18,7 @@ from gradserve.types import (
     EvaluationResult,
     GradientResult,
     LoadResult,
+    LoraRequest,
     ModelInfo,
     Reduction,
     RunRequest,
@@ -72,6 +73,8 @@ def test_model_info_round_trip() -> None:
         accumulated_samples=20,
         max_batch_elements=1000,
         max_message_bytes=4096,
+        base_model="tiny",
+        base_model_digest="0b" * 32,
     )
     assert serde.model_info_from_proto(through_wire(serde.model_info_to_proto(info))) == info
 
@@ -211,7 +214,7 @@ def test_graph_node_unknown_kind_names_the_field() -> None:
 
 RUN_TYPES = [
     (
-        RunSummary("alice-1", "mlp:4-8-2", "sgd:momentum=0.9", 7, True, 160),
+        RunSummary("alice-1", "mlp:4-8-2", "sgd:momentum=0.9", 7, True, 160, "tiny", "0a" * 32),
         serde_runs.run_summary_to_proto,
         serde_runs.run_summary_from_proto,
     ),
@@ -236,7 +239,18 @@ RUN_TYPES = [
         serde_runs.state_digest_from_proto,
     ),
     (
-        RunRequest("bob-3", "mlp:4-8-2", "mse", "adam", 5, "bob-2/best", True, "req-1"),
+        RunRequest(
+            "bob-3",
+            "mlp:4-8-2",
+            "mse",
+            "adam",
+            5,
+            "bob-2/best",
+            True,
+            "req-1",
+            "tiny",
+            LoraRequest(8, 16.0, ("q_proj", "v_proj"), 0.1),
+        ),
         serde_runs.run_request_to_proto,
         serde_runs.run_request_from_proto,
     ),
@@ -291,6 +305,12 @@ def test_run_request_tells_an_absent_seed_from_seed_zero(seed: int | None) -> No
     assert (
         serde_runs.run_request_from_proto(through_wire(serde_runs.run_request_to_proto(request)))
         == request
+    )
+    # An adapter over every linear layer (no target names) keeps its LoraSpec present.
+    adapter = RunRequest(base_model="tiny", lora=LoraRequest(4, 8.0), seed=seed)
+    assert (
+        serde_runs.run_request_from_proto(through_wire(serde_runs.run_request_to_proto(adapter)))
+        == adapter
     )
 
 

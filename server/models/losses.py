@@ -162,7 +162,10 @@ def target_spec(model: Model, loss: NamedLoss) -> BatchSpec | None:
 
 
 def available(model: Model) -> tuple[LossInfo, ...]:
-    """The losses GetModelInfo lists for this model."""
+    """The losses GetModelInfo lists for this model (none for token models: their run's
+    token loss only, docs/adapters.md)."""
+    if model.tokens:
+        return ()
     infos = []
     for loss in NAMED.values():
         spec = target_spec(model, loss)
@@ -195,6 +198,12 @@ def _options(loss: NamedLoss, given: Options) -> dict[str, float]:
 
 def _named(model: Model, spec: LossSpec | None) -> tuple[NamedLoss, BatchSpec, dict[str, float]]:
     name = model.loss.name if spec is None else spec.name
+    if model.tokens:
+        raise InvalidArgumentError(
+            "loss: a token model (an adapter run over a language model) takes its run's token "
+            "loss, summed over tokens; per-batch losses and weights are not offered yet",
+            field="loss.name",
+        )
     loss = NAMED.get(name)
     if loss is None:
         raise InvalidArgumentError(

@@ -76,6 +76,14 @@ class Model:
     target: BatchSpec
     # Number of classes for class-index targets (their valid range is [0, num_classes)).
     num_classes: int | None = None
+    # An adapter run's base (server/models/adapter_models.py) by name and digest; "" otherwise.
+    base_model: str = ""
+    base_model_digest: str = ""
+
+    @property
+    def tokens(self) -> bool:
+        """Batches of token sequences [B, T] (adapter_models.TokenModel)."""
+        return False
 
     def check_batch(
         self, inputs: torch.Tensor, targets: torch.Tensor | None, *, values: bool = True

@@ -22,6 +22,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 
 from ..coordination.served_run import ServedRun
 from ..datasets.registry import DatasetRegistry
+from ..runs.adapter_specs import adapter_run_spec
 from ..runs.forks import fork_plan
 from ..runs.lifecycle import Run, RunSpec
 from ..runs.names import check_run_name
@@ -70,6 +71,10 @@ class RunRpcs:
         fork: Callable[[Run], None] | None = None
         if wanted.from_checkpoint:
             spec, fork = fork_plan(wanted, self._runs, principal)
+        elif wanted.base_model:
+            spec = adapter_run_spec(wanted, self._runs.bases)
+        elif wanted.lora is not None:
+            raise InvalidArgumentError("lora: only with base_model", field="lora")
         elif not wanted.model:
             raise InvalidArgumentError("model: a model spec is needed", field="model")
         elif wanted.with_optimizer_state:

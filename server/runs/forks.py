@@ -66,7 +66,22 @@ def fork_plan(
     _must_match("optimizer", request.optimizer, (source.optimizer,))
     _must_match("loss", request.loss, (source.loss, None if source.loss else request.loss))
     seed = request.seed if request.seed is not None else source.seed
-    spec = RunSpec(model=source.model, loss=source.loss, optimizer=source.optimizer, seed=seed)
+    _must_match("base_model", request.base_model, (source.base_model,))
+    if request.lora is not None:
+        raise InvalidArgumentError(
+            "lora: a fork keeps its source's adapter (leave it unset)", field="lora"
+        )
+    # An adapter run's fork keeps its base and adapter settings (the seed in them included:
+    # the model spec the checkpoint is checked against names it); the checkpoint's tensors
+    # replace the adapter's initial ones.
+    spec = RunSpec(
+        model=source.model,
+        loss=source.loss,
+        optimizer=source.optimizer,
+        seed=seed,
+        base_model=source.base_model,
+        lora=source.lora,
+    )
     return spec, _loader(folder.path, request.loss, request.with_optimizer_state)
 
 

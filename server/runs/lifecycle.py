@@ -29,8 +29,10 @@ from ..checkpoints.files import Checkpointer, list_checkpoints
 from ..config import ModelConfig, ServerConfig
 from ..coordination.served_run import ServedRun
 from ..metrics import ServerMetrics
+from ..models.adapter_models import BaseRegistry, adapter_model
+from ..models.lora import LoraConfig
 from ..models.optimizers import build_optimizer
-from ..models.specs import build_configured
+from ..models.specs import build_configured, resolve_device
 from ..store.parameter_store import ParameterStore
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class RunSpec:
     loss: str | None = None
     optimizer: str = "sgd"
     seed: int | None = 0
+    # An adapter run: the base it trains a LoRA adapter over (--base-model), and the adapter.
+    base_model: str = ""
+    lora: LoraConfig | None = None
 
 
 class Run:
@@ -178,6 +183,12 @@ class RunBuilder:
         self._store_factory = store_factory
         root = config.checkpoints.directory
         self.root = Path(root) if root else None
+        # Loaded once, shared by every adapter run on them (never written).
+        self.bases = BaseRegistry.load(
+            config.model.base_models,
+            resolve_device(config.model.device),
+            config.model.model_factories,
+        )
 
     def directory(self, name: str) -> Path | None:
         if self.root is None:
@@ -219,7 +230,10 @@ class RunBuilder:
 
     def _load(self, run: Run, *, restore: bool) -> tuple[ServedRun, Checkpointer | None]:
         config = self.model_config(run.spec) if run.name else self.config.model
-        model = build_configured(config)
+        if run.spec.base_model and run.spec.lora is not None:
+            model = adapter_model(self.bases.get(run.spec.base_model), run.spec.lora)
+        else:
+            model = build_configured(config)
         named = dict(model.module.named_parameters())
         optimizer = build_optimizer(config.optimizer, list(named.values()), list(named))
         limits = self.config.limits
@@ -268,11 +282,21 @@ class RunBuilder:
             document = _read_run_file(folder / RUN_FILE)
             if document is None:
                 continue
+            try:
+                lora = document.get("lora")
+                lora = None if lora is None else _lora_from_document(lora)
+            except (KeyError, TypeError, ValueError, InvalidArgumentError) as error:
+                logger.warning(
+                    "skipping run folder %s: its lora is not an adapter: %s", folder.name, error
+                )
+                continue
             spec = RunSpec(
                 model=document["model"],
                 loss=document.get("loss"),
                 optimizer=document.get("optimizer", "sgd"),
                 seed=document.get("seed"),
+                base_model=document.get("base_model", ""),
+                lora=lora,
             )
             run = Run(folder.name, document["owner"], spec, lambda r: self._load(r, restore=True))
             saved = list_checkpoints(folder)
@@ -310,3 +334,15 @@ def _read_run_file(path: Path) -> dict[str, Any] | None:
         logger.warning("skipping run folder %s: run.json is not a run", path.parent.name)
         return None
     return document
+
+
+def _lora_from_document(document: dict[str, Any]) -> LoraConfig:
+    """run.json's adapter (dataclasses.asdict wrote its target tuple as a JSON list)."""
+    targets = document["target_modules"]
+    return LoraConfig(
+        rank=document["rank"],
+        alpha=document["alpha"],
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        dropout=document["dropout"],
+        seed=document["seed"],
+    )

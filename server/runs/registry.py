@@ -36,6 +36,7 @@ from gradserve.types import RunDetails, RunSummary
 
 from ..checkpoints.names import summaries
 from ..coordination.served_run import ServedRun
+from ..models.adapter_models import BaseRegistry
 from .lifecycle import Run, RunBuilder, RunSpec
 from .names import DEFAULT_RUN, check_run_name
 from .principals import Principal
@@ -96,6 +97,11 @@ class RunRegistry:
     def run(self, name: str, principal: Principal) -> Run:
         return self._visible(name, principal)
 
+    @property
+    def bases(self) -> BaseRegistry:
+        """The operator's bases (--base-model), for adapter runs."""
+        return self._builder.bases
+
     def checkpoint_directory(self, name: str, principal: Principal) -> Path | None:
         """Where the checkpoints of a run the principal may read live (NOT_FOUND for a run
         it may not see); None without --checkpoint-dir. The run need not be loaded."""
@@ -120,7 +126,7 @@ class RunRegistry:
     def list(self, principal: Principal) -> list[RunSummary]:
         with self._lock:
             runs = sorted(self._runs.values(), key=lambda run: run.name)
-        return [_summary(run) for run in runs if self._may_use(run, principal)]
+        return [_summary(run, self.bases) for run in runs if self._may_use(run, principal)]
 
     def details(self, run: Run, datasets: int, dataset_bytes: int) -> RunDetails:
         """GetRun's answer for a run the caller may see (`run` from run()), without loading
@@ -128,9 +134,9 @@ class RunRegistry:
         directory = self._builder.directory(run.name)
         checkpoints = len(summaries(directory)) if directory is not None else 0
         return RunDetails(
-            _summary(run),
+            _summary(run, self.bases),
             owner=run.owner,
-            base_model="",
+            base_model=run.spec.base_model,
             checkpoints=checkpoints,
             datasets=datasets,
             dataset_bytes=dataset_bytes,
@@ -232,7 +238,7 @@ class RunRegistry:
                 run.unload_if_idle(deadline)
 
 
-def _summary(run: Run) -> RunSummary:
+def _summary(run: Run, bases: BaseRegistry) -> RunSummary:
     return RunSummary(
         run.name,
         run.model_spec,
@@ -240,4 +246,6 @@ def _summary(run: Run) -> RunSummary:
         run.version,
         run.served is not None,
         run.parameter_bytes,
+        run.spec.base_model,
+        bases.digest_of(run.spec.base_model),
     )

@@ -149,6 +149,8 @@ class ModelAccess:
             model_version=version,
             accumulated_batches=batches,
             accumulated_samples=samples,
+            base_model=model.base_model,
+            base_model_digest=model.base_model_digest,
         )
 
     def gradients(self) -> dict[str, torch.Tensor | None]:

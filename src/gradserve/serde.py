@@ -107,6 +107,8 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         buffers=[tensor_spec_to_proto(spec) for spec in info.buffers],
         losses=[loss_info_to_proto(loss) for loss in info.losses],
         dataset_bytes_available=info.dataset_bytes_available,
+        base_model=info.base_model,
+        base_model_digest=info.base_model_digest,
     )
 
 
@@ -138,6 +140,8 @@ def model_info_from_proto(message: pb.GetModelInfoResponse) -> ModelInfo:
             for index, loss in enumerate(message.losses)
         ),
         dataset_bytes_available=message.dataset_bytes_available,
+        base_model=message.base_model,
+        base_model_digest=message.base_model_digest,
     )
 
 

@@ -11,6 +11,7 @@ from gradserve.serde import model_info_from_proto, model_info_to_proto
 from gradserve.types import (
     CheckpointSummary,
     LoadResult,
+    LoraRequest,
     ModelInfo,
     RunDetails,
     RunRequest,
@@ -33,6 +34,16 @@ def run_request_to_proto(request: RunRequest) -> pb.CreateRunRequest:
     )
     if request.seed is not None:
         message.seed = request.seed
+    message.base_model = request.base_model
+    if request.lora is not None:
+        message.lora.CopyFrom(
+            pb.LoraSpec(
+                rank=request.lora.rank,
+                alpha=request.lora.alpha,
+                target_modules=request.lora.target_modules,
+                dropout=request.lora.dropout,
+            )
+        )
     return message
 
 
@@ -46,6 +57,17 @@ def run_request_from_proto(message: pb.CreateRunRequest) -> RunRequest:
         from_checkpoint=message.from_checkpoint,
         with_optimizer_state=message.with_optimizer_state,
         request_id=message.request_id,
+        base_model=message.base_model,
+        lora=(
+            LoraRequest(
+                rank=message.lora.rank,
+                alpha=message.lora.alpha,
+                target_modules=tuple(message.lora.target_modules),
+                dropout=message.lora.dropout,
+            )
+            if message.HasField("lora")
+            else None
+        ),
     )
 
 
@@ -65,6 +87,8 @@ def run_summary_to_proto(summary: RunSummary) -> pb.RunSummary:
         model_version=summary.model_version,
         loaded=summary.loaded,
         parameter_bytes=summary.parameter_bytes,
+        base_model=summary.base_model,
+        base_model_digest=summary.base_model_digest,
     )
 
 
@@ -76,6 +100,8 @@ def run_summary_from_proto(message: pb.RunSummary) -> RunSummary:
         model_version=message.model_version,
         loaded=message.loaded,
         parameter_bytes=message.parameter_bytes,
+        base_model=message.base_model,
+        base_model_digest=message.base_model_digest,
     )
 
 

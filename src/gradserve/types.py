@@ -110,6 +110,9 @@ class ModelInfo:
     losses: tuple[LossInfo, ...] = ()
     # Bytes of datasets the server can take now (0: none, or no datasets).
     dataset_bytes_available: int = 0
+    # An adapter run's base model and the SHA-256 of its tensors ("" for a full model).
+    base_model: str = ""
+    base_model_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,16 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class LoraRequest:
+    """A LoRA adapter CreateRun asks for (docs/adapters.md); empty targets: all linear layers."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...] = ()
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunRequest:
     """What CreateRun asks for: a fresh run of a model, or a fork of a checkpoint."""
 
@@ -322,6 +335,9 @@ class RunRequest:
     from_checkpoint: str = ""
     with_optimizer_state: bool = False
     request_id: str = ""
+    # An adapter run: the base the operator serves, and the adapter over it.
+    base_model: str = ""
+    lora: LoraRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +352,9 @@ class RunSummary:
     # False while the run is unloaded (idle, checkpointed); its next call loads it back.
     loaded: bool
     parameter_bytes: int
+    # An adapter run's base model and its digest ("" for a full model).
+    base_model: str = ""
+    base_model_digest: str = ""
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements", "run", "buffers", "losses", "dataset_bytes_available")
+    __slots__ = ("model", "model_spec", "parameters", "parameter_count", "input", "target", "loss", "optimizer", "model_version", "accumulated_batches", "accumulated_samples", "max_message_bytes", "max_batch_elements", "run", "buffers", "losses", "dataset_bytes_available", "base_model", "base_model_digest")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +290,8 @@ class GetModelInfoResponse(_message.Message):
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     DATASET_BYTES_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_spec: str
     parameters: _containers.RepeatedCompositeFieldContainer[TensorSpec]
@@ -307,7 +309,9 @@ class GetModelInfoResponse(_message.Message):
     buffers: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     losses: _containers.RepeatedCompositeFieldContainer[LossInfo]
     dataset_bytes_available: int
-    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ..., run: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., losses: _Optional[_Iterable[_Union[LossInfo, _Mapping]]] = ..., dataset_bytes_available: _Optional[int] = ...) -> None: ...
+    base_model: str
+    base_model_digest: str
+    def __init__(self, model: _Optional[str] = ..., model_spec: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameter_count: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., accumulated_samples: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch_elements: _Optional[int] = ..., run: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., losses: _Optional[_Iterable[_Union[LossInfo, _Mapping]]] = ..., dataset_bytes_available: _Optional[int] = ..., base_model: _Optional[str] = ..., base_model_digest: _Optional[str] = ...) -> None: ...
 
 class DiscardGradientsRequest(_message.Message):
     __slots__ = ("run",)
@@ -616,7 +620,7 @@ class SaveCheckpointResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model_version: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("run", "model", "loss", "optimizer", "seed", "from_checkpoint", "with_optimizer_state", "request_id")
+    __slots__ = ("run", "model", "loss", "optimizer", "seed", "from_checkpoint", "with_optimizer_state", "request_id", "base_model", "lora")
     RUN_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -625,6 +629,8 @@ class CreateRunRequest(_message.Message):
     FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     WITH_OPTIMIZER_STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
     run: str
     model: str
     loss: str
@@ -633,7 +639,21 @@ class CreateRunRequest(_message.Message):
     from_checkpoint: str
     with_optimizer_state: bool
     request_id: str
-    def __init__(self, run: _Optional[str] = ..., model: _Optional[str] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., seed: _Optional[int] = ..., from_checkpoint: _Optional[str] = ..., with_optimizer_state: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    base_model: str
+    lora: LoraSpec
+    def __init__(self, run: _Optional[str] = ..., model: _Optional[str] = ..., loss: _Optional[str] = ..., optimizer: _Optional[str] = ..., seed: _Optional[int] = ..., from_checkpoint: _Optional[str] = ..., with_optimizer_state: _Optional[bool] = ..., request_id: _Optional[str] = ..., base_model: _Optional[str] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ...) -> None: ...
+
+class LoraSpec(_message.Message):
+    __slots__ = ("rank", "alpha", "target_modules", "dropout")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    alpha: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    dropout: float
+    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., dropout: _Optional[float] = ...) -> None: ...
 
 class CreateRunResponse(_message.Message):
     __slots__ = ("run", "info")
@@ -648,20 +668,24 @@ class ListRunsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run", "model_spec", "optimizer", "model_version", "loaded", "parameter_bytes")
+    __slots__ = ("run", "model_spec", "optimizer", "model_version", "loaded", "parameter_bytes", "base_model", "base_model_digest")
     RUN_FIELD_NUMBER: _ClassVar[int]
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     run: str
     model_spec: str
     optimizer: str
     model_version: int
     loaded: bool
     parameter_bytes: int
-    def __init__(self, run: _Optional[str] = ..., model_spec: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., loaded: _Optional[bool] = ..., parameter_bytes: _Optional[int] = ...) -> None: ...
+    base_model: str
+    base_model_digest: str
+    def __init__(self, run: _Optional[str] = ..., model_spec: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., loaded: _Optional[bool] = ..., parameter_bytes: _Optional[int] = ..., base_model: _Optional[str] = ..., base_model_digest: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)

@@ -1,0 +1,162 @@
+"""Adapter runs' models: a base's LoRA adapter served as a Model, over token batches for LMs.
+
+An adapter run's module is its LoraAdapter: the adapter's tensors only, the base shared. For a
+causal LM base its batches are token sequences (inputs and targets int64 [B, T], any T up to
+the bound, ids in the vocabulary) and its loss is token cross-entropy summed over tokens
+(token_losses.py); for a registry-spec base, the spec model's batches and loss. The run
+machinery (stores, optimizers, checkpoints, forks, digests) then sees an ordinary Model whose
+state is the adapter alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gradserve.errors import InvalidArgumentError
+
+from .bases import Base, load_base
+from .lora import LoraAdapter, LoraConfig
+from .model import BatchSpec, Loss, Model
+from .token_losses import (
+    MAX_LOGITS_BYTES,
+    MAX_SEQUENCE_LENGTH,
+    TokenBatch,
+    check_token_batch,
+    target_logprobs,
+)
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of -log p(target) over every token of the batch (token_losses' cross_entropy, weights 1)."""
+    return -target_logprobs(logits, targets).sum()
+
+
+TOKEN_CROSS_ENTROPY = Loss("cross_entropy", token_cross_entropy, class_targets=True)
+
+
+@dataclass(frozen=True)
+class TokenModel(Model):
+    """A causal LM's adapter: batches of token ids [B, T]; num_classes is the vocabulary."""
+
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
+    max_logits_bytes: int = MAX_LOGITS_BYTES
+
+    @property
+    def tokens(self) -> bool:
+        return True
+
+    def check_batch(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None, *, values: bool = True
+    ) -> int:
+        batch = TokenBatch(inputs, inputs if targets is None else targets)
+        check_token_batch(
+            batch,
+            "cross_entropy",
+            self.num_classes or 0,
+            max_sequence_length=self.max_sequence_length,
+            max_logits_bytes=self.max_logits_bytes,
+            values=values,
+        )
+        return int(inputs.shape[0])
+
+    def values_fit(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> bool:
+        vocab = self.num_classes or 0
+        for tensor in (*inputs, *targets):
+            if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= vocab):
+                return False
+        return True
+
+
+def lora_spec(base: Base, lora: LoraConfig) -> str:
+    """The run's model spec as GetModelInfo shows it: the base by name and digest, and the
+    adapter's settings. Checkpoints compare it whole, so a checkpoint made over another base
+    (other tensors under the same name) is refused rather than loaded onto the wrong base."""
+    targets = (
+        lora.target_modules
+        if isinstance(lora.target_modules, str)
+        else "+".join(lora.target_modules)
+    )
+    return (
+        f"lora:{base.name}:base_sha256={base.digest}:rank={lora.rank}:alpha={lora.alpha:g}:targets={targets}"
+        f":dropout={lora.dropout:g}:seed={lora.seed}"
+    )
+
+
+def adapter_model(
+    base: Base,
+    lora: LoraConfig,
+    tensors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Model:
+    """A run's model: a new adapter (from lora.seed, or the given tensors) over `base`."""
+    adapter = LoraAdapter(base.module, lora, tensors)
+    spec = lora_spec(base, lora)
+    if base.served is not None:
+        return dataclasses.replace(
+            base.served,
+            name="lora",
+            spec=spec,
+            module=adapter,
+            base_model=base.name,
+            base_model_digest=base.digest,
+        )
+    if base.vocab_size is None:
+        raise InvalidArgumentError(
+            f"base_model {base.name}: not a servable base", field="base_model"
+        )
+    tokens = BatchSpec(torch.int64, (-1,))
+    return TokenModel(
+        name="lora",
+        spec=spec,
+        module=adapter,
+        loss=TOKEN_CROSS_ENTROPY,
+        input=tokens,
+        target=tokens,
+        num_classes=base.vocab_size,
+        base_model=base.name,
+        base_model_digest=base.digest,
+    )
+
+
+class BaseRegistry:
+    """The operator's bases by name, each loaded once (`--base-model NAME=DIR|SPEC`)."""
+
+    def __init__(self, bases: Mapping[str, Base]) -> None:
+        self._bases = dict(bases)
+
+    @classmethod
+    def load(
+        cls,
+        entries: Sequence[str],
+        device: torch.device | None = None,
+        factories: Sequence[str] = (),
+    ) -> BaseRegistry:
+        bases: dict[str, Base] = {}
+        for entry in entries:
+            base = load_base(entry, device, factories)
+            if base.name in bases:
+                raise InvalidArgumentError(
+                    f"base_model: {base.name!r} is named twice", field="base_model"
+                )
+            bases[base.name] = base
+        return cls(bases)
+
+    def names(self) -> list[str]:
+        return sorted(self._bases)
+
+    def digest_of(self, name: str) -> str:
+        """The digest of a base by name; "" for "" (a full model) or an unknown name."""
+        base = self._bases.get(name)
+        return "" if base is None else base.digest
+
+    def get(self, name: str) -> Base:
+        base = self._bases.get(name)
+        if base is None:
+            known = ", ".join(self.names()) or "none (the server has no --base-model)"
+            raise InvalidArgumentError(
+                f"base_model: no base {name[:80]!r}; known: {known}", field="base_model"
+            )
+        return base

@@ -22,6 +22,7 @@ from gradserve.errors import UnavailableError
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
 from .errors import error_from_rpc
+from .handshake import tls_hint
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 T = TypeVar("T")
@@ -82,8 +83,11 @@ class CallChannel:
         # The caller's metadata (the bearer token), and with the run's name for this run.
         self.caller_metadata = tuple(metadata)
         self.metadata = run_metadata(self.caller_metadata, run)
+        # Known only for a channel made here: what a failed handshake is checked against.
+        self.uses_tls: bool | None = None
         if channel is None:
             channel = new_channel(target, max_message_bytes, credentials)
+            self.uses_tls = credentials is not None
         self.grpc_channel = channel
         self.owns_channel = owns_channel
         self.stub = pb_grpc.GradientServiceStub(self.grpc_channel)
@@ -92,7 +96,7 @@ class CallChannel:
     def for_run(self, run: str) -> CallChannel:
         """One for run `run` over this channel, with its deadline, retries and credentials;
         closing it leaves the channel open."""
-        return CallChannel(
+        other = CallChannel(
             self.target,
             timeout=self.timeout,
             retry=self.retry,
@@ -101,6 +105,8 @@ class CallChannel:
             run=run,
             owns_channel=False,
         )
+        other.uses_tls = self.uses_tls
+        return other
 
     def close(self) -> None:
         """Close the gRPC channel when this object made it (not one `for_run` shares)."""
@@ -114,9 +120,12 @@ class CallChannel:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise UnavailableError(
-                    f"server at {self.target} not ready after {timeout:g}s ({last})"
-                )
+                message = f"server at {self.target} not ready after {timeout:g}s ({last})"
+                # gRPC reports a refused TLS handshake as a timeout: say so when it is one.
+                hint = None
+                if self.uses_tls is not None:
+                    hint = tls_hint(self.target, client_uses_tls=self.uses_tls)
+                raise UnavailableError(f"{message}; {hint}" if hint else message)
             try:
                 response = self.health.Check(
                     health_pb2.HealthCheckRequest(service=SERVICE_NAME),

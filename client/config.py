@@ -45,6 +45,8 @@ class EmbeddedServerConfig:
     loss: str | None = None
     # NAME=module:function entries the embedded server registers (--model-factory).
     model_factories: tuple[str, ...] = ()
+    # The flags of these three the user typed (to warn when they cannot apply).
+    given: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class DataConfig:
     validation_split: float = 0.0
     # "seed": set the seed tutorial's initial w, b (linear model); "server": keep the server's.
     init: str = "auto"
+    # Set these parameters (safetensors, as --save writes) before the first step.
+    init_from: Path | None = None
     # Read --csv in batches from disk instead of loading it (automatic for large files).
     stream_csv: bool = False
     # Rows the streaming reader shuffles among when shuffling.
@@ -86,6 +90,8 @@ class ScheduleConfig:
     epochs: int = 100
     batch_size: int = 10
     learning_rate: float = 0.01
+    # The learning rate per step (client/lr_schedule.py); "constant": learning_rate.
+    lr_schedule: str = "constant"
     # ComputeGradients calls per ApplyUpdate, and how the update reduces them.
     accumulation_steps: int = 1
     reduction: Reduction = Reduction.SUM
@@ -102,6 +108,9 @@ class TransportConfig:
     # "auto": upload the training set once and name batches by samples when it is held and
     # fits the server's dataset budget; "on": the same, or fail; "off": batches go inline.
     data_on_server: str = "auto"
+    # Leave the training set uploaded when the trainer ends (by default it deletes what it
+    # uploaded: datasets count against the server's budget for every run).
+    keep_datasets: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,9 @@ class ParallelConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     port: int = 8000
+    # Serve on a free port instead (with a notice) when `port` is taken: only for the
+    # default port; a port the user chose stays an error when it is busy.
+    port_fallback: bool = False
     host: str = "127.0.0.1"
     # Keep /metrics served this long after training.
     linger_seconds: float = 0.0
@@ -138,6 +150,8 @@ class MetricsConfig:
 class OutputConfig:
     json: bool = False
     progress: str = "auto"
+    # Write the final parameters here as safetensors.
+    save: Path | None = None
     log_every: int = 10
     # Print the autograd graph of the first batch before training (DescribeGraph).
     show_graph: bool = False

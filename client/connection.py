@@ -18,9 +18,8 @@ from ..server.config import (
     ServerConfig,
 )
 from .config import TrainConfig
+from .connection_flags import open_client
 from .gradient_client import GradientClient
-from .retry import RetryPolicy
-from .security import bearer_metadata, channel_credentials, read_token
 
 
 def embedded_server_config(config: TrainConfig, *, sync_workers: int = 0) -> ServerConfig:
@@ -51,18 +50,7 @@ def embedded_server_config(config: TrainConfig, *, sync_workers: int = 0) -> Ser
 
 
 def client_for(config: TrainConfig, target: str) -> GradientClient:
-    connection = config.connection
-    return GradientClient(
-        target,
-        timeout=connection.timeout_seconds,
-        retry=RetryPolicy(
-            max_attempts=connection.retry_attempts,
-            max_backoff=connection.retry_max_backoff_seconds,
-        ),
-        credentials=channel_credentials(connection.tls_ca, connection.tls_cert, connection.tls_key),
-        metadata=bearer_metadata(read_token(connection.token_file)),
-        run=config.run.name,
-    )
+    return open_client(config.connection, target, config.run.name)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
 from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.pass_types import DatasetPass, PassResult
+from gradserve.sampling_types import SampleResult, SampleStreamItem, SamplingParams
 from gradserve.types import (
     CheckpointSummary,
     DatasetBatch,
@@ -45,6 +46,7 @@ from .dataset_calls import DatasetCalls
 from .parameter_transfer import ParameterTransfer
 from .retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, new_request_id
 from .run_calls import RunCalls
+from .sampling_calls import SamplingCalls
 from .step_calls import StepCalls
 from .train_calls import TrainCalls
 
@@ -68,7 +70,7 @@ class GradientClient:
 
     Every call names `run` (client/call_channel.py); calls that change the server carry a
     request_id, so a retry after UNAVAILABLE applies nothing twice. The call groups are
-    attributes too: `steps`, `stream`, `losses`, `runs`, `datasets`, `parameters`, all over
+    attributes too: `steps`, `stream`, `losses`, `runs`, `datasets`, `parameters`, `sampling`, over
     the CallChannel `call_channel`.
     """
 
@@ -105,6 +107,7 @@ class GradientClient:
         self.runs = RunCalls(call_channel)
         self.datasets = DatasetCalls(call_channel)
         self.parameters = ParameterTransfer(call_channel)
+        self.sampling = SamplingCalls(call_channel)
 
     @property
     def target(self) -> str:
@@ -312,6 +315,16 @@ class GradientClient:
     def list_runs(self) -> list[RunSummary]:
         """The runs this caller may see, sorted by name."""
         return self.runs.list_runs()
+
+    def sample_stream(
+        self, prompt_tokens: Sequence[int], params: SamplingParams
+    ) -> Iterator[SampleStreamItem]:
+        """(model version, event) per step as the server samples (SamplingCalls.sample_stream)."""
+        return self.sampling.sample_stream(prompt_tokens, params)
+
+    def sample(self, prompt_tokens: Sequence[int], params: SamplingParams) -> SampleResult:
+        """Every sample of one prompt, whole, and the version drawn from (docs/sampling.md)."""
+        return self.sampling.sample(prompt_tokens, params)
 
     def get_run(self, run: str) -> RunDetails:
         """One run this caller may see: its summary, owner, base, checkpoints and datasets."""

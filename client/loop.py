@@ -11,7 +11,6 @@ batches in order they are bitwise the seed tutorial's local loop.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 
 import torch
@@ -21,11 +20,10 @@ from gradserve.errors import NotFoundError, UnavailableError
 from .data import Dataset, batches
 from .digest_check import verify_resumed_digest
 from .gradient_client import GradientClient
+from .large_parameters import put_parameters
 from .plan import StepPlan, Versioning
 from .recorder import Recorder, TrainSummary
 from .transport import OutOfStep, ResumeError, Transport
-
-logger = logging.getLogger(__name__)
 
 MAX_RESYNCS = 100
 
@@ -90,7 +88,11 @@ def train(
             next_step, start_version = resync(
                 client, connect_timeout, plan.total_steps, start_version, initial
             )
-            logger.info("re-synced after %s: continuing at step %d", reason, next_step)
+            why = (str(reason).splitlines() or [type(reason).__name__])[0][:160]
+            recorder.notice(
+                f"gradserve-train: re-synced with the server at version "
+                f"{start_version + next_step}: continuing at step {next_step} ({why})"
+            )
             recorder.rewind(next_step)
 
 
@@ -113,7 +115,7 @@ def resync(
                 f"the server is at version {info.model_version}, before this run's start "
                 f"({start_version}), and there are no initial parameters to set again"
             )
-        return 0, client.set_parameters(dict(initial), expected_version=info.model_version)
+        return 0, put_parameters(client, initial, info, expected_version=info.model_version)
     step = info.model_version - start_version
     if total_steps is not None and step > total_steps:
         raise ResumeError(

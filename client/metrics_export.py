@@ -5,23 +5,36 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import TextIO
 
 from prometheus_client import CollectorRegistry, push_to_gateway, start_http_server
 
 from .config import MetricsConfig
 
 
-def serve_metrics(config: MetricsConfig, registry: CollectorRegistry) -> None:
+def serve_metrics(config: MetricsConfig, registry: CollectorRegistry, notice: TextIO) -> int:
+    """Serve /metrics; the port it is served on (0: not served). When the default port is
+    taken (port_fallback), a free one instead, said in one line on `notice`."""
     if not config.port:
-        return
+        return 0
     try:
-        start_http_server(config.port, addr=config.host, registry=registry)
+        server, _ = start_http_server(config.port, addr=config.host, registry=registry)
     except OSError as error:
-        # Port 8000 is a common default: say which port, and how to move or drop it.
-        raise OSError(
-            f"cannot serve /metrics on {config.host}:{config.port}: "
-            f"{error.strerror or error} (--metrics-port PORT, or 0 for none)"
-        ) from None
+        if not config.port_fallback:
+            # Say which port, and how to move or drop it.
+            raise OSError(
+                f"cannot serve /metrics on {config.host}:{config.port}: "
+                f"{error.strerror or error} (--metrics-port PORT, or 0 for none)"
+            ) from None
+        server, _ = start_http_server(0, addr=config.host, registry=registry)
+        port = int(server.server_address[1])
+        print(
+            f"gradserve-train: port {config.port} is taken: /metrics on "
+            f"{config.host}:{port} instead (--metrics-port PORT to choose, 0 for none)",
+            file=notice,
+        )
+        return port
+    return int(server.server_address[1])
 
 
 def push_metrics(config: MetricsConfig, registry: CollectorRegistry) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def add_model_flags(add: Callable[..., Any]) -> None:
+def add_factory_and_seed_flags(add: Callable[..., Any]) -> None:
     add(
         "--model-factory",
         dest="model_factories",

@@ -1,5 +1,6 @@
 """The step plan: which batches, learning rate and reduction make up step s of a run, and
-the model version it must apply at. Pure: a function of the data, the schedule and the seed.
+the model version it must apply at. Pure: a function of the data, the schedule and the seed
+(the learning rate of step s: client/lr_schedule.py).
 
 Step s is always the same batches, so a run that resumes at step s replays exactly what an
 uninterrupted run would have sent. Shuffling draws one permutation per epoch from a generator
@@ -22,7 +23,8 @@ import torch
 from gradserve.types import DatasetBatch, Reduction, TrainStep
 
 from .config import ScheduleConfig
-from .data import Dataset, batches
+from .data import DataError, Dataset, batches
+from .lr_schedule import LearningRates
 from .step_seeds import first_batch_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -125,6 +127,12 @@ class StepPlan:
         self.shard = shard
         self.versioning = versioning
         self.step_seeds = step_seeds
+        try:
+            self.learning_rates = LearningRates(
+                schedule.lr_schedule, schedule.learning_rate, self.total_steps
+            )
+        except ValueError as error:
+            raise DataError(str(error)) from None
 
     def expected_version(self, step: PlannedStep, start_version: int) -> int | None:
         """The version step's update carries, when known before it is sent."""
@@ -220,7 +228,7 @@ class StepPlan:
             number=number,
             epoch=epoch,
             batches=tuple(batch for batch, _ in chosen),
-            learning_rate=self.schedule.learning_rate,
+            learning_rate=self.learning_rates.at(number),
             reduction=self.schedule.reduction,
             closes_epoch=closes_epoch,
             named=named if len(named) == len(chosen) else (),

@@ -59,6 +59,8 @@ class Recorder:
         self.output = output or OutputConfig(epoch_lines=False, progress="never")
         self.human = human if self.output.epoch_lines else None
         self.bar = ProgressBar(epochs, progress, self.output.progress) if progress else None
+        # Notices (a re-sync) go where the bar goes: stderr, for people, never the JSON.
+        self.notices = progress
         self.summary = TrainSummary()
         self._started = time.perf_counter()
         self._step_losses: dict[int, tuple[float, ...]] = {}
@@ -86,7 +88,13 @@ class Recorder:
         """Close the epoch that `done` ends; `validation`: (loss, accuracy) after it."""
         epoch = done.step.epoch
         first = self._epoch_first_step[epoch]
-        losses = [loss for s in range(first, done.step.number + 1) for loss in self._step_losses[s]]
+        # A step can be missing: a re-sync that finds the server past it (its update landed,
+        # its answer was lost; another client moved the run) continues after it.
+        losses = [
+            loss
+            for s in range(first, done.step.number + 1)
+            for loss in self._step_losses.get(s, ())
+        ] or [math.nan]
         summary, metrics = self.summary, self.metrics
         mean_loss = sum(losses) / len(losses)
         summary.epoch_losses.append(mean_loss)
@@ -121,6 +129,15 @@ class Recorder:
         del summary.accuracies[kept:]
         summary.steps = step
         summary.batches = sum(len(losses) for losses in self._step_losses.values())
+
+    def notice(self, line: str) -> None:
+        """One line for people about the run (not an epoch): a re-sync after a restart."""
+        if self.notices is None:
+            return
+        if self.bar is not None:
+            self.bar.write(line, self.notices)
+        else:
+            print(line, file=self.notices, flush=True)
 
     def finish(self) -> TrainSummary:
         self.summary.seconds = time.perf_counter() - self._started

@@ -13,8 +13,10 @@ from gradserve.types import ModelInfo
 from .config import TrainConfig
 from .connection import connect
 from .exit_codes import EXIT_OK
+from .large_parameters import fetch_parameters
 from .metrics import TrainMetrics
 from .metrics_export import Linger, push_metrics, serve_metrics
+from .parameter_files import write_parameters
 from .plot import plot_data, require_matplotlib, write_plot
 from .recorder import Recorder, TrainSummary
 from .run_setup import prepare_run
@@ -27,7 +29,8 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
     if config.output.plot is not None:
         require_matplotlib()
     metrics = TrainMetrics(config.metrics.run_id, config.embedded.model)
-    serve_metrics(config.metrics, metrics.registry)
+    serve_metrics(config.metrics, metrics.registry, err)
+    warn_unused_flags(config, err)
     parallel = config.parallel
     reports: list[dict[str, Any]] = []
     sync_workers = parallel.workers if parallel.sharded else 0
@@ -41,7 +44,13 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
             summary, reports = run_workers(client, config, info, recorder)
         else:
             summary = run_training(client, config, info, recorder, graph_out=human)
-        version, parameters = client.get_parameters()
+        version, parameters = fetch_parameters(client, info)
+    if config.output.save is not None:
+        write_parameters(
+            config.output.save,
+            parameters,
+            {"model": info.model_spec, "model_version": str(version)},
+        )
     linger = Linger(config.metrics)
     linger.begin()
     if config.output.plot is not None:
@@ -81,6 +90,20 @@ def run(config: TrainConfig, out: TextIO, err: TextIO) -> int:
     push_metrics(config.metrics, metrics.registry)
     linger.wait()
     return EXIT_OK
+
+
+def warn_unused_flags(config: TrainConfig, err: TextIO) -> None:
+    """One line for the model flags a remote server's default run does not take: it was
+    built from the server's own flags (with --run NAME they describe the run to create)."""
+    given = config.embedded.given
+    if config.connection.server is None or config.run.name or not given:
+        return
+    flags = ", ".join(sorted(set(given)))
+    print(
+        f"gradserve-train: warning: {flags} not applied: the server's default run has its "
+        f"own model, optimizer and loss (--run NAME creates a run with yours)",
+        file=err,
+    )
 
 
 def run_summary(

@@ -16,7 +16,9 @@ from .config import TrainConfig
 from .data import Dataset
 from .gradient_client import GradientClient
 from .graph import render_dot, render_tree
+from .large_parameters import put_parameters
 from .loop import train
+from .parameter_files import read_parameters
 from .plan import BatchSource, Shard, StepPlan, Versioning
 from .recorder import Recorder, TrainSummary
 from .server_data import upload_training_set
@@ -74,26 +76,36 @@ def run_training(
     """Train this process's part of the run. `set_initial`: set the initial parameters the
     data implies (a --workers child leaves that to its parent)."""
     train_set, validation_set, initial = training_sets(config, info)
+    if config.data.init_from is not None:
+        initial = read_parameters(config.data.init_from)
     if not set_initial or config.parallel.shard_index > 0:
         initial = {}
     # Step s of the run applies at version start_version + s (how the loop resumes).
-    start_version = client.set_parameters(initial) if initial else info.model_version
+    start_version = put_parameters(client, initial, info) if initial else info.model_version
     if isinstance(train_set, Dataset) and graph_out is not None:
         show_graph(client, train_set, config, graph_out)
     server_data = upload_training_set(client, config.transport.data_on_server, info, train_set)
     plan = make_plan(config, train_set, server_data.name if server_data else None)
-    return train(
-        client,
-        plan,
-        make_transport(client, config, info),
-        recorder,
-        validation_set=validation_set if validate else None,
-        classification=info.target.dtype == torch.int64,
-        initial=initial if plan.versioning is Versioning.EXACT else None,
-        start_version=start_version,
-        connect_timeout=config.connection.connect_timeout_seconds,
-        upload=server_data.upload if server_data else None,
-    )
+    try:
+        return train(
+            client,
+            plan,
+            make_transport(client, config, info),
+            recorder,
+            validation_set=validation_set if validate else None,
+            classification=info.target.dtype == torch.int64,
+            initial=initial if plan.versioning is Versioning.EXACT else None,
+            start_version=start_version,
+            connect_timeout=config.connection.connect_timeout_seconds,
+            upload=server_data.upload if server_data else None,
+        )
+    finally:
+        # Datasets count against the server's budget for every run: not left behind. Only a
+        # lone trainer's: shards and --shared trainers name one dataset together, and one
+        # that ends first must not pull it from under the others.
+        alone = not (config.parallel.sharded or config.parallel.shared)
+        if server_data is not None and alone and not config.transport.keep_datasets:
+            server_data.delete()
 
 
 def show_graph(

@@ -20,6 +20,7 @@ from gradserve.defaults import SERVICE_NAME, channel_options
 from .checkpoints.files import Checkpointer
 from .config import ServerConfig
 from .datasets.registry import DatasetRegistry
+from .listening import check_port_free, format_address, server_options
 from .metrics import ServerMetrics
 from .rpc.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from .rpc.interceptors import ServerInterceptor
@@ -37,11 +38,7 @@ from .tracing import server_interceptors
 logger = logging.getLogger(__name__)
 
 # Kept importable from here for code that embeds a server (they live in gradserve.defaults).
-__all__ = ["SERVICE_NAME", "GradientServer", "channel_options", "create_server"]
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+__all__ = ["SERVICE_NAME", "GradientServer", "channel_options", "create_server", "format_address"]
 
 
 @dataclass
@@ -102,9 +99,11 @@ def create_server(
 ) -> GradientServer:
     """`store_factory`: the store class to serve with (server/store/distributed.py's on rank 0)."""
     runtime, limits, model_config = config.runtime, config.limits, config.model
+    # Before the model is built: a busy port is one line, not minutes of loading first.
+    check_port_free(config.network.host, config.network.port, "--port")
     if runtime.torch_threads is not None:
         torch.set_num_threads(runtime.torch_threads)
-    metrics = metrics or ServerMetrics()
+    metrics = metrics or ServerMetrics(run_labels=config.security.metrics_run_labels)
     builder = RunBuilder(config, metrics, store_factory or ParameterStore)
     # Built and its checkpoint restored before the port is bound: nobody sees the model
     # until the checkpoint is in it.
@@ -142,7 +141,7 @@ def create_server(
             max_workers=runtime.workers + runtime.max_streams, thread_name_prefix="gradserve"
         ),
         interceptors=interceptors,
-        options=channel_options(limits.max_message_bytes),
+        options=[*channel_options(limits.max_message_bytes), *server_options(config.network)],
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     datasets = DatasetRegistry(config.datasets)
@@ -154,11 +153,17 @@ def create_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     address = format_address(config.network.host, config.network.port)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0  # grpcio raises where older versions returned 0
     if port == 0:
+        # Taken since the check above: gRPC has logged why; SO_REUSEPORT is off, so
+        # the port stays the other server's alone.
+        check_port_free(config.network.host, config.network.port, "--port")
         raise OSError(f"could not bind {address}")
     server.start()
     # The model is built and any checkpoint restored before anyone is told it is ready.

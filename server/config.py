@@ -24,6 +24,19 @@ class NetworkConfig:
     port: int = 50051
     # Prometheus /metrics port; 0 turns the endpoint off.
     metrics_port: int = 8001
+    # Where /metrics listens: loopback unless the operator opens it (server/metrics_endpoint.py).
+    metrics_host: str = "127.0.0.1"
+    # A client connection with no call in flight is closed after this long; 0: never
+    # (server/listening.py). The client reconnects on its next call.
+    connection_idle_seconds: float = 300.0
+    # Client connections open at once (grpc.max_allowed_incoming_connections); 0: no limit.
+    max_connections: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.connection_idle_seconds < 0:
+            raise InvalidArgumentError("connection_idle_seconds: must be >= 0")
+        if self.max_connections < 0:
+            raise InvalidArgumentError("max_connections: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -200,6 +213,18 @@ class SecurityConfig:
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     # Health checks (and reflection) without a token, so orchestrators can probe.
     auth_allow_unauthenticated_health: bool = True
+    # /metrics (server/metrics_endpoint.py): "none", "token" (any of the tokens above) or
+    # "admin" (an admin principal's); over the TLS files above when metrics_tls; runs
+    # labelled by "name" or by an opaque "id" (docs/observability.md).
+    metrics_auth: str = "none"
+    metrics_tls: bool = False
+    metrics_run_labels: str = "name"
+
+    def __post_init__(self) -> None:
+        if self.metrics_auth not in ("none", "token", "admin"):
+            raise InvalidArgumentError(f"metrics_auth: {self.metrics_auth!r}")
+        if self.metrics_run_labels not in ("name", "id"):
+            raise InvalidArgumentError(f"metrics_run_labels: {self.metrics_run_labels!r}")
 
 
 _SECTIONS: dict[str, type[Any]] = {

@@ -13,10 +13,10 @@ from typing import Any
 
 from .config import ServerConfig, flat_defaults
 from .datasets.registry import add_dataset_flags
+from .listening import add_listening_flags
+from .metrics_endpoint import add_metrics_flags
 from .store.output_handles import add_output_handle_flags
 
-ENV_HOST = "GRADSERVE_HOST"
-ENV_PORT = "GRADSERVE_PORT"
 ENV_MODEL = "GRADSERVE_MODEL"
 ENV_LOSS = "GRADSERVE_LOSS"
 ENV_MODEL_FILE = "GRADSERVE_MODEL_FILE"
@@ -24,7 +24,6 @@ ENV_MODEL_FACTORIES = "GRADSERVE_MODEL_FACTORIES"
 ENV_DEVICE = "GRADSERVE_DEVICE"
 ENV_OPTIMIZER = "GRADSERVE_OPTIMIZER"
 ENV_SEED = "GRADSERVE_SEED"
-ENV_METRICS_PORT = "GRADSERVE_METRICS_PORT"
 ENV_MAX_MESSAGE_BYTES = "GRADSERVE_MAX_MESSAGE_BYTES"
 ENV_MAX_BATCH_ELEMENTS = "GRADSERVE_MAX_BATCH_ELEMENTS"
 ENV_MAX_CONCURRENT_RPCS = "GRADSERVE_MAX_CONCURRENT_RPCS"
@@ -93,13 +92,7 @@ def parse_args(
         description="Serve a PyTorch model's gradients over gRPC (gradserve.v1.GradientService).",
     )
     add = parser.add_argument
-    add("--host", default=env_or(ENV_HOST, default["host"]), help=f"address to bind [{ENV_HOST}]")
-    add(
-        "--port",
-        type=int,
-        default=int(env_or(ENV_PORT, default["port"])),
-        help=f"port to bind, 0 for a free one [{ENV_PORT}]",
-    )
+    add_listening_flags(add, env_or, default)
     add(
         "--model",
         default=env_or(ENV_MODEL, default["model"]),
@@ -148,12 +141,6 @@ def parse_args(
         type=_optional_int,
         default=_optional_int(env_or(ENV_SEED, default["seed"])),
         help=f"torch seed for the initial parameters, 'none' for random [{ENV_SEED}]",
-    )
-    add(
-        "--metrics-port",
-        type=int,
-        default=int(env_or(ENV_METRICS_PORT, default["metrics_port"])),
-        help=f"Prometheus /metrics port, 0 for none [{ENV_METRICS_PORT}]",
     )
     add(
         "--max-message-bytes",
@@ -360,6 +347,7 @@ def parse_args(
     add_run_flags(add, env_or, default)
     add_output_handle_flags(add, env_or, default)
     add_dataset_flags(add, env_or, default)
+    add_metrics_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{

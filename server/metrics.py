@@ -12,7 +12,9 @@ results, once per call, by the run's ServedRun (`record_*`). RPC metrics have no
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import secrets
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -20,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from gradserve.defaults import SERVICE_METHODS, SERVICE_NAME
 from gradserve.runtime_metrics import register_runtime_collectors
 from gradserve.types import GradientResult, SetResult, TrainResult, UpdateResult
+
+logger = logging.getLogger(__name__)
 
 # The method label takes values from this closed set alone: a client can call any path it
 # likes (with auth on, every made-up path was once a new series), and labels must not grow.
@@ -55,7 +59,14 @@ LATENCY_BUCKETS = (
 
 
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """`run_labels`: "name" labels runs by their names; "id" by an opaque id drawn at each
+    run's registration and logged once, so a scrape shows no principal's run names."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, run_labels: str = "name"
+    ) -> None:
+        self._opaque_runs = run_labels == "id"
+        self._run_ids: dict[str, str] = {}
         self.registry = registry if registry is not None else CollectorRegistry()
         register_runtime_collectors(self.registry)
         r = self.registry
@@ -173,12 +184,25 @@ class ServerMetrics:
         """The metrics one run records into; its state gauges read `state` at each scrape
         (one int attribute each, read without the store's lock: a scrape never waits
         behind a long Train request)."""
-        self.model_version.labels(run).set_function(lambda: state.version)
-        self.accumulated_batches.labels(run).set_function(lambda: state.accumulated_batches)
-        return RunMetrics(self, run)
+        label = self.run_label(run)
+        self.model_version.labels(label).set_function(lambda: state.version)
+        self.accumulated_batches.labels(label).set_function(lambda: state.accumulated_batches)
+        return RunMetrics(self, label)
+
+    def run_label(self, run: str) -> str:
+        """The run label of `run`: its name, or its opaque id ("" stays the default run's)."""
+        if not self._opaque_runs or run == "":
+            return run
+        if run not in self._run_ids:
+            self._run_ids[run] = f"id-{secrets.token_hex(6)}"
+            logger.info("run %s is labelled run=%r in metrics", run, self._run_ids[run])
+        return self._run_ids[run]
 
     def forget_run(self, run: str) -> None:
-        """Remove a deleted run's series."""
+        """Remove a deleted run's series (and its opaque id: a new run of that name gets a
+        new one)."""
+        label = self.run_label(run)
+        self._run_ids.pop(run, None)
         for family in (
             self.model_version,
             self.accumulated_batches,
@@ -188,7 +212,7 @@ class ServerMetrics:
             self.updates,
         ):
             with contextlib.suppress(KeyError):  # never recorded into
-                family.remove(run)
+                family.remove(label)
 
 
 class RunMetrics:

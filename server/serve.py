@@ -13,12 +13,12 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from prometheus_client import start_http_server
-
 from gradserve.errors import GradserveError
 from gradserve.server import distributed_launch as distributed
 from gradserve.server.app import create_server, format_address
 from gradserve.server.flags import parse_args
+from gradserve.server.metrics import ServerMetrics
+from gradserve.server.metrics_endpoint import MetricsEndpoint, start_metrics_endpoint
 
 logger = logging.getLogger("gradserve.server")
 
@@ -34,20 +34,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.init_process_group(config)
         if not distributed.is_rank_zero():
             return distributed.follow_rank_zero(config)
+    network = config.network
+    metrics = ServerMetrics(run_labels=config.security.metrics_run_labels)
+    endpoint: MetricsEndpoint | None = None
     try:
-        running = create_server(config, store_factory=distributed.store_factory())
+        # /metrics first: a busy metrics port is one line before minutes of loading.
+        if network.metrics_port:
+            endpoint = start_metrics_endpoint(config, metrics.registry)
+        running = create_server(config, metrics, store_factory=distributed.store_factory())
     except GradserveError as error:
         print(f"gradserve-server: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"gradserve-server: {error}", file=sys.stderr)
         return 1
-    network = config.network
-    if network.metrics_port:
-        start_http_server(
-            network.metrics_port, addr=network.host, registry=running.metrics.registry
-        )
-        print(f"metrics on {format_address(network.host, network.metrics_port)}", flush=True)
+    if endpoint is not None:
+        print(f"metrics on {format_address(network.metrics_host, endpoint.port)}", flush=True)
     distributed.attach(running)
     print(f"listening on {running.address}", flush=True)
 

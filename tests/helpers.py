@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import torch
@@ -107,3 +109,13 @@ def linear_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.rand(size, 1, generator=generator)
     return x, 2 * x + 1 + 0.1 * torch.randn(size, 1, generator=generator)
+
+
+def run_folder(checkpoint_dir: Path, run: str, owner: str = "anonymous") -> Path:
+    """The folder of the live run `run` of `owner`: runs/<incarnation>/, found by its run.json
+    (folders are named by the creation, not by the run's name)."""
+    for folder in sorted((checkpoint_dir / "runs").iterdir()):
+        document = json.loads((folder / "run.json").read_text())
+        if (document["run"], document["owner"]) == (run, owner) and not document.get("deleted"):
+            return folder
+    raise AssertionError(f"no folder for run {run!r} of {owner!r}")

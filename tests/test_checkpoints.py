@@ -13,6 +13,7 @@ from helpers import TIMEOUT, linear_batch
 
 from gradserve.client.gradient_client import GradientClient
 from gradserve.server.checkpoints.files import MANIFEST, TENSORS, list_checkpoints
+from gradserve.types import TrainStep
 from gradserve.v1 import gradserve_pb2 as pb
 
 OPTIMIZERS = ["sgd", "sgd:momentum=0.9,nesterov=true", "adam:betas=0.8/0.9", "adamw"]
@@ -162,3 +163,50 @@ def test_a_checkpoint_of_another_model_is_refused(make_server, tmp_path) -> None
     make_server(checkpoint_dir=str(tmp_path)).stop(0)
     with pytest.raises(Exception, match="checkpoint"):
         make_server(checkpoint_dir=str(tmp_path), optimizer="adam")
+
+
+def test_stopping_writes_no_second_checkpoint_of_an_unchanged_state(
+    make_server, make_stub, tmp_path
+) -> None:
+    server = make_server(checkpoint_dir=str(tmp_path))
+    x, y = linear_batch(5, torch.Generator().manual_seed(1))
+    with GradientClient(server.address) as client:
+        client.compute_gradients(x, y)
+        client.apply_update(0.05)
+    saved = save(make_stub(server)).name  # as a periodic save would, just before SIGTERM
+    server.stop(0)
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == [saved]
+    # A restart that changes nothing and stops again adds nothing either.
+    make_server(checkpoint_dir=str(tmp_path)).stop(0)
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == [saved]
+    # Gradients accumulated since are state: the final checkpoint keeps them.
+    again = make_server(checkpoint_dir=str(tmp_path))
+    with GradientClient(again.address) as client:
+        client.compute_gradients(x, y)
+    again.stop(0)
+    assert len(list_checkpoints(tmp_path)) == 2
+
+
+def test_checkpoint_cadence_counts_updates_inside_one_train_request(make_server, tmp_path) -> None:
+    # One Train request of 35 steps with an update each, saved every 10 updates: checkpoints
+    # at versions 10, 20 and 30 are written inside the request, not once per request (its
+    # end, v35, is the background thread's, as after any request).
+    server = make_server(
+        checkpoint_dir=str(tmp_path), checkpoint_every_updates=10, checkpoint_keep=10
+    )
+    plain = make_server()
+    generator = torch.Generator().manual_seed(3)
+    steps = [
+        TrainStep((linear_batch(5, generator),), apply_update=True, learning_rate=0.05)
+        for _ in range(35)
+    ]
+    for running in (server, plain):
+        with GradientClient(running.address) as client:
+            (answer,) = client.train_stream([steps])
+            assert [step.model_version for step in answer] == list(range(1, 36))
+    versions = {int(p.name.rpartition("-v")[2]) for _, p in list_checkpoints(tmp_path)}
+    assert {10, 20, 30} <= versions, versions
+    # Cut at the cadence, the request trains bitwise as in one piece.
+    with GradientClient(server.address) as one, GradientClient(plain.address) as other:
+        for name, value in one.get_parameters()[1].items():
+            assert torch.equal(value, other.get_parameters()[1][name]), name

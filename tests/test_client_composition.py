@@ -16,6 +16,7 @@ from gradserve.client.dataset_calls import DatasetCalls
 from gradserve.client.gradient_client import GradientClient
 from gradserve.client.parameter_transfer import ParameterTransfer
 from gradserve.client.run_calls import RunCalls
+from gradserve.client.sampling_calls import SamplingCalls
 from gradserve.client.step_calls import StepCalls
 from gradserve.client.train_calls import TrainCalls
 
@@ -26,6 +27,7 @@ GROUPS = {
     "runs": RunCalls,
     "datasets": DatasetCalls,
     "parameters": ParameterTransfer,
+    "sampling": SamplingCalls,
 }
 
 

@@ -14,6 +14,7 @@ from typing import TypeVar
 import grpc
 import pytest
 import torch
+from helpers import run_folder
 from proxy import FaultyProxy
 
 from gradserve.client.gradient_client import GradientClient, TrainStep
@@ -150,7 +151,7 @@ def test_save_checkpoint_answers_what_it_wrote(make_server, tmp_path) -> None:
         train_steps(client, range(2), 0.1)
         saved = client.save_checkpoint()
         assert (saved.model_version, saved.accumulated_batches) == (2, 0)
-        assert (tmp_path / "checkpoints" / "runs" / "delta" / saved.name).is_dir()
+        assert (run_folder(tmp_path / "checkpoints", "delta") / saved.name).is_dir()
 
 
 def test_named_checkpoints_list_load_delete_and_digests(make_server, tmp_path) -> None:

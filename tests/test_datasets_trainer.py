@@ -142,11 +142,12 @@ def test_a_restarted_server_gets_the_data_again_and_training_ends_bitwise(
         assert torch.equal(parameters[name], value), name  # type: ignore[index]
 
 
-def test_the_trainer_keeps_its_data_on_the_server_unless_told_not_to(make_server) -> None:
-    for mode, kept in (("auto", 1), ("off", 0)):
+def test_the_trainer_deletes_the_data_it_uploaded_unless_told_to_keep_it(make_server) -> None:
+    # Kept with --keep-datasets: so the trainer did upload it in auto mode, and deleted it.
+    for mode, keep, kept in (("auto", (), 0), ("auto", ("--keep-datasets",), 1), ("off", (), 0)):
         server = make_server()
         run = cli_train("--server", server.address, "--json", "--epochs", "3",
-                        "--data-on-server", mode)  # fmt: skip
+                        "--data-on-server", mode, *keep)  # fmt: skip
         assert run.returncode == 0, run.stderr
         with GradientClient(server.address, timeout=TIMEOUT) as client:
             assert len(client.list_datasets()[0]) == kept, mode

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import torch
+from helpers import run_folder
 from test_named_checkpoints import batch, digest, parameters, refused, save, step
 
 from gradserve.client.security import bearer_metadata
@@ -42,7 +43,7 @@ def test_a_fork_with_optimizer_state_continues_bitwise_as_its_parent(
     assert all(torch.equal(parent[name], child[name]) for name in parent)
     assert digest(stub, "child") == digest(stub, "parent")
     # Saved at once: the fork's own directory holds it, so a restart brings it back forked.
-    assert any(p.name.endswith("-v3") for p in (tmp_path / "runs" / "child").iterdir())
+    assert any(p.name.endswith("-v3") for p in run_folder(tmp_path, "child").iterdir())
 
 
 def test_a_fork_without_optimizer_state_trains_as_torch_with_a_fresh_optimizer(

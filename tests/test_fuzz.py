@@ -69,7 +69,7 @@ UNARY = (
     "ListDatasets",
     "DeleteDataset",
 )
-STREAMING = ("Train", "UploadParameters", "StreamParameters", "UploadDataset")
+STREAMING = ("Train", "UploadParameters", "StreamParameters", "UploadDataset", "Sample")
 
 
 def test_every_method_is_fuzzed() -> None:
@@ -254,6 +254,9 @@ def _valid_bytes() -> dict[str, bytes]:
         ).SerializeToString(),
         "ListDatasets": b"",
         "DeleteDataset": pb.DeleteDatasetRequest(name="fuzzed").SerializeToString(),
+        "Sample": pb.SampleRequest(
+            prompt_tokens=[1, 2], num_samples=1, max_tokens=2
+        ).SerializeToString(),
     }
 
 
@@ -301,7 +304,7 @@ def raw_call(target: Target, method: str, messages: list[bytes]) -> Callable[[],
                 count += 1
         except grpc.RpcError as error:
             if count == 0 or method != "Train":
-                # StreamParameters reads only: its chunks change nothing either way.
+                # StreamParameters and Sample read only: their answers change nothing.
                 raise
             error_answered = error
             raise _Answered(count, error_answered) from error
@@ -339,7 +342,8 @@ def run_checked(target: Target, before: Snapshot, call: Callable[[], int], what:
 @st.composite
 def raw_requests(draw: st.DrawFn) -> tuple[str, list[bytes]]:
     method = draw(st.sampled_from(UNARY + STREAMING))
-    count = 1 if method in UNARY or method == "StreamParameters" else draw(st.integers(1, 3))
+    single = method in UNARY or method in ("StreamParameters", "Sample")
+    count = 1 if single else draw(st.integers(1, 3))
     return method, [draw(raw_bytes(method)) for _ in range(count)]
 
 

@@ -154,22 +154,32 @@ def test_a_principal_cannot_see_or_touch_another_principals_run(make_server, tmp
                 call()
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
             assert "mine" in (caught.value.details() or "")
-        # Bob cannot take the name either, but does not learn whose it is.
-        with pytest.raises(grpc.RpcError) as caught:
-            create(stub, "mine", bob)
-        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        assert "alice" not in (caught.value.details() or "")
-        assert [r.run for r in stub.ListRuns(pb.ListRunsRequest(), timeout=TIMEOUT,
-                                              metadata=bob).runs] == [""]  # fmt: skip
-        assert [r.run for r in stub.ListRuns(pb.ListRunsRequest(), timeout=TIMEOUT,
-                                              metadata=alice).runs] == ["", "mine"]  # fmt: skip
+        # Names are per principal: Bob's "mine" is his own run, and nothing tells him of Alice's.
+        create(stub, "mine", bob, seed=7)
+        assert not torch.equal(parameters(stub, "mine", bob)["w"], before["w"])
+        for who in (alice, bob):
+            assert [r.run for r in stub.ListRuns(pb.ListRunsRequest(), timeout=TIMEOUT,
+                                                  metadata=who).runs] == ["", "mine"]  # fmt: skip
         for key, value in before.items():
             assert torch.equal(parameters(stub, "mine", alice)[key], value)
-        # An admin sees and may use every run.
-        step(stub, "mine", 0, 0.1, root)
+        # An admin sees and may use every run: two principals' "mine" need the owner named.
+        with pytest.raises(grpc.RpcError) as caught:
+            step(stub, "mine", 0, 0.1, root)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "gradserve-owner" in (caught.value.details() or "")
+        step(stub, "mine", 0, 0.1, (*root, ("gradserve-owner", "alice")))
         assert stub.GetModelInfo(pb.GetModelInfoRequest(run="mine"), timeout=TIMEOUT,
                                  metadata=alice).model_version == 1  # fmt: skip
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(run="mine"), timeout=TIMEOUT,
+                                 metadata=bob).model_version == 0  # fmt: skip
+        # gradserve-owner from anyone but an admin changes nothing: Bob still reaches his own.
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(run="mine"), timeout=TIMEOUT,
+                                 metadata=(*bob, ("gradserve-owner", "alice"))
+                                 ).model_version == 0  # fmt: skip
         stub.DeleteRun(pb.DeleteRunRequest(run="mine"), timeout=TIMEOUT, metadata=alice)
+        # One "mine" left: the admin's bare name reaches it again.
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(run="mine"), timeout=TIMEOUT,
+                                 metadata=root).model_version == 0  # fmt: skip
 
 
 def test_the_default_run_can_be_kept_for_admins(make_server, tmp_path) -> None:

@@ -175,3 +175,36 @@ def test_tokens_come_from_the_environment_and_are_never_printed(tmp_path) -> Non
     assert read_token(token_file) == TOKEN
     assert read_token(None, {"GRADSERVE_TOKEN": OTHER_TOKEN}) == OTHER_TOKEN
     assert read_token(None, {}) is None
+
+
+def test_not_ready_names_tls_when_a_plaintext_client_meets_a_tls_server(make_server, certs) -> None:
+    server = tls_server(make_server, certs)
+    with client_for(server) as client, pytest.raises(UnavailableError) as caught:
+        client.wait_until_ready(timeout=1.0)
+    assert "not ready" in str(caught.value)
+    assert "speaks TLS" in str(caught.value) and "--tls-ca" in str(caught.value)
+
+
+def test_not_ready_names_the_client_certificate_an_mtls_server_asks_for(make_server, certs) -> None:
+    server = tls_server(make_server, certs, tls_client_ca=str(certs / "ca.pem"))
+    without = channel_credentials(certs / "ca.pem")
+    with (
+        client_for(server, credentials=without) as client,
+        pytest.raises(UnavailableError) as caught,
+    ):
+        client.wait_until_ready(timeout=1.0)
+    assert "client certificate" in str(caught.value) and "--tls-cert" in str(caught.value)
+
+
+def test_not_ready_adds_no_tls_hint_when_tls_is_not_the_cause(make_server, certs) -> None:
+    server = tls_server(make_server, certs)
+    stopped = make_server()
+    stopped.stop(0)  # nothing listens on its port any more
+    for target, credentials in (
+        (stopped.address, None),
+        (server.address, channel_credentials(certs / "other-ca.pem")),  # TLS as expected
+    ):
+        client = GradientClient(target, timeout=5.0, retry=NO_RETRY, credentials=credentials)
+        with client, pytest.raises(UnavailableError) as caught:
+            client.wait_until_ready(timeout=1.0)
+        assert "TLS" not in str(caught.value) and "certificate" not in str(caught.value)

@@ -14,6 +14,7 @@ through safetensors, everything else through JSON (checkpoint_encoding.py holds 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -219,6 +220,9 @@ class Checkpointer:
         self._last_saved_at = time.monotonic()
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.failures_in_a_row = 0
+        # Fixed for the store's life; read once, since save_state may run under its lock.
+        info = store.info()
+        self._model_spec, self._optimizer = info.model_spec, info.optimizer
 
     def restore_latest(self) -> CheckpointInfo | None:
         """Load the newest good checkpoint into the store; None when there is none. First the
@@ -254,17 +258,25 @@ class Checkpointer:
         full) or UNAVAILABLE with the OS reason, counted in gradserve_checkpoint_failures_total."""
         if name:
             check_checkpoint_name(name)
+        # Copied before the save lock, never inside it: a Train request holding the store's
+        # lock writes its cadence checkpoints under the save lock (save_state).
+        return self.save_state(self.store.export_state(), name)
+
+    def save_state(self, state: StoreState, name: str = "") -> CheckpointInfo:
+        """Write `state` (save's copy, or the store's at a cadence version in the middle of a
+        request, store.update_cadence). An unnamed state older than the last save is not
+        written: two saves racing never leave the older one as the newest checkpoint."""
         with self._save_lock:
             if name and any(folder.name == name for folder in folders(self.directory)):
                 raise AlreadyExistsError(f"name: the run has a checkpoint {name!r}", field="name")
-            state = self.store.export_state()
-            info = self.store.info()
+            if not name and self.last is not None and state.version < self.last.model_version:
+                return self.last
             try:
                 saved = write_checkpoint(
                     self.directory,
                     state,
-                    model_spec=info.model_spec,
-                    optimizer=info.optimizer,
+                    model_spec=self._model_spec,
+                    optimizer=self._optimizer,
                     keep=self.keep,
                     name=name,
                 )
@@ -281,6 +293,26 @@ class Checkpointer:
             self._last_saved_at = time.monotonic()
             logger.debug("saved checkpoint %s", saved.path.name)
             return saved
+
+    def save_final(self) -> CheckpointInfo:
+        """The checkpoint at shutdown: the last one when it already holds this state (a
+        SIGTERM right after a periodic save writes no second copy of the same version)."""
+        with self._save_lock:
+            last = self.last
+            if (
+                last is not None
+                and last.model_version == self.store.version
+                and last.accumulated_batches == 0 == self.store.accumulated_batches
+                and last.path.is_dir()
+            ):
+                return last
+        return self.save()
+
+    def _save_at_cadence(self, state: StoreState) -> None:
+        """A failed save is counted and logged (save_state) and tried again by the thread;
+        the request whose update reached the cadence goes on (async durability)."""
+        with contextlib.suppress(GradserveError):
+            self.save_state(state)
 
     def find(self, name: str) -> Folder:
         return find(self.directory, name)
@@ -306,6 +338,9 @@ class Checkpointer:
         return status
 
     def start(self) -> None:
+        if self.every_updates:
+            # Updates inside one request (a Train stream's 100 steps) count one by one.
+            self.store.update_cadence = (self.every_updates, self._save_at_cadence)
         if self._thread is None and (self.every_updates or self.every_seconds):
             self._thread = threading.Thread(
                 target=self._run, name="gradserve-checkpoints", daemon=True
@@ -313,6 +348,7 @@ class Checkpointer:
             self._thread.start()
 
     def close(self) -> None:
+        self.store.update_cadence = None
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradserve.errors import InvalidArgumentError, NotFoundError
+from gradserve.names import NAME_PATTERN, RULE, is_name
 from gradserve.types import CheckpointSummary
 
 logger = logging.getLogger("gradserve.server.checkpoints.files")
 
 MANIFEST = "manifest.json"
-FOLDER = re.compile(r"^checkpoint-(\d{10})(?:-([A-Za-z0-9][A-Za-z0-9._-]{0,63}))?-v(\d+)$")
-PERIODIC = re.compile(r"^checkpoint-\d{10}-v\d+$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Matched with fullmatch, ASCII only (gradserve/names.py says why).
+FOLDER = re.compile(rf"checkpoint-([0-9]{{10}})(?:-({NAME_PATTERN}))?-v([0-9]+)", re.ASCII)
+PERIODIC = re.compile(r"checkpoint-[0-9]{10}-v[0-9]+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,10 @@ class Folder:
 
 def check_checkpoint_name(name: str, field: str = "name", *, new: bool = True) -> None:
     """A name to save under (`new`), or to look a checkpoint up by (periodic names too)."""
-    if not NAME.match(name) or (new and PERIODIC.match(name)):
+    if not is_name(name) or (new and PERIODIC.fullmatch(name)):
         raise InvalidArgumentError(
-            f"{field}: {name[:80]!r} is not a checkpoint name (1 to 64 letters, digits, '.', "
-            "'_', '-', starting with a letter or digit, and not shaped like a periodic "
-            "checkpoint-<sequence>-v<version>)",
+            f"{field}: {name[:80]!r} is not a checkpoint name ({RULE}, and not shaped like a "
+            "periodic checkpoint-<sequence>-v<version>)",
             field=field,
         )
 
@@ -57,7 +57,7 @@ def folder_name(sequence: int, version: int, name: str = "") -> str:
 
 
 def parse_folder(path: Path) -> Folder | None:
-    match = FOLDER.match(path.name)
+    match = FOLDER.fullmatch(path.name)
     if match is None:
         return None
     return Folder(path, int(match.group(1)), int(match.group(3)), match.group(2) or "")

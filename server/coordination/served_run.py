@@ -16,6 +16,7 @@ import torch
 
 from gradserve.errors import FailedPreconditionError
 from gradserve.graph_types import GraphDescription
+from gradserve.sampling_types import SamplingEvent, SamplingParams
 from gradserve.types import (
     BatchLoss,
     CheckpointSummary,
@@ -45,6 +46,8 @@ from ..datasets.registry import DatasetRegistry
 from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
+from ..models.sampling import causal_lm_of, sample
+from ..models.sampling_limits import SamplingLimits, check_request, shape_of
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
 from ..store.pass_runs import PassSteps
@@ -332,3 +335,34 @@ class ServedRun:
         """A dataset checked against this run's model, kept in `datasets` for `owner`."""
         uploaded = upload_dataset(header, data, self.store.model, datasets, owner)
         return uploaded.dataset.summary(uploaded.unchanged, uploaded.replaced)
+
+    # -- sampling (docs/sampling.md) -------------------------------------------------------
+
+    def check_sample(
+        self, prompt: Sequence[int], params: SamplingParams, limits: SamplingLimits
+    ) -> int:
+        """Refuse a request this run cannot serve or that is over a limit, naming the field;
+        answer the bytes it holds while it runs (KV cache and the copy of the weights)."""
+        found = causal_lm_of(self.store.model.module)
+        if found is None:
+            raise FailedPreconditionError(
+                f"run: its model {self.store.model.spec!r} is not a causal language model; "
+                "Sample needs one (a transformers model or an adapter over one)",
+                field="run",
+            )
+        model, _ = found
+        element_bytes = next(model.parameters()).element_size()
+        needed = check_request(prompt, params, shape_of(model.config, element_bytes), limits)
+        return needed + self.store.parameter_bytes()
+
+    def sample(
+        self, prompt: Sequence[int], params: SamplingParams, cancelled: Callable[[], bool]
+    ) -> tuple[int, Iterator[SamplingEvent]]:
+        """(the version sampled, the engine's events) over a copy of the weights taken now:
+        training may step meanwhile; this call's tokens all come from that version."""
+        version, module = self.store.copy_for_sampling()
+        found = causal_lm_of(module)
+        if found is None:  # check_sample refused this model already
+            raise FailedPreconditionError("run: not a causal language model", field="run")
+        model, context = found
+        return version, sample(model, prompt, params, context=context, cancelled=cancelled)

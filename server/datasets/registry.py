@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from gradserve.errors import AlreadyExistsError, NotFoundError, ResourceExhaustedError
+from gradserve.names import check_name
 from gradserve.types import DatasetSummary, TensorSpec
 
 from ..config import DatasetsConfig
@@ -165,6 +166,7 @@ class DatasetRegistry:
             return sorted(self._owned.get(owner, {}).values(), key=lambda d: d.name)
 
     def delete(self, owner: Hashable, name: str) -> int:
+        check_name(name, "name", "a dataset name")
         with self._lock:
             dataset = self._owned.get(owner, {}).pop(name, None)
             if dataset is None:

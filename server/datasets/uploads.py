@@ -22,10 +22,10 @@ from gradserve.chunks import max_chunks
 from gradserve.codec import decode_shape, dtype_from_proto, torch_dtype_name
 from gradserve.dataset_digest import digest_header
 from gradserve.errors import InvalidArgumentError
+from gradserve.names import check_name
 from gradserve.types import DatasetUploadHeader, DeclaredTensor
 
 from ..models.model import BatchSpec, Model
-from ..runs.names import check_run_name
 from .registry import DatasetRegistry, StoredDataset
 
 
@@ -65,7 +65,7 @@ def upload_dataset(
     registry: DatasetRegistry,
     owner: Hashable,
 ) -> Uploaded:
-    check_run_name(header.name, "name")
+    check_name(header.name, "name", "a dataset name")
     declared_inputs = _declared(header.inputs, "inputs", model.input)
     declared_targets = _declared(header.targets, "targets", model.target)
     samples = declared_inputs[1][0]

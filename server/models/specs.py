@@ -8,6 +8,11 @@ Grammar of `--model`, options separated by ':' in any order after the shape:
 
 Factories are imported and called on the server only, from its own configuration: a client
 never names code, it only sees the model the operator chose (GetModelInfo).
+
+Size is known before memory is spent: `measure` builds a spec on torch's meta device (shapes,
+no storage), so a run's bytes are reserved against the budget before its model exists, and
+`build` refuses a spec past MAX_MODEL_ELEMENTS or MAX_LAYERS before allocating anything. A
+factory must therefore build under `torch.device("meta")`, as plain nn.Module code does.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ BUILT_IN = ("linear", "mlp", "cnn")
 CLASSIFIERS = ("mlp", "cnn")
 DEFAULT_MLP = "784-256-10"
 DEFAULT_CNN_CHANNELS = (8, 16)
+# The grammar's bounds: past them a spec is refused before anything is built. 2**34 elements
+# is 64 GiB of float32, beyond any --max-run-parameter-bytes this server could honour; the
+# layer bound keeps even the meta build of a spec short.
+MAX_MODEL_ELEMENTS = 1 << 34
+MAX_LAYERS = 64
 
 
 def default_loss(model_name: str) -> str:
@@ -75,6 +85,8 @@ def _ints(text: str, separator: str, spec: str, what: str) -> list[int]:
         raise _bad(spec, f"{what} must be integers joined by {separator!r}") from None
     if any(value < 1 or value > 1_000_000 for value in values):
         raise _bad(spec, f"{what} must each be in [1, 1000000]")
+    if len(values) > MAX_LAYERS + 1:
+        raise _bad(spec, f"{what}: at most {MAX_LAYERS + 1} values")
     return values
 
 
@@ -265,6 +277,27 @@ def _factory(
     )
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    elements: int
+    bytes: int
+
+
+def measure(spec: str, loss_name: str | None = None, *, factories: Sequence[str] = ()) -> ModelSize:
+    """Elements and bytes of the parameters and buffers of the model a spec names, without
+    allocating them: built on the meta device (no seed: the global RNG is left alone)."""
+    try:
+        with torch.device("meta"):
+            model = _build(spec, loss_name, None, factories=factories)
+    except (RuntimeError, ValueError, OverflowError, NotImplementedError) as error:
+        raise _bad(spec, f"cannot be sized before it is built: {error}") from None
+    tensors = [*model.module.parameters(), *model.module.buffers()]
+    return ModelSize(
+        sum(tensor.numel() for tensor in tensors),
+        sum(tensor.numel() * tensor.element_size() for tensor in tensors),
+    )
+
+
 def build(
     spec: str,
     loss_name: str | None = None,
@@ -272,7 +305,21 @@ def build(
     *,
     factories: Sequence[str] = (),
 ) -> Model:
-    """Build the model a spec names; InvalidArgumentError naming the problem otherwise."""
+    """Build the model a spec names; InvalidArgumentError naming the problem otherwise,
+    before anything is allocated when the spec is past the grammar's bounds."""
+    size = measure(spec, loss_name, factories=factories)
+    if size.elements > MAX_MODEL_ELEMENTS:
+        raise _bad(
+            spec,
+            f"{size.elements} parameter elements; a model spec describes at most "
+            f"{MAX_MODEL_ELEMENTS}",
+        )
+    return _build(spec, loss_name, seed, factories=factories)
+
+
+def _build(
+    spec: str, loss_name: str | None, seed: int | None, *, factories: Sequence[str]
+) -> Model:
     registered = load_factories(factories)
     name, *args = spec.split(":")
     if name not in BUILT_IN and name not in registered:
@@ -327,14 +374,25 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_configured(config: ModelConfig) -> Model:
-    """The server's model from its configuration, on its device. A model file replaces the
-    --model spec; its loss applies unless --loss is given."""
-    where = resolve_device(config.device)
+def _configured_spec(config: ModelConfig) -> tuple[str, str | None]:
+    """A model file replaces the --model spec; its loss applies unless --loss is given."""
     spec, loss = config.spec, config.loss
     if config.model_file is not None:
         spec, file_loss = spec_from_file(Path(config.model_file))
         loss = loss or file_loss
+    return spec, loss
+
+
+def measure_configured(config: ModelConfig) -> ModelSize:
+    """`measure` for the model a configuration names (nothing allocated)."""
+    spec, loss = _configured_spec(config)
+    return measure(spec, loss, factories=config.model_factories)
+
+
+def build_configured(config: ModelConfig) -> Model:
+    """The server's model from its configuration, on its device."""
+    where = resolve_device(config.device)
+    spec, loss = _configured_spec(config)
     built = build(spec, loss, config.seed, factories=config.model_factories)
     built.module.to(where)
     return built

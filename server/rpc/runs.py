@@ -65,8 +65,9 @@ class RunRpcs:
         self, request: pb.CreateRunRequest, context: grpc.ServicerContext
     ) -> pb.CreateRunResponse:
         wanted = serde_runs.run_request_from_proto(request)
-        # A generated name (run left empty) cannot have been placed by a proxy's header.
-        checked_metadata(wanted.run, context, allow_absent_run=True)
+        # An empty run (a name the server generates) under a header naming a run is refused
+        # too: the generated name would hash to another replica than the header placed it on.
+        checked_metadata(wanted.run, context)
         principal = self._access.principal(context)
         fork: Callable[[Run], None] | None = None
         if wanted.from_checkpoint:
@@ -127,14 +128,12 @@ class RunRpcs:
         return serde_runs.deleted_run_to_proto(deleted)
 
 
-def checked_metadata(
-    run: str, context: grpc.ServicerContext, *, allow_absent_run: bool = False
-) -> Sequence[tuple[str, str | bytes]]:
+def checked_metadata(run: str, context: grpc.ServicerContext) -> Sequence[tuple[str, str | bytes]]:
     """The call's metadata, once its `gradserve-run` (if any) agrees with the run the body
     names: a proxy that placed the call by one name must not reach or make another run."""
     metadata = context.invocation_metadata() or ()
     for key, value in metadata:
-        if key == RUN_METADATA and value != run and not (allow_absent_run and not run):
+        if key == RUN_METADATA and value != run:
             raise InvalidArgumentError(
                 f"run: the request names {run[:80]!r} but its {RUN_METADATA} metadata "
                 f"names {str(value)[:80]!r}",

@@ -7,7 +7,7 @@ principal) or on the registry, and encodes the answer with gradserve.serde*. No 
 arithmetic, no metrics and no error handling here or in the handlers: the ServedRun does the
 work through its store and records what it did; the interceptor turns the project's errors
 into statuses. Handlers: training.py, parameters.py, outputs.py, checkpoints.py, runs.py,
-datasets.py.
+datasets.py, sampling.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from gradserve.wire_messages import ChunkView
 
 from ..config import LimitsConfig
 from ..datasets.registry import DatasetRegistry
+from ..models.sampling_limits import SamplingLimits
 from ..runs.principals import PrincipalTable
 from ..runs.registry import RunRegistry
 from .checkpoints import CheckpointRpcs
@@ -29,6 +30,7 @@ from .datasets import DatasetRpcs
 from .outputs import LossRpcs
 from .parameters import ParameterRpcs
 from .runs import RunAccess, RunRpcs
+from .sampling import SamplingRpcs
 from .training import TrainingRpcs
 
 
@@ -39,6 +41,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         limits: LimitsConfig,
         principals: PrincipalTable | None = None,
         datasets: DatasetRegistry | None = None,
+        sampling: SamplingLimits | None = None,
     ) -> None:
         self.runs = runs
         self.datasets = datasets or DatasetRegistry()
@@ -49,6 +52,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         self._losses = LossRpcs(access, limits.max_batch_elements)
         self._checkpoints = CheckpointRpcs(access)
         self._runs = RunRpcs(access, self.datasets)
+        self._sampling = SamplingRpcs(access, sampling or SamplingLimits())
 
     # -- training ------------------------------------------------------------------
 
@@ -184,3 +188,10 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> pb.DeleteDatasetResponse:
         return self._datasets.DeleteDataset(request, context)
+
+    # -- sampling ------------------------------------------------------------------
+
+    def Sample(
+        self, request: pb.SampleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SampleResponse]:
+        return self._sampling.Sample(request, context)

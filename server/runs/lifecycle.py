@@ -10,19 +10,16 @@ its own metrics children, checkpointer and ServedRun.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import re
-import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gradserve.errors import FailedPreconditionError, GradserveError, InvalidArgumentError
+from gradserve.names import is_name
 
 from ..checkpoints.durability import GroupCommit
 from ..checkpoints.files import Checkpointer, list_checkpoints
@@ -30,41 +27,37 @@ from ..config import ModelConfig, ServerConfig
 from ..coordination.served_run import ServedRun
 from ..metrics import ServerMetrics
 from ..models.adapter_models import BaseRegistry, adapter_model
-from ..models.lora import LoraConfig
 from ..models.optimizers import build_optimizer
-from ..models.specs import build_configured, resolve_device
+from ..models.specs import build_configured, measure_configured, resolve_device
 from ..store.parameter_store import ParameterStore
+from .folders import RunSpec, newest_version, remove_folder, saved_runs, write_run_file
+from .names import retired_name
+from .principals import ANONYMOUS
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-MODEL_FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+__all__ = ["DEFAULT_NAME", "Run", "RunBuilder", "RunSpec"]
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What a run is built from, as CreateRun names it."""
-
-    model: str
-    loss: str | None = None
-    optimizer: str = "sgd"
-    seed: int | None = 0
-    # An adapter run: the base it trains a LoRA adapter over (--base-model), and the adapter.
-    base_model: str = ""
-    lora: LoraConfig | None = None
+DEFAULT_NAME = ""
 
 
 class Run:
+    """One incarnation of a run: `incarnation` names the creation (its folder under
+    <checkpoint-dir>/runs/), so a run created again under the same name is another Run with
+    another folder, and nothing of the first reaches it."""
+
     def __init__(
         self,
         name: str,
         owner: str,
         spec: RunSpec,
         load: Callable[[Run], tuple[ServedRun, Checkpointer | None]] | None,
+        incarnation: str = "",
     ) -> None:
         self.name = name
         self.owner = owner
         self.spec = spec
+        self.incarnation = incarnation
         self._load = load
         self.served: ServedRun | None = None
         self.checkpointer: Checkpointer | None = None
@@ -74,12 +67,26 @@ class Run:
         # What ListRuns and the gauges show while the run is unloaded.
         self._version = 0
         self.parameter_bytes = 0
+        # Bytes held against the budget while the model is being built or loaded (measured
+        # from the spec first: the registry reserves them before anything is allocated).
+        self.reserved_bytes = 0
         self.model_spec = spec.model
         self.optimizer_description = spec.optimizer
 
     @classmethod
     def placeholder(cls, name: str, owner: str) -> Run:
         return cls(name, owner, RunSpec(model=""), None)
+
+    @property
+    def retired(self) -> bool:
+        """A deleted run whose checkpoints were kept (named NAME@TAG, server/runs/names.py)."""
+        return "@" in self.name
+
+    @property
+    def label(self) -> str:
+        """Its metrics label: the name, or OWNER/NAME for a named principal's run (names are
+        per principal, so two principals' `shared` are two series)."""
+        return self.name if self.owner in ("", ANONYMOUS.name) else f"{self.owner}/{self.name}"
 
     # The state the run's gauges read at each scrape.
     @property
@@ -92,10 +99,17 @@ class Run:
         served = self.served
         return served.store.accumulated_batches if served is not None else 0
 
+    @property
+    def budgeted_bytes(self) -> int:
+        """What the run holds against --max-run-parameter-bytes now."""
+        return self.parameter_bytes if self.served is not None else self.reserved_bytes
+
     def attach(self, served: ServedRun, checkpointer: Checkpointer | None) -> None:
         store = served.store
-        self.served, self.checkpointer = served, checkpointer
+        # Bytes before the run counts as loaded: the budget never sees it with a stale size.
         self.parameter_bytes = store.parameter_bytes()
+        self.served, self.checkpointer = served, checkpointer
+        self.reserved_bytes = 0
         info = store.info()
         self.model_spec, self.optimizer_description = info.model_spec, info.optimizer
 
@@ -110,7 +124,10 @@ class Run:
                         f"run: {self.name!r} is being created", field="run"
                     )
                 before_load()
-                self.attach(*self._load(self))
+                try:
+                    self.attach(*self._load(self))
+                finally:
+                    self.reserved_bytes = 0
                 logger.info("loaded run %s at version %d", self.name, self.version)
             self.active += 1
             served = self.served
@@ -126,6 +143,10 @@ class Run:
         """Checkpoint and drop the model when no call has used it since `deadline`."""
         with self.lock:
             if self.served is None or self.active or self.last_used >= deadline:
+                return
+            if self.served.store.output_handles.in_use():
+                # A ComputeOutputs handle is a promise for its lifetime: BackwardOutputs
+                # needs the forward pass it names, which an unload would drop.
                 return
             self._version = self.version
             if self.checkpointer is not None:
@@ -167,7 +188,7 @@ class Run:
             served.durability.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
-            saved = self.checkpointer.save()
+            saved = self.checkpointer.save_final()
             logger.info("run %s: checkpoint %s", self.name or "(default)", saved.path.name)
 
 
@@ -190,10 +211,12 @@ class RunBuilder:
             config.model.model_factories,
         )
 
-    def directory(self, name: str) -> Path | None:
+    def directory(self, run: Run) -> Path | None:
+        """The run's own folder: --checkpoint-dir for the default run, else its incarnation's
+        (server/runs/folders.py); None without --checkpoint-dir."""
         if self.root is None:
             return None
-        return self.root if name == "" else self.root / "runs" / name
+        return self.root if run.name == DEFAULT_NAME else self.root / "runs" / run.incarnation
 
     def model_config(self, spec: RunSpec) -> ModelConfig:
         base = self.config.model
@@ -211,7 +234,7 @@ class RunBuilder:
 
     def _model_file(self, name: str) -> Path:
         folder = self.config.runs.model_dir
-        if folder is None or not re.match(MODEL_FILE_NAME, name):
+        if folder is None or not is_name(name):
             raise InvalidArgumentError(
                 f"model: file:{name[:80]} names no model file the operator made available "
                 "(--model-dir)",
@@ -222,9 +245,22 @@ class RunBuilder:
             raise InvalidArgumentError(f"model: no model file {name!r}", field="model")
         return path
 
+    def measure(self, name: str, spec: RunSpec) -> int:
+        """Bytes of the parameters and buffers the run's model will hold, known without
+        allocating them (server/models/specs.py)."""
+        if spec.base_model and spec.lora is not None:
+            # An adapter is small beside its base (rank x dims), and the base is loaded once
+            # and shared: it is sized by building it, counted as the store will count it.
+            module = adapter_model(self.bases.get(spec.base_model), spec.lora).module
+            tensors = [*module.parameters(), *module.buffers()]
+            return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+        return measure_configured(self.model_config(spec) if name else self.config.model).bytes
+
     def build(self, name: str, owner: str, spec: RunSpec, *, restore: bool = True) -> Run:
-        """A loaded run (its newest checkpoint restored when `restore` and there is one)."""
-        run = Run(name, owner, spec, lambda run: self._load(run, restore=True))
+        """A loaded run, a new incarnation (the default run's is the checkpoint directory
+        itself; its newest checkpoint is restored when `restore` and there is one)."""
+        incarnation = uuid.uuid4().hex if name != DEFAULT_NAME else ""
+        run = Run(name, owner, spec, lambda run: self._load(run, restore=True), incarnation)
         run.attach(*self._load(run, restore=restore))
         return run
 
@@ -244,14 +280,14 @@ class RunBuilder:
             request_id_window_bytes=limits.request_id_window_bytes,
         )
         checkpointer = None
-        directory = self.directory(run.name)
+        directory = self.directory(run)
         if directory is not None:
             checkpoints = dataclasses.replace(self.config.checkpoints, directory=str(directory))
             checkpointer = Checkpointer(store, checkpoints, self.metrics)
             if restore:
                 checkpointer.restore_latest()
             checkpointer.start()
-        metrics = self.metrics.for_run(run.name, run)
+        metrics = self.metrics.for_run(run.label, run)
         served = ServedRun(store, metrics, self.config.limits, self.config.coordination)
         served.checkpointer = checkpointer
         if self.config.checkpoints.durability == "sync":
@@ -264,85 +300,44 @@ class RunBuilder:
         return served, checkpointer
 
     def persist(self, run: Run) -> None:
-        directory = self.directory(run.name)
-        if directory is None:
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        document = {"run": run.name, "owner": run.owner, **dataclasses.asdict(run.spec)}
-        temporary = directory / f".{RUN_FILE}.tmp"
-        temporary.write_text(json.dumps(document, indent=1))
-        temporary.replace(directory / RUN_FILE)
+        directory = self.directory(run)
+        if directory is not None:
+            write_run_file(directory, run.name, run.owner, run.spec)
 
     def saved_runs(self) -> list[Run]:
         """The runs whose folders are in the checkpoint directory, unloaded."""
-        if self.root is None or not (self.root / "runs").is_dir():
+        if self.root is None:
             return []
         runs = []
-        for folder in sorted((self.root / "runs").iterdir()):
-            document = _read_run_file(folder / RUN_FILE)
-            if document is None:
-                continue
-            try:
-                lora = document.get("lora")
-                lora = None if lora is None else _lora_from_document(lora)
-            except (KeyError, TypeError, ValueError, InvalidArgumentError) as error:
-                logger.warning(
-                    "skipping run folder %s: its lora is not an adapter: %s", folder.name, error
-                )
-                continue
-            spec = RunSpec(
-                model=document["model"],
-                loss=document.get("loss"),
-                optimizer=document.get("optimizer", "sgd"),
-                seed=document.get("seed"),
-                base_model=document.get("base_model", ""),
-                lora=lora,
+        for saved in saved_runs(self.root):
+            run = Run(
+                saved.name,
+                saved.owner,
+                saved.spec,
+                lambda r: self._load(r, restore=True),
+                saved.incarnation,
             )
-            run = Run(folder.name, document["owner"], spec, lambda r: self._load(r, restore=True))
-            saved = list_checkpoints(folder)
-            run._version = int(saved[-1][1].name.rpartition("-v")[2]) if saved else 0
-            self.metrics.for_run(run.name, run)
+            run._version = saved.version
+            self.metrics.for_run(run.label, run)
             runs.append(run)
         return runs
 
-    def remove(self, run: Run, *, delete_checkpoints: bool) -> int:
-        directory = self.directory(run.name)
+    def remove(self, run: Run, *, delete_checkpoints: bool) -> Run | int:
+        """Delete a run's folder with its checkpoints (how many), or keep them: then the
+        incarnation stays its owner's as NAME@TAG (the Run returned, unloaded), a name no
+        client can create, so no later run of the name sees them."""
+        directory = self.directory(run)
         if directory is None or not directory.is_dir():
             return 0
-        if not delete_checkpoints:
-            # The checkpoints stay; without run.json the folder is no run at the next start.
-            (directory / RUN_FILE).unlink(missing_ok=True)
-            return 0
-        count = len(list_checkpoints(directory))
-        shutil.rmtree(directory, ignore_errors=True)
-        return count
-
-
-def _read_run_file(path: Path) -> dict[str, Any] | None:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        if path.parent.is_dir() and path.exists():
-            logger.warning("skipping run folder %s: %s", path.parent.name, error)
-        return None
-    if not (
-        isinstance(document, dict)
-        and isinstance(document.get("model"), str)
-        and isinstance(document.get("owner"), str)
-        and document.get("run") == path.parent.name
-    ):
-        logger.warning("skipping run folder %s: run.json is not a run", path.parent.name)
-        return None
-    return document
-
-
-def _lora_from_document(document: dict[str, Any]) -> LoraConfig:
-    """run.json's adapter (dataclasses.asdict wrote its target tuple as a JSON list)."""
-    targets = document["target_modules"]
-    return LoraConfig(
-        rank=document["rank"],
-        alpha=document["alpha"],
-        target_modules=targets if isinstance(targets, str) else tuple(targets),
-        dropout=document["dropout"],
-        seed=document["seed"],
-    )
+        if delete_checkpoints or not list_checkpoints(directory):
+            return remove_folder(directory)
+        write_run_file(directory, run.name, run.owner, run.spec, deleted=True)
+        kept = Run(
+            retired_name(run.name, run.incarnation),
+            run.owner,
+            run.spec,
+            lambda r: self._load(r, restore=True),
+            run.incarnation,
+        )
+        kept._version = newest_version(directory)
+        return kept

@@ -3,8 +3,14 @@
 The tokens file has one token per line, `#` comments. A line is `TOKEN`, `PRINCIPAL TOKEN`
 or `PRINCIPAL TOKEN admin`: a token alone is its own principal, named `token-` and the first
 8 hex digits of its SHA-256 (never the token itself). Tokens from GRADSERVE_AUTH_TOKENS are
-such bare tokens. An admin principal sees and may use every run. Without tokens every caller
-is one principal, `anonymous`, as before runs had owners.
+such bare tokens. An admin principal sees and may use every run; with `gradserve-owner: NAME`
+metadata it reaches principal NAME's runs (run names are per principal, docs/runs.md). Without
+tokens every caller is one principal, `anonymous`, as before runs had owners.
+
+A named principal follows the name grammar (gradserve/names.py) and may not take a name the
+server gives: `token-<8 hex>` (a bare token's), `anonymous` or `unauthenticated`. Otherwise a
+tokens-file line could take a bare token's principal, and with it its runs; such a file is
+refused at start with one line.
 
 The bearer-token interceptor (auth.py) has already checked the token in constant time when a
 call reaches the servicer; here the token's digest only picks its principal.
@@ -12,21 +18,35 @@ call reaches the servicer; here the token's digest only picks its principal.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gradserve.errors import InvalidArgumentError
+from gradserve.names import is_name
+
+OWNER_METADATA = "gradserve-owner"
+DERIVED_NAME = re.compile(r"token-[0-9a-f]{8}", re.ASCII)
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str
     admin: bool = False
+    # An admin's gradserve-owner: whose runs its calls name ("": its own).
+    acting_for: str = ""
+
+    @property
+    def runs_of(self) -> str:
+        """The principal whose run names this caller's requests are looked up among."""
+        return self.acting_for or self.name
 
 
 ANONYMOUS = Principal("anonymous")
+UNAUTHENTICATED = Principal("unauthenticated")
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,7 @@ def parse_tokens_file(text: str, source: str) -> list[TokenEntry]:
         if len(fields) == 1:
             entries.append(TokenEntry(fields[0], derived_principal(fields[0])))
         elif len(fields) == 2 or (len(fields) == 3 and fields[2] == "admin"):
+            _check_principal_name(fields[0], source, number)
             entries.append(TokenEntry(fields[1], Principal(fields[0], admin=len(fields) == 3)))
         else:
             raise InvalidArgumentError(
@@ -61,6 +82,21 @@ def parse_tokens_file(text: str, source: str) -> list[TokenEntry]:
                 field="auth_tokens_file",
             )
     return entries
+
+
+def _check_principal_name(name: str, source: str, number: int) -> None:
+    reserved = DERIVED_NAME.fullmatch(name) or name in (ANONYMOUS.name, UNAUTHENTICATED.name)
+    if is_name(name) and not reserved:
+        return
+    why = (
+        "is a name the server gives (token-<8 hex> is a bare token's principal)"
+        if reserved
+        else "is not a name (1 to 64 letters, digits, '.', '_', '-')"
+    )
+    raise InvalidArgumentError(
+        f"auth_tokens_file: {source} line {number}: principal {name[:80]!r} {why}",
+        field="auth_tokens_file",
+    )
 
 
 def read_token_entries(tokens: Iterable[str], tokens_file: str | None) -> list[TokenEntry]:
@@ -90,13 +126,26 @@ class PrincipalTable:
         """The caller's principal from its `authorization: Bearer` metadata."""
         if not self._by_digest:
             return ANONYMOUS
-        for key, value in metadata or ():
+        pairs = tuple(metadata or ())
+        for key, value in pairs:
             if key == "authorization":
                 presented = value.encode() if isinstance(value, str) else value
                 scheme, _, token = presented.partition(b" ")
                 if scheme.lower() == b"bearer":
                     found = self._by_digest.get(digest(token.strip()))
                     if found is not None:
-                        return found
+                        return _acting(found, pairs)
         # Only reachable for services the interceptor lets through without a token.
-        return Principal("unauthenticated")
+        return UNAUTHENTICATED
+
+
+def _acting(principal: Principal, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
+    """An admin with gradserve-owner metadata acts on that principal's runs; anyone else's
+    gradserve-owner is ignored (their runs are their own)."""
+    if not principal.admin:
+        return principal
+    for key, value in metadata:
+        if key == OWNER_METADATA and value:
+            owner = value if isinstance(value, str) else value.decode(errors="replace")
+            return dataclasses.replace(principal, acting_for=owner)
+    return principal

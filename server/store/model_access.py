@@ -8,6 +8,7 @@ it reads or changes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -45,6 +46,13 @@ class ModelAccess:
         module = self._state.model.module
         tensors = [*module.parameters(), *module.buffers()]
         return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+    def copy_for_sampling(self) -> tuple[int, torch.nn.Module]:
+        """(version, a copy of the module) taken under the lock: a sampling call reads only its
+        copy, so training goes on meanwhile and every token comes from that one version. An
+        adapter run's copy is its adapter (lora.py's deepcopy shares the frozen base)."""
+        with self._state.lock:
+            return self._state.version, copy.deepcopy(self._state.model.module)
 
     @traced("gradserve.evaluate")
     def evaluate(

@@ -96,6 +96,14 @@ class OutputHandles:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._kept: OrderedDict[str, Kept] = OrderedDict()
+        # When the longest-lived handle expires (0: none held): one float, read without the
+        # store's lock by the idle unloader (in_use), so an unload never drops a live handle.
+        self._live_until = 0.0
+
+    def in_use(self) -> bool:
+        """True while a handle may still be live (conservative: a stale one counts until its
+        expiry)."""
+        return self._clock() < self._live_until
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -127,9 +135,9 @@ class OutputHandles:
                 field="inputs",
             )
         handle = secrets.token_hex(16)
-        self._kept[handle] = Kept(
-            outputs, version, batch_size, self._clock() + bounds.seconds, size
-        )
+        expires_at = self._clock() + bounds.seconds
+        self._kept[handle] = Kept(outputs, version, batch_size, expires_at, size)
+        self._live_until = max(self._live_until, expires_at)
         return handle
 
     def peek(self, handle: str, version: int) -> Kept:
@@ -161,6 +169,8 @@ class OutputHandles:
 
     def release(self, handle: str) -> None:
         self._kept.pop(handle, None)
+        if not self._kept:
+            self._live_until = 0.0
 
     def _drop_dead(self, version: int) -> None:
         now = self._clock()
@@ -168,3 +178,5 @@ class OutputHandles:
             h for h, k in self._kept.items() if k.version != version or now >= k.expires_at
         ]:
             del self._kept[handle]
+        if not self._kept:
+            self._live_until = 0.0

@@ -41,8 +41,8 @@ from ..models.optimizers import Optimizer
 from ..models.randomness import seeded
 from ..tracing import traced
 from .accumulation import Gradients, add_gradients
+from .cadence import Cadence, StepRunner, run_steps
 from .compute import ComputeStrategy, LocalCompute, local_gradients
-from .error_scope import scoped
 from .live_state import LiveState
 from .model_access import ModelAccess
 from .optimistic_runs import OptimisticRuns
@@ -116,6 +116,7 @@ class ParameterStore:
         # evaluation, parameters, info, the graph,
         access = self._access
         self.parameter_bytes = access.parameter_bytes
+        self.copy_for_sampling = access.copy_for_sampling
         self.evaluate = access.evaluate
         self.read_parameters = access.read_parameters
         self.set_parameters = access.set_parameters
@@ -124,6 +125,8 @@ class ParameterStore:
         self.describe_graph = access.describe_graph
         # and dataset passes.
         self.train_pass = self._passes.train_pass
+        # --checkpoint-every-updates inside a request (cadence.py; checkpoints/files.py sets it).
+        self.update_cadence: Cadence | None = None
 
     # Read without the lock only where one int is enough (metrics gauges); anything that
     # needs a consistent view goes through snapshot() or holds the lock.
@@ -284,18 +287,15 @@ class ParameterStore:
         *,
         norms: bool = True,
     ) -> TrainResult:
-        """Train's steps (and a dataset pass's, pass_runs.py) with the lock held: all at once
-        optimistically (optimistic_runs.py), else one by one through the checked path, step i
-        named `{where}[i]` in its error with `note` (formatted with index and count)."""
-        if self._optimistic:
-            result = self._optimistic_runs.train_optimistically(steps, sizes, norms=norms)
-            if result is not None:
-                return result
-        results = []
-        for index, step in enumerate(steps):
-            with scoped(f"{where}[{index}]", note=note.format(index=index, count=len(steps))):
-                results.append(self._run_step(step, sizes[index]))
-        return TrainResult(tuple(results))
+        """Train's steps (and a dataset pass's, pass_runs.py) with the lock held (cadence.py)."""
+        optimistic = self._optimistic_runs.train_optimistically if self._optimistic else None
+        runner = StepRunner(
+            (lambda chosen, sizes: optimistic(chosen, sizes, norms=norms)) if optimistic else None,
+            self._run_step,
+            lambda: self.version,
+            self._transfer.state_copy,
+        )
+        return run_steps(steps, sizes, where, note, runner, cadence=self.update_cadence)
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
         batches = enumerate(zip(step.batches, sizes, strict=True))

@@ -92,24 +92,29 @@ class StateTransfer:
     def export_state(self) -> StoreState:
         """A consistent copy of everything a checkpoint holds, taken under the lock."""
         with self._state.lock:
-            return StoreState(
-                version=self._state.version,
-                accumulated_batches=self._state.accumulated_batches,
-                accumulated_samples=self._state.accumulated_samples,
-                parameters={n: p.detach().clone() for n, p in self._state.named.items()},
-                gradients={
-                    n: p.grad.detach().clone()
-                    for n, p in self._state.named.items()
-                    if p.grad is not None
-                },
-                # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
-                optimizer=copy.deepcopy(self._state.optimizer.state_dict()),
-                buffers={n: b.detach().clone() for n, b in self._state.buffers.items()},
-                request_ids=tuple(
-                    (method, request_id, entry.result, entry.fingerprint)
-                    for method, request_id, entry in self._state.request_ids.items()
-                ),
-            )
+            return self.state_copy()
+
+    def state_copy(self) -> StoreState:
+        """export_state's copy; call with the lock held (a checkpoint at a cadence version
+        in the middle of a Train request, parameter_store.py)."""
+        return StoreState(
+            version=self._state.version,
+            accumulated_batches=self._state.accumulated_batches,
+            accumulated_samples=self._state.accumulated_samples,
+            parameters={n: p.detach().clone() for n, p in self._state.named.items()},
+            gradients={
+                n: p.grad.detach().clone()
+                for n, p in self._state.named.items()
+                if p.grad is not None
+            },
+            # deepcopy: torch.optim hands out its live state tensors, stepped in place later.
+            optimizer=copy.deepcopy(self._state.optimizer.state_dict()),
+            buffers={n: b.detach().clone() for n, b in self._state.buffers.items()},
+            request_ids=tuple(
+                (method, request_id, entry.result, entry.fingerprint)
+                for method, request_id, entry in self._state.request_ids.items()
+            ),
+        )
 
     def restore_state(self, state: StoreState) -> None:
         """Put a checkpoint's state back: parameters, .grad, buffers (when it has them),

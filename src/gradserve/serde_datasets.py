@@ -14,6 +14,7 @@ from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.codec import dtype_from_proto, dtype_to_proto, spec_to_proto
 from gradserve.dataset_digest import dataset_digest
 from gradserve.errors import InvalidArgumentError
+from gradserve.names import check_name
 from gradserve.pass_types import DatasetPass
 from gradserve.types import (
     DatasetBatch,
@@ -177,6 +178,7 @@ def check_named_samples(message: pb.DatasetSlice | pb.DatasetPass, field: str) -
         raise InvalidArgumentError(
             f"{field}.dataset: a dataset name is needed", field=f"{field}.dataset"
         )
+    check_name(message.dataset, f"{field}.dataset", "a dataset name")
     if len(message.indices) > MAX_INDICES:
         raise InvalidArgumentError(
             f"{field}.indices: {len(message.indices)} indices, at most {MAX_INDICES}",

@@ -40,6 +40,13 @@ class GraphNodeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRAPH_NODE_KIND_BACKWARD: _ClassVar[GraphNodeKind]
     GRAPH_NODE_KIND_PARAMETER: _ClassVar[GraphNodeKind]
     GRAPH_NODE_KIND_INPUT: _ClassVar[GraphNodeKind]
+
+class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STOP_REASON_UNSPECIFIED: _ClassVar[StopReason]
+    STOP_REASON_STOP_TOKEN: _ClassVar[StopReason]
+    STOP_REASON_MAX_TOKENS: _ClassVar[StopReason]
+    STOP_REASON_CANCELLED: _ClassVar[StopReason]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_FLOAT64: DataType
@@ -62,6 +69,10 @@ GRAPH_NODE_KIND_UNSPECIFIED: GraphNodeKind
 GRAPH_NODE_KIND_BACKWARD: GraphNodeKind
 GRAPH_NODE_KIND_PARAMETER: GraphNodeKind
 GRAPH_NODE_KIND_INPUT: GraphNodeKind
+STOP_REASON_UNSPECIFIED: StopReason
+STOP_REASON_STOP_TOKEN: StopReason
+STOP_REASON_MAX_TOKENS: StopReason
+STOP_REASON_CANCELLED: StopReason
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")
@@ -938,3 +949,53 @@ class DeleteDatasetResponse(_message.Message):
     RELEASED_BYTES_FIELD_NUMBER: _ClassVar[int]
     released_bytes: int
     def __init__(self, released_bytes: _Optional[int] = ...) -> None: ...
+
+class SampleRequest(_message.Message):
+    __slots__ = ("run", "prompt_tokens", "num_samples", "max_tokens", "temperature", "top_k", "top_p", "stop_token_ids", "seed", "prompt_logprobs")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
+    num_samples: int
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    seed: int
+    prompt_logprobs: bool
+    def __init__(self, run: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., num_samples: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., prompt_logprobs: _Optional[bool] = ...) -> None: ...
+
+class SampleStop(_message.Message):
+    __slots__ = ("sample", "reason")
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    sample: int
+    reason: StopReason
+    def __init__(self, sample: _Optional[int] = ..., reason: _Optional[_Union[StopReason, str]] = ...) -> None: ...
+
+class SampleResponse(_message.Message):
+    __slots__ = ("model_version", "prompt_logprobs", "step", "samples", "tokens", "logprobs", "finished")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    prompt_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    step: int
+    samples: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    logprobs: _containers.RepeatedScalarFieldContainer[float]
+    finished: _containers.RepeatedCompositeFieldContainer[SampleStop]
+    def __init__(self, model_version: _Optional[int] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ..., step: _Optional[int] = ..., samples: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finished: _Optional[_Iterable[_Union[SampleStop, _Mapping]]] = ...) -> None: ...

@@ -160,6 +160,11 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetResponse.FromString,
                 _registered_method=True)
+        self.Sample = channel.unary_stream(
+                '/gradserve.v1.GradientService/Sample',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.SampleRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SampleResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -375,6 +380,17 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sample(self, request, context):
+        """Completions of one prompt from a run whose model is a causal language model: the samples
+        batched over a key-value cache, each step's tokens streamed as they are produced, with
+        their log-probabilities and each sample's stop reason. All of a call's samples come from
+        the version it started on, whatever trains meanwhile. Limits are checked before any work;
+        cancelling the call stops it within one token. docs/sampling.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -502,6 +518,11 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.DeleteDataset,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetResponse.SerializeToString,
+            ),
+            'Sample': grpc.unary_stream_rpc_method_handler(
+                    servicer.Sample,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SampleRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.SampleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1180,6 +1201,33 @@ class GradientService:
             '/gradserve.v1.GradientService/DeleteDataset',
             gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.DeleteDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradserve.v1.GradientService/Sample',
+            gradserve_dot_v1_dot_gradserve__pb2.SampleRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.SampleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,6 +28,7 @@ from .config import (
 )
 from .connection_flags import CONNECTION_FIELDS, HelpWithDefaults, add_connection_flags
 from .datasets import DATASET_DEFAULTS
+from .model_flags import add_factory_and_seed_flags
 from .train_flags import (
     add_data_flags,
     add_metrics_flags,
@@ -41,7 +42,10 @@ from .train_flags import (
 # named differently from its field says so as (destination, field).
 _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
     "connection": (ConnectionConfig, CONNECTION_FIELDS),
-    "embedded": (EmbeddedServerConfig, ("model", "optimizer", "loss", "given")),
+    "embedded": (
+        EmbeddedServerConfig,
+        ("model", "optimizer", "loss", "given", "model_factories"),
+    ),
     "run": (RunConfig, (("run", "name"), "from_checkpoint")),
     "data": (
         DataConfig,
@@ -57,6 +61,7 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str | tuple[str, str], ...]]] = {
             "init_from",
             "stream_csv",
             "shuffle_buffer",
+            "step_seeds",
         ),
     ),
     "schedule": (
@@ -150,7 +155,9 @@ def build_parser(env: Mapping[str, str], dataset: str | None = None) -> argparse
         env,
         server_help="none: an embedded server on a free loopback port",
     )
-    add_model_flags(parser.add_argument_group("model and run"), d, env)
+    model_group = parser.add_argument_group("model and run")
+    add_model_flags(model_group, d, env)
+    add_factory_and_seed_flags(model_group.add_argument)
     add_data_flags(parser.add_argument_group("data"), d)
     add_schedule_flags(parser.add_argument_group("schedule"), d)
     add_transport_flags(parser.add_argument_group("transport and parallelism"), d, env)
@@ -182,6 +189,7 @@ def parse_args(
         parser.error("--from-checkpoint needs --run: the name of the fork to create")
     values = vars(args)
     values["features"] = tuple(f for f in args.features.split(",") if f)
+    values["model_factories"] = tuple(values["model_factories"])
     values["run_id"] = args.run_id or uuid.uuid4().hex[:8]
     values["reduction"] = Reduction.parse(args.reduction)
     # No --metrics-port (nor its variable): the default port, or a free one when it is taken.

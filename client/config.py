@@ -43,6 +43,8 @@ class EmbeddedServerConfig:
     model: str = "linear"
     optimizer: str = "sgd"
     loss: str | None = None
+    # NAME=module:function entries the embedded server registers (--model-factory).
+    model_factories: tuple[str, ...] = ()
     # The flags of these three the user typed (to warn when they cannot apply).
     given: tuple[str, ...] = ()
 
@@ -77,6 +79,8 @@ class DataConfig:
     stream_csv: bool = False
     # Rows the streaming reader shuffles among when shuffling.
     shuffle_buffer: int = 10_000
+    # Every step carries a seed derived from `seed` (client/step_seeds.py).
+    step_seeds: bool = True
 
 
 @dataclass(frozen=True)

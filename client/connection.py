@@ -32,6 +32,7 @@ def embedded_server_config(config: TrainConfig, *, sync_workers: int = 0) -> Ser
             loss=config.embedded.loss,
             optimizer=config.embedded.optimizer,
             seed=config.data.seed,
+            model_factories=config.embedded.model_factories,
         ),
         runtime=RuntimeConfig(shutdown_grace_seconds=1.0),
     )

@@ -45,6 +45,7 @@ def as_pass(steps: Sequence[PlannedStep], expected_version: int | None) -> Datas
             or step.named[0].dataset != dataset
             or step.learning_rate != first.learning_rate
             or step.reduction is not first.reduction
+            or step.seed != (None if first.seed is None else first.seed + position)
             or samples > size
             or (samples < size and position != len(steps) - 1)
         ):
@@ -67,4 +68,5 @@ def as_pass(steps: Sequence[PlannedStep], expected_version: int | None) -> Datas
         count=0 if indices else end - start,
         reduction=first.reduction,
         expected_version=expected_version,
+        seed=first.seed,
     )

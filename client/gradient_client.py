@@ -160,6 +160,7 @@ class GradientClient:
         loss: LossSpec | str | None = None,
         sample_weights: torch.Tensor | None = None,
         weighted_reduction: WeightedReduction | str | None = None,
+        seed: int | None = None,
     ) -> GradientResult:
         """Add one batch's gradients to the run's accumulator (StepCalls.compute_gradients)."""
         return self.steps.compute_gradients(
@@ -171,6 +172,7 @@ class GradientClient:
             loss=loss,
             sample_weights=sample_weights,
             weighted_reduction=weighted_reduction,
+            seed=seed,
         )
 
     def apply_update(

@@ -25,6 +25,7 @@ from gradserve.types import DatasetBatch, Reduction, TrainStep
 from .config import ScheduleConfig
 from .data import DataError, Dataset, batches
 from .lr_schedule import LearningRates
+from .step_seeds import first_batch_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A batch, and the same samples named in the dataset uploaded to the server (when there is one).
@@ -68,6 +69,8 @@ class PlannedStep:
     # The same batches as samples of the dataset on the server (--data-on-server); empty:
     # the batches travel inline.
     named: tuple[DatasetBatch, ...] = ()
+    # The seed of the step's first batch (batch j: seed + j); None: unseeded.
+    seed: int | None = None
 
     @property
     def samples(self) -> int:
@@ -89,8 +92,11 @@ class PlannedStep:
                 self.reduction,
                 expected_version,
                 dataset_batches=self.named,
+                seed=self.seed,
             )
-        return TrainStep(self.batches, True, self.learning_rate, self.reduction, expected_version)
+        return TrainStep(
+            self.batches, True, self.learning_rate, self.reduction, expected_version, seed=self.seed
+        )
 
 
 def shard_batches(batch_count: int, index: int, count: int) -> list[int]:
@@ -109,15 +115,18 @@ class StepPlan:
         shard: Shard = Shard(),
         versioning: Versioning = Versioning.EXACT,
         on_server: str | None = None,
+        step_seeds: bool = False,
     ) -> None:
         """`on_server`: the name of `data` uploaded to the server (a held Dataset only): each
-        step then names its batches' samples, a contiguous slice or, shuffled, the indices."""
+        step then names its batches' samples, a contiguous slice or, shuffled, the indices.
+        `step_seeds`: every step carries a seed drawn from `seed` (step_seeds.py)."""
         self.data = data
         self.on_server = on_server if isinstance(data, Dataset) else None
         self.schedule = schedule
         self.seed = seed
         self.shard = shard
         self.versioning = versioning
+        self.step_seeds = step_seeds
         try:
             self.learning_rates = LearningRates(
                 schedule.lr_schedule, schedule.learning_rate, self.total_steps
@@ -223,4 +232,10 @@ class StepPlan:
             reduction=self.schedule.reduction,
             closes_epoch=closes_epoch,
             named=named if len(named) == len(chosen) else (),
+            seed=self._step_seed(number),
         )
+
+    def _step_seed(self, number: int) -> int | None:
+        if not self.step_seeds:
+            return None
+        return first_batch_seed(self.seed, number, self.schedule.accumulation_steps)

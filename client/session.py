@@ -45,6 +45,7 @@ def make_plan(
         shard=Shard(parallel.shard_index, parallel.shard_count),
         versioning=versioning,
         on_server=on_server,
+        step_seeds=config.data.step_seeds,
     )
 
 

@@ -51,17 +51,20 @@ class StepCalls:
         loss: LossSpec | str | None = None,
         sample_weights: torch.Tensor | None = None,
         weighted_reduction: WeightedReduction | str | None = None,
+        seed: int | None = None,
     ) -> GradientResult:
         """Forward and backward one batch, adding its gradients to the run's accumulator.
 
         `based_on_version`: the model version this batch was prepared against (the server's
         async mode bounds the staleness; docs/scaling.md). `loss` (a name or LossSpec),
         `sample_weights` [N], `weighted_reduction`: this batch's own loss, docs/losses.md.
-        `inputs` a DatasetBatch (and no targets): samples of a dataset uploaded to the run."""
+        `inputs` a DatasetBatch (and no targets): samples of a dataset uploaded to the run.
+        `seed`: the forward's dropout masks come from torch.manual_seed(seed) (randomness.md)."""
         request = pb.ComputeGradientsRequest(
             request_id=request_id or new_request_id(),
             return_gradients=return_gradients,
             run=self._channel.run,
+            seed=seed,
         )
         if isinstance(inputs, DatasetBatch):
             if targets is not None:

@@ -39,11 +39,13 @@ class UnaryTransport:
         # Named by dataset samples when the data is on the server, else the tensors.
         sent: tuple[DatasetBatch | Batch, ...] = step.named or step.batches
         for position, batch in enumerate(sent, start=1):
+            # As a Train step's batches: batch j (from 0) takes the step's seed + j.
+            seed = None if step.seed is None else step.seed + position - 1
             try:
                 if isinstance(batch, DatasetBatch):
-                    result = self.client.compute_gradients(batch)
+                    result = self.client.compute_gradients(batch, seed=seed)
                 else:
-                    result = self.client.compute_gradients(batch[0], batch[1])
+                    result = self.client.compute_gradients(batch[0], batch[1], seed=seed)
             except FailedPreconditionError as error:
                 raise TrainingDiverged(
                     f"training diverged at step {step.number} (epoch {step.epoch}): {error}"

@@ -62,7 +62,8 @@ def follow_rank_zero(config: ServerConfig) -> int:
     if config.runtime.torch_threads is not None:
         torch.set_num_threads(config.runtime.torch_threads)
     model = build_configured(config.model)
-    optimizer = build_optimizer(config.model.optimizer, list(model.module.parameters()))
+    named = dict(model.module.named_parameters())
+    optimizer = build_optimizer(config.model.optimizer, list(named.values()), list(named))
     store = data_parallel_store(model, optimizer, request_id_window=0)
     parallel = store.compute_strategy
     assert isinstance(parallel, DataParallelCompute)

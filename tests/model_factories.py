@@ -19,6 +19,12 @@ def not_a_model() -> nn.Module:
     return nn.Linear(3, 2)
 
 
+def classifier(loss: str = "cross_entropy") -> FactoryModel:
+    # Names its own default loss: class-index targets without --loss.
+    module = nn.Sequential(nn.Linear(3, 4))
+    return FactoryModel(module, input_shape=(3,), output_shape=(4,), loss=loss)
+
+
 # Where each `recorded` model was built: "meta" when it was only sized (server/models/specs.py).
 BUILT_ON: list[str] = []
 

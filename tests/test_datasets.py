@@ -243,11 +243,12 @@ def test_the_registry_reserves_before_keeping_and_releases_on_failure() -> None:
 
 def test_request_id_fingerprints_of_inline_steps_are_what_they_were() -> None:
     """Checkpoints keep request-id fingerprints: an inline step's must not change because
-    TrainStep gained dataset_batches (left out while empty), a named step's must differ."""
+    TrainStep gained dataset_batches and seed (left out while empty), a named or seeded
+    step's must differ."""
     fields = [
         (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
         for f in dataclasses.fields(TrainStep)
-        if f.name not in ("dataset_batches", "named_as")
+        if f.name not in ("dataset_batches", "named_as", "seed")
     ]
     before = dataclasses.make_dataclass("TrainStep", fields, frozen=True)
     x, y = torch.rand(4, 1), torch.rand(4, 1)
@@ -256,6 +257,7 @@ def test_request_id_fingerprints_of_inline_steps_are_what_they_were() -> None:
     assert fingerprint(step) == fingerprint(old)
     named = TrainStep((), True, 0.1, dataset_batches=(DatasetBatch("d", start=0, count=4),))
     assert fingerprint(named) != fingerprint(TrainStep((), True, 0.1))
+    assert fingerprint(TrainStep.of([(x, y)], 0.1, expected_version=3, seed=0)) != fingerprint(step)
 
 
 def test_gathered_batches_are_fingerprinted_by_the_samples_they_name() -> None:

@@ -21,7 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradserve.client.data import seed_data
 from gradserve.client.gradient_client import NO_RETRY, GradientClient
-from gradserve.errors import UnavailableError
+from gradserve.errors import FailedPreconditionError, UnavailableError
+from gradserve.types import TrainStep
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -167,3 +168,21 @@ def test_dead_rank_makes_the_server_not_serving_and_calls_unavailable() -> None:
             with pytest.raises(UnavailableError):
                 client.compute_gradients(x, 2 * x)
             assert time.monotonic() - killed < bound
+
+
+def test_two_ranks_refuse_seeds_and_change_nothing() -> None:
+    # One rank's generator cannot draw the other ranks' masks: a seed there is refused.
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(4, 4), torch.randint(0, 3, (4,))
+    with (
+        ranks(2, "--model", "mlp:4-8-3:dropout=0.5") as (address, _),
+        GradientClient(address, timeout=30.0) as client,
+    ):
+        client.wait_until_ready(30.0)
+        with pytest.raises(FailedPreconditionError, match="seed"):
+            client.compute_gradients(inputs, targets, seed=1)
+        step = TrainStep.of([(inputs, targets)], 0.1, seed=1)
+        with pytest.raises(FailedPreconditionError, match="seed"):
+            list(client.train_stream([[step]]))
+        info = client.model_info()
+        assert (info.model_version, info.accumulated_batches) == (0, 0)

@@ -109,6 +109,7 @@ class ServedRun:
         return_gradients: bool = False,
         based_on_version: int | None = None,
         batch_loss: BatchLoss | None = None,
+        seed: int | None = None,
     ) -> GradientResult:
         seen: list[float] = []
         result = self.store.compute_gradients(
@@ -119,6 +120,7 @@ class ServedRun:
             weigh=self.policy.weigher(based_on_version, seen),
             max_response_bytes=self.limits.max_message_bytes,
             batch_loss=batch_loss,
+            seed=seed,
         )
         return self._recorded(result, seen)
 
@@ -188,6 +190,8 @@ class ServedRun:
     def train_pass(self, expanded: PassSteps, *, request_id: str = "") -> TrainResult:
         """A dataset pass (server/store/pass_runs.py), recorded as the same steps would be."""
         self.policy.check_streamed()
+        # As train() checks its steps' seeds: one rank's generator cannot seed the others'.
+        self.store.local_only("dataset_pass.seed", when=expanded.steps[0].seed is not None)
         result = self.store.train_pass(expanded, request_id=request_id)
         samples = sum(int(step.batches[0][0].shape[0]) for step in expanded.steps)
         norms = expanded.gradient_norms or expanded.steps[0].max_grad_norm is not None

@@ -71,10 +71,14 @@ def expand_pass(
         descriptor.hyperparameters,
         descriptor.max_grad_norm,
     )
+    seed = descriptor.seed
     # Without the indices (fed as one tensor: a tuple is fed item by item).
     described = dataclasses.replace(descriptor, indices=())
     return PassSteps(
-        steps=[TrainStep((pair,), *settings) for pair in pairs],
+        steps=[
+            TrainStep((pair,), *settings, seed=None if seed is None else seed + i)
+            for i, pair in enumerate(pairs)
+        ],
         expected_version=descriptor.expected_version,
         gradient_norms=descriptor.gradient_norms,
         fingerprint=(described,) if index is None else (described, index),

@@ -1,6 +1,7 @@
 """Optimizers the server steps with, picked by a spec: `sgd` (the seed's arithmetic) or torch.optim.
 
-Spec: `name[:key=value,...]`, e.g. `sgd`, `sgd:momentum=0.9,nesterov=true`, `adam:betas=0.9/0.99`.
+Spec: `name[:key=value,...]`, e.g. `sgd`, `sgd:momentum=0.9,nesterov=true`, `adam:betas=0.9/0.99`,
+then optionally parameter groups `;group=GLOB:key=value,...` (parameter_groups.py).
 The learning rate is not part of the spec: every ApplyUpdate brings its own.
 """
 
@@ -20,6 +21,7 @@ from .hyperparameters import (
     check_hyperparameters,
     overridden,
 )
+from .parameter_groups import LR_SCALE, param_groups, parse_groups, parse_options
 
 
 class Optimizer(Protocol):
@@ -127,7 +129,8 @@ class TorchOptimizer:
 
     def step(self, learning_rate: float, hyperparameters: Hyperparameters = NO_OVERRIDES) -> None:
         for group in self._optimizer.param_groups:
-            group["lr"] = learning_rate
+            # A parameter group's own scale (1.0 without groups: the product is the rate).
+            group["lr"] = learning_rate * group.get(LR_SCALE, 1.0)
         with overridden(self._optimizer.param_groups, hyperparameters):
             self._optimizer.step()
 
@@ -211,34 +214,38 @@ _OPTIONS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
 OPTIMIZER_NAMES = tuple(_OPTIONS)
 
 
-def build_optimizer(spec: str, parameters: Sequence[torch.nn.Parameter]) -> Optimizer:
-    name, _, args = spec.partition(":")
+def build_optimizer(
+    spec: str,
+    parameters: Sequence[torch.nn.Parameter],
+    names: Sequence[str] | None = None,
+) -> Optimizer:
+    """`names`: the parameters' names, which a spec's groups match (needed with groups)."""
+    first, *group_parts = spec.split(";")
+    name, _, args = first.partition(":")
     if name not in _OPTIONS:
         raise InvalidArgumentError(
             f"optimizer: unknown optimizer {name!r}; known: {', '.join(_OPTIONS)}",
             field="optimizer",
         )
-    if name == "sgd" and not args:
+    if name == "sgd" and not args and not group_parts:
         return SeedSGD(parameters)
     optimizer_class, parsers = _OPTIONS[name]
-    options: dict[str, Any] = {}
-    for item in filter(None, args.split(",")):
-        key, _, value = item.partition("=")
-        parser = parsers.get(key)
-        if parser is None:
-            raise InvalidArgumentError(
-                f"optimizer: {name} has no option {key!r}; known: {', '.join(parsers)}",
-                field="optimizer",
-            )
-        try:
-            options[key] = parser(value)
-        except ValueError:
-            raise InvalidArgumentError(
-                f"optimizer: bad value {value!r} for {name} option {key!r}", field="optimizer"
-            ) from None
+    options = parse_options(name, args, parsers)
+    groups = parse_groups(name, group_parts, parsers)
+    if groups and names is None:
+        raise InvalidArgumentError("optimizer: groups need parameter names", field="optimizer")
+    chosen: Any = list(parameters)
+    if groups:
+        chosen = param_groups(list(zip(names or (), chosen, strict=True)), groups)
     try:
-        optimizer = cast(Any, optimizer_class)(list(parameters), lr=0.0, **options)
+        optimizer = cast(Any, optimizer_class)(chosen, lr=0.0, **options)
     except ValueError as error:
         raise InvalidArgumentError(f"optimizer: {error}", field="optimizer") from None
     settings = ",".join(f"{key}={value}" for key, value in sorted(options.items()))
-    return TorchOptimizer(optimizer, f"{name}({settings})")
+    described = "".join(
+        f";group={g.pattern}:"
+        + ",".join(f"{k}={v}" for k, v in sorted(g.options.items()))
+        + f",lr_scale={g.lr_scale:g}"
+        for g in groups
+    )
+    return TorchOptimizer(optimizer, f"{name}({settings}){described}")

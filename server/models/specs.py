@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +55,14 @@ def default_loss(model_name: str) -> str:
 
 @dataclass(frozen=True)
 class FactoryModel:
-    """What a --model-factory function returns: the module and the shape of one sample."""
+    """What a --model-factory function returns: the module, the shape of one sample, and the
+    loss used when --loss (or CreateRun's loss) names none (None: mse)."""
 
     module: nn.Module
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     input_dtype: torch.dtype = torch.float32
+    loss: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,10 @@ def load_factories(entries: Sequence[str]) -> dict[str, Callable[..., Any]]:
             raise InvalidArgumentError(
                 f"model_factory {entry!r}: the name {name!r} is taken", field="model_factory"
             )
+        # Console scripts put their own folder first on sys.path, not the current one: import
+        # from the current folder as `python -m` does (the operator's own module).
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             function = getattr(importlib.import_module(module_name), function_name)
         except (ImportError, AttributeError) as error:
@@ -245,6 +253,7 @@ def _factory(
     *,
     loss: Loss,
     seed: int | None,
+    chosen_loss: bool = False,
 ) -> Model:
     options = {}
     for item in args:
@@ -260,6 +269,8 @@ def _factory(
         raise _bad(spec, f"factory {name} refused the options: {error}") from None
     if not isinstance(built, FactoryModel) or not isinstance(built.module, nn.Module):
         raise _bad(spec, f"factory {name} must return gradserve.server.models.specs.FactoryModel")
+    if built.loss is not None and not chosen_loss:
+        loss = _known_loss(built.loss)
     inputs = BatchSpec(built.input_dtype, tuple(built.input_shape))
     return _assemble(
         name, spec, built.module, loss, input_spec=inputs, output_shape=tuple(built.output_shape)
@@ -314,19 +325,24 @@ def _build(
     if name not in BUILT_IN and name not in registered:
         known = ", ".join((*BUILT_IN, *registered))
         raise InvalidArgumentError(f"model: unknown model {name!r}; known: {known}", field="model")
-    loss_key = loss_name or default_loss(name)
-    loss = LOSSES.get(loss_key)
-    if loss is None:
-        raise InvalidArgumentError(
-            f"loss: unknown loss {loss_key!r}; known: {', '.join(LOSSES)}", field="loss"
-        )
+    loss = _known_loss(loss_name or default_loss(name))
     if name == "linear":
         return _linear(spec, args, loss, seed)
     if name == "mlp":
         return _mlp(spec, args, loss, seed)
     if name == "cnn":
         return _cnn(spec, args, loss, seed)
-    return _factory(name, spec, args, registered[name], loss=loss, seed=seed)
+    function = registered[name]
+    return _factory(name, spec, args, function, loss=loss, seed=seed, chosen_loss=bool(loss_name))
+
+
+def _known_loss(name: str) -> Loss:
+    loss = LOSSES.get(name)
+    if loss is None:
+        raise InvalidArgumentError(
+            f"loss: unknown loss {name!r}; known: {', '.join(LOSSES)}", field="loss"
+        )
+    return loss
 
 
 # -- device -----------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class TrainingRpcs:
                 return_gradients=request.return_gradients,
                 based_on_version=optional(request, "based_on_version"),
                 batch_loss=batch_loss_from_proto(request, max_elements=self._max_elements),
+                seed=optional(request, "seed"),
             )
         return serde.gradient_result_to_proto(result)
 

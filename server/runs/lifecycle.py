@@ -270,7 +270,8 @@ class RunBuilder:
             model = adapter_model(self.bases.get(run.spec.base_model), run.spec.lora)
         else:
             model = build_configured(config)
-        optimizer = build_optimizer(config.optimizer, list(model.module.parameters()))
+        named = dict(model.module.named_parameters())
+        optimizer = build_optimizer(config.optimizer, list(named.values()), list(named))
         limits = self.config.limits
         store = self._store_factory(
             model,

@@ -48,6 +48,7 @@ from ..models.model import (
     float64_norm,
     forward_of,
 )
+from ..models.randomness import seeded
 from .accumulation import backward_into_grad, check_loss
 from .live_state import LiveState
 from .updates import StepRollback, unchecked_step
@@ -245,7 +246,8 @@ class OptimisticRuns:
                 inputs, targets = given_inputs, given_targets
                 if inputs.device != device:
                     inputs, targets = inputs.to(device), targets.to(device)
-                loss = function(forward_of(module, inputs, function), targets)
+                with seeded(None if step.seed is None else step.seed + index, device):
+                    loss = function(forward_of(module, inputs, function), targets)
                 backward_into_grad(loss)
                 losses.append(loss.detach())
             self._state.accumulated_batches += len(step_sizes)

@@ -38,6 +38,7 @@ from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..models.losses import batch_loss_function, prepare
 from ..models.model import LossFunction, Model
 from ..models.optimizers import Optimizer
+from ..models.randomness import seeded
 from ..tracing import traced
 from .accumulation import Gradients, add_gradients
 from .cadence import Cadence, StepRunner, run_steps
@@ -55,6 +56,7 @@ from .train_steps import check_steps
 from .updates import StepRollback, check_update
 
 T = TypeVar("T")
+Batch = tuple[torch.Tensor, torch.Tensor]
 _NOTE = (
     "{index} of {count} steps of this request were applied before it; batches of this step "
     "that ran before the failure stay accumulated, as with the unary calls"
@@ -146,10 +148,10 @@ class ParameterStore:
         with state.lock:
             return state.version, state.accumulated_batches, state.accumulated_samples
 
-    def local_only(self, field: str) -> None:
+    def local_only(self, field: str, *, when: bool = True) -> None:
         """Per-batch losses and kept graphs are computed on this process: data parallelism
         (server/store/distributed.py) computes only the run's loss over its ranks."""
-        if self.compute_strategy.world_size != 1:
+        if when and self.compute_strategy.world_size != 1:
             raise FailedPreconditionError(
                 f"{field}: not served with data parallelism (--nproc); use the run's loss",
                 field=field,
@@ -169,13 +171,16 @@ class ParameterStore:
         weigh: Callable[[int], float] | None = None,
         max_response_bytes: int | None = None,
         batch_loss: BatchLoss | None = None,
+        seed: int | None = None,
     ) -> GradientResult:
         """`weigh(version)` gives the factor for what is added to .grad (async mode's
         staleness check and down-weighting), called under the lock when the batch runs, not
         for a replay; the loss and the returned gradients are the batch's own. With
         `return_gradients`, a response over `max_response_bytes` is refused before any work.
-        `batch_loss`: this batch's own loss and weights (server/models/losses.py); None: the run's."""
+        `batch_loss`: this batch's own loss and weights (server/models/losses.py); None: the run's;
+        `seed`: its forward's random ops (randomness.py)."""
         check_request_id(request_id)
+        self.local_only("seed", when=seed is not None)
         state = self._state
         function: LossFunction | None = None
         if batch_loss is None:
@@ -189,7 +194,8 @@ class ParameterStore:
         def run() -> GradientResult:
             weight = 1.0 if weigh is None else weigh(state.version)
             # The batch's own gradients (to return, or to weigh) need autograd.grad.
-            if self._optimistic and weight == 1.0 and function is None and not return_gradients:
+            plain = weight == 1.0 and function is None and seed is None
+            if self._optimistic and plain and not return_gradients:
                 fast = self._optimistic_runs.accumulate_optimistically(inputs, targets, batch_size)
                 if fast is not None:
                     return GradientResult(
@@ -199,7 +205,8 @@ class ParameterStore:
                         accumulated_samples=state.accumulated_samples,
                         model_version=state.version,
                     )
-            loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
+            with seeded(seed, state.device):
+                loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
             own: dict[str, torch.Tensor] = {}
             if return_gradients:
                 own = {
@@ -217,7 +224,8 @@ class ParameterStore:
 
         with state.lock:
             # The loss joins the fingerprint only when chosen: older windows stay valid.
-            chosen = () if batch_loss is None else (batch_loss,)
+            chosen: tuple[object, ...] = () if batch_loss is None else (batch_loss,)
+            chosen += () if seed is None else (("seed", seed),)
             return state.request_ids.remembered(
                 "compute_gradients", request_id, run, inputs, targets, return_gradients, *chosen
             )
@@ -259,9 +267,9 @@ class ParameterStore:
         apply_update. Everything is checked before anything runs; a step that fails while
         running raises with the number of steps already applied in the message."""
         check_request_id(request_id)
+        self.local_only("seed", when=any(step.seed is not None for step in steps))
         state = self._state
         sizes = check_steps(self.model, steps, state.smallest_batch, self.optimizer)
-
         with state.lock:
             return state.request_ids.remembered(
                 "train",
@@ -290,23 +298,21 @@ class ParameterStore:
         return run_steps(steps, sizes, where, note, runner, cadence=self.update_cadence)
 
     def _run_step(self, step: TrainStep, sizes: list[int]) -> StepResult:
+        batches = enumerate(zip(step.batches, sizes, strict=True))
         losses = tuple(
-            self._accumulate(inputs, targets, size, 1.0, batch_loss_function(self.model, step, i))[
-                0
-            ]
-            for i, ((inputs, targets), size) in enumerate(zip(step.batches, sizes, strict=True))
+            self._accumulate_seeded(step, i, batch, size) for i, (batch, size) in batches
         )
         if not step.apply_update:
             return StepResult(losses, self._state.version, self._state.accumulated_batches)
-        update = self._step(
-            step.learning_rate,
-            step.reduction,
-            step.expected_version,
-            step.hyperparameters,
-            step.max_grad_norm,
-        )
+        settings = (step.reduction, step.expected_version, step.hyperparameters)
+        update = self._step(step.learning_rate, *settings, step.max_grad_norm)
         done = (update.model_version, 0, True, update.applied_batches, update.gradient_norm)
         return StepResult(losses, *done, update.clipped)
+
+    def _accumulate_seeded(self, step: TrainStep, i: int, batch: Batch, size: int) -> float:
+        """Batch i of `step`, its forward seeded with the step's seed + i (when it has one)."""
+        with seeded(None if step.seed is None else step.seed + i, self._state.device):
+            return self._accumulate(*batch, size, 1.0, batch_loss_function(self.model, step, i))[0]
 
     def _accumulate(
         self,

@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gradserve.types import Reduction, StepResult, TrainResult
+from gradserve.types import FINGERPRINT_OMITTED_AT_DEFAULT, Reduction, StepResult, TrainResult
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class DatasetPass:
     max_grad_norm: float | None = None
     expected_version: int | None = None
     gradient_norms: bool = False
+    # Step i's batch draws its dropout masks from torch.manual_seed(seed + i); None: unseeded.
+    seed: int | None = field(default=None, metadata={FINGERPRINT_OMITTED_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         # Sorted by name, so that equal passes compare and fingerprint alike.

@@ -246,6 +246,7 @@ def train_step_to_proto(step: TrainStep) -> pb.TrainStep:
         expected_version=step.expected_version,
         hyperparameters=step.hyperparameters,
         max_grad_norm=step.max_grad_norm,
+        seed=step.seed,
     )
     for inputs, targets in step.batches:
         batch = message.batches.add()
@@ -310,6 +311,7 @@ def train_step_from_proto(
         hyperparameters=dict(message.hyperparameters),
         max_grad_norm=message.max_grad_norm if message.HasField("max_grad_norm") else None,
         batch_losses=train_batch_losses_from_proto(message, field, max_elements),
+        seed=message.seed if message.HasField("seed") else None,
     )
 
 

@@ -27,6 +27,8 @@ def dataset_pass_into_proto(descriptor: DatasetPass, message: pb.DatasetPass) ->
     if descriptor.expected_version is not None:
         message.expected_version = descriptor.expected_version
     message.gradient_norms = descriptor.gradient_norms
+    if descriptor.seed is not None:
+        message.seed = descriptor.seed
     return message
 
 
@@ -53,6 +55,7 @@ def dataset_pass_from_proto(message: pb.DatasetPass, field: str = "dataset_pass"
             message.expected_version if message.HasField("expected_version") else None
         ),
         gradient_norms=message.gradient_norms,
+        seed=message.seed if message.HasField("seed") else None,
     )
 
 

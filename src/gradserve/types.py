@@ -233,6 +233,9 @@ class TrainStep:
     named_as: tuple[DatasetBatch | None, ...] = field(
         default=(), metadata={FINGERPRINT_STANDS_IN_FOR: "batches"}
     )
+    # The seed of the random ops (dropout) of this step's forward passes: batch j draws from
+    # torch.manual_seed(seed + j) (docs/randomness.md); None: the server's own generator.
+    seed: int | None = field(default=None, metadata={FINGERPRINT_OMITTED_AT_DEFAULT: True})
 
     @classmethod
     def of(
@@ -244,6 +247,7 @@ class TrainStep:
         *,
         hyperparameters: Mapping[str, float] | None = None,
         max_grad_norm: float | None = None,
+        seed: int | None = None,
     ) -> TrainStep:
         """A step that updates when learning_rate is given (the client's shorthand)."""
         return cls(
@@ -254,6 +258,7 @@ class TrainStep:
             expected_version=expected_version,
             hyperparameters=dict(hyperparameters or {}),
             max_grad_norm=max_grad_norm,
+            seed=seed,
         )
 
 

@@ -122,7 +122,7 @@ class LossInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask", "seed")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class ComputeGradientsRequest(_message.Message):
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
@@ -149,7 +150,8 @@ class ComputeGradientsRequest(_message.Message):
     logprobs: Tensor
     advantages: Tensor
     attention_mask: Tensor
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    seed: int
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class DatasetSlice(_message.Message):
     __slots__ = ("dataset", "indices", "start", "count")
@@ -431,7 +433,7 @@ class Batch(_message.Message):
     def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class TrainStep(_message.Message):
-    __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version", "hyperparameters", "max_grad_norm")
+    __slots__ = ("batches", "apply_update", "learning_rate", "reduction", "expected_version", "hyperparameters", "max_grad_norm", "seed")
     class HyperparametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -446,6 +448,7 @@ class TrainStep(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     batches: _containers.RepeatedCompositeFieldContainer[Batch]
     apply_update: bool
     learning_rate: float
@@ -453,7 +456,8 @@ class TrainStep(_message.Message):
     expected_version: int
     hyperparameters: _containers.ScalarMap[str, float]
     max_grad_norm: float
-    def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., apply_update: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., expected_version: _Optional[int] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
+    seed: int
+    def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., apply_update: _Optional[bool] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., expected_version: _Optional[int] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("steps", "request_id", "run", "dataset_pass")
@@ -468,7 +472,7 @@ class TrainRequest(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[_Union[TrainStep, _Mapping]]] = ..., request_id: _Optional[str] = ..., run: _Optional[str] = ..., dataset_pass: _Optional[_Union[DatasetPass, _Mapping]] = ...) -> None: ...
 
 class DatasetPass(_message.Message):
-    __slots__ = ("dataset", "indices", "start", "count", "batch_size", "learning_rate", "reduction", "hyperparameters", "max_grad_norm", "expected_version", "gradient_norms")
+    __slots__ = ("dataset", "indices", "start", "count", "batch_size", "learning_rate", "reduction", "hyperparameters", "max_grad_norm", "expected_version", "gradient_norms", "seed")
     class HyperparametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -487,6 +491,7 @@ class DatasetPass(_message.Message):
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_NORMS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     indices: _containers.RepeatedScalarFieldContainer[int]
     start: int
@@ -498,7 +503,8 @@ class DatasetPass(_message.Message):
     max_grad_norm: float
     expected_version: int
     gradient_norms: bool
-    def __init__(self, dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ..., expected_version: _Optional[int] = ..., gradient_norms: _Optional[bool] = ...) -> None: ...
+    seed: int
+    def __init__(self, dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., hyperparameters: _Optional[_Mapping[str, float]] = ..., max_grad_norm: _Optional[float] = ..., expected_version: _Optional[int] = ..., gradient_norms: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class PassResult(_message.Message):
     __slots__ = ("losses", "gradient_norms", "model_version", "clipped")

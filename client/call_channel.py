@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -58,6 +58,18 @@ def new_channel(
     if credentials is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, credentials, options=options)
+
+
+class ChannelSettings(TypedDict, total=False):
+    """GradientClient's keyword arguments, each CallChannel's own (defaults there)."""
+
+    timeout: float
+    retry: RetryPolicy
+    max_message_bytes: int
+    credentials: grpc.ChannelCredentials | None
+    metadata: Sequence[tuple[str, str]]
+    channel: grpc.Channel | None
+    run: str
 
 
 class CallChannel:

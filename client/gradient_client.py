@@ -8,31 +8,32 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
-import grpc
 import torch
 
 from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
 from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.pass_types import DatasetPass, PassResult
-from gradserve.sampling_types import SampleResult, SampleStreamItem, SamplingParams
-from gradserve.types import (
+from gradserve.run_types import (
     CheckpointSummary,
-    DatasetBatch,
-    DatasetSummary,
-    EvaluationResult,
-    GradientResult,
     LoadResult,
-    LossSpec,
-    ModelInfo,
-    OutputsResult,
-    Reduction,
     RunDetails,
     RunSummary,
     SavedCheckpoint,
     StateDigest,
+)
+from gradserve.sampling_types import SampleResult, SampleStreamItem, SamplingParams
+from gradserve.types import (
+    DatasetBatch,
+    DatasetSummary,
+    EvaluationResult,
+    GradientResult,
+    LossSpec,
+    ModelInfo,
+    OutputsResult,
+    Reduction,
     StepResult,
     TensorSpec,
     TrainStep,
@@ -40,11 +41,11 @@ from gradserve.types import (
     WeightedReduction,
 )
 
-from .call_channel import CallChannel
+from .call_channel import CallChannel, ChannelSettings
 from .custom_loss import CustomLosses, LossFn
 from .dataset_calls import DatasetCalls
 from .parameter_transfer import ParameterTransfer
-from .retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, new_request_id
+from .retry import NO_RETRY, RetryPolicy, new_request_id
 from .run_calls import RunCalls
 from .sampling_calls import SamplingCalls
 from .step_calls import StepCalls
@@ -74,30 +75,10 @@ class GradientClient:
     the CallChannel `call_channel`.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float = 30.0,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        channel: grpc.Channel | None = None,
-        run: str = "",
-    ) -> None:
-        self._compose(
-            CallChannel(
-                target,
-                timeout=timeout,
-                retry=retry,
-                max_message_bytes=max_message_bytes,
-                credentials=credentials,
-                metadata=metadata,
-                channel=channel,
-                run=run,
-            )
-        )
+    def __init__(self, target: str, **settings: Unpack[ChannelSettings]) -> None:
+        """`target` is HOST:PORT; `settings`: timeout (30 s each call), retry, max_message_bytes,
+        credentials (TLS), metadata (the bearer token), channel (one of yours), run."""
+        self._compose(CallChannel(target, **settings))
 
     def _compose(self, call_channel: CallChannel) -> None:
         self.call_channel = call_channel

@@ -10,15 +10,15 @@ of one that had landed would answer NOT_FOUND or ALREADY_EXISTS for what succeed
 from __future__ import annotations
 
 from gradserve import serde_runs
-from gradserve.types import (
+from gradserve.run_types import (
     CheckpointSummary,
     LoadResult,
-    ModelInfo,
     RunDetails,
     RunSummary,
     SavedCheckpoint,
     StateDigest,
 )
+from gradserve.types import ModelInfo
 from gradserve.v1 import gradserve_pb2 as pb
 
 from .call_channel import CallChannel

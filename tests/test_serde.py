@@ -10,22 +10,24 @@ from gradserve import serde, serde_datasets, serde_graph, serde_parameters, serd
 from gradserve.codec import dtype_to_proto
 from gradserve.errors import InvalidArgumentError
 from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
-from gradserve.types import (
+from gradserve.run_types import (
     CheckpointSummary,
+    LoadResult,
+    LoraRequest,
+    RunRequest,
+    RunSummary,
+    SavedCheckpoint,
+    StateDigest,
+)
+from gradserve.types import (
     DatasetUploadHeader,
     DeclaredTensor,
     DiscardResult,
     EvaluationResult,
     GradientResult,
-    LoadResult,
-    LoraRequest,
     ModelInfo,
     Reduction,
-    RunRequest,
-    RunSummary,
-    SavedCheckpoint,
     SetResult,
-    StateDigest,
     StepResult,
     TensorSpec,
     TrainResult,

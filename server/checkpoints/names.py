@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gradserve.errors import InvalidArgumentError, NotFoundError
 from gradserve.names import NAME_PATTERN, RULE, is_name
-from gradserve.types import CheckpointSummary
+from gradserve.run_types import CheckpointSummary
 
 logger = logging.getLogger("gradserve.server.checkpoints.files")
 

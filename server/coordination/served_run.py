@@ -16,22 +16,19 @@ import torch
 
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError
 from gradserve.graph_types import GraphDescription
+from gradserve.run_types import CheckpointSummary, LoadResult, SavedCheckpoint, StateDigest
 from gradserve.sampling_types import SamplingEvent, SamplingParams
 from gradserve.types import (
     BatchLoss,
-    CheckpointSummary,
     DatasetSummary,
     DatasetUploadHeader,
     DiscardResult,
     EvaluationResult,
     GradientResult,
-    LoadResult,
     ModelInfo,
     OutputsResult,
     Reduction,
-    SavedCheckpoint,
     SetResult,
-    StateDigest,
     TrainResult,
     TrainStep,
     UpdateResult,

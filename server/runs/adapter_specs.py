@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gradserve.errors import InvalidArgumentError
-from gradserve.types import RunRequest
+from gradserve.run_types import RunRequest
 
 from ..models.adapter_models import BaseRegistry
 from ..models.lora import ALL_LINEAR, LoraConfig, resolve_targets

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradserve.errors import InvalidArgumentError, NotFoundError
-from gradserve.types import RunRequest
+from gradserve.run_types import RunRequest
 
 from ..checkpoints.checks import ModelLayout
 from ..checkpoints.files import read_for_load

@@ -36,7 +36,7 @@ from gradserve.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from gradserve.types import RunDetails, RunSummary
+from gradserve.run_types import RunDetails, RunSummary
 
 from ..checkpoints.names import summaries
 from ..coordination.served_run import ServedRun

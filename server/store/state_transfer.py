@@ -16,7 +16,7 @@ from typing import TypeVar
 import torch
 
 from gradserve.huge_pages import empty_bytes
-from gradserve.types import LoadResult
+from gradserve.run_types import LoadResult
 
 from .buffers import check_buffer_state
 from .compute import ComputeStrategy

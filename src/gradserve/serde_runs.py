@@ -7,18 +7,18 @@ tests/test_serde.py.
 
 from __future__ import annotations
 
-from gradserve.serde import model_info_from_proto, model_info_to_proto
-from gradserve.types import (
+from gradserve.run_types import (
     CheckpointSummary,
     LoadResult,
     LoraRequest,
-    ModelInfo,
     RunDetails,
     RunRequest,
     RunSummary,
     SavedCheckpoint,
     StateDigest,
 )
+from gradserve.serde import model_info_from_proto, model_info_to_proto
+from gradserve.types import ModelInfo
 from gradserve.v1 import gradserve_pb2 as pb
 
 

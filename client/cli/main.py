@@ -20,7 +20,7 @@ from ..connection_flags import (
 )
 from ..data import DataError
 from ..exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from . import checkpoints, datasets, export, runs
+from . import checkpoints, datasets, export, runs, sample
 from .output import write_answer
 
 PROGRAM = "gradserve"
@@ -60,13 +60,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROGRAM,
         description="Manage a gradserve server's runs, checkpoints and datasets, read digests, "
-        "export parameters; `gradserve serve` and `gradserve train` run the server and the "
+        "export parameters, sample from a run; `gradserve serve` and `gradserve train` run the server and the "
         "trainer. Exit codes: 0 done, 1 refused by the server, 2 bad usage, 3 unreachable.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, text) in PROGRAMS.items():
         commands.add_parser(name, help=text, add_help=False)
-    for module in (runs, checkpoints, datasets, export):
+    for module in (runs, checkpoints, datasets, export, sample):
         module.register(commands, common)
     return parser
 

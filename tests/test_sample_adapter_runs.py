@@ -1,13 +1,10 @@
-"""Sample from an adapter run (issue 25's LoRA runs over one shared base): bitwise the local loop.
-
-Runs once the lora branch's adapter runs are merged (server/models/lora.py, bases.py and
-tests/llm_bases.py); skipped before. Checked here against a trial merge of both branches.
-"""
+"""Sample from an adapter run (issue 25's LoRA runs over one shared base): bitwise the local loop."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import llm_bases
 import pytest
 import torch
 from helpers import apply, compute
@@ -15,12 +12,9 @@ from test_sampling_engine import PROMPT, local_sampling_loop
 
 from gradserve.client.gradient_client import GradientClient
 from gradserve.sampling_types import SamplingParams, collect
+from gradserve.server.models import bases, lora
 from gradserve.server.models.sampling import sample
 from gradserve.v1 import gradserve_pb2 as pb
-
-lora = pytest.importorskip("gradserve.server.models.lora")
-bases = pytest.importorskip("gradserve.server.models.bases")
-llm_bases = pytest.importorskip("llm_bases")
 
 # peft 0.21.2 reads transformers 5.23's deprecated alias (the library pair's warning).
 pytestmark = pytest.mark.filterwarnings(

@@ -99,6 +99,11 @@ def wheelhouse() -> Iterator[str]:
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
     # The build backend too: the image installs gradserve itself without build isolation.
     requirements = meta["project"]["dependencies"] + meta["build-system"]["requires"]
+    # The metadata allows a range of torch; the image installs the Dockerfile's pin first, so
+    # the wheelhouse must hold that one (the newest in range may be another).
+    pinned = re.search(r"^ARG TORCH_VERSION=(\S+)$", (REPO / "Dockerfile").read_text(), re.M)
+    assert pinned is not None, "the Dockerfile pins torch with ARG TORCH_VERSION"
+    requirements.append(f"torch=={pinned.group(1)}")
     with tempfile.TemporaryDirectory(prefix="gswheels-") as folder:
         run_command(
             [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",

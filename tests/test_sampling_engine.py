@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+from sampling_factories import llama_config
+from transformers import AutoModelForCausalLM, GPT2Config
 
 from gradserve.sampling_types import PromptLogprobs, SampledStep, SamplingParams, StopReason
 from gradserve.server.models.sampling import filtered_logits, sample
@@ -27,17 +28,7 @@ EOS = 2
 def tiny_model(kind: str, folder: Path) -> torch.nn.Module:
     """A random 2-layer causal LM saved into `folder` and loaded back (nothing downloaded)."""
     if kind == "llama":
-        config: Any = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            initializer_range=0.3,
-            eos_token_id=EOS,
-        )
+        config: Any = llama_config()
     else:
         config = GPT2Config(
             vocab_size=VOCAB,

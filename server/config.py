@@ -227,6 +227,20 @@ class SecurityConfig:
             raise InvalidArgumentError(f"metrics_run_labels: {self.metrics_run_labels!r}")
 
 
+@dataclass(frozen=True)
+class ReplicasConfig:
+    """`--replicas N`: N server processes behind nginx, runs placed by name (server/replicas/)."""
+
+    # Server processes; 1 is one ordinary server and no proxy.
+    count: int = 1
+    # The nginx binary that fronts them (Debian's path; scripts/install-proxy-deps.sh).
+    nginx: str = "/usr/sbin/nginx"
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise InvalidArgumentError("replicas: must be >= 1")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "network": NetworkConfig,
     "limits": LimitsConfig,
@@ -237,6 +251,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "runs": RunsConfig,
     "datasets": DatasetsConfig,
+    "replicas": ReplicasConfig,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -249,6 +264,7 @@ _RENAMED = {
     ("checkpoints", "keep"): "checkpoint_keep",
     ("datasets", "max_bytes"): "max_dataset_bytes",
     ("datasets", "max_per_run"): "max_datasets_per_run",
+    ("replicas", "count"): "replicas",
 }
 # flat name -> (section, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -269,6 +285,7 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

@@ -2,7 +2,7 @@
 one parent, all on loopback. A run's calls all reach the replica the ring names (placed by name
 alone, as server/replicas/placement.py predicts) and train as the local torch loop; health is
 SERVING only while every replica answers; the parent leaves no process behind, whether it is
-stopped, loses a replica or is killed; bad --replicas values and a missing nginx exit 2.
+stopped, loses a replica or is killed; bad --replicas values, a missing nginx and TLS exit 2.
 
 Skips the process tests when nginx is missing (scripts/install-proxy-deps.sh installs it).
 """
@@ -200,6 +200,17 @@ def test_a_missing_nginx_exits_2_naming_it(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert f"--nginx {missing}" in result.stderr and "install-proxy-deps" in result.stderr
     assert result.stdout == ""  # nothing started
+
+
+def test_tls_with_replicas_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "server/serve.py", "--replicas", "2", "--port", "0", "--metrics-port",
+         "0", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--replicas: TLS" in result.stderr
+    assert result.stdout == ""
 
 
 @needs_nginx

@@ -1,7 +1,8 @@
 """`gradserve-server --replicas 2`: two server processes behind nginx, started and supervised by
 one parent, all on loopback. A run's calls all reach the replica the ring names (placed by name
 alone, as server/replicas/placement.py predicts) and train as the local torch loop; health is
-SERVING only while every replica answers; the parent leaves no process behind, whether it is
+SERVING only while every replica answers; ListRuns through the proxy lists every replica's
+runs; the parent leaves no process behind, whether it is
 stopped, loses a replica or is killed; bad --replicas values, a missing nginx and TLS exit 2.
 
 Skips the process tests when nginx is missing (scripts/install-proxy-deps.sh installs it).
@@ -225,6 +226,10 @@ def test_each_runs_calls_reach_the_replica_its_name_places_it_on(tmp_path: Path)
         assert all(len(names) > 1 for names in expected.values()), expected
         for index, (_, address) in found.replicas.items():
             assert runs_on(address) == expected[index]
+        # ListRuns through the proxy: every replica's runs, the default run once (replica 0's).
+        with GradientClient(found.address, timeout=TIMEOUT) as client:
+            listed = [summary.run for summary in client.list_runs()]
+        assert listed == sorted(["", *NAMES])
         # One run per replica trained through the proxy: every step answers the next version
         # (a call placed elsewhere would find no run, or another state) and the end state is
         # the local torch loop's, bitwise, and the digest its replica reports directly.

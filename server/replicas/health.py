@@ -65,10 +65,13 @@ class ReplicaSetHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             channel.close()
 
 
-def start_health_server(health: ReplicaSetHealth) -> tuple[grpc.Server, str]:
-    """The set's health on a free loopback port, for nginx alone; (server, HOST:PORT)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
-                         options=[("grpc.so_reuseport", 0)])  # fmt: skip
+def start_set_server(
+    health: ReplicaSetHealth, extra: Sequence[grpc.GenericRpcHandler] = ()
+) -> tuple[grpc.Server, str]:
+    """The supervisor's own gRPC server (the set's health, the `extra` handlers) on a free
+    loopback port, for nginx alone; (server, HOST:PORT)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="set"),
+                         handlers=list(extra), options=[("grpc.so_reuseport", 0)])  # fmt: skip
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

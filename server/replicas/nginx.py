@@ -1,8 +1,9 @@
 """The proxy in front of the replicas: nginx's config written from the ring, and its process.
 
 nginx reads only the `gradserve-run` header (split_clients over the ring of placement.py); the
-set's health (`grpc.health.v1`) goes to the supervisor, which asks every replica. Its files
-(config, pid, temp folders) live in a temporary folder of the supervisor's; errors go to stderr.
+set's health (`grpc.health.v1`) and ListRuns go to the supervisor, which asks every replica.
+Its files (config, pid, temp folders) live in a temporary folder of the supervisor's; errors go
+to stderr.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ http {{
         default $gradserve_ring;
     }}
 {upstreams}
-    upstream replica_set_health {{ server {health}; keepalive 4; }}
+    # The supervisor: the set's health and ListRuns merged over the replicas.
+    upstream supervisor {{ server {supervisor}; keepalive 4; }}
 
     server {{
         listen {listen} http2;
@@ -56,7 +58,10 @@ http {{
         grpc_read_timeout 300s;   # Train streams and sync rounds may be quiet a while
         grpc_send_timeout 300s;
         location /grpc.health.v1.Health/ {{
-            grpc_pass grpc://replica_set_health;
+            grpc_pass grpc://supervisor;
+        }}
+        location = /gradserve.v1.GradientService/ListRuns {{
+            grpc_pass grpc://supervisor;
         }}
         location / {{
             grpc_pass grpc://$gradserve_replica;
@@ -70,8 +75,9 @@ class ProxyError(GradserveError):
     """nginx is missing, refuses its config, or cannot start."""
 
 
-def nginx_config(folder: Path, listen: str, replicas: Sequence[str], health: str) -> str:
-    """The config for `replicas` (HOST:PORT, by index) behind `listen`; `health`: the set's."""
+def nginx_config(folder: Path, listen: str, replicas: Sequence[str], supervisor: str) -> str:
+    """The config for `replicas` (HOST:PORT, by index) behind `listen`; `supervisor`: the
+    supervisor's own server (health, ListRuns)."""
     shares = "\n".join(
         f"        {percent(share.steps) if share.steps else '*'} replica_{share.replica};"
         for share in ring(len(replicas))
@@ -84,7 +90,12 @@ def nginx_config(folder: Path, listen: str, replicas: Sequence[str], health: str
     # they stay the user the server runs as instead (never more privileged than it).
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
     return TEMPLATE.format(
-        user=user, folder=folder, shares=shares, upstreams=upstreams, health=health, listen=listen
+        user=user,
+        folder=folder,
+        shares=shares,
+        upstreams=upstreams,
+        supervisor=supervisor,
+        listen=listen,
     )
 
 
@@ -104,13 +115,13 @@ def start_nginx(
     *,
     listen: str,
     replicas: Sequence[str],
-    health: str,
+    supervisor: str,
     preexec: Callable[[], None],
 ) -> subprocess.Popen[str]:
     """Writes the config into `folder`, has nginx test it, and starts nginx in the foreground
     on `listen` (HOST:PORT)."""
     config = folder / "nginx.conf"
-    config.write_text(nginx_config(folder, listen, replicas, health))
+    config.write_text(nginx_config(folder, listen, replicas, supervisor))
     command = [binary, "-p", str(folder), "-c", str(config), "-e", "stderr"]
     checked = subprocess.run(
         [*command, "-t", "-q"],

@@ -32,9 +32,10 @@ from gradserve.errors import GradserveError
 from .. import distributed_launch
 from ..config import ServerConfig
 from ..listening import check_port_free, format_address
-from .health import ReplicaSetHealth, start_health_server
+from .health import ReplicaSetHealth, start_set_server
 from .nginx import ProxyError, check_nginx, start_nginx
 from .processes import Child, child_setup, start_replica
+from .run_listing import MergedRunListing
 
 logger = logging.getLogger("gradserve.server.replicas")
 # nginx answers within milliseconds of starting; a set that is not healthy by then is broken.
@@ -104,62 +105,74 @@ class ReplicaSet:
 
     def __init__(self, config: ServerConfig, argv: Sequence[str]) -> None:
         self.config, self.argv = config, argv
-        self.wake, self.stop = threading.Event(), threading.Event()
+        self.wake, self.stop_requested = threading.Event(), threading.Event()
         self.replicas: list[Child] = []
         self.nginx: Child | None = None
         self.health: ReplicaSetHealth | None = None
-        self.health_server: grpc.Server | None = None
+        self.listing: MergedRunListing | None = None
+        # The supervisor's own gRPC server: the set's health and the merged ListRuns.
+        self.set_server: grpc.Server | None = None
         self.folder = Path(tempfile.mkdtemp(prefix="gradserve-proxy-"))
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.is_set():
+        if self.stop_requested.is_set():
             for replica in self.replicas:
                 replica.signal(signum)
-        self.stop.set()
+        self.stop_requested.set()
         self.wake.set()
 
     def run(self, port: int) -> int:
-        config, wake = self.config, self.wake
+        """Starts the set, serves until a signal (0) or a child's death (1)."""
+        config = self.config
         for index in range(config.replicas.count):
-            self.replicas.append(start_replica(self.argv, config, index, wake))
+            self.replicas.append(start_replica(self.argv, config, index, self.wake))
         while not all(replica.address for replica in self.replicas):
-            dead = next((r for r in self.replicas if r.exited.is_set()), None)
-            if dead is not None:
+            if (dead := self.dead()) is not None:
                 print(f"gradserve-server: {dead.name} exited with status "
                       f"{dead.process.returncode} before listening", file=sys.stderr)  # fmt: skip
                 return dead.process.returncode or 1
-            if self.stop.is_set():
+            if self.stop_requested.is_set():
                 return 0
-            wake.wait()
-            wake.clear()
+            self.wake.wait()
+            self.wake.clear()
         addresses = [replica.address for replica in self.replicas]
         for replica in self.replicas:
             print(f"{replica.name}: pid {replica.pid}, listening on {replica.address}", flush=True)
         self.health = ReplicaSetHealth(addresses)
-        self.health_server, health_address = start_health_server(self.health)
+        self.listing = MergedRunListing(addresses)
+        self.set_server, set_address = start_set_server(self.health, [self.listing.handler()])
         address = format_address(config.network.host, port)
         process = start_nginx(config.replicas.nginx, self.folder, listen=address,
-                              replicas=addresses, health=health_address, preexec=child_setup())  # fmt: skip
-        nginx = self.nginx = Child("nginx", process, wake)
+                              replicas=addresses, supervisor=set_address, preexec=child_setup())  # fmt: skip
+        self.nginx = Child("nginx", process, self.wake)
         deadline = time.monotonic() + PROXY_READY_SECONDS
         while not serving(address):
-            if nginx.exited.is_set() or self.stop.is_set() or time.monotonic() > deadline:
+            if self.stop_requested.is_set():
+                return 0
+            if self.dead() is not None or time.monotonic() > deadline:
                 print(f"gradserve-server: the set did not answer SERVING through nginx on "
                       f"{address}", file=sys.stderr)  # fmt: skip
-                return 0 if self.stop.is_set() else 1
-            wake.wait(0.1)
-        print(f"nginx: pid {nginx.pid}", flush=True)
+                return 1
+            # Not on `wake` alone: nginx says nothing when it is ready, so the proxy is asked
+            # again every 0.1 s; a child's exit or a signal ends the wait at once.
+            self.wake.wait(0.1)
+            self.wake.clear()
+        print(f"nginx: pid {self.nginx.pid}", flush=True)
         # What a supervisor or a test waits for, as from one server: the whole set is ready.
         print(f"listening on {address}", flush=True)
-        while not self.stop.is_set():
-            dead = next((c for c in (*self.replicas, nginx) if c.exited.is_set()), None)
-            if dead is not None:
+        while not self.stop_requested.is_set():
+            if (dead := self.dead()) is not None:
                 print(f"gradserve-server: {dead.name} (pid {dead.pid}) exited with status "
                       f"{dead.process.returncode}: stopping the set", file=sys.stderr)  # fmt: skip
                 return 1
-            wake.wait()
-            wake.clear()
+            self.wake.wait()
+            self.wake.clear()
         return 0
+
+    def dead(self) -> Child | None:
+        """The first child that has exited, nginx included."""
+        children = [*self.replicas, *([self.nginx] if self.nginx is not None else [])]
+        return next((child for child in children if child.exited.is_set()), None)
 
     def close(self) -> bool:
         """Health NOT_SERVING; SIGTERM to every replica at once; once they are gone, nginx.
@@ -179,9 +192,10 @@ class ReplicaSet:
         if self.nginx is not None:
             self.nginx.signal(signal.SIGTERM)
             self.nginx.wait_or_kill(NGINX_STOP_SECONDS)
-        if self.health_server is not None:
-            self.health_server.stop(0).wait()
-        if self.health is not None:
-            self.health.close()
+        if self.set_server is not None:
+            self.set_server.stop(0).wait()
+        for part in (self.health, self.listing):
+            if part is not None:
+                part.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         return failed

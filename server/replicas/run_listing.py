@@ -2,9 +2,9 @@
 
 nginx sends ListRuns (it names no run, so no replica) to the supervisor, which asks every
 replica with the caller's metadata (its token decides what each replica shows) and merges the
-answers, sorted by name. The default run listed is replica 0's: calls without a run header go
-there, so the other replicas' default runs cannot be reached through the proxy and are left
-out. A replica's refusal is passed on, prefixed with which replica said it.
+answers, sorted by name and owner. The default run listed is replica 0's: calls without a run
+header go there, so the other replicas' default runs cannot be reached through the proxy and
+are left out. A replica's refusal is passed on, prefixed with which replica said it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class MergedRunListing:
                 context.set_trailing_metadata(error.trailing_metadata() or ())
                 context.abort(error.code(), f"replica {index}: {error.details() or ''}")
             runs += [summary for summary in answer.runs if index == 0 or summary.run]
-        runs.sort(key=lambda summary: summary.run)
+        runs.sort(key=lambda summary: (summary.run, summary.owner))  # as one server sorts them
         return bytes(pb.ListRunsResponse(runs=runs).SerializeToString())
 
     def handler(self) -> grpc.GenericRpcHandler:

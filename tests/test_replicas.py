@@ -3,7 +3,8 @@ one parent, all on loopback. A run's calls all reach the replica the ring names 
 alone, as server/replicas/placement.py predicts) and train as the local torch loop; health is
 SERVING only while every replica answers; ListRuns through the proxy lists every replica's
 runs; the parent leaves no process behind, whether it is
-stopped, loses a replica or is killed; bad --replicas values, a missing nginx and TLS exit 2.
+stopped, loses a replica or is killed; bad --replicas values, a missing nginx, a busy port
+and TLS exit 2.
 
 Skips the process tests when nginx is missing (scripts/install-proxy-deps.sh installs it).
 """
@@ -14,6 +15,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -201,6 +203,21 @@ def test_a_missing_nginx_exits_2_naming_it(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert f"--nginx {missing}" in result.stderr and "install-proxy-deps" in result.stderr
     assert result.stdout == ""  # nothing started
+
+
+def test_a_busy_port_exits_2_naming_it_before_any_replica_starts(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "server/serve.py", "--replicas", "2", "--port", str(port),
+             "--metrics-port", "0"],
+            cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"--port {port}" in result.stderr and "already in use" in result.stderr
+    assert result.stdout == ""
 
 
 def test_tls_with_replicas_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,12 +115,13 @@ def start_nginx(
     folder: Path,
     *,
     listen: str,
+    listener: socket.socket,
     replicas: Sequence[str],
     supervisor: str,
     preexec: Callable[[], None],
 ) -> subprocess.Popen[str]:
-    """Writes the config into `folder`, has nginx test it, and starts nginx in the foreground
-    on `listen` (HOST:PORT)."""
+    """Writes the config into `folder`, has nginx test it (which binds nothing), and starts
+    nginx in the foreground on `listener`, bound to `listen` (HOST:PORT) by the supervisor."""
     config = folder / "nginx.conf"
     config.write_text(nginx_config(folder, listen, replicas, supervisor))
     command = [binary, "-p", str(folder), "-c", str(config), "-e", "stderr"]
@@ -129,4 +131,11 @@ def start_nginx(
     )  # fmt: skip
     if checked.returncode != 0:
         raise ProxyError(f"nginx refused its config {config}: {checked.stderr.strip()}")
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, text=True, preexec_fn=preexec)  # noqa: PLW1509
+    # nginx's own way to take over a listening socket (its binary upgrade): the descriptors in
+    # the NGINX variable are used for the `listen` with the same address, nothing is bound.
+    descriptor = listener.fileno()
+    environment = {**os.environ, "NGINX": f"{descriptor};"}
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, text=True, env=environment, pass_fds=(descriptor,),
+        preexec_fn=preexec,  # noqa: PLW1509
+    )  # fmt: skip

@@ -43,6 +43,7 @@ PROXY_READY_SECONDS = 60.0
 # On top of drain and grace: each replica's final checkpoints.
 FINAL_CHECKPOINT_SECONDS = 60.0
 NGINX_STOP_SECONDS = 10.0
+LISTEN_BACKLOG = 511  # nginx's default
 
 
 def check_supported(config: ServerConfig) -> None:
@@ -56,14 +57,20 @@ def check_supported(config: ServerConfig) -> None:
         )
 
 
-def listen_port(host: str, port: int) -> int:
-    """`port`, checked free, or for 0 one the kernel picks now (nginx cannot report its own)."""
-    if port:
-        check_port_free(host, port, "--port")
-        return port
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The set's listening socket, bound now and handed to nginx later: the port (a free one for
+    0, which nginx could not report) is the set's while the replicas load, and nobody can take
+    it between the check and nginx's start."""
+    check_port_free(host, port, "--port")
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx binds
+        listener.bind((host, port))
+        listener.listen(LISTEN_BACKLOG)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 def serving(address: str) -> bool:
@@ -83,19 +90,23 @@ def serve_replicas(config: ServerConfig, argv: Sequence[str]) -> int:
     try:
         check_supported(config)
         check_nginx(config.replicas.nginx)
-        port = listen_port(network.host, network.port)
+        listener = listening_socket(network.host, network.port)
     except GradserveError as error:
         print(f"gradserve-server: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"gradserve-server: --port {network.port}: {error.strerror}", file=sys.stderr)
+        return 1
     replica_set = ReplicaSet(config, argv)
     signal.signal(signal.SIGTERM, replica_set.request_stop)
     signal.signal(signal.SIGINT, replica_set.request_stop)
     try:
-        status = replica_set.run(port)
+        status = replica_set.run(listener)
     except (GradserveError, OSError) as error:
         print(f"gradserve-server: {error}", file=sys.stderr)
         status = 1
     finally:
+        listener.close()
         failed = replica_set.close()
     return status or int(failed)
 
@@ -121,7 +132,7 @@ class ReplicaSet:
         self.stop_requested.set()
         self.wake.set()
 
-    def run(self, port: int) -> int:
+    def run(self, listener: socket.socket) -> int:
         """Starts the set, serves until a signal (0) or a child's death (1)."""
         config = self.config
         for index in range(config.replicas.count):
@@ -141,9 +152,10 @@ class ReplicaSet:
         self.health = ReplicaSetHealth(addresses)
         self.listing = MergedRunListing(addresses)
         self.set_server, set_address = start_set_server(self.health, [self.listing.handler()])
-        address = format_address(config.network.host, port)
-        process = start_nginx(config.replicas.nginx, self.folder, listen=address,
+        address = format_address(config.network.host, listener.getsockname()[1])
+        process = start_nginx(config.replicas.nginx, self.folder, listen=address, listener=listener,
                               replicas=addresses, supervisor=set_address, preexec=child_setup())  # fmt: skip
+        listener.close()  # nginx holds it now
         self.nginx = Child("nginx", process, self.wake)
         deadline = time.monotonic() + PROXY_READY_SECONDS
         while not serving(address):

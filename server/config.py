@@ -15,6 +15,8 @@ from typing import Any
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, MIB
 from gradserve.errors import InvalidArgumentError
 
+from .models.sampling_limits import SamplingLimits
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -237,6 +239,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "runs": RunsConfig,
     "datasets": DatasetsConfig,
+    "sampling": SamplingLimits,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -249,6 +252,11 @@ _RENAMED = {
     ("checkpoints", "keep"): "checkpoint_keep",
     ("datasets", "max_bytes"): "max_dataset_bytes",
     ("datasets", "max_per_run"): "max_datasets_per_run",
+    ("sampling", "max_prompt_tokens"): "max_sample_prompt_tokens",
+    ("sampling", "max_tokens"): "max_sample_tokens",
+    ("sampling", "max_samples"): "max_samples_per_request",
+    ("sampling", "max_concurrent"): "max_concurrent_samples",
+    ("sampling", "max_memory_bytes"): "max_sampling_memory_bytes",
 }
 # flat name -> (section, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -269,6 +277,8 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    # The Sample RPC's bounds (server/models/sampling_limits.py, docs/sampling.md).
+    sampling: SamplingLimits = field(default_factory=SamplingLimits)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

@@ -15,8 +15,6 @@ from typing import Any
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, MIB
 from gradserve.errors import InvalidArgumentError
 
-from .models.sampling_limits import SamplingLimits
-
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -227,6 +225,24 @@ class SecurityConfig:
             raise InvalidArgumentError(f"metrics_auth: {self.metrics_auth!r}")
         if self.metrics_run_labels not in ("name", "id"):
             raise InvalidArgumentError(f"metrics_run_labels: {self.metrics_run_labels!r}")
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """The Sample RPC's bounds (server/models/sampling_limits.py checks them, docs/sampling.md);
+    memory counts the KV cache (and prompt logits) of all requests."""
+
+    max_prompt_tokens: int = 4096
+    max_tokens: int = 1024
+    max_samples: int = 64
+    max_concurrent: int = 4
+    max_memory_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for field_name, value in vars(self).items():
+            if value < 1:
+                flat = _RENAMED[("sampling", field_name)]
+                raise InvalidArgumentError(f"{flat}: {value} must be >= 1", field=flat)
 
 
 _SECTIONS: dict[str, type[Any]] = {

@@ -16,7 +16,7 @@ from gradserve import serde_sampling
 from gradserve.client.gradient_client import GradientClient
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from gradserve.sampling_types import SampledStep, SamplingParams, StopReason
-from gradserve.server.models.sampling_limits import SamplingLimits
+from gradserve.server.config import SamplingLimits
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from tests.conftest import ServerFactory

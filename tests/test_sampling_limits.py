@@ -15,13 +15,12 @@ from test_sampling_engine import PROMPT, tiny_model
 
 from gradserve.errors import GradserveError, InvalidArgumentError, ResourceExhaustedError
 from gradserve.sampling_types import SamplingParams
-from gradserve.server.config import ServerConfig
+from gradserve.server.config import SamplingLimits, ServerConfig
 from gradserve.server.flags import parse_args
 from gradserve.server.models.sampling_limits import (
     FLAGS,
     LanguageModelShape,
     SamplingAdmission,
-    SamplingLimits,
     check_request,
     kv_cache_bytes,
     request_bytes,

@@ -39,13 +39,13 @@ from ..checkpoints.durability import GroupCommit
 from ..checkpoints.files import Checkpointer, read_for_load
 from ..checkpoints.names import summaries
 from ..checkpoints.sampling_weights import weights_for_sampling
-from ..config import CoordinationConfig, LimitsConfig
+from ..config import CoordinationConfig, LimitsConfig, SamplingLimits
 from ..datasets.registry import DatasetRegistry
 from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..models.sampling import causal_lm_of, sample
-from ..models.sampling_limits import SamplingLimits, check_request, shape_of
+from ..models.sampling_limits import check_request, shape_of
 from ..models.token_losses import target_logprobs
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore

@@ -20,30 +20,15 @@ from typing import Any
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
 from gradserve.sampling_types import SamplingParams
 
+from ..config import SamplingLimits
+
 # Stop ids are compared every step; more than this is a mistake, not a use.
 MAX_STOP_TOKEN_IDS = 64
 FLOAT32_BYTES = 4
 
 
-@dataclass(frozen=True)
-class SamplingLimits:
-    """The operator's bounds (ServerConfig.sampling, set by the flags below); memory counts
-    the KV cache (and prompt logits) of all requests."""
-
-    max_prompt_tokens: int = 4096
-    max_tokens: int = 1024
-    max_samples: int = 64
-    max_concurrent: int = 4
-    max_memory_bytes: int = 1 << 30
-
-    def __post_init__(self) -> None:
-        for field_name, value in vars(self).items():
-            if value < 1:
-                flag = FLAGS[field_name][0]
-                raise InvalidArgumentError(f"{flag}: {value} must be >= 1", field=flag)
-
-
-# field -> (flag name as ServerConfig's flat names spell it, environment variable, help).
+# A field of SamplingLimits (server/config.py, ServerConfig.sampling) -> (its flag, as
+# ServerConfig's flat names spell it; its environment variable; the flag's help).
 FLAGS: dict[str, tuple[str, str, str]] = {
     "max_prompt_tokens": (
         "max_sample_prompt_tokens",

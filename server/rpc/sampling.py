@@ -16,7 +16,8 @@ import grpc
 from gradserve import serde_sampling
 from gradserve.v1 import gradserve_pb2 as pb
 
-from ..models.sampling_limits import SamplingAdmission, SamplingLimits
+from ..config import SamplingLimits
+from ..models.sampling_limits import SamplingAdmission
 from .runs import RunAccess
 
 

@@ -29,6 +29,7 @@ from bench.durability import durability
 from bench.processes import TORCH_THREADS
 from bench.replicas import replicas
 from bench.rows import Row, stats
+from bench.sampling import sampling
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
 
@@ -40,6 +41,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "rss": rss,
     "durability": durability,
     "replicas": replicas,
+    "sampling": sampling,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

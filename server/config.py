@@ -241,6 +241,23 @@ class ReplicasConfig:
             raise InvalidArgumentError("replicas: must be >= 1")
 
 
+class SamplingLimits:
+    """The Sample RPC's bounds (server/models/sampling_limits.py checks them, docs/sampling.md);
+    memory counts the KV cache (and prompt logits) of all requests."""
+
+    max_prompt_tokens: int = 4096
+    max_tokens: int = 1024
+    max_samples: int = 64
+    max_concurrent: int = 4
+    max_memory_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for field_name, value in vars(self).items():
+            if value < 1:
+                flat = _RENAMED[("sampling", field_name)]
+                raise InvalidArgumentError(f"{flat}: {value} must be >= 1", field=flat)
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "network": NetworkConfig,
     "limits": LimitsConfig,
@@ -252,6 +269,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "runs": RunsConfig,
     "datasets": DatasetsConfig,
     "replicas": ReplicasConfig,
+    "sampling": SamplingLimits,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -265,6 +283,11 @@ _RENAMED = {
     ("datasets", "max_bytes"): "max_dataset_bytes",
     ("datasets", "max_per_run"): "max_datasets_per_run",
     ("replicas", "count"): "replicas",
+    ("sampling", "max_prompt_tokens"): "max_sample_prompt_tokens",
+    ("sampling", "max_tokens"): "max_sample_tokens",
+    ("sampling", "max_samples"): "max_samples_per_request",
+    ("sampling", "max_concurrent"): "max_concurrent_samples",
+    ("sampling", "max_memory_bytes"): "max_sampling_memory_bytes",
 }
 # flat name -> (section, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -286,6 +309,8 @@ class ServerConfig:
     runs: RunsConfig = field(default_factory=RunsConfig)
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
+    # The Sample RPC's bounds (server/models/sampling_limits.py, docs/sampling.md).
+    sampling: SamplingLimits = field(default_factory=SamplingLimits)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

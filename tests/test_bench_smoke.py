@@ -72,3 +72,20 @@ def test_cold_step_runs_and_prints_every_cell() -> None:
     for name in ("store, request ids", "store, no request ids", "local loop"):
         cells = next(row for row in rows if row.startswith(name))[len(name) :].split()
         assert len(cells) == 3 and all(float(cell) > 0 for cell in cells)
+
+
+@pytest.mark.slow
+def test_bench_sampling_quick_runs_and_is_bitwise(tmp_path: Path) -> None:
+    out = tmp_path / "sampling.json"
+    command = ["bench/run.py", "--only", "sampling", "--quick", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, *command, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Sample tokens/s" in result.stdout and "bitwise ✓" in result.stdout
+    assert "Sample time to first token" in result.stdout

@@ -16,6 +16,7 @@ from .datasets.registry import add_dataset_flags
 from .listening import add_listening_flags
 from .metrics_endpoint import add_metrics_flags
 from .store.output_handles import add_output_handle_flags
+from .tinker.flags import add_tinker_flags
 
 ENV_MODEL = "GRADSERVE_MODEL"
 ENV_LOSS = "GRADSERVE_LOSS"
@@ -348,6 +349,7 @@ def parse_args(
     add_output_handle_flags(add, env_or, default)
     add_dataset_flags(add, env_or, default)
     add_metrics_flags(add, env_or, default)
+    add_tinker_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{

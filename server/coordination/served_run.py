@@ -43,6 +43,7 @@ from ..datasets.registry import DatasetRegistry
 from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
+from ..models.losses import answered_logprobs, prepare
 from ..models.sampling import causal_lm_of, sample
 from ..models.sampling_limits import SamplingLimits, check_request, shape_of
 from ..models.token_losses import target_logprobs
@@ -223,6 +224,17 @@ class ServedRun:
         logprobs = target_logprobs(result.predictions, targets)
         kept = result.predictions if return_predictions else None
         return dataclasses.replace(result, predictions=kept), logprobs
+
+    def token_forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, choice: BatchLoss
+    ) -> tuple[float, torch.Tensor | None]:
+        """A token batch's own loss and its targets' log-probabilities, forward only (eval)."""
+        _, function = prepare(self.store.model, inputs, targets, choice)
+        result = self.store.evaluate(inputs, targets, return_predictions=True)
+        assert result.predictions is not None  # asked for
+        with torch.no_grad():
+            loss = function(result.predictions, targets.to(result.predictions.device))
+        return float(loss), answered_logprobs(function)
 
     def discard_gradients(self) -> DiscardResult:
         return self.store.discard_gradients()

@@ -29,7 +29,7 @@ from gradserve.types import (
     WeightedReduction,
 )
 
-from .adapter_models import TokenModel
+from .adapter_models import TokenLossFunction, TokenModel
 from .model import BatchSpec, LossFunction, Model, all_finite, mean_squared_error
 from .token_losses import OPTIONS as TOKEN_OPTIONS
 
@@ -261,6 +261,13 @@ def _check_weights(weights: torch.Tensor, batch_size: int, dtype: torch.dtype) -
         raise InvalidArgumentError(
             "sample_weights.data: weights must be finite and >= 0", field="sample_weights.data"
         )
+
+
+def answered_logprobs(function: LossFunction | None) -> torch.Tensor | None:
+    """A token loss's per-token log-probabilities of its last batch (None for other losses)."""
+    if isinstance(function, TokenLossFunction):
+        return function.last_logprobs()
+    return None
 
 
 def prepare(

@@ -1,0 +1,198 @@
+"""The Tinker REST routes (`/api/v1/...`, as tinker==0.38.0 calls them), each a few lines.
+
+Calls that the SDK treats as futures (create_model, forward_backward, optim_step) are decoded
+and checked here, answered at once with `{request_id, model_id}`, and run by the FutureQueue;
+retrieve_future waits for the answer up to RETRIEVE_WAIT_SECONDS (a long poll: the SDK asks
+again at once on `try_again`, so answering early would only spin it). The rest answer directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gradserve.errors import NotFoundError
+
+from ..config import ServerConfig
+from ..runs.principals import Principal
+from ..runs.registry import RunRegistry
+from . import models, training
+from .errors import TinkerHttpError, bad_field
+from .futures import Answer, FutureQueue
+from .sessions import SessionTable
+from .wire import decompressed, forward_backward_from_proto
+
+# Under the SDK's 45 s timeout for one retrieve_future call.
+RETRIEVE_WAIT_SECONDS = 20.0
+PRINCIPAL = web.RequestKey("principal", Principal)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_answer(document: object) -> Answer:
+    return Answer(json.dumps(document).encode())
+
+
+class TinkerRoutes:
+    def __init__(self, config: ServerConfig, runs: RunRegistry, futures: FutureQueue) -> None:
+        self._config = config.tinker
+        self._runs = runs
+        self._futures = futures
+        self._sessions = SessionTable(self._config.max_sessions, self._config.session_seconds)
+
+    def table(self) -> list[tuple[str, str, Handler]]:
+        return [
+            ("GET", "/api/v1/healthz", self.healthz),
+            ("POST", "/api/v1/client/config", self.client_config),
+            ("POST", "/api/v1/client/dynamic_config", self.dynamic_config),
+            ("GET", "/api/v1/get_server_capabilities", self.capabilities),
+            ("POST", "/api/v1/create_session", self.create_session),
+            ("POST", "/api/v1/session_heartbeat", self.heartbeat),
+            ("POST", "/api/v1/telemetry", self.telemetry),
+            ("POST", "/api/v1/create_model", self.create_model),
+            ("POST", "/api/v1/get_info", self.get_info),
+            ("POST", "/api/v1/forward_backward", self.forward_backward),
+            ("POST", "/api/v1/optim_step", self.optim_step),
+            ("POST", "/api/v1/retrieve_future", self.retrieve_future),
+        ]
+
+    # -- directly answered -----------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def client_config(self, request: web.Request) -> web.Response:
+        """The SDK's feature flags, set to what this server serves: API keys (no JWT
+        exchange), plain httpx, proto forward_backward bodies without compression, chunks
+        that fit the body limit, custom losses computed by the client."""
+        return web.json_response(
+            {
+                "pjwt_auth_enabled": False,
+                "use_pyqwest_transport": False,
+                "proto_compress_fwdbwd": False,
+                "parallel_fwdbwd_chunks": True,
+                "fwdbwd_max_chunk_bytes_count": min(5_000_000, self._config.max_body_bytes // 2),
+                "sample_use_retrieve_futures": False,
+                "custom_loss_server_side": False,
+                "sample_join_sampling_session": False,
+            }
+        )
+
+    async def dynamic_config(self, request: web.Request) -> web.Response:
+        return web.json_response({"refresh_interval_sec": 300, "sample_cancel_enabled": False})
+
+    async def capabilities(self, request: web.Request) -> web.Response:
+        return web.json_response(models.capabilities(self._runs))
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        await _json(request)
+        session = self._sessions.create(request[PRINCIPAL].name)
+        return web.json_response({"type": "create_session", "session_id": session.session_id})
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        try:
+            self._sessions.heartbeat(str(body.get("session_id", "")), request[PRINCIPAL].name)
+        except NotFoundError as error:
+            # 410: the SDK stops its heartbeat loop for a session that has ended.
+            raise TinkerHttpError(410, error.message, "session_id") from None
+        return web.json_response({"type": "session_heartbeat"})
+
+    async def telemetry(self, request: web.Request) -> web.Response:
+        """The SDK's usage reports: read and dropped (nothing leaves this server)."""
+        await request.read()
+        return web.json_response({"status": "accepted"})
+
+    async def get_info(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        return web.json_response(
+            models.model_info(self._runs, request[PRINCIPAL], str(body.get("model_id", "")))
+        )
+
+    # -- futures ---------------------------------------------------------------------------
+
+    async def create_model(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        principal = request[PRINCIPAL]
+        session = self._sessions.get(str(body.get("session_id", "")), principal.name)
+
+        def work() -> Answer:
+            return json_answer(models.create_model(self._runs, principal, session, body))
+
+        return self._submitted(principal, work, request.content_length or 0, None)
+
+    async def forward_backward(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = decompressed(
+            raw, request.headers.get("Content-Encoding", ""), self._config.max_body_bytes
+        )
+        call = forward_backward_from_proto(body)
+        training.check_loss(call)
+        principal = request[PRINCIPAL]
+
+        def work() -> Answer:
+            encoded = training.forward_backward(self._runs, principal, call)
+            return Answer(encoded, "application/x-protobuf")
+
+        model = call.model_id
+        return self._submitted(principal, work, len(body), model, seq_id=call.seq_id, payload=body)
+
+    async def optim_step(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = _parsed(raw)
+        params = training.adam_params(body)
+        model_id = str(body.get("model_id", ""))
+        principal = request[PRINCIPAL]
+
+        def work() -> Answer:
+            return json_answer(training.optim_step(self._runs, principal, model_id, params))
+
+        seq = body.get("seq_id")
+        seq_id = seq if isinstance(seq, int) else None
+        return self._submitted(principal, work, len(raw), model_id, seq_id=seq_id, payload=raw)
+
+    def _submitted(
+        self,
+        principal: Principal,
+        work: Callable[[], Answer],
+        size: int,
+        model_id: str | None,
+        *,
+        seq_id: int | None = None,
+        payload: bytes = b"",
+    ) -> web.Response:
+        if model_id is not None:
+            # The run must be the caller's before anything waits for it.
+            self._runs.run(models.run_name_of(model_id), principal)
+        request_id = self._futures.submit(
+            principal.name, work, size=size, model=model_id, seq_id=seq_id, payload=payload
+        )
+        return web.json_response({"request_id": request_id, "model_id": model_id})
+
+    async def retrieve_future(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        request_id = str(body.get("request_id", ""))
+        answer = await self._futures.result(
+            request_id, request[PRINCIPAL].name, RETRIEVE_WAIT_SECONDS
+        )
+        if answer is None:
+            return web.json_response(
+                {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+            )
+        return web.Response(body=answer.body, content_type=answer.content_type)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    return _parsed(await request.read())
+
+
+def _parsed(raw: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw or b"{}")
+    except ValueError:
+        raise bad_field("body", "not JSON") from None
+    if not isinstance(document, dict):
+        raise bad_field("body", "a JSON object is needed")
+    return document

@@ -100,7 +100,7 @@ def _middleware(tokens: Sequence[TokenEntry]) -> web.middleware:  # type: ignore
 
 
 def _failed_answer(error: BaseException) -> Answer:
-    if not isinstance(error, GradserveError):
+    if not isinstance(error, (GradserveError, TinkerHttpError)):
         logger.error("tinker: a future failed", exc_info=error)
     return Answer(json.dumps(failed_future(error)).encode())
 

@@ -61,6 +61,8 @@ def failed_future(error: BaseException) -> dict[str, str]:
     if isinstance(error, GradserveError):
         category = "server" if error.code in SERVER_CODES else "user"
         return {"error": error.message, "category": category}
+    if isinstance(error, TinkerHttpError):
+        return {"error": error.message, "category": "user" if error.status < 500 else "server"}
     return {"error": "internal server error", "category": "server"}
 
 

@@ -19,7 +19,7 @@ from gradserve.errors import NotFoundError
 from ..config import ServerConfig
 from ..runs.principals import Principal
 from ..runs.registry import RunRegistry
-from . import models, training
+from . import checkpoints, models, training
 from .errors import TinkerHttpError, bad_field
 from .futures import Answer, FutureQueue
 from .sessions import SessionTable
@@ -29,6 +29,7 @@ from .wire import decompressed, forward_backward_from_proto
 RETRIEVE_WAIT_SECONDS = 20.0
 PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ModelVerb = Callable[[RunRegistry, Principal, str, dict[str, Any]], dict[str, Any]]
 
 
 def json_answer(document: object) -> Answer:
@@ -55,6 +56,9 @@ class TinkerRoutes:
             ("POST", "/api/v1/get_info", self.get_info),
             ("POST", "/api/v1/forward_backward", self.forward_backward),
             ("POST", "/api/v1/optim_step", self.optim_step),
+            ("POST", "/api/v1/save_weights", self.save_weights),
+            ("POST", "/api/v1/load_weights", self.load_weights),
+            ("GET", "/api/v1/training_runs/{model_id}/checkpoints", self.list_checkpoints),
             ("POST", "/api/v1/retrieve_future", self.retrieve_future),
         ]
 
@@ -152,6 +156,41 @@ class TinkerRoutes:
         seq = body.get("seq_id")
         seq_id = seq if isinstance(seq, int) else None
         return self._submitted(principal, work, len(raw), model_id, seq_id=seq_id, payload=raw)
+
+    async def save_weights(self, request: web.Request) -> web.Response:
+        return await self._model_call(request, checkpoints.save_state)
+
+    async def load_weights(self, request: web.Request) -> web.Response:
+        if "model_id" in await _json(request):
+            return await self._model_call(request, checkpoints.load_state)
+        body = await _json(request)  # create_training_client_from_state: a new model
+        principal = request[PRINCIPAL]
+        session = self._sessions.get(str(body.get("session_id", "")), principal.name)
+
+        def work() -> Answer:
+            return json_answer(checkpoints.create_from_state(self._runs, principal, session, body))
+
+        return self._submitted(principal, work, request.content_length or 0, None)
+
+    async def _model_call(self, request: web.Request, verb: ModelVerb) -> web.Response:
+        """A JSON call on one model, run in its seq_id order."""
+        raw = await request.read()
+        body = _parsed(raw)
+        model_id = body.get("model_id")
+        if not isinstance(model_id, str) or not model_id:
+            raise bad_field("model_id", "needed (creating a model from a checkpoint is not served)")
+        principal = request[PRINCIPAL]
+
+        def work() -> Answer:
+            return json_answer(verb(self._runs, principal, model_id, body))
+
+        seq = body.get("seq_id")
+        seq_id = seq if isinstance(seq, int) else None
+        return self._submitted(principal, work, len(raw), model_id, seq_id=seq_id, payload=raw)
+
+    async def list_checkpoints(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        return web.json_response(checkpoints.listing(self._runs, request[PRINCIPAL], model_id))
 
     def _submitted(
         self,

@@ -17,11 +17,13 @@ from aiohttp import web
 from gradserve.errors import NotFoundError
 
 from ..config import ServerConfig
+from ..models.sampling_limits import SamplingLimits
 from ..runs.principals import Principal
 from ..runs.registry import RunRegistry
 from . import checkpoints, models, training
 from .errors import TinkerHttpError, bad_field
 from .futures import Answer, FutureQueue
+from .sampling import TinkerSampling, sampling_request
 from .sessions import SessionTable
 from .wire import decompressed, forward_backward_from_proto
 
@@ -42,6 +44,8 @@ class TinkerRoutes:
         self._runs = runs
         self._futures = futures
         self._sessions = SessionTable(self._config.max_sessions, self._config.session_seconds)
+        # Sampler records: a few per session.
+        self._sampling = TinkerSampling(runs, 4 * self._config.max_sessions, SamplingLimits())
 
     def table(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -59,6 +63,10 @@ class TinkerRoutes:
             ("POST", "/api/v1/save_weights", self.save_weights),
             ("POST", "/api/v1/load_weights", self.load_weights),
             ("GET", "/api/v1/training_runs/{model_id}/checkpoints", self.list_checkpoints),
+            ("POST", "/api/v1/save_weights_for_sampler", self.save_for_sampler),
+            ("POST", "/api/v1/create_sampling_session", self.create_sampling_session),
+            ("GET", "/api/v1/samplers/{sampler_id}", self.get_sampler),
+            ("POST", "/api/v1/asample", self.asample),
             ("POST", "/api/v1/retrieve_future", self.retrieve_future),
         ]
 
@@ -187,6 +195,52 @@ class TinkerRoutes:
         seq = body.get("seq_id")
         seq_id = seq if isinstance(seq, int) else None
         return self._submitted(principal, work, len(raw), model_id, seq_id=seq_id, payload=raw)
+
+    async def save_for_sampler(self, request: web.Request) -> web.Response:
+        sampling = self._sampling
+
+        def save(
+            runs: RunRegistry, who: Principal, model: str, body: dict[str, Any]
+        ) -> dict[str, Any]:
+            return sampling.save_for_sampler(who, model, body)
+
+        return await self._model_call(request, save)
+
+    async def create_sampling_session(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        principal = request[PRINCIPAL]
+        session = self._sessions.get(str(body.get("session_id", "")), principal.name)
+        sampler_id = self._sampling.create_session(principal, session, body)
+        return web.json_response(
+            {"type": "create_sampling_session", "sampling_session_id": sampler_id}
+        )
+
+    async def get_sampler(self, request: web.Request) -> web.Response:
+        sampler_id = request.match_info["sampler_id"]
+        return web.json_response(self._sampling.describe(request[PRINCIPAL], sampler_id))
+
+    async def asample(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = _parsed(raw)
+        principal = request[PRINCIPAL]
+        session_id = str(body.get("sampling_session_id") or body.get("model_path") or "")
+        field = "sampling_session_id" if body.get("sampling_session_id") else "model_path"
+        sampler = self._sampling.samplers.get(session_id, principal.name, field)
+        prompt, params = sampling_request(body)
+
+        def work() -> Answer:
+            encoded = self._sampling.sample(principal, sampler, prompt, params)
+            return Answer(encoded, "application/x-protobuf")
+
+        request_id = self._futures.submit(principal.name, work, size=len(raw))
+        sequence_ids = [f"{request_id}:{index}" for index in range(params.num_samples)]
+        return web.json_response(
+            {
+                "request_id": request_id,
+                "model_id": sampler.model_id,
+                "sample_sequence_ids": sequence_ids,
+            }
+        )
 
     async def list_checkpoints(self, request: web.Request) -> web.Response:
         model_id = request.match_info["model_id"]

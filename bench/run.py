@@ -28,6 +28,7 @@ from bench.concurrency import clients
 from bench.durability import durability
 from bench.processes import TORCH_THREADS
 from bench.rows import Row, stats
+from bench.tinker_round import tinker_round
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
 
@@ -38,6 +39,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "clients": clients,
     "rss": rss,
     "durability": durability,
+    "tinker": tinker_round,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -37,7 +37,7 @@ from .store.parameter_store import ParameterStore
 from .tracing import server_interceptors
 
 if TYPE_CHECKING:
-    from .tinker.app import TinkerEndpoint
+    from .tinker_api.app import TinkerEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class GradientServer:
     health: health.HealthServicer
     streams: StreamAdmission
     default_run: Run
-    # The Tinker REST API beside gRPC (--tinker-port; server/tinker/), None when off.
+    # The Tinker REST API beside gRPC (--tinker-port; server/tinker_api/), None when off.
     tinker: TinkerEndpoint | None = None
     # Set by stop() when a run's final checkpoint could not be written (serve.py exits 1).
     final_checkpoint_failed: bool = False
@@ -185,7 +185,7 @@ def create_server(
     )
     if config.tinker.port is not None:
         # Imported only when asked for: aiohttp and the SDK's wire types are the `tinker` extra.
-        from .tinker.app import start_tinker_api  # noqa: PLC0415
+        from .tinker_api.app import start_tinker_api  # noqa: PLC0415
 
         try:
             running.tinker = start_tinker_api(config, runs, tokens)

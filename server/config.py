@@ -156,7 +156,7 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class TinkerConfig:
-    """The Tinker REST API beside gRPC (server/tinker/, docs/tinker.md): off unless a port is set."""
+    """The Tinker REST API beside gRPC (server/tinker_api/, docs/tinker.md): off unless a port is set."""
 
     # None: no Tinker API; 0: a free port (the bound one is printed and on the handle).
     port: int | None = None

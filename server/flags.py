@@ -16,7 +16,7 @@ from .datasets.registry import add_dataset_flags
 from .listening import add_listening_flags
 from .metrics_endpoint import add_metrics_flags
 from .store.output_handles import add_output_handle_flags
-from .tinker.flags import add_tinker_flags
+from .tinker_api.flags import add_tinker_flags
 
 ENV_MODEL = "GRADSERVE_MODEL"
 ENV_LOSS = "GRADSERVE_LOSS"

@@ -128,13 +128,19 @@ def digest(stub: Any, run: str) -> tuple[str, int]:
 
 
 def post(
-    url: str, path: str, body: object, key: str = "tml-test", raw: bytes | None = None
+    url: str,
+    path: str,
+    body: object,
+    key: str = "tml-test",
+    raw: bytes | None = None,
+    encoding: str = "",
 ) -> tuple[int, Any]:
     """One plain HTTP call to the Tinker API (an attacker needs no SDK): (status, JSON)."""
     data = raw if raw is not None else json.dumps(body).encode()
     request = urllib.request.Request(
         url + path, data=data, method="POST",
-        headers={"X-API-Key": key, "Content-Type": "application/json"},
+        headers={"X-API-Key": key, "Content-Type": "application/json"}
+        | ({"Content-Encoding": encoding} if encoding else {}),
     )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:

@@ -59,6 +59,7 @@ class TinkerEndpoint:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.futures.close()
+        self.loop.close()
 
 
 def _key_of(request: web.Request) -> str:
@@ -127,7 +128,9 @@ def start_tinker_api(
     )
     for method, path, handler in TinkerRoutes(config, runs, futures).table():
         app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app, access_log=None)
+    # Bodies are decoded in one place, bounded (wire.decompressed): aiohttp's own decoding would
+    # read gzip and deflate too, and refuse zstd, the one the SDK sends.
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

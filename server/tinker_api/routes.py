@@ -70,6 +70,11 @@ class TinkerRoutes:
             ("POST", "/api/v1/retrieve_future", self.retrieve_future),
         ]
 
+    async def _read(self, request: web.Request) -> bytes:
+        """The body, decoded by its Content-Encoding (zstd, or none) within the body limit."""
+        encoding = request.headers.get("Content-Encoding", "")
+        return decompressed(await request.read(), encoding, self._config.max_body_bytes)
+
     # -- directly answered -----------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -99,12 +104,12 @@ class TinkerRoutes:
         return web.json_response(models.capabilities(self._runs))
 
     async def create_session(self, request: web.Request) -> web.Response:
-        await _json(request)
+        _parsed(await self._read(request))
         session = self._sessions.create(request[PRINCIPAL].name)
         return web.json_response({"type": "create_session", "session_id": session.session_id})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = _parsed(await self._read(request))
         try:
             self._sessions.heartbeat(str(body.get("session_id", "")), request[PRINCIPAL].name)
         except NotFoundError as error:
@@ -118,7 +123,7 @@ class TinkerRoutes:
         return web.json_response({"status": "accepted"})
 
     async def get_info(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = _parsed(await self._read(request))
         return web.json_response(
             models.model_info(self._runs, request[PRINCIPAL], str(body.get("model_id", "")))
         )
@@ -126,7 +131,7 @@ class TinkerRoutes:
     # -- futures ---------------------------------------------------------------------------
 
     async def create_model(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = _parsed(await self._read(request))
         principal = request[PRINCIPAL]
         session = self._sessions.get(str(body.get("session_id", "")), principal.name)
 
@@ -136,10 +141,7 @@ class TinkerRoutes:
         return self._submitted(principal, work, request.content_length or 0, None)
 
     async def forward_backward(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        body = decompressed(
-            raw, request.headers.get("Content-Encoding", ""), self._config.max_body_bytes
-        )
+        body = await self._read(request)
         call = forward_backward_from_proto(body)
         training.check_loss(call)
         principal = request[PRINCIPAL]
@@ -152,7 +154,7 @@ class TinkerRoutes:
         return self._submitted(principal, work, len(body), model, seq_id=call.seq_id, payload=body)
 
     async def optim_step(self, request: web.Request) -> web.Response:
-        raw = await request.read()
+        raw = await self._read(request)
         body = _parsed(raw)
         params = training.adam_params(body)
         model_id = str(body.get("model_id", ""))
@@ -169,9 +171,10 @@ class TinkerRoutes:
         return await self._model_call(request, checkpoints.save_state)
 
     async def load_weights(self, request: web.Request) -> web.Response:
-        if "model_id" in await _json(request):
+        body = _parsed(await self._read(request))
+        if "model_id" in body:
             return await self._model_call(request, checkpoints.load_state)
-        body = await _json(request)  # create_training_client_from_state: a new model
+        # create_training_client_from_state(_with_optimizer): a new model from the checkpoint.
         principal = request[PRINCIPAL]
         session = self._sessions.get(str(body.get("session_id", "")), principal.name)
 
@@ -182,7 +185,7 @@ class TinkerRoutes:
 
     async def _model_call(self, request: web.Request, verb: ModelVerb) -> web.Response:
         """A JSON call on one model, run in its seq_id order."""
-        raw = await request.read()
+        raw = await self._read(request)
         body = _parsed(raw)
         model_id = body.get("model_id")
         if not isinstance(model_id, str) or not model_id:
@@ -207,7 +210,7 @@ class TinkerRoutes:
         return await self._model_call(request, save)
 
     async def create_sampling_session(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = _parsed(await self._read(request))
         principal = request[PRINCIPAL]
         session = self._sessions.get(str(body.get("session_id", "")), principal.name)
         sampler_id = self._sampling.create_session(principal, session, body)
@@ -220,7 +223,7 @@ class TinkerRoutes:
         return web.json_response(self._sampling.describe(request[PRINCIPAL], sampler_id))
 
     async def asample(self, request: web.Request) -> web.Response:
-        raw = await request.read()
+        raw = await self._read(request)
         body = _parsed(raw)
         principal = request[PRINCIPAL]
         session_id = str(body.get("sampling_session_id") or body.get("model_path") or "")
@@ -265,7 +268,7 @@ class TinkerRoutes:
         return web.json_response({"request_id": request_id, "model_id": model_id})
 
     async def retrieve_future(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = _parsed(await self._read(request))
         request_id = str(body.get("request_id", ""))
         answer = await self._futures.result(
             request_id, request[PRINCIPAL].name, RETRIEVE_WAIT_SECONDS
@@ -275,10 +278,6 @@ class TinkerRoutes:
                 {"type": "try_again", "request_id": request_id, "queue_state": "active"}
             )
         return web.Response(body=answer.body, content_type=answer.content_type)
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    return _parsed(await request.read())
 
 
 def _parsed(raw: bytes) -> dict[str, Any]:

@@ -126,6 +126,9 @@ def test_an_unserved_loss_is_refused_naming_it(make_server, tmp_path: Path) -> N
     tokens = sequences(3, 1)[0]
     with pytest.raises(Exception, match="cispo"):
         client.forward_backward([datum(tokens)], "cispo").result(timeout=30)
+    # The refused call took its seq_id's turn: the client's next calls do not wait for it.
+    answer = client.forward_backward([datum(tokens)], "cross_entropy").result(timeout=30)
+    assert answer.metrics["loss:sum"] > 0
 
 
 def test_capabilities_list_the_operators_bases(make_server, tmp_path: Path) -> None:

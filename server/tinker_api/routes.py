@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -25,7 +25,7 @@ from .errors import TinkerHttpError, bad_field
 from .futures import Answer, FutureQueue
 from .sampling import TinkerSampling, sampling_request
 from .sessions import SessionTable
-from .wire import decompressed, forward_backward_from_proto
+from .wire import decompressed, forward_backward_from_proto, forward_backward_message
 
 # Under the SDK's 45 s timeout for one retrieve_future call.
 RETRIEVE_WAIT_SECONDS = 20.0
@@ -142,9 +142,13 @@ class TinkerRoutes:
 
     async def forward_backward(self, request: web.Request) -> web.Response:
         body = await self._read(request)
-        call = forward_backward_from_proto(body)
-        training.check_loss(call)
+        message = forward_backward_message(body)
         principal = request[PRINCIPAL]
+        try:
+            call = forward_backward_from_proto(message)
+            training.check_loss(call)
+        except TinkerHttpError as error:
+            self._refused_in_turn(principal, message.model_id, message.seq_id, body, error)
 
         def work() -> Answer:
             encoded = training.forward_backward(self._runs, principal, call)
@@ -156,15 +160,18 @@ class TinkerRoutes:
     async def optim_step(self, request: web.Request) -> web.Response:
         raw = await self._read(request)
         body = _parsed(raw)
-        params = training.adam_params(body)
         model_id = str(body.get("model_id", ""))
         principal = request[PRINCIPAL]
+        seq = body.get("seq_id")
+        seq_id = seq if isinstance(seq, int) else None
+        try:
+            params = training.adam_params(body)
+        except TinkerHttpError as error:
+            self._refused_in_turn(principal, model_id, seq_id, raw, error)
 
         def work() -> Answer:
             return json_answer(training.optim_step(self._runs, principal, model_id, params))
 
-        seq = body.get("seq_id")
-        seq_id = seq if isinstance(seq, int) else None
         return self._submitted(principal, work, len(raw), model_id, seq_id=seq_id, payload=raw)
 
     async def save_weights(self, request: web.Request) -> web.Response:
@@ -248,6 +255,28 @@ class TinkerRoutes:
     async def list_checkpoints(self, request: web.Request) -> web.Response:
         model_id = request.match_info["model_id"]
         return web.json_response(checkpoints.listing(self._runs, request[PRINCIPAL], model_id))
+
+    def _refused_in_turn(
+        self,
+        principal: Principal,
+        model_id: str,
+        seq_id: int | None,
+        payload: bytes,
+        error: TinkerHttpError,
+    ) -> NoReturn:
+        """Refuse a model's call at once, yet let it take its seq_id's turn: the SDK goes on
+        numbering after a refused call, and its next calls must not wait for this one."""
+        if seq_id is not None and model_id:
+            self._runs.run(models.run_name_of(model_id), principal)  # lanes: the caller's models
+
+            def refused() -> Answer:
+                raise error
+
+            self._futures.submit(
+                principal.name, refused, size=len(payload), model=model_id, seq_id=seq_id,
+                payload=payload,
+            )  # fmt: skip
+        raise error
 
     def _submitted(
         self,

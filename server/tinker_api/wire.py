@@ -62,12 +62,17 @@ def decompressed(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def forward_backward_from_proto(body: bytes) -> ForwardBackwardCall:
+def forward_backward_message(body: bytes) -> tinker_pb.ForwardBackwardRequest:
+    """The message, parsed only: its model_id and seq_id are known before its data is checked."""
     message = tinker_pb.ForwardBackwardRequest()
     try:
         message.ParseFromString(body)
-    except Exception:
+    except Exception:  # protobuf's DecodeError and its kin
         raise bad_field("body", "not a tinker ForwardBackwardRequest message") from None
+    return message
+
+
+def forward_backward_from_proto(message: tinker_pb.ForwardBackwardRequest) -> ForwardBackwardCall:
     config: dict[str, float] = dict(message.loss_fn_config)
     for key, value in message.loss_fn_config_v2.items():
         if value.WhichOneof("value") == "text":

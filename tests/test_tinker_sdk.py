@@ -137,3 +137,31 @@ def test_capabilities_list_the_operators_bases(make_server, tmp_path: Path) -> N
         tinker.RestClient(base_url=url, api_key="tml-test").get_server_capabilities().result()
     )
     assert [(m.model_name, m.trainable) for m in capabilities.supported_models] == [("tiny", True)]
+
+
+def test_chunks_of_one_forward_backward_run_in_order_and_combine(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    """A body limit of 1 KiB makes the SDK cut 10 datums into chunks it sends together, the first
+    last: they run in seq_id order, so the step equals the same datums over gRPC bitwise."""
+    running, url = start(make_server, tmp_path, tinker_max_body_bytes=1024)
+    stub = make_stub(running)
+    client = service(url).create_lora_training_client(base_model="tiny", rank=4, seed=9).result()
+    grpc_adapter_run(stub, "twin", seed=9, rank=4)
+    batch = sequences(31, 10)
+    weights = [weights_for(tokens, i) for i, tokens in enumerate(batch)]
+    forward = client.forward_backward(
+        [datum(t, weights=w) for t, w in zip(batch, weights, strict=True)], "cross_entropy"
+    )
+    client.optim_step(types.AdamParams(learning_rate=0.05)).result()
+    output = forward.result()
+    assert [len(o["logprobs"].tolist()) for o in output.loss_fn_outputs] == [
+        len(t) - 1 for t in batch
+    ]
+    losses = [
+        grpc_forward_backward(stub, "twin", t, weights=w).loss
+        for t, w in zip(batch, weights, strict=True)
+    ]
+    grpc_optim_step(stub, "twin", 0.05)
+    assert output.metrics["loss:sum"] == pytest.approx(sum(losses), rel=1e-6)
+    assert digest(stub, client.model_id.replace(":", "-")) == digest(stub, "twin")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 import tinker
 import torch
-from helpers import TIMEOUT
+from helpers import TIMEOUT, field_violations
 from tinker import types
 from tinker_helpers import (
     datum,
@@ -22,6 +23,7 @@ from tinker_helpers import (
     weights_for,
 )
 
+from gradserve.codec import tensor_from_proto, tensor_to_proto
 from gradserve.v1 import gradserve_pb2 as pb
 
 pytestmark = [
@@ -53,9 +55,11 @@ def test_ten_sdk_steps_are_bitwise_the_same_steps_over_grpc(
         norms.append(metrics["grad_norm"])
 
         total = 0.0
-        for tokens, w in zip(step, weights, strict=True):
+        for tokens, w, out in zip(step, weights, output.loss_fn_outputs, strict=True):
             answer = grpc_forward_backward(stub, "twin", tokens, weights=w)
             total += answer.loss
+            # Both fronts answer the training forward's per-token logprobs, bitwise alike.
+            assert tensor_from_proto(answer.logprobs)[0].tolist() == out["logprobs"].tolist()
         grpc_losses.append(total)
         assert grpc_optim_step(stub, "twin", 0.02).gradient_norm == norms[-1]
         # Per-token logprobs answered from the forward that made the gradients: one per target.
@@ -165,3 +169,18 @@ def test_chunks_of_one_forward_backward_run_in_order_and_combine(
     grpc_optim_step(stub, "twin", 0.05)
     assert output.metrics["loss:sum"] == pytest.approx(sum(losses), rel=1e-6)
     assert digest(stub, client.model_id.replace(":", "-")) == digest(stub, "twin")
+
+
+def test_grpc_return_logprobs_is_refused_on_a_run_that_is_not_a_language_model(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    running, _ = start(make_server, tmp_path)
+    stub = make_stub(running)
+    x = torch.rand(4, 1)
+    request = pb.ComputeGradientsRequest(
+        inputs=tensor_to_proto(x), targets=tensor_to_proto(2 * x), return_logprobs=True
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ComputeGradients(request, timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(refused.value) == ["return_logprobs"]

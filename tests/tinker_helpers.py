@@ -107,6 +107,7 @@ def grpc_forward_backward(
         "inputs": tensor_to_proto(torch.tensor([tokens[:-1]])),
         "targets": tensor_to_proto(torch.tensor([tokens[1:]])),
         "loss": pb.LossSpec(name=loss),
+        "return_logprobs": True,
     }
     for name, tensor in per_token.items():
         fields["sample_weights" if name == "weights" else name] = tensor_to_proto(tensor[None])

@@ -43,7 +43,7 @@ from ..datasets.registry import DatasetRegistry
 from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
-from ..models.losses import answered_logprobs, prepare
+from ..models.losses import forward_loss, logprobs_choice, prepare
 from ..models.sampling import causal_lm_of, sample
 from ..models.sampling_limits import SamplingLimits, check_request, shape_of
 from ..models.token_losses import target_logprobs
@@ -108,7 +108,10 @@ class ServedRun:
         based_on_version: int | None = None,
         batch_loss: BatchLoss | None = None,
         seed: int | None = None,
+        return_logprobs: bool = False,
     ) -> GradientResult:
+        if return_logprobs:  # answered by a token loss (GradientResult.logprobs)
+            batch_loss = logprobs_choice(self.store.model, batch_loss)
         seen: list[float] = []
         result = self.store.compute_gradients(
             inputs,
@@ -232,9 +235,7 @@ class ServedRun:
         _, function = prepare(self.store.model, inputs, targets, choice)
         result = self.store.evaluate(inputs, targets, return_predictions=True)
         assert result.predictions is not None  # asked for
-        with torch.no_grad():
-            loss = function(result.predictions, targets.to(result.predictions.device))
-        return float(loss), answered_logprobs(function)
+        return forward_loss(function, result.predictions, targets)
 
     def discard_gradients(self) -> DiscardResult:
         return self.store.discard_gradients()

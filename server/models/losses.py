@@ -270,6 +270,27 @@ def answered_logprobs(function: LossFunction | None) -> torch.Tensor | None:
     return None
 
 
+def logprobs_choice(model: Model, choice: BatchLoss | None) -> BatchLoss:
+    """A batch's loss that answers per-token log-probabilities: its own token loss, or token
+    cross_entropy with weights 1 (the run's default, the same arithmetic) when it chose none."""
+    if not model.tokens:
+        raise InvalidArgumentError(
+            "return_logprobs: only adapter runs over a language model answer per-token "
+            "log-probabilities",
+            field="return_logprobs",
+        )
+    return choice if choice is not None else BatchLoss(loss=LossSpec("cross_entropy"))
+
+
+def forward_loss(
+    function: LossFunction, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, torch.Tensor | None]:
+    """A forward-only batch's loss (no graph) and, for token losses, its per-token logprobs."""
+    with torch.no_grad():
+        loss = function(logits, targets.to(logits.device))
+    return float(loss), answered_logprobs(function)
+
+
 def prepare(
     model: Model, inputs: torch.Tensor, targets: torch.Tensor, choice: BatchLoss
 ) -> tuple[int, LossFunction]:

@@ -130,7 +130,9 @@ def start_tinker_api(
         app.router.add_route(method, path, handler)
     # Bodies are decoded in one place, bounded (wire.decompressed): aiohttp's own decoding would
     # read gzip and deflate too, and refuse zstd, the one the SDK sends.
-    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+    # Stopping waits for calls in flight as gRPC does (--shutdown-grace), long polls included.
+    grace = config.runtime.shutdown_grace_seconds
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=grace)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -27,7 +27,9 @@ import torch
 from bench.concurrency import clients
 from bench.durability import durability
 from bench.processes import TORCH_THREADS
+from bench.replicas import replicas
 from bench.rows import Row, stats
+from bench.sampling import sampling
 from bench.tinker_round import tinker_round
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
@@ -39,6 +41,8 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "clients": clients,
     "rss": rss,
     "durability": durability,
+    "replicas": replicas,
+    "sampling": sampling,
     "tinker": tinker_round,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

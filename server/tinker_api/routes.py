@@ -17,7 +17,6 @@ from aiohttp import web
 from gradserve.errors import NotFoundError
 
 from ..config import ServerConfig
-from ..models.sampling_limits import SamplingLimits
 from ..runs.principals import Principal
 from ..runs.registry import RunRegistry
 from . import checkpoints, models, training
@@ -45,7 +44,9 @@ class TinkerRoutes:
         self._futures = futures
         self._sessions = SessionTable(self._config.max_sessions, self._config.session_seconds)
         # Sampler records: a few per session.
-        self._sampling = TinkerSampling(runs, 4 * self._config.max_sessions, SamplingLimits())
+        # The operator's sampling bounds (--max-sample-tokens, ...), with an admission of their
+        # own: the gRPC Sample's is the servicer's.
+        self._sampling = TinkerSampling(runs, 4 * self._config.max_sessions, config.sampling)
 
     def table(self) -> list[tuple[str, str, Handler]]:
         return [

@@ -24,7 +24,8 @@ from tinker.proto import tinker_public_pb2 as tinker_pb
 from gradserve.errors import FailedPreconditionError, NotFoundError
 from gradserve.sampling_types import SamplingParams, StopReason, collect
 
-from ..models.sampling_limits import SamplingAdmission, SamplingLimits
+from ..config import SamplingLimits
+from ..models.sampling_limits import SamplingAdmission
 from ..runs.principals import Principal
 from ..runs.registry import RunRegistry
 from .errors import bad_field
@@ -126,7 +127,7 @@ class TinkerSampling:
     ) -> bytes:
         """SampleResponse (protobuf) from the run, at the sampler's version or refused."""
         with self._runs.use(run_name_of(sampler.model_id), principal) as served:
-            needed = served.check_sample(prompt, params, self._limits)
+            needed = served.check_sample(prompt, params, self._limits, "")
             with self._admission.admitted(needed):
                 version, events = served.sample(prompt, params, cancelled=lambda: False)
                 if version != sampler.version:

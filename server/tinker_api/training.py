@@ -20,6 +20,7 @@ from gradserve.errors import InvalidArgumentError
 from gradserve.token_types import TokenBatchLoss
 from gradserve.types import LossSpec
 
+from ..coordination.token_forward import token_forward
 from ..runs.principals import Principal
 from ..runs.registry import RunRegistry
 from .errors import bad_field
@@ -59,7 +60,7 @@ def forward_backward(runs: RunRegistry, principal: Principal, call: ForwardBackw
                 advantages=datum.per_token.get("advantages"),
             )
             if call.forward_only:
-                value, answered = served.token_forward(datum.inputs, datum.targets, choice)
+                value, answered = token_forward(served, datum.inputs, datum.targets, choice)
             else:
                 result = served.compute_gradients(datum.inputs, datum.targets, batch_loss=choice)
                 value, answered = result.loss, result.logprobs

@@ -30,6 +30,7 @@ from bench.processes import TORCH_THREADS
 from bench.replicas import replicas
 from bench.rows import Row, stats
 from bench.sampling import sampling
+from bench.tinker_round import tinker_round
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
 
@@ -42,6 +43,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "durability": durability,
     "replicas": replicas,
     "sampling": sampling,
+    "tinker": tinker_round,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

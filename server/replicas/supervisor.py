@@ -55,6 +55,13 @@ def check_supported(config: ServerConfig) -> None:
             "terminate TLS in front of the set (docs/scaling.md)",
             field="replicas",
         )
+    if config.tinker.port is not None:
+        # Its sessions and futures live in one process, and nginx here places gRPC calls only.
+        raise ProxyError(
+            "--replicas: the Tinker API (--tinker-port) is served by one process; run it on a "
+            "server of its own",
+            field="replicas",
+        )
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -25,10 +25,11 @@ pytestmark = [
 PROMPT = [3, 14, 15, 9, 26]
 
 
-def _grpc_greedy(stub, run: str, max_tokens: int) -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
+def _grpc_greedy(stub, run: str, max_tokens: int, checkpoint: str = "") -> tuple[int, list[int]]:  # type: ignore[no-untyped-def]
     request = pb.SampleRequest(
-        run=run, prompt_tokens=PROMPT, num_samples=1, max_tokens=max_tokens, temperature=0.0
-    )
+        run=run, prompt_tokens=PROMPT, num_samples=1, max_tokens=max_tokens, temperature=0.0,
+        checkpoint=checkpoint,
+    )  # fmt: skip
     tokens, version = [], -1
     for answer in stub.Sample(request, timeout=TIMEOUT):
         version = answer.model_version
@@ -70,6 +71,41 @@ def test_greedy_samples_are_the_grpc_samples_of_the_same_run_and_version(
     client.optim_step(types.AdamParams(learning_rate=0.05)).result()
     with pytest.raises(Exception, match="version 2"):
         named.sample(prompt, 1, params).result(timeout=30)
+
+
+def test_a_saved_sampler_is_a_snapshot_sampled_after_the_run_has_stepped(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    running, url = start(make_server, tmp_path, checkpoint_dir=str(tmp_path / "checkpoints"))
+    stub = make_stub(running)
+    client = service(url).create_lora_training_client(base_model="tiny", rank=8, seed=3).result()
+    run = client.model_id.replace(":", "-")
+    batch = sequences(6, 2)
+
+    def step() -> None:
+        client.forward_backward(
+            [datum(t, weights=weights_for(t, 0)) for t in batch], "cross_entropy"
+        )
+        client.optim_step(types.AdamParams(learning_rate=0.2)).result()
+
+    step()
+    named_path = client.save_weights_for_sampler("first").result().path
+    unnamed = client.save_weights_and_get_sampling_client().result()
+    names = [c.name for c in stub.ListCheckpoints(pb.ListCheckpointsRequest(run=run)).checkpoints]
+    assert "sampler-first" in names  # the run's own checkpoint, named after the save
+    (snapshot,) = [n for n in names if n.startswith("sampler-v1-")]
+    for _ in range(2):
+        step()
+    named = service(url).create_sampling_client(model_path=named_path).result()
+    params = types.SamplingParams(max_tokens=8, temperature=0.0)
+    prompt = types.ModelInput.from_ints(PROMPT)
+    ours = list(named.sample(prompt, 1, params).result().sequences[0].tokens)
+    version, saved = _grpc_greedy(stub, run, 8, checkpoint="sampler-first")
+    assert (version, ours) == (1, saved)
+    assert list(unnamed.sample(prompt, 1, params).result().sequences[0].tokens) == saved
+    assert _grpc_greedy(stub, run, 8, checkpoint=snapshot) == (1, saved)
+    now, current = _grpc_greedy(stub, run, 8)
+    assert now == 3 and current != saved  # the run's weights moved on; the sampler's did not
 
 
 def test_what_sampling_does_not_serve_is_refused_naming_it(make_server, tmp_path: Path) -> None:

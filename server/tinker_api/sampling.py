@@ -1,17 +1,20 @@
 """Tinker's sampling: save_weights_for_sampler, sampling sessions and `asample`, over ServedRun.sample.
 
-gradserve samples a run's own weights, copied at the start of each request (the sampling
-engine, docs/sampling.md); it keeps no second copy per save. So `save_weights_for_sampler`
-records the run and its version at that moment, and a sample answers only while the run is
-still at that version: the weights of the save, exactly. After the run has stepped, a sample
-is refused naming both versions (save again: a save costs nothing here). Sampling a base
-alone (no run) is not served. Records are bounded in count per server; another principal's
-are NOT_FOUND.
+With --checkpoint-dir, `save_weights_for_sampler` is a snapshot: it writes the run's own
+named checkpoint (`sampler-NAME` for a named save, `sampler-vVERSION-XXXXXXXX` for an unnamed
+one, of which the run keeps its newest --checkpoint-keep) and a sample draws from that
+checkpoint (ServedRun.sample's checkpoint path), however far the run has stepped since.
+Without a checkpoint directory the save records the run and its version only, and a sample
+answers only while the run is still at that version (after a step it is refused naming both
+versions: save again). Sampling a base alone (no run) is not served. Records are bounded in
+count per server; another principal's are NOT_FOUND.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -24,7 +27,9 @@ from tinker.proto import tinker_public_pb2 as tinker_pb
 from gradserve.errors import FailedPreconditionError, NotFoundError
 from gradserve.sampling_types import SamplingParams, StopReason, collect
 
+from ..checkpoints.names import check_checkpoint_name
 from ..config import SamplingLimits
+from ..coordination.served_run import ServedRun
 from ..models.sampling_limits import SamplingAdmission
 from ..runs.principals import Principal
 from ..runs.registry import RunRegistry
@@ -40,6 +45,12 @@ class Sampler:
     version: int
     base_model: str
     path: str | None
+    # The run's checkpoint sampled ("" without --checkpoint-dir: the run's weights at `version`).
+    checkpoint: str = ""
+
+
+# The unnamed snapshots' checkpoint names: pruned to the run's newest --checkpoint-keep.
+UNNAMED_SNAPSHOT = re.compile(r"sampler-v[0-9]+-[0-9a-f]{8}", re.ASCII)
 
 
 class SamplerTable:
@@ -82,19 +93,24 @@ class TinkerSampling:
         if body.get("kind", "snapshot") != "snapshot":
             raise bad_field("kind", "only snapshot sampling clients are served")
         run = self._runs.run(run_name_of(model_id), principal)
+        name = body.get("path")
+        named = isinstance(name, str) and bool(name)
         with self._runs.use(run.name, principal) as served:
             version = served.store.version
-        name = body.get("path")
-        if isinstance(name, str) and name:
+            checkpoint = ""
+            if served.checkpointer is not None:
+                checkpoint, version = _snapshot(served, str(name) if named else "")
+        if named:
             path = f"tinker://{model_id}/sampler_weights/{name}"
             self.samplers.put(
-                path, Sampler(principal.name, model_id, version, run.spec.base_model, path)
+                path,
+                Sampler(principal.name, model_id, version, run.spec.base_model, path, checkpoint),
             )
             return {"path": path, "type": "save_weights_for_sampler"}
         with self._lock:
             self._counter += 1
             sampler_id = f"{model_id}:sample:{self._counter}"
-        sampler = Sampler(principal.name, model_id, version, run.spec.base_model, None)
+        sampler = Sampler(principal.name, model_id, version, run.spec.base_model, None, checkpoint)
         self.samplers.put(sampler_id, sampler)
         return {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
@@ -127,9 +143,11 @@ class TinkerSampling:
     ) -> bytes:
         """SampleResponse (protobuf) from the run, at the sampler's version or refused."""
         with self._runs.use(run_name_of(sampler.model_id), principal) as served:
-            needed = served.check_sample(prompt, params, self._limits, "")
+            needed = served.check_sample(prompt, params, self._limits, sampler.checkpoint)
             with self._admission.admitted(needed):
-                version, events = served.sample(prompt, params, cancelled=lambda: False)
+                version, events = served.sample(
+                    prompt, params, cancelled=lambda: False, checkpoint=sampler.checkpoint
+                )
                 if version != sampler.version:
                     raise FailedPreconditionError(
                         f"model_path: the weights were saved for sampling at version "
@@ -152,6 +170,22 @@ class TinkerSampling:
             # Tinker's convention: position 0 has no logprob (NaN on the wire, None in the SDK).
             message.prompt_logprobs = _packed("<f4", [math.nan, *result.prompt_logprobs])
         return message.SerializeToString()
+
+
+def _snapshot(served: ServedRun, name: str) -> tuple[str, int]:
+    """Write the run's checkpoint for a sampler save; answer its name and version."""
+    if name:
+        checkpoint = f"sampler-{name}"
+        check_checkpoint_name(checkpoint, "path")
+    else:
+        checkpoint = f"sampler-v{served.store.version}-{secrets.token_hex(4)}"
+    saved = served.save_checkpoint(checkpoint)
+    assert served.checkpointer is not None
+    unnamed = [c for c in served.list_checkpoints() if UNNAMED_SNAPSHOT.fullmatch(c.name)]
+    unnamed.sort(key=lambda c: c.saved_at)
+    for old in unnamed[: max(0, len(unnamed) - max(1, served.checkpointer.keep))]:
+        served.delete_checkpoint(old.name)
+    return checkpoint, saved.model_version
 
 
 def sampling_request(body: Mapping[str, Any]) -> tuple[list[int], SamplingParams]:

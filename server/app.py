@@ -189,7 +189,7 @@ def create_server(
         from .tinker_api.app import start_tinker_api  # noqa: PLC0415
 
         try:
-            running.tinker = start_tinker_api(config, runs, tokens)
+            running.tinker = start_tinker_api(config, runs, tokens, servicer.sampling_admission)
         except BaseException:
             running.stop(0)
             raise

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 from helpers import TIMEOUT
+from sampling_factories import GATE
+from test_sampling_engine import PROMPT as GATED_PROMPT
 from tinker import types
 from tinker_helpers import (
     datum,
+    post,
     sdk_garbage,  # noqa: F401 - an autouse fixture
     sequences,
     service,
@@ -16,6 +19,8 @@ from tinker_helpers import (
     weights_for,
 )
 
+from gradserve import serde_sampling
+from gradserve.sampling_types import SamplingParams
 from gradserve.v1 import gradserve_pb2 as pb
 
 pytestmark = [
@@ -118,3 +123,41 @@ def test_what_sampling_does_not_serve_is_refused_naming_it(make_server, tmp_path
         sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2, stop="\n")).result(timeout=30)
     with pytest.raises(Exception, match="base model alone"):
         api.create_sampling_client(base_model="tiny").result(timeout=30)
+
+
+def test_a_tinker_sample_and_a_grpc_sample_count_against_one_admission(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    """--max-concurrent-samples 1: a gRPC Sample held inside the server (the gated model's
+    forward) leaves no place for a Tinker sample, refused 429 (the SDK's retryable code)."""
+    running, url = start(
+        make_server, tmp_path, model="gatedlm", max_concurrent_samples=1,
+        model_factories=("gatedlm=sampling_factories:gated_llama",),
+    )  # fmt: skip
+    stub = make_stub(running)
+    client = service(url).create_lora_training_client(base_model="tiny", rank=4, seed=3).result()
+    path = client.save_weights_for_sampler("held").result().path
+    asample = {
+        "model_path": path,
+        "num_samples": 1,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": PROMPT}]},
+        "sampling_params": {"max_tokens": 2, "temperature": 0.0},
+    }
+    held_request = serde_sampling.sample_request_to_proto(
+        "", GATED_PROMPT, SamplingParams(num_samples=1, max_tokens=2, seed=1)
+    )
+    GATE.set_open(False)
+    try:
+        held = stub.Sample(held_request, timeout=TIMEOUT)
+        assert GATE.wait_until(lambda gate: gate.waiting == 1, TIMEOUT)
+        status, answer = post(url, "/api/v1/asample", asample)
+        assert status == 429, answer
+        assert answer["field"] == "max_concurrent_samples"
+    finally:
+        GATE.set_open(True)
+    assert len(list(held)) == 2
+    # The gRPC call's place is free again: the same Tinker sample is admitted.
+    sampler = service(url).create_sampling_client(model_path=path).result()
+    prompt = types.ModelInput.from_ints(PROMPT)
+    answer = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2, temperature=0.0))
+    assert len(answer.result().sequences[0].tokens) == 2

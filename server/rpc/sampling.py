@@ -22,10 +22,13 @@ from .runs import RunAccess
 
 
 class SamplingRpcs:
-    def __init__(self, access: RunAccess, limits: SamplingLimits) -> None:
+    def __init__(
+        self, access: RunAccess, limits: SamplingLimits, admission: SamplingAdmission
+    ) -> None:
         self._access = access
         self._limits = limits
-        self._admission = SamplingAdmission(limits)
+        # The server's one admission: the Tinker API's samples count against it too.
+        self._admission = admission
 
     def Sample(
         self, request: pb.SampleRequest, context: grpc.ServicerContext

@@ -22,6 +22,7 @@ from gradserve.wire_messages import ChunkView
 
 from ..config import LimitsConfig, SamplingLimits
 from ..datasets.registry import DatasetRegistry
+from ..models.sampling_limits import SamplingAdmission
 from ..runs.principals import PrincipalTable
 from ..runs.registry import RunRegistry
 from .checkpoints import CheckpointRpcs
@@ -41,6 +42,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         principals: PrincipalTable | None = None,
         datasets: DatasetRegistry | None = None,
         sampling: SamplingLimits | None = None,
+        *,
+        sampling_admission: SamplingAdmission | None = None,
     ) -> None:
         self.runs = runs
         self.datasets = datasets or DatasetRegistry()
@@ -51,7 +54,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):  # type: ignore[misc]
         self._losses = LossRpcs(access, limits.max_batch_elements)
         self._checkpoints = CheckpointRpcs(access)
         self._runs = RunRpcs(access, self.datasets)
-        self._sampling = SamplingRpcs(access, sampling or SamplingLimits())
+        limits_of_sampling = sampling or SamplingLimits()
+        self.sampling_admission = sampling_admission or SamplingAdmission(limits_of_sampling)
+        self._sampling = SamplingRpcs(access, limits_of_sampling, self.sampling_admission)
 
     # -- training ------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from gradserve.errors import GradserveError
 from ..config import ServerConfig
 from ..listening import check_port_free
 from ..metrics_endpoint import tls_context
+from ..models.sampling_limits import SamplingAdmission
 from ..rpc.auth import BearerTokenInterceptor
 from ..runs.principals import PrincipalTable, TokenEntry
 from ..runs.registry import RunRegistry
@@ -107,7 +108,10 @@ def _failed_answer(error: BaseException) -> Answer:
 
 
 def start_tinker_api(
-    config: ServerConfig, runs: RunRegistry, tokens: Sequence[TokenEntry]
+    config: ServerConfig,
+    runs: RunRegistry,
+    tokens: Sequence[TokenEntry],
+    admission: SamplingAdmission,
 ) -> TinkerEndpoint:
     """Bind --tinker-host:--tinker-port and serve in a daemon thread; PortInUseError (one line
     for the operator) when the port is taken."""
@@ -126,7 +130,7 @@ def start_tinker_api(
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[_middleware(tokens)]
     )
-    for method, path, handler in TinkerRoutes(config, runs, futures).table():
+    for method, path, handler in TinkerRoutes(config, runs, futures, admission).table():
         app.router.add_route(method, path, handler)
     # Bodies are decoded in one place, bounded (wire.decompressed): aiohttp's own decoding would
     # read gzip and deflate too, and refuse zstd, the one the SDK sends.

@@ -8,6 +8,7 @@ again at once on `try_again`, so answering early would only spin it). The rest a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -17,6 +18,7 @@ from aiohttp import web
 from gradserve.errors import NotFoundError
 
 from ..config import ServerConfig
+from ..models.sampling_limits import SamplingAdmission
 from ..runs.principals import Principal
 from ..runs.registry import RunRegistry
 from . import checkpoints, models, training
@@ -38,15 +40,22 @@ def json_answer(document: object) -> Answer:
 
 
 class TinkerRoutes:
-    def __init__(self, config: ServerConfig, runs: RunRegistry, futures: FutureQueue) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        runs: RunRegistry,
+        futures: FutureQueue,
+        admission: SamplingAdmission,
+    ) -> None:
         self._config = config.tinker
         self._runs = runs
         self._futures = futures
         self._sessions = SessionTable(self._config.max_sessions, self._config.session_seconds)
-        # Sampler records: a few per session.
-        # The operator's sampling bounds (--max-sample-tokens, ...), with an admission of their
-        # own: the gRPC Sample's is the servicer's.
-        self._sampling = TinkerSampling(runs, 4 * self._config.max_sessions, config.sampling)
+        # Sampler records: a few per session. The operator's sampling bounds
+        # (--max-sample-tokens, ...) and the server's one admission, the gRPC Sample's too.
+        self._sampling = TinkerSampling(
+            runs, 4 * self._config.max_sessions, config.sampling, admission
+        )
 
     def table(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -238,12 +247,19 @@ class TinkerRoutes:
         field = "sampling_session_id" if body.get("sampling_session_id") else "model_path"
         sampler = self._sampling.samplers.get(session_id, principal.name, field)
         prompt, params = sampling_request(body)
+        # Admitted before the future exists: a full admission answers 429 now, which the SDK
+        # retries (a failed future it would show its user). Off the loop: the run may load.
+        held = await asyncio.to_thread(self._sampling.admit, principal, sampler, prompt, params)
 
         def work() -> Answer:
-            encoded = self._sampling.sample(principal, sampler, prompt, params)
+            encoded = self._sampling.sample(principal, sampler, prompt, params, held)
             return Answer(encoded, "application/x-protobuf")
 
-        request_id = self._futures.submit(principal.name, work, size=len(raw))
+        try:
+            request_id = self._futures.submit(principal.name, work, size=len(raw))
+        except BaseException:
+            held.close()
+            raise
         sequence_ids = [f"{request_id}:{index}" for index in range(params.num_samples)]
         return web.json_response(
             {

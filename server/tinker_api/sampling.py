@@ -12,6 +12,7 @@ count per server; another principal's are NOT_FOUND.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import secrets
@@ -78,10 +79,17 @@ class SamplerTable:
 
 
 class TinkerSampling:
-    def __init__(self, runs: RunRegistry, max_entries: int, limits: SamplingLimits) -> None:
+    def __init__(
+        self,
+        runs: RunRegistry,
+        max_entries: int,
+        limits: SamplingLimits,
+        admission: SamplingAdmission,
+    ) -> None:
         self._runs = runs
         self.samplers = SamplerTable(max_entries)
-        self._admission = SamplingAdmission(limits)
+        # The server's one sampling admission, shared with the gRPC Sample.
+        self._admission = admission
         self._limits = limits
         self._counter = 0
         self._lock = threading.Lock()
@@ -138,24 +146,39 @@ class TinkerSampling:
             "model_path": sampler.path,
         }
 
-    def sample(
+    def admit(
         self, principal: Principal, sampler: Sampler, prompt: list[int], params: SamplingParams
-    ) -> bytes:
-        """SampleResponse (protobuf) from the run, at the sampler's version or refused."""
+    ) -> contextlib.ExitStack:
+        """A place in the server's sampling admission (the gRPC Sample's too), held by the
+        stack until `sample` closes it; refused at once (429, the SDK retries) when full."""
         with self._runs.use(run_name_of(sampler.model_id), principal) as served:
             needed = served.check_sample(prompt, params, self._limits, sampler.checkpoint)
-            with self._admission.admitted(needed):
-                version, events = served.sample(
-                    prompt, params, cancelled=lambda: False, checkpoint=sampler.checkpoint
+        held = contextlib.ExitStack()
+        held.enter_context(self._admission.admitted(needed))
+        return held
+
+    def sample(
+        self,
+        principal: Principal,
+        sampler: Sampler,
+        prompt: list[int],
+        params: SamplingParams,
+        held: contextlib.ExitStack,
+    ) -> bytes:
+        """SampleResponse (protobuf) from the sampler's checkpoint, or from the run at the
+        sampler's version or refused; `held` (admit's place) is given back at the end."""
+        with held, self._runs.use(run_name_of(sampler.model_id), principal) as served:
+            version, events = served.sample(
+                prompt, params, cancelled=lambda: False, checkpoint=sampler.checkpoint
+            )
+            if version != sampler.version:
+                raise FailedPreconditionError(
+                    f"model_path: the weights were saved for sampling at version "
+                    f"{sampler.version}; the run is at {version} now (save_weights_for_sampler "
+                    "again to sample it)",
+                    field="model_path",
                 )
-                if version != sampler.version:
-                    raise FailedPreconditionError(
-                        f"model_path: the weights were saved for sampling at version "
-                        f"{sampler.version}; the run is at {version} now (save_weights_for_sampler "
-                        "again to sample it)",
-                        field="model_path",
-                    )
-                result = collect(events, params.num_samples, version)
+            result = collect(events, params.num_samples, version)
         message = tinker_pb.SampleResponse()
         for sequence in result.samples:
             reason = sequence.stop_reason

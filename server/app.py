@@ -189,7 +189,13 @@ def create_server(
         from .tinker_api.app import start_tinker_api  # noqa: PLC0415
 
         try:
-            running.tinker = start_tinker_api(config, runs, tokens, servicer.sampling_admission)
+            running.tinker = start_tinker_api(
+                config,
+                runs,
+                tokens,
+                admission=servicer.sampling_admission,
+                registry=metrics.registry,
+            )
         except BaseException:
             running.stop(0)
             raise

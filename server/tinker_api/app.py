@@ -16,10 +16,12 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from gradserve.errors import GradserveError
 
@@ -32,6 +34,7 @@ from ..runs.principals import PrincipalTable, TokenEntry
 from ..runs.registry import RunRegistry
 from .errors import TinkerHttpError, failed_future
 from .futures import Answer, FutureQueue
+from .metrics import TinkerMetrics
 from .routes import PRINCIPAL, Handler, TinkerRoutes
 
 logger = logging.getLogger(__name__)
@@ -101,6 +104,19 @@ def _middleware(tokens: Sequence[TokenEntry]) -> web.middleware:  # type: ignore
     return guarded
 
 
+def _measured(metrics: TinkerMetrics) -> web.middleware:  # type: ignore[valid-type]
+    """Outermost: every answer counted and timed, refusals (401, 404, 429) included."""
+
+    @web.middleware
+    async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await handler(request)
+        metrics.record(metrics.route_of(request), response.status, time.perf_counter() - started)
+        return response
+
+    return measured
+
+
 def _failed_answer(error: BaseException) -> Answer:
     if not isinstance(error, (GradserveError, TinkerHttpError)):
         logger.error("tinker: a future failed", exc_info=error)
@@ -111,7 +127,9 @@ def start_tinker_api(
     config: ServerConfig,
     runs: RunRegistry,
     tokens: Sequence[TokenEntry],
+    *,
     admission: SamplingAdmission,
+    registry: CollectorRegistry,
 ) -> TinkerEndpoint:
     """Bind --tinker-host:--tinker-port and serve in a daemon thread; PortInUseError (one line
     for the operator) when the port is taken."""
@@ -127,10 +145,13 @@ def start_tinker_api(
         ttl_seconds=settings.session_seconds,
         on_error=_failed_answer,
     )
+    table = TinkerRoutes(config, runs, futures, admission).table()
+    metrics = TinkerMetrics(registry, (path for _, path, _ in table))
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[_middleware(tokens)]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_measured(metrics), _middleware(tokens)],
     )
-    for method, path, handler in TinkerRoutes(config, runs, futures, admission).table():
+    for method, path, handler in table:
         app.router.add_route(method, path, handler)
     # Bodies are decoded in one place, bounded (wire.decompressed): aiohttp's own decoding would
     # read gzip and deflate too, and refuse zstd, the one the SDK sends.

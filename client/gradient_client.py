@@ -12,23 +12,16 @@ from typing import Any, Unpack
 
 import torch
 
-from gradserve.chunks import DEFAULT_CHUNK_BYTES
 from gradserve.defaults import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
 from gradserve.graph_types import Graph, GraphDescription, GraphEdge, GraphNode, NodeKind
 from gradserve.pass_types import DatasetPass, PassResult
 from gradserve.run_types import (
-    CheckpointSummary,
-    LoadResult,
     LoraRequest,
     RunDetails,
     RunSummary,
-    SavedCheckpoint,
-    StateDigest,
 )
-from gradserve.sampling_types import SampleResult, SampleStreamItem, SamplingParams
 from gradserve.types import (
     DatasetBatch,
-    DatasetSummary,
     EvaluationResult,
     GradientResult,
     LossSpec,
@@ -45,6 +38,7 @@ from gradserve.types import (
 from .call_channel import CallChannel, ChannelSettings
 from .custom_loss import CustomLosses, LossFn
 from .dataset_calls import DatasetCalls
+from .delegation import delegated
 from .parameter_transfer import ParameterTransfer
 from .retry import NO_RETRY, RetryPolicy, new_request_id
 from .run_calls import RunCalls
@@ -298,102 +292,20 @@ class GradientClient:
             lora=lora,
         )
 
-    def list_runs(self) -> list[RunSummary]:
-        """The runs this caller may see, sorted by name."""
-        return self.runs.list_runs()
-
-    def sample_stream(
-        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
-    ) -> Iterator[SampleStreamItem]:
-        """(model version, event) per step as the server samples (SamplingCalls.sample_stream)."""
-        return self.sampling.sample_stream(prompt_tokens, params, checkpoint=checkpoint)
-
-    def sample(
-        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
-    ) -> SampleResult:
-        """Every sample of one prompt, whole, and the version drawn from (docs/sampling.md)."""
-        return self.sampling.sample(prompt_tokens, params, checkpoint=checkpoint)
-
-    def get_run(self, run: str) -> RunDetails:
-        """One run this caller may see: its summary, owner, base, checkpoints and datasets."""
-        return self.runs.get_run(run)
-
-    def delete_run(self, run: str, *, delete_checkpoints: bool = False) -> int:
-        """Delete run `run`; the checkpoints deleted with it (RunCalls.delete_run)."""
-        return self.runs.delete_run(run, delete_checkpoints=delete_checkpoints)
-
-    def save_checkpoint(self, name: str = "") -> SavedCheckpoint:
-        """Checkpoint this client's run now, durably (RunCalls.save_checkpoint)."""
-        return self.runs.save_checkpoint(name)
-
-    def list_checkpoints(self) -> list[CheckpointSummary]:
-        """This client's run's checkpoints, oldest first."""
-        return self.runs.list_checkpoints()
-
-    def load_checkpoint(
-        self, name: str, *, with_optimizer_state: bool = False, request_id: str | None = None
-    ) -> LoadResult:
-        """Load a checkpoint of this client's run into it (RunCalls.load_checkpoint)."""
-        return self.runs.load_checkpoint(
-            name, with_optimizer_state=with_optimizer_state, request_id=request_id
-        )
-
-    def delete_checkpoint(self, name: str) -> None:
-        """Delete checkpoint `name` of this client's run (RunCalls.delete_checkpoint)."""
-        self.runs.delete_checkpoint(name)
-
-    def state_digest(self) -> StateDigest:
-        """The SHA-256 over this run's parameters, buffers, optimizer state and version."""
-        return self.runs.state_digest()
-
-    def upload_dataset(
-        self,
-        name: str,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        *,
-        replace: bool = False,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    ) -> DatasetSummary:
-        """Keep a dataset on the server for this run (DatasetCalls.upload_dataset)."""
-        return self.datasets.upload_dataset(
-            name, inputs, targets, replace=replace, chunk_bytes=chunk_bytes
-        )
-
-    def list_datasets(self) -> tuple[list[DatasetSummary], int]:
-        """(the run's datasets by name, bytes of datasets the server can take now)."""
-        return self.datasets.list_datasets()
-
-    def delete_dataset(self, name: str) -> int:
-        """Drop a dataset of the run; the bytes released (DatasetCalls.delete_dataset)."""
-        return self.datasets.delete_dataset(name)
-
-    def get_parameters(
-        self, names: Iterable[str] = (), *, include_buffers: bool = False
-    ) -> tuple[int, dict[str, torch.Tensor]]:
-        """(model_version, {name: value}) (ParameterTransfer.get_parameters)."""
-        return self.parameters.get_parameters(names, include_buffers=include_buffers)
-
-    def stream_parameters(
-        self, names: Iterable[str] = (), *, chunk_bytes: int = 0, include_buffers: bool = False
-    ) -> tuple[int, dict[str, torch.Tensor]]:
-        """GetParameters in chunks: no message-size limit applies to the model's size."""
-        return self.parameters.stream_parameters(
-            names, chunk_bytes=chunk_bytes, include_buffers=include_buffers
-        )
-
-    def upload_parameters(
-        self,
-        values: Mapping[str, torch.Tensor],
-        *,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        expected_version: int | None = None,
-        request_id: str | None = None,
-    ) -> int:
-        """SetParameters in chunks, for models past the message limit; returns the version."""
-        return self.parameters.upload_parameters(
-            values,
-            chunk_bytes=chunk_bytes,
-            expected_version=expected_version,
-            request_id=request_id,
-        )
+    # The call groups' methods that only pass their arguments on (client/delegation.py).
+    list_runs = delegated("runs", RunCalls.list_runs)
+    get_run = delegated("runs", RunCalls.get_run)
+    delete_run = delegated("runs", RunCalls.delete_run)
+    save_checkpoint = delegated("runs", RunCalls.save_checkpoint)
+    list_checkpoints = delegated("runs", RunCalls.list_checkpoints)
+    load_checkpoint = delegated("runs", RunCalls.load_checkpoint)
+    delete_checkpoint = delegated("runs", RunCalls.delete_checkpoint)
+    state_digest = delegated("runs", RunCalls.state_digest)
+    sample_stream = delegated("sampling", SamplingCalls.sample_stream)
+    sample = delegated("sampling", SamplingCalls.sample)
+    upload_dataset = delegated("datasets", DatasetCalls.upload_dataset)
+    list_datasets = delegated("datasets", DatasetCalls.list_datasets)
+    delete_dataset = delegated("datasets", DatasetCalls.delete_dataset)
+    get_parameters = delegated("parameters", ParameterTransfer.get_parameters)
+    stream_parameters = delegated("parameters", ParameterTransfer.stream_parameters)
+    upload_parameters = delegated("parameters", ParameterTransfer.upload_parameters)

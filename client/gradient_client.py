@@ -137,8 +137,10 @@ class GradientClient:
         sample_weights: torch.Tensor | None = None,
         weighted_reduction: WeightedReduction | str | None = None,
         seed: int | None = None,
+        return_logprobs: bool = False,
     ) -> GradientResult:
-        """Add one batch's gradients to the run's accumulator (StepCalls.compute_gradients)."""
+        """Add one batch's gradients to the run's accumulator (StepCalls.compute_gradients);
+        `return_logprobs`: the targets' per-token log-probabilities too (token runs)."""
         return self.steps.compute_gradients(
             inputs,
             targets,
@@ -149,6 +151,7 @@ class GradientClient:
             sample_weights=sample_weights,
             weighted_reduction=weighted_reduction,
             seed=seed,
+            return_logprobs=return_logprobs,
         )
 
     def apply_update(

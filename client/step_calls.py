@@ -52,6 +52,7 @@ class StepCalls:
         sample_weights: torch.Tensor | None = None,
         weighted_reduction: WeightedReduction | str | None = None,
         seed: int | None = None,
+        return_logprobs: bool = False,
     ) -> GradientResult:
         """Forward and backward one batch, adding its gradients to the run's accumulator.
 
@@ -59,10 +60,13 @@ class StepCalls:
         async mode bounds the staleness; docs/scaling.md). `loss` (a name or LossSpec),
         `sample_weights` [N], `weighted_reduction`: this batch's own loss, docs/losses.md.
         `inputs` a DatasetBatch (and no targets): samples of a dataset uploaded to the run.
-        `seed`: the forward's dropout masks come from torch.manual_seed(seed) (randomness.md)."""
+        `seed`: the forward's dropout masks come from torch.manual_seed(seed) (randomness.md).
+        `return_logprobs` (token runs): the result's `logprobs`, float32 [B, T], the targets'
+        log-probabilities under the weights the gradients were computed at."""
         request = pb.ComputeGradientsRequest(
             request_id=request_id or new_request_id(),
             return_gradients=return_gradients,
+            return_logprobs=return_logprobs,
             run=self._channel.run,
             seed=seed,
         )

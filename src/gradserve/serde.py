@@ -169,6 +169,9 @@ def gradient_result_from_proto(message: pb.ComputeGradientsResponse) -> Gradient
         accumulated_samples=message.accumulated_samples,
         model_version=message.model_version,
         gradients=named_tensors_from_proto(message.gradients, "gradients"),
+        logprobs=tensor_from_proto(message.logprobs, "logprobs").clone()
+        if message.HasField("logprobs")
+        else None,
     )
 
 

@@ -26,6 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from gradserve.client.gradient_client import GradientClient
 from gradserve.server.metrics import ServerMetrics
+from gradserve.server.tinker_api.metrics import TinkerMetrics
 
 RUNNABLE = {"python", "bash", "sh", "json"}
 # What a shell block sees of the checkout from its own scratch folder (files it writes stay
@@ -186,8 +187,10 @@ def section(page: Path, heading: str) -> str:
 
 def test_the_readme_lists_every_server_metric_with_its_labels() -> None:
     metrics = ServerMetrics()
+    # The Tinker front's, declared on the same registry when --tinker-port is set.
+    tinker = TinkerMetrics(metrics.registry, ())
     declared = {}
-    for metric in vars(metrics).values():
+    for metric in [*vars(metrics).values(), *vars(tinker).values()]:
         if isinstance(metric, MetricWrapperBase):
             # prometheus_client keeps a counter's name without _total; it exports it with it.
             suffix = "_total" if metric._type == "counter" else ""

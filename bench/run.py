@@ -26,6 +26,7 @@ import torch
 
 from bench.concurrency import clients
 from bench.durability import durability
+from bench.lora_server import lora
 from bench.processes import TORCH_THREADS
 from bench.rows import Row, stats
 from bench.transfers import params
@@ -38,6 +39,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "clients": clients,
     "rss": rss,
     "durability": durability,
+    "lora": lora,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

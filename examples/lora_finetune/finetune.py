@@ -53,6 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--out", type=Path, help="the exported adapter's folder")
+    parser.add_argument("--device", default="cpu", help="the embedded server's: cpu, cuda[:N]")
     parser.add_argument("--json", action="store_true", help="end with a JSON summary line")
     return parser.parse_args(argv)
 
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace, base_dir: Path, tiny: bool, out: Path) -> dict
         embedded = create_server(
             ServerConfig(
                 network=NetworkConfig(host="127.0.0.1", port=0, metrics_port=0),
-                model=ModelConfig(base_models=base_models),
+                model=ModelConfig(base_models=base_models, device=args.device),
                 runtime=RuntimeConfig(shutdown_grace_seconds=1.0),
             )
         )

@@ -28,7 +28,9 @@ from bench.concurrency import clients
 from bench.durability import durability
 from bench.lora_server import lora
 from bench.processes import TORCH_THREADS
+from bench.replicas import replicas
 from bench.rows import Row, stats
+from bench.sampling import sampling
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
 
@@ -40,6 +42,8 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "rss": rss,
     "durability": durability,
     "lora": lora,
+    "replicas": replicas,
+    "sampling": sampling,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

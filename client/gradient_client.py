@@ -303,14 +303,16 @@ class GradientClient:
         return self.runs.list_runs()
 
     def sample_stream(
-        self, prompt_tokens: Sequence[int], params: SamplingParams
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
     ) -> Iterator[SampleStreamItem]:
         """(model version, event) per step as the server samples (SamplingCalls.sample_stream)."""
-        return self.sampling.sample_stream(prompt_tokens, params)
+        return self.sampling.sample_stream(prompt_tokens, params, checkpoint=checkpoint)
 
-    def sample(self, prompt_tokens: Sequence[int], params: SamplingParams) -> SampleResult:
+    def sample(
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
+    ) -> SampleResult:
         """Every sample of one prompt, whole, and the version drawn from (docs/sampling.md)."""
-        return self.sampling.sample(prompt_tokens, params)
+        return self.sampling.sample(prompt_tokens, params, checkpoint=checkpoint)
 
     def get_run(self, run: str) -> RunDetails:
         """One run this caller may see: its summary, owner, base, checkpoints and datasets."""

@@ -50,12 +50,11 @@ class RunCalls:
         """Create run `run` ("" lets the server name it); returns (its name, its ModelInfo).
 
         `model`: a model spec from the operator's registry (empty for a fork: the
-        checkpoint's). `base_model` and `lora` instead: an adapter run over a base the
-        operator serves (docs/adapters.md; the seed seeds the adapter). `from_checkpoint`:
-        "RUN/NAME" forks that checkpoint ("/NAME" is the default run's);
-        `with_optimizer_state` carries the optimizer's state over too. Raises
+        checkpoint's). `from_checkpoint`: "RUN/NAME" forks that checkpoint ("/NAME" is the
+        default run's); `with_optimizer_state` carries the optimizer's state over too. Raises
         AlreadyExistsError when the name is taken; a retry under the same request_id is
-        answered with the first answer instead."""
+        answered with the first answer instead. `base_model` and `lora`: an adapter run, a
+        LoRA adapter over the operator's base of that name (docs/adapters.md)."""
         request = serde_runs.run_request_to_proto(
             RunRequest(
                 run=run,

@@ -227,6 +227,37 @@ class SecurityConfig:
             raise InvalidArgumentError(f"metrics_run_labels: {self.metrics_run_labels!r}")
 
 
+@dataclass(frozen=True)
+class ReplicasConfig:
+    """`--replicas N`: N server processes behind nginx, runs placed by name (server/replicas/)."""
+
+    # Server processes; 1 is one ordinary server and no proxy.
+    count: int = 1
+    # The nginx binary that fronts them (Debian's path; scripts/install-proxy-deps.sh).
+    nginx: str = "/usr/sbin/nginx"
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise InvalidArgumentError("replicas: must be >= 1")
+
+
+class SamplingLimits:
+    """The Sample RPC's bounds (server/models/sampling_limits.py checks them, docs/sampling.md);
+    memory counts the KV cache (and prompt logits) of all requests."""
+
+    max_prompt_tokens: int = 4096
+    max_tokens: int = 1024
+    max_samples: int = 64
+    max_concurrent: int = 4
+    max_memory_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for field_name, value in vars(self).items():
+            if value < 1:
+                flat = _RENAMED[("sampling", field_name)]
+                raise InvalidArgumentError(f"{flat}: {value} must be >= 1", field=flat)
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "network": NetworkConfig,
     "limits": LimitsConfig,
@@ -237,6 +268,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "runs": RunsConfig,
     "datasets": DatasetsConfig,
+    "replicas": ReplicasConfig,
+    "sampling": SamplingLimits,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -249,6 +282,12 @@ _RENAMED = {
     ("checkpoints", "keep"): "checkpoint_keep",
     ("datasets", "max_bytes"): "max_dataset_bytes",
     ("datasets", "max_per_run"): "max_datasets_per_run",
+    ("replicas", "count"): "replicas",
+    ("sampling", "max_prompt_tokens"): "max_sample_prompt_tokens",
+    ("sampling", "max_tokens"): "max_sample_tokens",
+    ("sampling", "max_samples"): "max_samples_per_request",
+    ("sampling", "max_concurrent"): "max_concurrent_samples",
+    ("sampling", "max_memory_bytes"): "max_sampling_memory_bytes",
 }
 # flat name -> (section, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -269,6 +308,9 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
+    # The Sample RPC's bounds (server/models/sampling_limits.py, docs/sampling.md).
+    sampling: SamplingLimits = field(default_factory=SamplingLimits)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

@@ -15,6 +15,8 @@ from .config import ServerConfig, flat_defaults
 from .datasets.registry import add_dataset_flags
 from .listening import add_listening_flags
 from .metrics_endpoint import add_metrics_flags
+from .models.sampling_limits import add_sampling_flags
+from .replicas.flags import add_replica_flags
 from .store.output_handles import add_output_handle_flags
 
 ENV_MODEL = "GRADSERVE_MODEL"
@@ -348,6 +350,8 @@ def parse_args(
     add_output_handle_flags(add, env_or, default)
     add_dataset_flags(add, env_or, default)
     add_metrics_flags(add, env_or, default)
+    add_replica_flags(add, env_or, default)
+    add_sampling_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{

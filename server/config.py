@@ -241,6 +241,7 @@ class ReplicasConfig:
             raise InvalidArgumentError("replicas: must be >= 1")
 
 
+@dataclass(frozen=True)
 class SamplingLimits:
     """The Sample RPC's bounds (server/models/sampling_limits.py checks them, docs/sampling.md);
     memory counts the KV cache (and prompt logits) of all requests."""

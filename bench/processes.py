@@ -34,6 +34,8 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
+        # The Tinker API's URL, when the server serves it (printed before `listening on`).
+        self.tinker_url = ""
         # Closed in stop(): the server's stderr, kept for the error message if it fails to start.
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
 
@@ -72,6 +74,8 @@ class ServerProcess:
                 continue
             if line.startswith("listening on "):
                 self.address = line.split(" ", 2)[2].strip()
+            elif line.startswith("tinker API listening on "):
+                self.tinker_url = line.rsplit(" ", 1)[1].strip()
         return self
 
     def __exit__(

@@ -31,6 +31,7 @@ from bench.processes import TORCH_THREADS
 from bench.replicas import replicas
 from bench.rows import Row, stats
 from bench.sampling import sampling
+from bench.tinker_round import tinker_round
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
 
@@ -44,6 +45,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "lora": lora,
     "replicas": replicas,
     "sampling": sampling,
+    "tinker": tinker_round,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

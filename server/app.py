@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import torch
@@ -35,6 +36,9 @@ from .runs.registry import RunRegistry
 from .store.parameter_store import ParameterStore
 from .tracing import server_interceptors
 
+if TYPE_CHECKING:
+    from .tinker_api.app import TinkerEndpoint
+
 logger = logging.getLogger(__name__)
 
 # Kept importable from here for code that embeds a server (they live in gradserve.defaults).
@@ -53,6 +57,8 @@ class GradientServer:
     health: health.HealthServicer
     streams: StreamAdmission
     default_run: Run
+    # The Tinker REST API beside gRPC (--tinker-port; server/tinker_api/), None when off.
+    tinker: TinkerEndpoint | None = None
     # Set by stop() when a run's final checkpoint could not be written (serve.py exits 1).
     final_checkpoint_failed: bool = False
 
@@ -82,6 +88,8 @@ class GradientServer:
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
         self.health.enter_graceful_shutdown()
+        if self.tinker is not None:  # its calls in flight finish first: they use the runs
+            self.tinker.close()
         grace = self.config.runtime.shutdown_grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
         self.streams.close()
@@ -173,4 +181,16 @@ def create_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("model %s, optimizer %s", default.model_spec, default.optimizer_description)
     admission.start()
-    return GradientServer(config, server, port, runs, metrics, health_servicer, admission, default)
+    running = GradientServer(
+        config, server, port, runs, metrics, health_servicer, admission, default
+    )
+    if config.tinker.port is not None:
+        # Imported only when asked for: aiohttp and the SDK's wire types are the `tinker` extra.
+        from .tinker_api.app import start_tinker_api  # noqa: PLC0415
+
+        try:
+            running.tinker = start_tinker_api(config, runs, tokens)
+        except BaseException:
+            running.stop(0)
+            raise
+    return running

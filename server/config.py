@@ -154,6 +154,35 @@ class CheckpointConfig:
     durability: str = "async"
 
 
+@dataclass(frozen=True)
+class TinkerConfig:
+    """The Tinker REST API beside gRPC (server/tinker_api/, docs/tinker.md): off unless a port is set."""
+
+    # None: no Tinker API; 0: a free port (the bound one is printed and on the handle).
+    port: int | None = None
+    # Loopback unless the operator opens it, as every listener here.
+    host: str = "127.0.0.1"
+    # Sessions held at once; one more is refused (429, which the SDK retries).
+    max_sessions: int = 256
+    # A session with no heartbeat this long is forgotten (its runs stay: they are runs).
+    session_seconds: float = 600.0
+    # Futures held at once (waiting, running, or answered and not yet retrieved), and the
+    # bytes of the answers kept for retrieval.
+    max_futures: int = 1024
+    max_future_bytes: int = 256 * MIB
+    # A request body (after zstd decompression) at most this large; past it 413.
+    max_body_bytes: int = 64 * MIB
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port < 65536:
+            raise InvalidArgumentError(f"tinker_port: {self.port} is not a port")
+        for name in ("max_sessions", "max_futures", "max_future_bytes", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"tinker_{name}: must be >= 1")
+        if not self.session_seconds > 0:
+            raise InvalidArgumentError("tinker_session_seconds: must be > 0")
+
+
 RUN_ACCESS = ("all", "admin")
 
 
@@ -271,6 +300,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "datasets": DatasetsConfig,
     "replicas": ReplicasConfig,
     "sampling": SamplingLimits,
+    "tinker": TinkerConfig,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -289,6 +319,8 @@ _RENAMED = {
     ("sampling", "max_samples"): "max_samples_per_request",
     ("sampling", "max_concurrent"): "max_concurrent_samples",
     ("sampling", "max_memory_bytes"): "max_sampling_memory_bytes",
+    # The Tinker API's settings: tinker_port, tinker_host, tinker_max_sessions, ...
+    **{("tinker", f.name): f"tinker_{f.name}" for f in dataclasses.fields(TinkerConfig)},
 }
 # flat name -> (section, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -312,6 +344,7 @@ class ServerConfig:
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
     # The Sample RPC's bounds (server/models/sampling_limits.py, docs/sampling.md).
     sampling: SamplingLimits = field(default_factory=SamplingLimits)
+    tinker: TinkerConfig = field(default_factory=TinkerConfig)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

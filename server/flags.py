@@ -18,6 +18,7 @@ from .metrics_endpoint import add_metrics_flags
 from .models.sampling_limits import add_sampling_flags
 from .replicas.flags import add_replica_flags
 from .store.output_handles import add_output_handle_flags
+from .tinker_api.flags import add_tinker_flags
 
 ENV_MODEL = "GRADSERVE_MODEL"
 ENV_LOSS = "GRADSERVE_LOSS"
@@ -352,6 +353,7 @@ def parse_args(
     add_metrics_flags(add, env_or, default)
     add_replica_flags(add, env_or, default)
     add_sampling_flags(add, env_or, default)
+    add_tinker_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{

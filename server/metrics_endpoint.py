@@ -68,7 +68,7 @@ def _requiring_token(app: WsgiApp, check: BearerTokenInterceptor) -> WsgiApp:
     return guarded
 
 
-def _tls_context(config: ServerConfig) -> ssl.SSLContext:
+def tls_context(config: ServerConfig) -> ssl.SSLContext:
     security = config.security
     if not security.tls_cert or not security.tls_key:
         raise InvalidArgumentError(
@@ -143,7 +143,7 @@ def start_metrics_endpoint(
     if security.metrics_tls:
         # The handshake on the handler's thread, not in the accepting loop, where one slow
         # client would hold every other scrape.
-        httpd.socket = _tls_context(config).wrap_socket(
+        httpd.socket = tls_context(config).wrap_socket(
             httpd.socket, server_side=True, do_handshake_on_connect=False
         )
     thread = threading.Thread(target=httpd.serve_forever, name="gradserve-metrics", daemon=True)

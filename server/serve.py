@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     # Announced only now: a supervisor may signal as soon as it reads this line, and a SIGTERM
     # before the handler would kill the server without its drain, grace or final checkpoint.
+    if running.tinker is not None:
+        print(f"tinker API listening on {running.tinker.url}", flush=True)
     print(f"listening on {running.address}", flush=True)
     stop_requested.wait()
     # Health says NOT_SERVING while calls are still served: a balancer's probe sees it and

@@ -220,7 +220,9 @@ def test_a_busy_port_exits_2_naming_it_before_any_replica_starts(tmp_path: Path)
     assert result.stdout == ""
 
 
-def test_tls_with_replicas_is_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_tls_or_the_tinker_api_with_replicas_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
     result = subprocess.run(
         [sys.executable, "server/serve.py", "--replicas", "2", "--port", "0", "--metrics-port",
          "0", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
@@ -229,6 +231,14 @@ def test_tls_with_replicas_is_refused_before_anything_starts(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "--replicas: TLS" in result.stderr
     assert result.stdout == ""
+    tinker = subprocess.run(
+        [sys.executable, "server/serve.py", "--replicas", "2", "--port", "0", "--metrics-port",
+         "0", "--tinker-port", "0"],
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert tinker.returncode == 2, tinker.stderr
+    assert "--replicas: the Tinker API (--tinker-port)" in tinker.stderr
+    assert tinker.stdout == ""
 
 
 @needs_nginx

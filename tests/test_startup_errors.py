@@ -25,7 +25,10 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=STARTUP_SECONDS,
-        env=clean_environment(),
+        # No /metrics unless a test asks for one: the default port (8001) may be held by
+        # another process on a shared machine, which would end the start before the mistake
+        # under test is reached.
+        env={**clean_environment(), "GRADSERVE_METRICS_PORT": "0"},
         check=False,
     )
 

@@ -44,6 +44,7 @@ from ..datasets.registry import DatasetRegistry
 from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
+from ..models.losses import logprobs_choice
 from ..models.sampling import causal_lm_of, sample
 from ..models.sampling_limits import check_request, shape_of
 from ..store.output_handles import HandleBounds
@@ -107,7 +108,10 @@ class ServedRun:
         based_on_version: int | None = None,
         batch_loss: BatchLoss | None = None,
         seed: int | None = None,
+        return_logprobs: bool = False,
     ) -> GradientResult:
+        if return_logprobs:  # answered by a token loss (GradientResult.logprobs)
+            batch_loss = logprobs_choice(self.store.model, batch_loss)
         seen: list[float] = []
         result = self.store.compute_gradients(
             inputs,

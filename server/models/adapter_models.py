@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,10 +52,17 @@ class TokenLossFunction:
     batch: TokenBatch
     options: Mapping[str, float]
     reduction: WeightedReduction = WeightedReduction.SUM
+    # The targets' log-probabilities of each call, detached: the answer's per-token logprobs
+    # come from the forward that made the gradients, not from a second one.
+    seen: list[torch.Tensor] = field(default_factory=list, compare=False)
 
     @property
     def attention_mask(self) -> torch.Tensor | None:
         return self.batch.attention_mask
+
+    def last_logprobs(self) -> torch.Tensor | None:
+        """The per-token log-probabilities [B, T] of the last call, on the CPU."""
+        return self.seen[-1].cpu() if self.seen else None
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         def on(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -66,6 +73,7 @@ class TokenLossFunction:
             batch.inputs, targets, None, on(batch.weights), on(batch.logprobs), on(batch.advantages)
         )
         logprobs = target_logprobs(logits, targets)
+        self.seen[:] = [logprobs.detach()]
         return token_loss(self.name, logprobs, placed, self.options, self.reduction)
 
 

@@ -29,7 +29,7 @@ from gradserve.types import (
     WeightedReduction,
 )
 
-from .adapter_models import TokenModel
+from .adapter_models import TokenLossFunction, TokenModel
 from .model import BatchSpec, LossFunction, Model, all_finite, mean_squared_error
 from .token_losses import OPTIONS as TOKEN_OPTIONS
 
@@ -261,6 +261,34 @@ def _check_weights(weights: torch.Tensor, batch_size: int, dtype: torch.dtype) -
         raise InvalidArgumentError(
             "sample_weights.data: weights must be finite and >= 0", field="sample_weights.data"
         )
+
+
+def answered_logprobs(function: LossFunction | None) -> torch.Tensor | None:
+    """A token loss's per-token log-probabilities of its last batch (None for other losses)."""
+    if isinstance(function, TokenLossFunction):
+        return function.last_logprobs()
+    return None
+
+
+def logprobs_choice(model: Model, choice: BatchLoss | None) -> BatchLoss:
+    """A batch's loss that answers per-token log-probabilities: its own token loss, or token
+    cross_entropy with weights 1 (the run's default, the same arithmetic) when it chose none."""
+    if not model.tokens:
+        raise InvalidArgumentError(
+            "return_logprobs: only adapter runs over a language model answer per-token "
+            "log-probabilities",
+            field="return_logprobs",
+        )
+    return choice if choice is not None else BatchLoss(loss=LossSpec("cross_entropy"))
+
+
+def forward_loss(
+    function: LossFunction, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, torch.Tensor | None]:
+    """A forward-only batch's loss (no graph) and, for token losses, its per-token logprobs."""
+    with torch.no_grad():
+        loss = function(logits, targets.to(logits.device))
+    return float(loss), answered_logprobs(function)
 
 
 def prepare(

@@ -66,13 +66,13 @@ class ReplicaSetHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 def start_set_server(
-    health: ReplicaSetHealth, extra: Sequence[grpc.GenericRpcHandler] = ()
-) -> tuple[grpc.Server, str]:
-    """The supervisor's own gRPC server (the set's health, the `extra` handlers) on a free
-    loopback port, for nginx alone; (server, HOST:PORT)."""
+    health: ReplicaSetHealth, extra: Sequence[grpc.GenericRpcHandler], unix_socket: str
+) -> grpc.Server:
+    """The supervisor's own gRPC server (the set's health, the `extra` handlers) on a Unix
+    socket in the supervisor's private folder, for nginx alone."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="set"),
-                         handlers=list(extra), options=[("grpc.so_reuseport", 0)])  # fmt: skip
+                         handlers=list(extra))  # fmt: skip
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_insecure_port(f"unix:{unix_socket}")
     server.start()
-    return server, f"127.0.0.1:{port}"
+    return server

@@ -55,6 +55,13 @@ def check_supported(config: ServerConfig) -> None:
             "terminate TLS in front of the set (docs/scaling.md)",
             field="replicas",
         )
+    if config.tinker.port is not None:
+        # Its sessions and futures live in one process, and nginx here places gRPC calls only.
+        raise ProxyError(
+            "--replicas: the Tinker API (--tinker-port) is served by one process; run it on a "
+            "server of its own",
+            field="replicas",
+        )
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -149,14 +156,19 @@ class ReplicaSet:
         addresses = [replica.address for replica in self.replicas]
         for replica in self.replicas:
             print(f"{replica.name}: pid {replica.pid}, listening on {replica.address}", flush=True)
-        self.health = ReplicaSetHealth(addresses)
-        self.listing = MergedRunListing(addresses)
-        self.set_server, set_address = start_set_server(self.health, [self.listing.handler()])
         address = format_address(config.network.host, listener.getsockname()[1])
+        unix_socket = str(self.folder / "supervisor.sock")
+        # nginx is forked before this process makes any gRPC server or channel: a fork while
+        # gRPC's threads run (its fork handlers, its epoll descriptor) once killed the child
+        # before it could exec nginx. Its upstream, the Unix socket, is known in advance.
         process = start_nginx(config.replicas.nginx, self.folder, listen=address, listener=listener,
-                              replicas=addresses, supervisor=set_address, preexec=child_setup())  # fmt: skip
+                              replicas=addresses, supervisor=f"unix:{unix_socket}",
+                              preexec=child_setup())  # fmt: skip
         listener.close()  # nginx holds it now
         self.nginx = Child("nginx", process, self.wake)
+        self.health = ReplicaSetHealth(addresses)
+        self.listing = MergedRunListing(addresses)
+        self.set_server = start_set_server(self.health, [self.listing.handler()], unix_socket)
         deadline = time.monotonic() + PROXY_READY_SECONDS
         while not serving(address):
             if self.stop_requested.is_set():

@@ -76,8 +76,12 @@ class TrainingRpcs:
                 based_on_version=optional(request, "based_on_version"),
                 batch_loss=batch_loss_from_proto(request, max_elements=self._max_elements),
                 seed=optional(request, "seed"),
+                return_logprobs=request.return_logprobs,
             )
-        return serde.gradient_result_to_proto(result)
+        response = serde.gradient_result_to_proto(result)
+        if request.return_logprobs and result.logprobs is not None:
+            tensor_into_proto(result.logprobs, response.logprobs)
+        return response
 
     def ApplyUpdate(
         self, request: pb.ApplyUpdateRequest, context: grpc.ServicerContext

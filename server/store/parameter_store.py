@@ -35,7 +35,7 @@ from gradserve.types import (
 )
 
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
-from ..models.losses import batch_loss_function, prepare
+from ..models.losses import answered_logprobs, batch_loss_function, prepare
 from ..models.model import LossFunction, Model
 from ..models.optimizers import Optimizer
 from ..models.randomness import seeded
@@ -220,6 +220,7 @@ class ParameterStore:
                 accumulated_samples=state.accumulated_samples,
                 model_version=state.version,
                 gradients=own,
+                logprobs=answered_logprobs(function),
             )
 
         with state.lock:

@@ -154,6 +154,8 @@ class GradientResult:
     gradients: Mapping[str, torch.Tensor] = field(default_factory=dict)
     # Server side: the answer was replayed for a repeated request_id (metrics only).
     replayed: bool = False
+    # A token batch's per-token log-probabilities of its targets [B, T] (token losses only).
+    logprobs: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, slots=True)

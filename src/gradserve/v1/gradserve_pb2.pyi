@@ -122,7 +122,7 @@ class LossInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[TensorSpec, _Mapping]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeGradientsRequest(_message.Message):
-    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask", "seed")
+    __slots__ = ("inputs", "targets", "request_id", "return_gradients", "based_on_version", "run", "loss", "sample_weights", "weighted_reduction", "dataset", "logprobs", "advantages", "attention_mask", "seed", "return_logprobs")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class ComputeGradientsRequest(_message.Message):
     ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    RETURN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     inputs: Tensor
     targets: Tensor
     request_id: str
@@ -151,7 +152,8 @@ class ComputeGradientsRequest(_message.Message):
     advantages: Tensor
     attention_mask: Tensor
     seed: int
-    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    return_logprobs: bool
+    def __init__(self, inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., return_gradients: _Optional[bool] = ..., based_on_version: _Optional[int] = ..., run: _Optional[str] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., sample_weights: _Optional[_Union[Tensor, _Mapping]] = ..., weighted_reduction: _Optional[_Union[WeightedReduction, str]] = ..., dataset: _Optional[_Union[DatasetSlice, _Mapping]] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., return_logprobs: _Optional[bool] = ...) -> None: ...
 
 class DatasetSlice(_message.Message):
     __slots__ = ("dataset", "indices", "start", "count")
@@ -166,20 +168,22 @@ class DatasetSlice(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., start: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ComputeGradientsResponse(_message.Message):
-    __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "gradients", "accumulated_samples")
+    __slots__ = ("loss", "batch_size", "accumulated_batches", "model_version", "gradients", "accumulated_samples", "logprobs")
     LOSS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     ACCUMULATED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     ACCUMULATED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     loss: float
     batch_size: int
     accumulated_batches: int
     model_version: int
     gradients: _containers.RepeatedCompositeFieldContainer[Tensor]
     accumulated_samples: int
-    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., model_version: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., accumulated_samples: _Optional[int] = ...) -> None: ...
+    logprobs: Tensor
+    def __init__(self, loss: _Optional[float] = ..., batch_size: _Optional[int] = ..., accumulated_batches: _Optional[int] = ..., model_version: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., accumulated_samples: _Optional[int] = ..., logprobs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ApplyUpdateRequest(_message.Message):
     __slots__ = ("learning_rate", "request_id", "expected_version", "reduction", "run", "hyperparameters", "max_grad_norm")

@@ -26,6 +26,7 @@ import torch
 
 from bench.concurrency import clients
 from bench.durability import durability
+from bench.lora_server import lora
 from bench.processes import TORCH_THREADS
 from bench.replicas import replicas
 from bench.rows import Row, stats
@@ -41,6 +42,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "clients": clients,
     "rss": rss,
     "durability": durability,
+    "lora": lora,
     "replicas": replicas,
     "sampling": sampling,
     "tinker": tinker_round,

@@ -63,7 +63,7 @@ class DurableServer:
 
     def start(self) -> None:
         command = [
-            sys.executable, str(ROOT / "server" / "serve.py"), f"--port={self.port}",
+            sys.executable, str(ROOT / "server" / "serve.py"), f"--port={self.port}", "--metrics-port=0",
             f"--checkpoint-dir={self.directory}", "--durability=sync", "--torch-threads=1",
         ]  # fmt: skip
         with self.log.open("a") as log:

@@ -176,7 +176,7 @@ class ServerProcess:
 
     def __enter__(self) -> str:
         command = [sys.executable, str(ROOT / "server" / "serve.py"), "--port=0",
-                   "--torch-threads=1", *self.arguments]  # fmt: skip
+                   "--metrics-port=0", "--torch-threads=1", *self.arguments]  # fmt: skip
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT
@@ -328,7 +328,7 @@ def test_a_tokens_file_cannot_take_a_principal_name_the_server_gives(make_server
     path.write_text(f"{bare}\n{derived_principal(bare).name} thief-token-1\n")
     done = subprocess.run(
         [sys.executable, str(ROOT / "server" / "serve.py"), "--port=0",
-         f"--auth-tokens-file={path}"],
+         "--metrics-port=0", f"--auth-tokens-file={path}"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
     )  # fmt: skip
     assert done.returncode == 2

@@ -304,7 +304,7 @@ class _ServerProcess:
 
     def __init__(self, base: Path, directory: Path, log: Path) -> None:
         self.command = [
-            sys.executable, str(ROOT / "server" / "serve.py"), "--port=0",
+            sys.executable, str(ROOT / "server" / "serve.py"), "--port=0", "--metrics-port=0",
             f"--base-model=tiny={base}", f"--checkpoint-dir={directory}",
             "--durability=sync", "--torch-threads=1",
         ]  # fmt: skip

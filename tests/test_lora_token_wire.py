@@ -187,8 +187,10 @@ def _bad(loss: str, change: str) -> dict[str, object]:
         batch["advantages"][1, 1] = float("nan")
     fields: dict[str, object] = {name: tensor_to_proto(t) for name, t in batch.items()}
     fields["loss"] = pb.LossSpec(name=loss, options=options)
-    if change == "mean":
-        fields["weighted_reduction"] = pb.WEIGHTED_REDUCTION_MEAN
+    if change in ("normalized", "zero weights"):
+        fields["weighted_reduction"] = pb.WEIGHTED_REDUCTION_NORMALIZED
+    if change == "zero weights":
+        fields["sample_weights"] = tensor_to_proto(torch.zeros(2, 8))
     return fields
 
 
@@ -196,7 +198,8 @@ def _bad(loss: str, change: str) -> dict[str, object]:
     ("loss", "change", "field"),
     [
         ("cross_entropy", "short weights", "sample_weights.shape"),
-        ("cross_entropy", "mean", "weighted_reduction"),
+        ("ppo", "normalized", "weighted_reduction"),
+        ("cross_entropy", "zero weights", "sample_weights.data"),
         ("cross_entropy", "vocabulary", "inputs.data"),
         ("ppo", "float64 logprobs", "logprobs.dtype"),
         ("ppo", "no advantages", "advantages"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -355,3 +356,25 @@ def test_optimistic_compute_gradients_match_the_checked_path(
     assert optimistic.gradients.keys() == checked.gradients.keys()
     for name, value in checked.gradients.items():
         assert torch.equal(optimistic.gradients[name], value), name
+
+
+def _tensors_shaped(shape: tuple[int, ...]) -> int:
+    gc.collect()
+    kinds = (torch.Tensor, torch.nn.Parameter)
+    return sum(1 for o in gc.get_objects() if type(o) in kinds and tuple(o.shape) == shape)
+
+
+@pytest.mark.parametrize(("optimizer", "held"), [("adamw", 4), ("sgd", 4)])
+def test_a_run_keeps_a_gradient_copy_only_when_its_requests_find_a_gradient(
+    optimizer: str, held: int
+) -> None:
+    # A weight of a shape nothing else has: [37, 13] (counted from what is alive before).
+    alive = _tensors_shaped((37, 13))
+    store = make_store("mlp:13-37-5", optimizer=optimizer)
+    x, y = torch.randn(8, 13), torch.randint(0, 5, (8,))
+    for _ in range(2):
+        store.train([TrainStep.of([(x, y)], LEARNING_RATE)])
+    # adamw: the weight, exp_avg, exp_avg_sq and the step's rollback copy; torch.optim's
+    # zero_grad leaves .grad None, so no request start has a .grad to copy. sgd (the seed's):
+    # the weight, its .grad (zeroed, kept), the rollback copy and that .grad's copy.
+    assert _tensors_shaped((37, 13)) - alive == held

@@ -47,7 +47,6 @@ from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..models.losses import logprobs_choice
 from ..models.sampling import causal_lm_of, sample
 from ..models.sampling_limits import check_request, shape_of
-from ..models.token_losses import target_logprobs
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
 from ..store.pass_runs import PassSteps
@@ -223,11 +222,11 @@ class ServedRun:
             raise InvalidArgumentError(
                 "targets: return_logprobs needs the targets", field="targets"
             )
-        result = self.store.evaluate(inputs, targets, return_predictions=True)
-        assert result.predictions is not None  # asked for
-        logprobs = target_logprobs(result.predictions, targets)
-        kept = result.predictions if return_predictions else None
-        return dataclasses.replace(result, predictions=kept), logprobs
+        result = self.store.evaluate(
+            inputs, targets, return_predictions=return_predictions, return_logprobs=True
+        )
+        assert result.logprobs is not None  # asked for, with targets
+        return result, result.logprobs
 
     def discard_gradients(self) -> DiscardResult:
         return self.store.discard_gradients()

@@ -21,13 +21,14 @@ from gradserve.token_types import TokenBatchLoss
 from gradserve.types import BatchLoss, WeightedReduction
 
 from .bases import Base, load_base
-from .lora import LoraAdapter, LoraConfig
+from .lora import LoraAdapter, LoraConfig, resolve_targets
 from .model import BatchSpec, Loss, LossFunction, Model
 from .token_losses import (
     MAX_LOGITS_BYTES,
     MAX_SEQUENCE_LENGTH,
     TokenBatch,
     check_options,
+    check_reduction,
     check_token_batch,
     target_logprobs,
     token_loss,
@@ -50,6 +51,7 @@ class TokenLossFunction:
     name: str
     batch: TokenBatch
     options: Mapping[str, float]
+    reduction: WeightedReduction = WeightedReduction.SUM
     # The targets' log-probabilities of each call, detached: the answer's per-token logprobs
     # come from the forward that made the gradients, not from a second one.
     seen: list[torch.Tensor] = field(default_factory=list, compare=False)
@@ -72,7 +74,7 @@ class TokenLossFunction:
         )
         logprobs = target_logprobs(logits, targets)
         self.seen[:] = [logprobs.detach()]
-        return token_loss(self.name, logprobs, placed, self.options)
+        return token_loss(self.name, logprobs, placed, self.options, self.reduction)
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,6 @@ class TokenModel(Model):
         size and the function of (logits, targets) the store calls instead of the run's."""
         name = "cross_entropy" if choice.loss is None else choice.loss.name
         options = check_options(name, {} if choice.loss is None else choice.loss.options)
-        if choice.weighted_reduction not in (None, WeightedReduction.SUM):
-            raise InvalidArgumentError(
-                "weighted_reduction: token losses are sums over tokens (unset or SUM)",
-                field="weighted_reduction",
-            )
         extra = choice if isinstance(choice, TokenBatchLoss) else TokenBatchLoss()
         batch = TokenBatch(
             inputs,
@@ -129,7 +126,8 @@ class TokenModel(Model):
             max_logits_bytes=self.max_logits_bytes,
             weights_field="sample_weights",
         )
-        return int(inputs.shape[0]), TokenLossFunction(name, batch, options)
+        reduction = check_reduction(choice.weighted_reduction, batch)
+        return int(inputs.shape[0]), TokenLossFunction(name, batch, options, reduction)
 
     def values_fit(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> bool:
         vocab = self.num_classes or 0
@@ -137,6 +135,19 @@ class TokenModel(Model):
             if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= vocab):
                 return False
         return True
+
+
+# An adapter's tensors are float32 whatever the base's dtype (lora.py, as peft's).
+ADAPTER_ELEMENT_BYTES = 4
+
+
+def adapter_bytes(base: Base, lora: LoraConfig) -> int:
+    """Bytes of the adapter's lora_A [r, in] and lora_B [out, r] over every targeted module,
+    from the base's module shapes alone: nothing is allocated to know it."""
+    targets = resolve_targets(base.module, lora)
+    return sum(lora.rank * (inputs + outputs) for _, inputs, outputs in targets) * (
+        ADAPTER_ELEMENT_BYTES
+    )
 
 
 def lora_spec(base: Base, lora: LoraConfig) -> str:

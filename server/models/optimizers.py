@@ -214,6 +214,27 @@ _OPTIONS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
 OPTIMIZER_NAMES = tuple(_OPTIONS)
 
 
+def state_slots(spec: str) -> int:
+    """Parameter-sized tensors the optimizer keeps per parameter once it has stepped: SGD's
+    momentum buffer (when some group has momentum), Adam's two moments (three with amsgrad).
+    What a run's budget counts beside its parameters, known before anything is built."""
+    first, *group_parts = spec.split(";")
+    name, _, args = first.partition(":")
+    if name not in _OPTIONS:
+        raise InvalidArgumentError(
+            f"optimizer: unknown optimizer {name!r}; known: {', '.join(_OPTIONS)}",
+            field="optimizer",
+        )
+    if name == "sgd" and not args and not group_parts:
+        return 0
+    parsers = _OPTIONS[name][1]
+    groups = parse_groups(name, group_parts, parsers)
+    options = [parse_options(name, args, parsers), *(group.options for group in groups)]
+    if name == "sgd":
+        return 1 if any(chosen.get("momentum", 0.0) for chosen in options) else 0
+    return 3 if any(chosen.get("amsgrad", False) for chosen in options) else 2
+
+
 def build_optimizer(
     spec: str,
     parameters: Sequence[torch.nn.Parameter],

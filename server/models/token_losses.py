@@ -9,6 +9,8 @@ Tinker-compatible services (normalising is the client's choice):
   importance_sampling  -(exp(lp - logprobs) * advantages).sum()
   ppo                  -min(r * advantages, clamp(r, low, high) * advantages).sum(),
                        r = exp(lp - logprobs); low, high: clip_low/high_threshold (0.8, 1.2)
+or, by the existing weighted reductions (gradserve.types.WeightedReduction), that sum divided
+by the B * T tokens (MEAN) or by the sum of the weights (NORMALIZED: mean over weighted tokens).
 Every check runs before the forward, naming the field; sizes are bounded before any logits exist.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
+from gradserve.types import WeightedReduction
 
 # Per-token float inputs each loss needs (and accepts: any other is refused, not ignored).
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -160,10 +163,43 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def check_reduction(
+    reduction: WeightedReduction | None, batch: TokenBatch, values: bool = True
+) -> WeightedReduction:
+    """The batch's reduction (unset: SUM); NORMALIZED needs sample_weights with a positive sum."""
+    if reduction is None or reduction is WeightedReduction.SUM:
+        return WeightedReduction.SUM
+    if reduction is WeightedReduction.NORMALIZED:
+        if batch.weights is None:
+            raise _bad("weighted_reduction", "NORMALIZED divides by the sum of sample_weights")
+        if values and not float(batch.weights.sum()) > 0:
+            raise _bad(
+                "sample_weights.data", "the weights' sum is not > 0, so NORMALIZED cannot divide"
+            )
+    return reduction
+
+
 def token_loss(
+    name: str,
+    logprobs: torch.Tensor,
+    batch: TokenBatch,
+    options: Mapping[str, float],
+    reduction: WeightedReduction = WeightedReduction.SUM,
+) -> torch.Tensor:
+    """The named loss (module docstring) from the targets' log-probabilities, 0-d: the sum,
+    or with MEAN the sum over the batch's B * T tokens, with NORMALIZED over sum(weights)."""
+    total = _summed(name, logprobs, batch, options)
+    if reduction is WeightedReduction.MEAN:
+        return total / logprobs.numel()
+    if reduction is WeightedReduction.NORMALIZED:
+        assert batch.weights is not None  # check_reduction
+        return total / batch.weights.sum()
+    return total
+
+
+def _summed(
     name: str, logprobs: torch.Tensor, batch: TokenBatch, options: Mapping[str, float]
 ) -> torch.Tensor:
-    """The named loss (module docstring) from the targets' log-probabilities, a 0-d sum."""
     if name == "cross_entropy":
         if batch.weights is None:
             return -logprobs.sum()

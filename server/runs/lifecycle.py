@@ -26,8 +26,8 @@ from ..checkpoints.files import Checkpointer, list_checkpoints
 from ..config import ModelConfig, ServerConfig
 from ..coordination.served_run import ServedRun
 from ..metrics import ServerMetrics
-from ..models.adapter_models import BaseRegistry, adapter_model
-from ..models.optimizers import build_optimizer
+from ..models.adapter_models import BaseRegistry, adapter_bytes, adapter_model
+from ..models.optimizers import build_optimizer, state_slots
 from ..models.specs import build_configured, measure_configured, resolve_device
 from ..store.parameter_store import ParameterStore
 from .folders import RunSpec, newest_version, remove_folder, saved_runs, write_run_file
@@ -67,6 +67,9 @@ class Run:
         # What ListRuns and the gauges show while the run is unloaded.
         self._version = 0
         self.parameter_bytes = 0
+        # An adapter run's optimizer state, counted against the budget beside its adapter
+        # (set when it loads; 0 for a full run, whose budget counts its parameters only).
+        self.optimizer_bytes = 0
         # Bytes held against the budget while the model is being built or loaded (measured
         # from the spec first: the registry reserves them before anything is allocated).
         self.reserved_bytes = 0
@@ -102,7 +105,9 @@ class Run:
     @property
     def budgeted_bytes(self) -> int:
         """What the run holds against --max-run-parameter-bytes now."""
-        return self.parameter_bytes if self.served is not None else self.reserved_bytes
+        if self.served is not None:
+            return self.parameter_bytes + self.optimizer_bytes
+        return self.reserved_bytes
 
     def attach(self, served: ServedRun, checkpointer: Checkpointer | None) -> None:
         store = served.store
@@ -249,12 +254,16 @@ class RunBuilder:
         """Bytes of the parameters and buffers the run's model will hold, known without
         allocating them (server/models/specs.py)."""
         if spec.base_model and spec.lora is not None:
-            # An adapter is small beside its base (rank x dims), and the base is loaded once
-            # and shared: it is sized by building it, counted as the store will count it.
-            module = adapter_model(self.bases.get(spec.base_model), spec.lora).module
-            tensors = [*module.parameters(), *module.buffers()]
-            return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+            # From the base's module shapes (the base is loaded once and shared): the adapter
+            # and its optimizer's state, before any tensor exists.
+            adapter = adapter_bytes(self.bases.get(spec.base_model), spec.lora)
+            return adapter + self.adapter_optimizer_bytes(spec, adapter)
         return measure_configured(self.model_config(spec) if name else self.config.model).bytes
+
+    @staticmethod
+    def adapter_optimizer_bytes(spec: RunSpec, adapter: int) -> int:
+        """Bytes of an adapter run's optimizer state once it has stepped."""
+        return adapter * state_slots(spec.optimizer)
 
     def build(self, name: str, owner: str, spec: RunSpec, *, restore: bool = True) -> Run:
         """A loaded run, a new incarnation (the default run's is the checkpoint directory
@@ -268,6 +277,8 @@ class RunBuilder:
         config = self.model_config(run.spec) if run.name else self.config.model
         if run.spec.base_model and run.spec.lora is not None:
             model = adapter_model(self.bases.get(run.spec.base_model), run.spec.lora)
+            adapter = sum(p.numel() * p.element_size() for p in model.module.parameters())
+            run.optimizer_bytes = self.adapter_optimizer_bytes(run.spec, adapter)
         else:
             model = build_configured(config)
         named = dict(model.module.named_parameters())

@@ -269,7 +269,8 @@ class RunRegistry:
             held = sum(other.budgeted_bytes for other in self._runs.values() if other is not run)
             if held + parameter_bytes > budget:
                 raise ResourceExhaustedError(
-                    f"max_run_parameter_bytes: {parameter_bytes} more bytes of parameters "
+                    f"max_run_parameter_bytes: {parameter_bytes} more bytes of parameters (and an "
+                    f"adapter run's optimizer state) "
                     f"would pass the budget of {budget} ({held} held)",
                     field="max_run_parameter_bytes",
                 )

@@ -25,6 +25,7 @@ from gradserve.types import (
 from ..models.graph import effective_max_nodes
 from ..models.graph_trace import trace_graph
 from ..models.losses import available
+from ..models.token_losses import target_logprobs
 from ..tracing import traced
 from .live_state import LiveState
 from .parameter_access import check_names, check_values
@@ -61,7 +62,10 @@ class ModelAccess:
         targets: torch.Tensor | None,
         *,
         return_predictions: bool = False,
+        return_logprobs: bool = False,
     ) -> EvaluationResult:
+        """`return_logprobs`: the targets' per-token log-probabilities of a token model,
+        computed where the logits are (on a GPU only [B, T] floats come back, not [B, T, V])."""
         batch_size = self._state.model.check_batch(inputs, targets)
         inputs = inputs.to(self._state.device)
         targets = None if targets is None else targets.to(self._state.device)
@@ -71,11 +75,15 @@ class ModelAccess:
             loss = None
             if targets is not None:
                 loss = self._state.model.loss.function(predictions, targets).item()
+            logprobs = None
+            if return_logprobs and targets is not None:
+                logprobs = target_logprobs(predictions, targets).cpu()
             return EvaluationResult(
                 loss,
                 batch_size,
                 self._state.version,
                 predictions.cpu() if return_predictions else None,
+                logprobs,
             )
 
     def read_parameters(

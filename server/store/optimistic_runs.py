@@ -104,16 +104,19 @@ class OptimisticRuns:
         return result
 
     def _request_start(self) -> RequestStart:
-        if not self._gradient_copies:
+        gradients = [p.grad for p in self._state.parameters]
+        had = [g is not None for g in gradients]
+        # Only once a request finds some .grad to keep: under torch.optim's zero_grad (.grad
+        # None after each step) a run never holds this second copy of its parameters' size.
+        if any(had) and not self._gradient_copies:
             self._gradient_copies = [torch.empty_like(p) for p in self._state.parameters]
         if len(self._buffer_copies) != len(self._state.buffers):
             self._buffer_copies = [torch.empty_like(b) for b in self._state.buffers.values()]
-        gradients = [p.grad for p in self._state.parameters]
-        had = [g is not None for g in gradients]
         sources = [*self._state.parameters, *self._state.buffers.values()]
         sources += [g for g in gradients if g is not None]
         targets = [*self._rollback.parameter_copies(), *self._buffer_copies]
-        targets += [c for c, h in zip(self._gradient_copies, had, strict=True) if h]
+        if any(had):
+            targets += [c for c, h in zip(self._gradient_copies, had, strict=True) if h]
         with torch.no_grad():
             torch._foreach_copy_(targets, sources)
         device_rng = (

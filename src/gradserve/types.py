@@ -183,6 +183,9 @@ class EvaluationResult:
     batch_size: int
     model_version: int
     predictions: torch.Tensor | None
+    # A token model's log p(target) per token [B, T], when asked (server side: EvaluateResponse
+    # carries them in its own field).
+    logprobs: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

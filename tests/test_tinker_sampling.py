@@ -113,6 +113,27 @@ def test_a_saved_sampler_is_a_snapshot_sampled_after_the_run_has_stepped(
     assert now == 3 and current != saved  # the run's weights moved on; the sampler's did not
 
 
+def test_unnamed_sampler_snapshots_are_pruned_to_the_runs_checkpoint_keep(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    running, url = start(
+        make_server, tmp_path, checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_keep=2
+    )
+    stub = make_stub(running)
+    client = service(url).create_lora_training_client(base_model="tiny", rank=4, seed=3).result()
+    run = client.model_id.replace(":", "-")
+    samplers = [client.save_weights_and_get_sampling_client().result() for _ in range(3)]
+    client.save_weights_for_sampler("kept").result()
+    names = [c.name for c in stub.ListCheckpoints(pb.ListCheckpointsRequest(run=run)).checkpoints]
+    assert len([n for n in names if n.startswith("sampler-v0-")]) == 2
+    assert "sampler-kept" in names  # a named save is the user's to delete
+    params = types.SamplingParams(max_tokens=2, temperature=0.0)
+    prompt = types.ModelInput.from_ints(PROMPT)
+    assert len(samplers[2].sample(prompt, 1, params).result().sequences[0].tokens) == 2
+    with pytest.raises(Exception, match="checkpoint"):
+        samplers[0].sample(prompt, 1, params).result(timeout=30)
+
+
 def test_what_sampling_does_not_serve_is_refused_naming_it(make_server, tmp_path: Path) -> None:
     _, url = start(make_server, tmp_path)
     api = service(url)

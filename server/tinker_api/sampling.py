@@ -204,8 +204,8 @@ def _snapshot(served: ServedRun, name: str) -> tuple[str, int]:
         checkpoint = f"sampler-v{served.store.version}-{secrets.token_hex(4)}"
     saved = served.save_checkpoint(checkpoint)
     assert served.checkpointer is not None
+    # Oldest first (the checkpoints' own sequence).
     unnamed = [c for c in served.list_checkpoints() if UNNAMED_SNAPSHOT.fullmatch(c.name)]
-    unnamed.sort(key=lambda c: c.saved_at)
     for old in unnamed[: max(0, len(unnamed) - max(1, served.checkpointer.keep))]:
         served.delete_checkpoint(old.name)
     return checkpoint, saved.model_version

@@ -227,6 +227,29 @@ class SecurityConfig:
             raise InvalidArgumentError(f"metrics_run_labels: {self.metrics_run_labels!r}")
 
 
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Cross-run batches of adapter runs on one base (docs/batching.md); off while the window
+    is 0. A batch closes when every run on the base has a request queued, at the request or
+    token bound, or when its oldest request has waited the window."""
+
+    batch_window_seconds: float = 0.0
+    batch_max_requests: int = 16
+    batch_max_tokens: int = 16_384
+    # The queue of one base, refused past these (RESOURCE_EXHAUSTED with RetryInfo).
+    batch_queue_requests: int = 256
+    batch_queue_bytes: int = 64 * MIB
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.batch_window_seconds <= 10:
+            raise InvalidArgumentError("batch_window_seconds: must be in [0, 10]")
+        for name in ("batch_max_requests", "batch_max_tokens", "batch_queue_requests"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"{name}: must be >= 1")
+        if self.batch_queue_bytes < 0:
+            raise InvalidArgumentError("batch_queue_bytes: must be >= 0")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "network": NetworkConfig,
     "limits": LimitsConfig,
@@ -237,6 +260,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "runs": RunsConfig,
     "datasets": DatasetsConfig,
+    "batching": BatchingConfig,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -269,6 +293,7 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

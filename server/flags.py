@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .config import ServerConfig, flat_defaults
+from .coordination.cross_run_batches import add_batching_flags
 from .datasets.registry import add_dataset_flags
 from .listening import add_listening_flags
 from .metrics_endpoint import add_metrics_flags
@@ -348,6 +349,7 @@ def parse_args(
     add_output_handle_flags(add, env_or, default)
     add_dataset_flags(add, env_or, default)
     add_metrics_flags(add, env_or, default)
+    add_batching_flags(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{

@@ -49,6 +49,7 @@ from ..models.token_losses import target_logprobs
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
 from ..store.pass_runs import PassSteps
+from ..store.shared_compute import OnBatched
 from ..store.store_state import StoreState
 from .asynchronous import AsyncUpdates
 from .sync import SyncUpdates
@@ -88,6 +89,14 @@ class ServedRun:
         # --durability sync (server/checkpoints/durability.py): changes wait for their checkpoint.
         self.durability: GroupCommit | None = None
 
+    def release(self) -> None:
+        """The run is unloaded or deleted: its durability waiters end, its base's batches
+        stop waiting for it."""
+        if self.durability is not None:
+            self.durability.close()
+        if self.store.shared_compute is not None:
+            self.store.shared_compute.leave()
+
     def durable(self, result: T) -> T:
         """`result` once the change behind it is on disk (a no-op unless --durability sync).
         Called after the store's lock is released, so waiters share one save."""
@@ -107,7 +116,9 @@ class ServedRun:
         based_on_version: int | None = None,
         batch_loss: BatchLoss | None = None,
         seed: int | None = None,
+        on_batched: OnBatched | None = None,
     ) -> GradientResult:
+        """`on_batched`: told how the batch ran when it shared a cross-run batch."""
         seen: list[float] = []
         result = self.store.compute_gradients(
             inputs,
@@ -118,6 +129,7 @@ class ServedRun:
             max_response_bytes=self.limits.max_message_bytes,
             batch_loss=batch_loss,
             seed=seed,
+            on_batched=on_batched,
         )
         return self._recorded(result, seen)
 

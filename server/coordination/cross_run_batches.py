@@ -1,0 +1,264 @@
+"""Cross-run batching on a shared base: adapter runs' ComputeGradients gathered within a window
+and computed in one forward and one backward (server/models/batched_lora.py; docs/batching.md).
+
+One BaseBatcher per base, one BatchMember per loaded adapter run (the store's SharedCompute).
+A request waits in the base's FairQueue holding its run's lock, so a run has at most one
+request queued. No thread of its own: the first waiting request's thread leads, closing the
+window when every run on the base has a request queued, at the request or token bound, or
+when the oldest request has waited `batch_window_seconds`; it computes the batch outside the
+queue's lock and hands each request its own loss and gradients. A lone run, a request with a
+dropout adapter or one over the token bound, and a batch of one run alone, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gradserve.errors import ResourceExhaustedError
+
+from ..batch_metrics import BatchMetrics
+from ..config import BatchingConfig
+from ..models.batched_lora import Gradients, MemberBatch, batched_gradients
+from ..models.lora import LoraAdapter
+from ..models.model import LossFunction
+from ..store.shared_compute import BatchNote
+from .fair_queue import FairQueue
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One queued request and, once its batch ran, its outcome (None: run it alone)."""
+
+    member: MemberBatch
+    principal: str
+    tokens: int
+    nbytes: int
+    arrived: float = field(default_factory=time.monotonic)
+    position: int = 0
+    # Batches started before it was queued, and then while it was queued before its own.
+    started_before: int = 0
+    batches_waited: int = 0
+    done: bool = False
+    outcome: tuple[float, Gradients, BatchNote] | None = None
+
+
+class BaseBatcher:
+    """The queue and the batches of one base's adapter runs."""
+
+    def __init__(
+        self, name: str, base: nn.Module, config: BatchingConfig, metrics: BatchMetrics
+    ) -> None:
+        self.name = name
+        self._base = base
+        self._config = config
+        self._metrics = metrics
+        self._condition = threading.Condition()
+        self._queue: FairQueue[Ticket] = FairQueue()
+        self._leading = False
+        self._started = 0
+        # Loaded runs on this base: when all have a request queued, none can join.
+        self.members = 0
+        metrics.queued.labels(name).set_function(lambda: len(self._queue))
+
+    def member(self, principal: str) -> BatchMember:
+        with self._condition:
+            self.members += 1
+        return BatchMember(self, principal)
+
+    def leave(self) -> None:
+        with self._condition:
+            self.members -= 1
+            self._condition.notify_all()  # a window waiting for this run closes now
+
+    def compute(self, ticket: Ticket) -> tuple[float, Gradients, BatchNote] | None:
+        with self._condition:
+            self._admit(ticket)
+        while True:
+            with self._condition:
+                while self._leading and not ticket.done:
+                    self._condition.wait()
+                if ticket.done:
+                    return ticket.outcome
+                self._leading = True
+                batch = self._close_window()
+            try:
+                self._run(batch)
+            finally:
+                with self._condition:
+                    self._leading = False
+                    self._condition.notify_all()
+
+    def _admit(self, ticket: Ticket) -> None:
+        config, queue = self._config, self._queue
+        reason = ""
+        if len(queue) + 1 > config.batch_queue_requests:
+            reason = "requests"
+        elif queue.nbytes + ticket.nbytes > config.batch_queue_bytes:
+            reason = "bytes"
+        if reason:
+            self._metrics.refused.labels(self.name, reason).inc()
+            raise ResourceExhaustedError(
+                f"inputs: the cross-run batch queue of base {self.name!r} is full "
+                f"({len(queue)} requests, {queue.nbytes} bytes queued; at most "
+                f"{config.batch_queue_requests} and {config.batch_queue_bytes}); nothing was "
+                "done, retry after the delay",
+                field="inputs",
+                reason="BATCH_QUEUE_FULL",
+                retry_delay=max(config.batch_window_seconds, 0.05),
+            )
+        ticket.started_before = self._started
+        ticket.position = queue.push(ticket)
+        self._condition.notify_all()
+
+    def _close_window(self) -> list[Ticket]:
+        """The next batch, once its window closes (the condition held)."""
+        config, queue = self._config, self._queue
+        while True:
+            oldest = queue.first()
+            assert oldest is not None  # the leader's own request is queued or taken
+            full = (
+                len(queue) >= self.members
+                or len(queue) >= config.batch_max_requests
+                or queue.tokens >= config.batch_max_tokens
+            )
+            remaining = oldest.arrived + config.batch_window_seconds - time.monotonic()
+            if full or remaining <= 0:
+                break
+            self._condition.wait(remaining)
+        batch = queue.take(config.batch_max_requests, config.batch_max_tokens)
+        for ticket in batch:
+            ticket.batches_waited = self._started - ticket.started_before
+        self._started += 1
+        return batch
+
+    def _run(self, batch: Sequence[Ticket]) -> None:
+        start = time.monotonic()
+        outcomes: list[tuple[float, Gradients] | None] = [None] * len(batch)
+        if len(batch) > 1:
+            try:
+                losses, gradients, _ = batched_gradients(self._base, [t.member for t in batch])
+                outcomes = list(zip(losses, gradients, strict=True))
+            except Exception:  # each request then runs alone and meets its own error there
+                logger.exception("a cross-run batch on base %s failed; running alone", self.name)
+                self._metrics.failed.labels(self.name).inc()
+        metrics = self._metrics
+        metrics.batch_requests.labels(self.name).observe(len(batch))
+        with self._condition:
+            for ticket, outcome in zip(batch, outcomes, strict=True):
+                wait = start - ticket.arrived
+                metrics.wait_seconds.labels(self.name).observe(wait)
+                metrics.batches_waited.labels(self.name).observe(ticket.batches_waited)
+                if outcome is not None:
+                    metrics.batched.labels(self.name).inc()
+                    note = BatchNote(ticket.position, ticket.batches_waited, wait, len(batch))
+                    ticket.outcome = (*outcome, note)
+                ticket.done = True
+
+
+class BatchMember:
+    """One loaded adapter run's way into its base's batches (the store's SharedCompute)."""
+
+    def __init__(self, batcher: BaseBatcher, principal: str) -> None:
+        self._batcher = batcher
+        self._principal = principal
+        self._left = False
+
+    def leave(self) -> None:
+        """The run is unloaded or deleted: batches stop waiting for it (idempotent)."""
+        if not self._left:
+            self._left = True
+            self._batcher.leave()
+
+    def compute(
+        self,
+        module: nn.Module,
+        parameters: Sequence[nn.Parameter],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        loss_function: LossFunction,
+    ) -> tuple[float, Gradients, BatchNote] | None:
+        batcher, config = self._batcher, self._batcher._config
+        tokens = int(inputs.numel())
+        alone = (
+            batcher.members < 2
+            or tokens > config.batch_max_tokens
+            or not isinstance(module, LoraAdapter)
+            or not module.causal_lm
+            or module.config.dropout > 0  # its masks would be drawn in another order
+        )
+        if alone:
+            return None
+        assert isinstance(module, LoraAdapter)
+        mask = getattr(loss_function, "attention_mask", None)
+        mask = None if mask is None else mask.to(inputs.device)
+        member = MemberBatch(module, parameters, inputs, targets, mask, loss_function)
+        held = [inputs, targets, *([] if mask is None else [mask])]
+        # A token loss's own per-token tensors (adapter_models.TokenLossFunction).
+        per_token: dict[str, torch.Tensor | None] = getattr(
+            getattr(loss_function, "batch", None), "per_token", dict
+        )()
+        held += [t for t in per_token.values() if t is not None]
+        nbytes = sum(t.numel() * t.element_size() for t in held)
+        return batcher.compute(Ticket(member, self._principal, tokens, nbytes))
+
+
+class CrossRunBatches:
+    """The server's batchers, one per base, made when a base's first adapter run loads."""
+
+    def __init__(self, config: BatchingConfig, metrics: BatchMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._batchers: dict[str, BaseBatcher] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._config.batch_window_seconds > 0
+
+    def member(self, base_name: str, base: nn.Module, principal: str) -> BatchMember | None:
+        """A run's membership of its base's batches; None while batching is off."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            batcher = self._batchers.get(base_name)
+            if batcher is None:
+                batcher = BaseBatcher(base_name, base, self._config, self._metrics)
+                self._batchers[base_name] = batcher
+        return batcher.member(principal)
+
+
+ENV_BATCH_WINDOW = "GRADSERVE_BATCH_WINDOW_SECONDS"
+ENV_BATCH_MAX_REQUESTS = "GRADSERVE_BATCH_MAX_REQUESTS"
+ENV_BATCH_MAX_TOKENS = "GRADSERVE_BATCH_MAX_TOKENS"
+ENV_BATCH_QUEUE_REQUESTS = "GRADSERVE_BATCH_QUEUE_REQUESTS"
+ENV_BATCH_QUEUE_BYTES = "GRADSERVE_BATCH_QUEUE_BYTES"
+
+
+def add_batching_flags(
+    add: Callable[..., object], env_or: Callable[[str, object], str], default: dict[str, object]
+) -> None:
+    """The flags of BatchingConfig (server/flags.py calls this)."""
+    for flag, env, kind, text in (
+        ("window-seconds", ENV_BATCH_WINDOW, float, "longest wait for other runs' requests "
+         "on the same base; 0: off"),
+        ("max-requests", ENV_BATCH_MAX_REQUESTS, int, "requests in one cross-run batch"),
+        ("max-tokens", ENV_BATCH_MAX_TOKENS, int, "tokens (inputs' elements) in one batch"),
+        ("queue-requests", ENV_BATCH_QUEUE_REQUESTS, int, "requests queued per base"),
+        ("queue-bytes", ENV_BATCH_QUEUE_BYTES, int, "bytes of requests queued per base"),
+    ):  # fmt: skip
+        name = "batch_" + flag.replace("-", "_")
+        add(
+            f"--batch-{flag}",
+            type=kind,
+            default=kind(env_or(env, default[name])),
+            help=f"cross-run batches (docs/batching.md): {text} [{env}]",
+        )

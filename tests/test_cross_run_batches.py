@@ -47,9 +47,10 @@ def _create(stub: Stub, run: str, index: int, metadata: tuple = ()) -> None:  # 
 
 
 def _request(run: str, index: int, step: int, weighted: bool) -> pb.ComputeGradientsRequest:
-    """Run `index`'s batch of `step`: its own tokens; odd runs' sequences are shorter."""
+    """Run `index`'s batch of `step`: its own tokens; runs 2-3, 6-7, ... have shorter
+    sequences (each length shares a forward: runs 0 and 1 always share one)."""
     generator = torch.Generator().manual_seed(1000 * index + step)
-    length = 8 if index % 2 == 0 else 5
+    length = 8 if index // 2 % 2 == 0 else 5
     tokens = torch.randint(0, VOCAB, (2, length + 1), generator=generator)
     fields: dict[str, object] = {
         "inputs": tensor_to_proto(tokens[:, :-1]),

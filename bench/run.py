@@ -25,6 +25,7 @@ import grpc
 import torch
 
 from bench.concurrency import clients
+from bench.cross_run_batches import batching
 from bench.durability import durability
 from bench.processes import TORCH_THREADS
 from bench.rows import Row, stats
@@ -38,6 +39,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "clients": clients,
     "rss": rss,
     "durability": durability,
+    "batching": batching,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

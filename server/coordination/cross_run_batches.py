@@ -49,6 +49,8 @@ class Ticket:
     batches_waited: int = 0
     done: bool = False
     outcome: tuple[float, Gradients, BatchNote] | None = None
+    # Set when it is done, or when it is handed the lead (its thread then closes a window).
+    woken: threading.Event = field(default_factory=threading.Event)
 
 
 class BaseBatcher:
@@ -61,7 +63,10 @@ class BaseBatcher:
         self._base = base
         self._config = config
         self._metrics = metrics
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
+        # Only the leader waits on it, for arrivals; every other waiter on its own ticket's
+        # event (one wake-up per request, not one per arrival for every waiter).
+        self._arrivals = threading.Condition(self._lock)
         self._queue: FairQueue[Ticket] = FairQueue()
         self._leading = False
         self._started = 0
@@ -70,32 +75,42 @@ class BaseBatcher:
         metrics.queued.labels(name).set_function(lambda: len(self._queue))
 
     def member(self, principal: str) -> BatchMember:
-        with self._condition:
+        with self._lock:
             self.members += 1
         return BatchMember(self, principal)
 
     def leave(self) -> None:
-        with self._condition:
+        with self._lock:
             self.members -= 1
-            self._condition.notify_all()  # a window waiting for this run closes now
+            self._arrivals.notify()  # a window waiting for this run closes now
 
     def compute(self, ticket: Ticket) -> tuple[float, Gradients, BatchNote] | None:
-        with self._condition:
+        with self._lock:
             self._admit(ticket)
-        while True:
-            with self._condition:
-                while self._leading and not ticket.done:
-                    self._condition.wait()
-                if ticket.done:
-                    return ticket.outcome
-                self._leading = True
+            leading = not self._leading
+            self._leading = True
+        if not leading:
+            ticket.woken.wait()
+        while not ticket.done:  # this thread leads: its request is still queued
+            with self._lock:
                 batch = self._close_window()
             try:
                 self._run(batch)
             finally:
-                with self._condition:
-                    self._leading = False
-                    self._condition.notify_all()
+                with self._lock:
+                    self._hand_on(ticket)
+        return ticket.outcome
+
+    def _hand_on(self, leader: Ticket) -> None:
+        """After a batch: the lead stays with `leader` while its request waits, else goes to
+        the oldest queued request's thread, else lapses."""
+        if not leader.done:
+            return
+        oldest = self._queue.first()
+        if oldest is None:
+            self._leading = False
+        else:
+            oldest.woken.set()
 
     def _admit(self, ticket: Ticket) -> None:
         config, queue = self._config, self._queue
@@ -117,7 +132,7 @@ class BaseBatcher:
             )
         ticket.started_before = self._started
         ticket.position = queue.push(ticket)
-        self._condition.notify_all()
+        self._arrivals.notify()
 
     def _close_window(self) -> list[Ticket]:
         """The next batch, once its window closes (the condition held)."""
@@ -133,7 +148,7 @@ class BaseBatcher:
             remaining = oldest.arrived + config.batch_window_seconds - time.monotonic()
             if full or remaining <= 0:
                 break
-            self._condition.wait(remaining)
+            self._arrivals.wait(remaining)
         batch = queue.take(config.batch_max_requests, config.batch_max_tokens)
         for ticket in batch:
             ticket.batches_waited = self._started - ticket.started_before
@@ -152,7 +167,7 @@ class BaseBatcher:
                 self._metrics.failed.labels(self.name).inc()
         metrics = self._metrics
         metrics.batch_requests.labels(self.name).observe(len(batch))
-        with self._condition:
+        with self._lock:
             for ticket, outcome in zip(batch, outcomes, strict=True):
                 wait = start - ticket.arrived
                 metrics.wait_seconds.labels(self.name).observe(wait)
@@ -162,6 +177,7 @@ class BaseBatcher:
                     note = BatchNote(ticket.position, ticket.batches_waited, wait, len(batch))
                     ticket.outcome = (*outcome, note)
                 ticket.done = True
+                ticket.woken.set()
 
 
 class BatchMember:

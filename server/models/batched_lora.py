@@ -56,15 +56,19 @@ class SegmentedAdapters:
     def __init__(self, base_id: int, segments: Sequence[tuple[LoraAdapter, int, int]]) -> None:
         self.base_id = base_id
         self.segments = list(segments)
+        self.sizes = [end - start for _, start, end in self.segments]
 
     def added(self, name: str, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor | None:
         if not any(name in adapter.lora_a for adapter, _, _ in self.segments):
             return None
+        # One split rather than a slice per member: a slice's backward fills a zero tensor
+        # of the whole batch per member (K^2 work; 40% of a K = 16 step), a split's is one cat.
         parts = []
-        for adapter, start, end in self.segments:
+        own_inputs, own_outputs = inputs.split(self.sizes), outputs.split(self.sizes)
+        for (adapter, _, _), x, out in zip(self.segments, own_inputs, own_outputs, strict=True):
             # The same delta a member alone computes, on its own (contiguous) rows.
-            own = adapter.added(name, inputs[start:end], outputs[start:end])
-            parts.append(outputs[start:end] if own is None else own)
+            own = adapter.added(name, x, out)
+            parts.append(out if own is None else own)
         return torch.cat(parts)
 
 
@@ -96,8 +100,9 @@ def batched_gradients(
         mask = None if masks[0] is None else torch.cat([m for m in masks if m is not None])
         with activated(SegmentedAdapters(id(base), segments)):
             logits = base(input_ids=inputs, attention_mask=mask).logits
-        for index, (_, start, end) in zip(group, segments, strict=True):
-            losses[index] = members[index].loss(logits[start:end], members[index].targets)
+        own_logits = logits.split([end - start for _, start, end in segments])
+        for index, logits_of_member in zip(group, own_logits, strict=True):
+            losses[index] = members[index].loss(logits_of_member, members[index].targets)
     computed = [loss for loss in losses if loss is not None]
     parameters = [p for member in members for p in member.parameters]
     flat = torch.autograd.grad(computed, parameters, allow_unused=True)

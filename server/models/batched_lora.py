@@ -64,7 +64,8 @@ class SegmentedAdapters:
         # One split rather than a slice per member: a slice's backward fills a zero tensor
         # of the whole batch per member (K^2 work; 40% of a K = 16 step), a split's is one cat.
         parts = []
-        own_inputs, own_outputs = inputs.split(self.sizes), outputs.split(self.sizes)
+        own_inputs = torch.split(inputs, self.sizes)
+        own_outputs = torch.split(outputs, self.sizes)
         for (adapter, _, _), x, out in zip(self.segments, own_inputs, own_outputs, strict=True):
             # The same delta a member alone computes, on its own (contiguous) rows.
             own = adapter.added(name, x, out)

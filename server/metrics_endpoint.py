@@ -27,7 +27,7 @@ from gradserve.errors import InvalidArgumentError
 
 from .config import ServerConfig
 from .listening import check_port_free
-from .rpc.auth import BearerTokenInterceptor, load_tokens
+from .rpc.auth import BearerTokenInterceptor, check_key_pair, load_tokens, read_tls_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,23 @@ def _tls_context(config: ServerConfig) -> ssl.SSLContext:
         raise InvalidArgumentError(
             "metrics_tls: --metrics-tls needs --tls-cert and --tls-key", field="metrics_tls"
         )
+    # The gRPC port's checks, so a bad file is the same one line (exit 2) whichever port reads
+    # it first; /metrics starts first.
+    read_tls_file(security.tls_cert, "tls_cert")
+    read_tls_file(security.tls_key, "tls_key")
+    check_key_pair(security.tls_cert, security.tls_key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(security.tls_cert, security.tls_key)
     if security.tls_client_ca:
-        context.load_verify_locations(security.tls_client_ca)
+        read_tls_file(security.tls_client_ca, "tls_client_ca")
+        try:
+            context.load_verify_locations(security.tls_client_ca)
+        except ssl.SSLError as error:
+            raise InvalidArgumentError(
+                f"tls_client_ca: --tls-client-ca {security.tls_client_ca} is not a PEM "
+                f"certificate ({error.reason or error})",
+                field="tls_client_ca",
+            ) from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

@@ -69,7 +69,7 @@ def test_runs_and_checkpoints_from_the_shell(served: GradientServer) -> None:
         "model_version": 0,
     }
     table = ok("runs", "list", env=env).splitlines()
-    assert table[0].split() == ["RUN", "MODEL", "OPTIMIZER", "VERSION", "LOADED", "BYTES"]
+    assert table[0].split() == ["RUN", "OWNER", "MODEL", "OPTIMIZER", "VERSION", "LOADED", "BYTES"]
     assert [line.split()[0] for line in table[1:]] == ["(default)", "r1"]
     # Aligned: every column starts where its heading does.
     assert table[2].index("mlp:1-4-1:relu") == table[0].index("MODEL")

@@ -150,6 +150,23 @@ def test_an_admin_acts_on_a_principals_runs_with_gradserve_owner(make_server, tm
                                  metadata=alice).model_version == 1  # fmt: skip
 
 
+def test_an_admins_list_tells_two_principals_same_named_runs_apart(make_server, tmp_path) -> None:
+    # Names are per principal: Alice's and Bob's "mine" are two runs, and the admin's ListRuns
+    # (which shows every run) must say whose each is; a principal sees only its own owner.
+    server = make_server(auth_tokens_file=str(tokens_file(tmp_path)))
+    alice, bob, root = who(ALICE), who(BOB), who(ADMIN)
+    channel, stub, _ = stub_for(server)
+    with channel:
+        create(stub, "mine", alice, seed=1)
+        create(stub, "mine", bob, seed=2)
+        listed = stub.ListRuns(pb.ListRunsRequest(), timeout=TIMEOUT, metadata=root).runs
+        assert sorted((r.run, r.owner) for r in listed if r.run) == [
+            ("mine", "alice"), ("mine", "bob")]  # fmt: skip
+        for metadata, owner in ((alice, "alice"), (bob, "bob")):
+            mine = stub.ListRuns(pb.ListRunsRequest(), timeout=TIMEOUT, metadata=metadata).runs
+            assert [(r.run, r.owner) for r in mine if r.run] == [("mine", owner)]
+
+
 class ServerProcess:
     """server/serve.py in a child process, so the test can kill -9 it."""
 

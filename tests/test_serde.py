@@ -216,7 +216,9 @@ def test_graph_node_unknown_kind_names_the_field() -> None:
 
 RUN_TYPES = [
     (
-        RunSummary("alice-1", "mlp:4-8-2", "sgd:momentum=0.9", 7, True, 160, "tiny", "0a" * 32),
+        RunSummary(
+            "alice-1", "mlp:4-8-2", "sgd:momentum=0.9", 7, True, 160, "tiny", "0a" * 32, "alice"
+        ),
         serde_runs.run_summary_to_proto,
         serde_runs.run_summary_from_proto,
     ),

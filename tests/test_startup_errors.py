@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,32 @@ def test_a_tls_key_that_does_not_match_the_certificate(tmp_path: Path) -> None:
         "server/serve.py", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(other_key)
     )
     assert_one_line_exit_2(result, "--tls-key", "does not match")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_a_bad_metrics_tls_certificate_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # /metrics starts first, so its TLS files are the first to be read: an operator's mistake
+    # there is the same one line and exit 2 as on the gRPC port, not an OSError's exit 1.
+    cert, _ = self_signed(tmp_path, "server")
+    _, other_key = self_signed(tmp_path, "other")
+    with socket.socket() as probe:  # a free port for /metrics (0 would mean "no endpoint")
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = str(probe.getsockname()[1])
+    for tls_cert, expected in (
+        (cert, ("--tls-key", "does not match")),
+        (tmp_path / "absent.pem", ("tls_cert", "absent.pem")),
+    ):
+        result = run(
+            "server/serve.py",
+            "--port",
+            "0",
+            "--metrics-port",
+            metrics_port,
+            "--metrics-tls",
+            "true",
+            "--tls-cert",
+            str(tls_cert),
+            "--tls-key",
+            str(other_key),
+        )
+        assert_one_line_exit_2(result, *expected)

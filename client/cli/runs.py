@@ -52,10 +52,11 @@ def list_runs(client: GradientClient, args: argparse.Namespace) -> Answer:
     runs = client.list_runs()
     return Answer(
         runs,
-        ("RUN", "MODEL", "OPTIMIZER", "VERSION", "LOADED", "BYTES"),
+        ("RUN", "OWNER", "MODEL", "OPTIMIZER", "VERSION", "LOADED", "BYTES"),
         [
             (
                 run_label(r.run),
+                r.owner or "-",
                 r.model_spec,
                 r.optimizer,
                 r.model_version,

@@ -43,7 +43,8 @@ def load_tokens(config: SecurityConfig) -> tuple[TokenEntry, ...]:
     return tuple(read_token_entries(config.auth_tokens, config.auth_tokens_file))
 
 
-def _read(path: str, what: str) -> bytes:
+def read_tls_file(path: str, what: str) -> bytes:
+    """A TLS file's bytes, or one line naming the flag that points at a file it cannot read."""
     try:
         return Path(path).read_bytes()
     except OSError as error:
@@ -58,16 +59,18 @@ def server_credentials(config: SecurityConfig) -> grpc.ServerCredentials | None:
         return None
     if not config.tls_key:
         raise InvalidArgumentError("tls: --tls-cert needs --tls-key")
-    chain = _read(config.tls_cert, "tls_cert")
-    key = _read(config.tls_key, "tls_key")
-    client_ca = _read(config.tls_client_ca, "tls_client_ca") if config.tls_client_ca else None
-    _check_key_pair(config.tls_cert, config.tls_key)
+    chain = read_tls_file(config.tls_cert, "tls_cert")
+    key = read_tls_file(config.tls_key, "tls_key")
+    client_ca = (
+        read_tls_file(config.tls_client_ca, "tls_client_ca") if config.tls_client_ca else None
+    )
+    check_key_pair(config.tls_cert, config.tls_key)
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
 
 
-def _check_key_pair(cert: str, key: str) -> None:
+def check_key_pair(cert: str, key: str) -> None:
     """gRPC accepts a key that does not match the certificate and fails later, inside the
     server, with a traceback; OpenSSL (through the ssl module) says so here, in one line."""
     try:

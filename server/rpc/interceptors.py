@@ -9,6 +9,7 @@ a generic INTERNAL (with its ErrorInfo, nothing else).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -239,11 +240,14 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             handled_ok()
             return response
 
-        def stream_in(request: Any, context: grpc.ServicerContext) -> Any:
+        @contextlib.contextmanager
+        def accounted(context: grpc.ServicerContext) -> Iterator[None]:
+            # One outcome for a streamed call, whether it returns (client stream) or yields
+            # (server and bidi streams): its code counted, its status set, its time observed.
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return behavior(checked(request), context)
+                yield
             except GradserveError as error:
                 code = error.code
                 reject(error, context)
@@ -256,22 +260,13 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             finally:
                 finish(context, code, start)
 
+        def stream_in(request: Any, context: grpc.ServicerContext) -> Any:
+            with accounted(context):
+                return behavior(checked(request), context)
+
         def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            with accounted(context):
                 yield from behavior(checked(request), context)
-            except GradserveError as error:
-                code = error.code
-                reject(error, context)
-            except Exception:
-                code = context.code()
-                if code is None or code is grpc.StatusCode.OK:
-                    code = grpc.StatusCode.INTERNAL
-                    fail(context)
-                raise
-            finally:
-                finish(context, code, start)
 
         is_stream_response = kind in ("bidi_stream", "server_stream")
         new_behavior = streaming if is_stream_response else unary if kind == "unary" else stream_in

@@ -301,4 +301,5 @@ def _summary(run: Run, bases: BaseRegistry) -> RunSummary:
         run.parameter_bytes,
         run.spec.base_model,
         bases.digest_of(run.spec.base_model),
+        run.owner,
     )

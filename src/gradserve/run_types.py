@@ -55,6 +55,9 @@ class RunSummary:
     # An adapter run's base model and its digest ("" for a full model).
     base_model: str = ""
     base_model_digest: str = ""
+    # The principal that created it ("" for the default run): names are per principal, and an
+    # admin's list holds every principal's runs.
+    owner: str = ""
 
 
 @dataclass(frozen=True)

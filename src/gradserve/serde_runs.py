@@ -89,6 +89,7 @@ def run_summary_to_proto(summary: RunSummary) -> pb.RunSummary:
         parameter_bytes=summary.parameter_bytes,
         base_model=summary.base_model,
         base_model_digest=summary.base_model_digest,
+        owner=summary.owner,
     )
 
 
@@ -102,6 +103,7 @@ def run_summary_from_proto(message: pb.RunSummary) -> RunSummary:
         parameter_bytes=message.parameter_bytes,
         base_model=message.base_model,
         base_model_digest=message.base_model_digest,
+        owner=message.owner,
     )
 
 

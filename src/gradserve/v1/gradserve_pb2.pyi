@@ -695,7 +695,7 @@ class ListRunsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run", "model_spec", "optimizer", "model_version", "loaded", "parameter_bytes", "base_model", "base_model_digest")
+    __slots__ = ("run", "model_spec", "optimizer", "model_version", "loaded", "parameter_bytes", "base_model", "base_model_digest", "owner")
     RUN_FIELD_NUMBER: _ClassVar[int]
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -704,6 +704,7 @@ class RunSummary(_message.Message):
     PARAMETER_BYTES_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     run: str
     model_spec: str
     optimizer: str
@@ -712,7 +713,8 @@ class RunSummary(_message.Message):
     parameter_bytes: int
     base_model: str
     base_model_digest: str
-    def __init__(self, run: _Optional[str] = ..., model_spec: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., loaded: _Optional[bool] = ..., parameter_bytes: _Optional[int] = ..., base_model: _Optional[str] = ..., base_model_digest: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, run: _Optional[str] = ..., model_spec: _Optional[str] = ..., optimizer: _Optional[str] = ..., model_version: _Optional[int] = ..., loaded: _Optional[bool] = ..., parameter_bytes: _Optional[int] = ..., base_model: _Optional[str] = ..., base_model_digest: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)

@@ -168,7 +168,7 @@ def _rows(base: Path, count: int, steps: int, repeats: int) -> list[Row]:
         with _server(base) as alone:
             alone_tokens, alone_latency = _measure([alone.address], count, steps)
         with ExitStack() as stack:
-            servers = [stack.enter_context(_server(base)) for _ in range(count)]
+            servers = _started([_server(base) for _ in range(count)], stack)
             separate_tokens, _ = _measure([s.address for s in servers], count, steps)
             separate_rss = sum(s.rss_bytes() for s in servers)
         rate.ours.append(tokens)
@@ -180,6 +180,21 @@ def _rows(base: Path, count: int, steps: int, repeats: int) -> list[Row]:
         memory.ours.append(rss / 2**20)
         memory.baseline.append(separate_rss / 2**20)
     return [rate, p99, apart, memory, compute]
+
+
+def _started(servers: list[ServerProcess], stack: ExitStack) -> list[ServerProcess]:
+    """The servers started side by side (each start is mostly waiting on imports), each
+    stopped when `stack` closes."""
+    for server in servers:
+        stack.callback(server.close)
+    threads = [threading.Thread(target=server.__enter__) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if not all(server.address for server in servers):
+        raise RuntimeError("a single-run server did not start")
+    return servers
 
 
 def _in_process(base: Path, count: int, rounds: int = 5) -> tuple[float, float]:
@@ -225,17 +240,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = batching(Settings(quick=args.quick, repeats=args.repeats), args.counts)
+    rows = []
+    for count in args.counts:  # each count's rows as soon as they are measured
+        rows += batching(Settings(quick=args.quick, repeats=args.repeats), [count])
+        _print(rows[-5:])
+    if args.json is not None:
+        args.json.write_text(json.dumps([row.to_json() for row in rows], indent=2))
+    return 0
+
+
+def _print(rows: Sequence[Row]) -> None:
     for row in rows:
         ratios = row.ratios()
         print(
             f"{row.name:45} {statistics.median(row.ours):10.1f} {row.unit:9} "
             f"{row.baseline_name}: {statistics.median(row.baseline):10.1f}  "
-            f"{statistics.median(ratios):.2f}x {row.target}"
+            f"{statistics.median(ratios):.2f}x {row.target}",
+            flush=True,
         )
-    if args.json is not None:
-        args.json.write_text(json.dumps([row.to_json() for row in rows], indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ from bench.concurrency import clients
 from bench.cross_run_batches import batching
 from bench.durability import durability
 from bench.processes import TORCH_THREADS
+from bench.replicas import replicas
 from bench.rows import Row, stats
+from bench.sampling import sampling
 from bench.transfers import params
 from bench.workloads import Settings, mlp, rss, seed
 
@@ -39,6 +41,8 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "clients": clients,
     "rss": rss,
     "durability": durability,
+    "replicas": replicas,
+    "sampling": sampling,
     "batching": batching,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -19,6 +19,7 @@ from gradserve.pass_types import DatasetPass, PassResult
 from gradserve.run_types import (
     CheckpointSummary,
     LoadResult,
+    LoraRequest,
     RunDetails,
     RunSummary,
     SavedCheckpoint,
@@ -280,8 +281,10 @@ class GradientClient:
         from_checkpoint: str | None = None,
         with_optimizer_state: bool = False,
         request_id: str | None = None,
+        base_model: str = "",
+        lora: LoraRequest | None = None,
     ) -> tuple[str, ModelInfo]:
-        """Create run `run`, or fork a checkpoint (RunCalls.create_run)."""
+        """Create run `run`, an adapter run, or fork a checkpoint (RunCalls.create_run)."""
         return self.runs.create_run(
             run,
             model=model,
@@ -291,6 +294,8 @@ class GradientClient:
             from_checkpoint=from_checkpoint,
             with_optimizer_state=with_optimizer_state,
             request_id=request_id,
+            base_model=base_model,
+            lora=lora,
         )
 
     def list_runs(self) -> list[RunSummary]:
@@ -298,14 +303,16 @@ class GradientClient:
         return self.runs.list_runs()
 
     def sample_stream(
-        self, prompt_tokens: Sequence[int], params: SamplingParams
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
     ) -> Iterator[SampleStreamItem]:
         """(model version, event) per step as the server samples (SamplingCalls.sample_stream)."""
-        return self.sampling.sample_stream(prompt_tokens, params)
+        return self.sampling.sample_stream(prompt_tokens, params, checkpoint=checkpoint)
 
-    def sample(self, prompt_tokens: Sequence[int], params: SamplingParams) -> SampleResult:
+    def sample(
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
+    ) -> SampleResult:
         """Every sample of one prompt, whole, and the version drawn from (docs/sampling.md)."""
-        return self.sampling.sample(prompt_tokens, params)
+        return self.sampling.sample(prompt_tokens, params, checkpoint=checkpoint)
 
     def get_run(self, run: str) -> RunDetails:
         """One run this caller may see: its summary, owner, base, checkpoints and datasets."""

@@ -13,7 +13,9 @@ from gradserve import serde_runs
 from gradserve.run_types import (
     CheckpointSummary,
     LoadResult,
+    LoraRequest,
     RunDetails,
+    RunRequest,
     RunSummary,
     SavedCheckpoint,
     StateDigest,
@@ -42,6 +44,8 @@ class RunCalls:
         from_checkpoint: str | None = None,
         with_optimizer_state: bool = False,
         request_id: str | None = None,
+        base_model: str = "",
+        lora: LoraRequest | None = None,
     ) -> tuple[str, ModelInfo]:
         """Create run `run` ("" lets the server name it); returns (its name, its ModelInfo).
 
@@ -49,18 +53,22 @@ class RunCalls:
         checkpoint's). `from_checkpoint`: "RUN/NAME" forks that checkpoint ("/NAME" is the
         default run's); `with_optimizer_state` carries the optimizer's state over too. Raises
         AlreadyExistsError when the name is taken; a retry under the same request_id is
-        answered with the first answer instead."""
-        request = pb.CreateRunRequest(
-            run=run,
-            model=model,
-            loss=loss or "",
-            optimizer=optimizer or "",
-            from_checkpoint=from_checkpoint or "",
-            with_optimizer_state=with_optimizer_state,
-            request_id=request_id or new_request_id(),
+        answered with the first answer instead. `base_model` and `lora`: an adapter run, a
+        LoRA adapter over the operator's base of that name (docs/adapters.md)."""
+        request = serde_runs.run_request_to_proto(
+            RunRequest(
+                run=run,
+                model=model,
+                loss=loss or "",
+                optimizer=optimizer or "",
+                seed=seed,
+                from_checkpoint=from_checkpoint or "",
+                with_optimizer_state=with_optimizer_state,
+                request_id=request_id or new_request_id(),
+                base_model=base_model,
+                lora=lora,
+            )
         )
-        if seed is not None:
-            request.seed = seed
         response = self._channel.call(self._channel.stub.CreateRun, request, run=run)
         return serde_runs.created_run_from_proto(response)
 

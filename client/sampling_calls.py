@@ -22,15 +22,14 @@ class SamplingCalls:
         self._channel = channel
 
     def sample_stream(
-        self,
-        prompt_tokens: Sequence[int],
-        params: SamplingParams,
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
     ) -> Iterator[SampleStreamItem]:
         """(model version, event) pairs as the server produces them: the prompt's
         log-probabilities first when asked, then one SampledStep per decoding step. The
-        client's timeout bounds the whole stream."""
+        client's timeout bounds the whole stream. `checkpoint`: sample the weights of the
+        run's checkpoint of that name (the run is left as it is); "": its current weights."""
         request = serde_sampling.sample_request_to_proto(
-            self._channel.run, list(prompt_tokens), params
+            self._channel.run, list(prompt_tokens), params, checkpoint
         )
         first = True
         for response in self._channel.responses(self._channel.stub.Sample, request):
@@ -39,11 +38,9 @@ class SamplingCalls:
             first = False
 
     def sample(
-        self,
-        prompt_tokens: Sequence[int],
-        params: SamplingParams,
+        self, prompt_tokens: Sequence[int], params: SamplingParams, *, checkpoint: str = ""
     ) -> SampleResult:
         """Every sample, whole: tokens, log-probabilities, stop reasons, the version drawn from."""
-        items = list(self.sample_stream(prompt_tokens, params))
+        items = list(self.sample_stream(prompt_tokens, params, checkpoint=checkpoint))
         version = items[-1][0] if items else 0
         return collect((event for _, event in items), params.num_samples, version)

@@ -147,7 +147,8 @@ def create_server(
     )
     datasets = DatasetRegistry(config.datasets)
     metrics.dataset_bytes.set_function(datasets.held_bytes)
-    add_gradient_service(GradientServicer(runs, limits, PrincipalTable(tokens), datasets), server)
+    servicer = GradientServicer(runs, limits, PrincipalTable(tokens), datasets, config.sampling)
+    add_gradient_service(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

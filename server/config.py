@@ -228,6 +228,38 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class ReplicasConfig:
+    """`--replicas N`: N server processes behind nginx, runs placed by name (server/replicas/)."""
+
+    # Server processes; 1 is one ordinary server and no proxy.
+    count: int = 1
+    # The nginx binary that fronts them (Debian's path; scripts/install-proxy-deps.sh).
+    nginx: str = "/usr/sbin/nginx"
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise InvalidArgumentError("replicas: must be >= 1")
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """The Sample RPC's bounds (server/models/sampling_limits.py checks them, docs/sampling.md);
+    memory counts the KV cache (and prompt logits) of all requests."""
+
+    max_prompt_tokens: int = 4096
+    max_tokens: int = 1024
+    max_samples: int = 64
+    max_concurrent: int = 4
+    max_memory_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for field_name, value in vars(self).items():
+            if value < 1:
+                flat = _RENAMED[("sampling", field_name)]
+                raise InvalidArgumentError(f"{flat}: {value} must be >= 1", field=flat)
+
+
+@dataclass(frozen=True)
 class BatchingConfig:
     """Cross-run batches of adapter runs on one base (docs/batching.md); off while the window
     is 0. A batch closes when every run on the base has a request queued, at the request or
@@ -260,6 +292,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "runs": RunsConfig,
     "datasets": DatasetsConfig,
+    "replicas": ReplicasConfig,
+    "sampling": SamplingLimits,
     "batching": BatchingConfig,
 }
 # Flat names (flags, environment) that are not the field's own name.
@@ -273,6 +307,12 @@ _RENAMED = {
     ("checkpoints", "keep"): "checkpoint_keep",
     ("datasets", "max_bytes"): "max_dataset_bytes",
     ("datasets", "max_per_run"): "max_datasets_per_run",
+    ("replicas", "count"): "replicas",
+    ("sampling", "max_prompt_tokens"): "max_sample_prompt_tokens",
+    ("sampling", "max_tokens"): "max_sample_tokens",
+    ("sampling", "max_samples"): "max_samples_per_request",
+    ("sampling", "max_concurrent"): "max_concurrent_samples",
+    ("sampling", "max_memory_bytes"): "max_sampling_memory_bytes",
 }
 # flat name -> (section, field)
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -293,6 +333,9 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
+    # The Sample RPC's bounds (server/models/sampling_limits.py, docs/sampling.md).
+    sampling: SamplingLimits = field(default_factory=SamplingLimits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
     def with_flat(self, **flat: Any) -> ServerConfig:

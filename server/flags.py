@@ -16,6 +16,8 @@ from .coordination.cross_run_batches import add_batching_flags
 from .datasets.registry import add_dataset_flags
 from .listening import add_listening_flags
 from .metrics_endpoint import add_metrics_flags
+from .models.sampling_limits import add_sampling_flags
+from .replicas.flags import add_replica_flags
 from .store.output_handles import add_output_handle_flags
 
 ENV_MODEL = "GRADSERVE_MODEL"
@@ -345,11 +347,11 @@ def parse_args(
         help=f"async: staler contributions are rejected (ABORTED) or weighted 1/(1+staleness) "
         f"[{ENV_STALE_POLICY}]",
     )
-    add_run_flags(add, env_or, default)
-    add_output_handle_flags(add, env_or, default)
-    add_dataset_flags(add, env_or, default)
-    add_metrics_flags(add, env_or, default)
-    add_batching_flags(add, env_or, default)
+    # The groups whose flags live beside what they configure.
+    groups: list[Callable[..., None]] = [add_run_flags, add_output_handle_flags]
+    groups += [add_dataset_flags, add_metrics_flags, add_replica_flags, add_sampling_flags]
+    for add_group in [*groups, add_batching_flags]:
+        add_group(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{

@@ -1,5 +1,8 @@
 """`python server/serve.py` / `gradserve-server`: run a gradserve server until SIGTERM or SIGINT.
 
+With `--replicas N` (N > 1) this process supervises N servers behind nginx instead
+(server/replicas/supervisor.py).
+
 On the signal: health NOT_SERVING for --drain-seconds while still serving (a second signal
 ends that early), then in-flight calls get --shutdown-grace seconds, then the final checkpoint.
 """
@@ -25,6 +28,7 @@ from gradserve.server.app import create_server, format_address
 from gradserve.server.flags import parse_args
 from gradserve.server.metrics import ServerMetrics
 from gradserve.server.metrics_endpoint import MetricsEndpoint, start_metrics_endpoint
+from gradserve.server.replicas.supervisor import serve_replicas
 
 logger = logging.getLogger("gradserve.server")
 
@@ -35,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.runtime.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if config.replicas.count > 1:
+        # This process supervises; the replicas are servers of their own (docs/scaling.md).
+        return serve_replicas(config, sys.argv[1:] if argv is None else argv)
     if distributed.launched():
         # torchrun: every rank joins; ranks > 0 follow rank 0, which serves gRPC.
         distributed.init_process_group(config)

@@ -1,4 +1,5 @@
-"""A tiny random Llama as a --model-factory (a full run of a transformer), for the Sample tests."""
+"""A tiny random Llama as a --model-factory (a full run of a transformer), for the Sample tests;
+and one whose forwards a test can hold (ForwardGate), for the fairness and cancel tests."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from gradserve.server.models.specs import FactoryModel
 
@@ -32,4 +37,49 @@ def llama_config() -> LlamaConfig:
 def tiny_llama() -> FactoryModel:
     """Weights from the server's seed (the factory is called after torch.manual_seed)."""
     module = AutoModelForCausalLM.from_config(llama_config()).eval()
+    return FactoryModel(module, input_shape=(8,), output_shape=(8, VOCAB), input_dtype=torch.int64)
+
+
+class ForwardGate:
+    """Holds every forward of the gated model while closed, and counts them: lets a test
+    keep Sample calls in progress, inside the server's work, for as long as it needs."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._open = True
+        self.forwards = 0
+        self.waiting = 0
+
+    def pass_through(self) -> None:
+        with self._changed:
+            self.forwards += 1
+            self.waiting += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._open)
+            self.waiting -= 1
+            self._changed.notify_all()
+
+    def set_open(self, is_open: bool) -> None:
+        with self._changed:
+            self._open = is_open
+            self._changed.notify_all()
+
+    def wait_until(self, condition: Callable[[ForwardGate], bool], timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: condition(self), timeout)
+
+
+GATE = ForwardGate()
+
+
+class GatedLlama(LlamaForCausalLM):
+    """The tiny Llama, each forward passing GATE first (shared by the server's copies)."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        GATE.pass_through()
+        return super().forward(*args, **kwargs)
+
+
+def gated_llama() -> FactoryModel:
+    module = GatedLlama(llama_config()).eval()
     return FactoryModel(module, input_shape=(8,), output_shape=(8, VOCAB), input_dtype=torch.int64)

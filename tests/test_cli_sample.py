@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from sampling_factories import EOS
@@ -59,6 +60,24 @@ def test_sample_answers_what_the_client_answers(
             ",".join(str(token) for token in sample.tokens),
             ",".join(f"{value:.4f}" for value in sample.logprobs),
         ]
+
+
+def test_sample_reads_a_named_checkpoint(
+    make_server: ServerFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    server = make_server(model="tinylm", model_factories=FACTORY, checkpoint_dir=str(tmp_path))
+    prompt = ",".join(str(token) for token in PROMPT)
+    common = ("--server", server.address, "--prompt-tokens", prompt, *ARGS, *MORE, "--json")
+    with GradientClient(server.address) as client:
+        client.save_checkpoint("zero")
+        _, values = client.get_parameters()
+        client.set_parameters({name: value + 0.1 for name, value in values.items()})
+        expected = client.sample(PROMPT, PARAMS, checkpoint="zero")
+    assert gradserve_main(["sample", "", *common, "--checkpoint", "zero"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"run": "", **plain(expected)}
+    assert expected.model_version == 0
+    assert gradserve_main(["sample", "", *common, "--checkpoint", "none"]) == 1
+    assert "checkpoint" in capsys.readouterr().err
 
 
 def test_refusals_and_bad_usage_have_the_commands_exit_codes(

@@ -16,7 +16,7 @@ from gradserve import serde_sampling
 from gradserve.client.gradient_client import GradientClient
 from gradserve.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from gradserve.sampling_types import SampledStep, SamplingParams, StopReason
-from gradserve.server.models.sampling_limits import SamplingLimits
+from gradserve.server.config import SamplingLimits
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from tests.conftest import ServerFactory
@@ -195,3 +195,34 @@ def test_32_held_sample_streams_leave_health_and_short_calls_served(
         for call in calls:
             call.cancel()
         channel.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "prompt", "params", "field"),
+    [
+        ({"max_sample_prompt_tokens": 4}, PROMPT, SamplingParams(1, 2), "prompt_tokens"),
+        ({"max_sample_tokens": 3}, PROMPT, SamplingParams(1, 4), "max_tokens"),
+        ({"max_samples_per_request": 2}, PROMPT, SamplingParams(3, 2), "num_samples"),
+        ({"max_sampling_memory_bytes": 1000}, PROMPT, SamplingParams(2, 4), "num_samples"),
+    ],
+)
+def test_the_limits_a_server_is_started_with_refuse_naming_the_field(
+    make_server: ServerFactory,
+    flags: dict[str, int],
+    prompt: list[int],
+    params: SamplingParams,
+    field: str,
+) -> None:
+    """The same request passes a default server (PROMPT has 5 tokens) and is refused by one
+    started with the lower limit, naming the request's field and the flag to raise."""
+    flag = "--" + next(iter(flags)).replace("_", "-")
+    strict = make_server(model="tinylm", model_factories=FACTORY, **flags)
+    with GradientClient(strict.address) as client:
+        with pytest.raises(ResourceExhaustedError) as refused:
+            client.sample(prompt, params)
+        assert refused.value.field == field
+        assert flag in str(refused.value)
+        assert client.model_info().model_version == 0
+    default = make_server(model="tinylm", model_factories=FACTORY)
+    with GradientClient(default.address) as client:
+        assert len(client.sample(prompt, params).samples) == params.num_samples

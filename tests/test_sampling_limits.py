@@ -15,10 +15,12 @@ from test_sampling_engine import PROMPT, tiny_model
 
 from gradserve.errors import GradserveError, InvalidArgumentError, ResourceExhaustedError
 from gradserve.sampling_types import SamplingParams
+from gradserve.server.config import SamplingLimits, ServerConfig
+from gradserve.server.flags import parse_args
 from gradserve.server.models.sampling_limits import (
+    FLAGS,
     LanguageModelShape,
     SamplingAdmission,
-    SamplingLimits,
     check_request,
     kv_cache_bytes,
     request_bytes,
@@ -141,3 +143,26 @@ def test_admission_holds_under_threads() -> None:
             thread.join()
     assert refused == ["max_concurrent_samples"]
     assert admission.running == (0, 0)
+
+
+def test_the_limits_are_server_flags_and_environment() -> None:
+    config = parse_args(
+        [
+            "--max-sample-prompt-tokens=7",
+            "--max-sample-tokens=9",
+            "--max-samples-per-request=3",
+            "--max-concurrent-samples=2",
+        ],
+        environ={"GRADSERVE_MAX_SAMPLING_MEMORY_BYTES": "12345"},
+    )
+    assert config.sampling == SamplingLimits(
+        max_prompt_tokens=7, max_tokens=9, max_samples=3, max_concurrent=2, max_memory_bytes=12345
+    )
+    assert parse_args([], environ={}).sampling == SamplingLimits()
+
+
+@pytest.mark.parametrize("flag", [flag for flag, _, _ in FLAGS.values()])
+def test_a_limit_below_one_is_refused_naming_its_flag(flag: str) -> None:
+    with pytest.raises(InvalidArgumentError) as refused:
+        ServerConfig.from_flat(**{flag: 0})
+    assert refused.value.field == flag

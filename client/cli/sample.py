@@ -35,6 +35,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     sample.add_argument(
         "--prompt-logprobs", action="store_true", help="also the prompt's log-probabilities"
     )
+    sample.add_argument(
+        "--checkpoint", default="", help="sample this checkpoint of the run (default: its weights)"
+    )
     sample.set_defaults(handler=sample_run)
 
 
@@ -56,7 +59,9 @@ def _joined(values: Any, fmt: str) -> str:
 
 
 def sample_run(client: GradientClient, args: argparse.Namespace) -> Answer:
-    result = client.for_run(args.run).sample(args.prompt_tokens, params_from_args(args))
+    result = client.for_run(args.run).sample(
+        args.prompt_tokens, params_from_args(args), checkpoint=args.checkpoint
+    )
     rows: list[tuple[object, ...]] = []
     if result.prompt_logprobs is not None:
         # The first prompt token has no log-probability: nothing precedes it.

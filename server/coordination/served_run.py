@@ -38,13 +38,14 @@ from ..checkpoints.checks import ModelLayout
 from ..checkpoints.durability import GroupCommit
 from ..checkpoints.files import Checkpointer, read_for_load
 from ..checkpoints.names import summaries
-from ..config import CoordinationConfig, LimitsConfig
+from ..checkpoints.sampling_weights import weights_for_sampling
+from ..config import CoordinationConfig, LimitsConfig, SamplingLimits
 from ..datasets.registry import DatasetRegistry
 from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..models.sampling import causal_lm_of, sample
-from ..models.sampling_limits import SamplingLimits, check_request, shape_of
+from ..models.sampling_limits import check_request, shape_of
 from ..models.token_losses import target_logprobs
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
@@ -369,10 +370,11 @@ class ServedRun:
     # -- sampling (docs/sampling.md) -------------------------------------------------------
 
     def check_sample(
-        self, prompt: Sequence[int], params: SamplingParams, limits: SamplingLimits
+        self, prompt: Sequence[int], params: SamplingParams, limits: SamplingLimits, checkpoint: str
     ) -> int:
         """Refuse a request this run cannot serve or that is over a limit, naming the field;
-        answer the bytes it holds while it runs (KV cache and the copy of the weights)."""
+        answer the bytes it holds while it runs (KV cache and the copy of the weights, twice
+        for a named checkpoint: the copy and the checkpoint's tensors read into it)."""
         found = causal_lm_of(self.store.model.module)
         if found is None:
             raise FailedPreconditionError(
@@ -383,14 +385,19 @@ class ServedRun:
         model, _ = found
         element_bytes = next(model.parameters()).element_size()
         needed = check_request(prompt, params, shape_of(model.config, element_bytes), limits)
-        return needed + self.store.parameter_bytes()
+        return needed + self.store.parameter_bytes() * (2 if checkpoint else 1)
 
     def sample(
-        self, prompt: Sequence[int], params: SamplingParams, cancelled: Callable[[], bool]
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancelled: Callable[[], bool],
+        checkpoint: str = "",
     ) -> tuple[int, Iterator[SamplingEvent]]:
-        """(the version sampled, the engine's events) over a copy of the weights taken now:
-        training may step meanwhile; this call's tokens all come from that version."""
-        version, module = self.store.copy_for_sampling()
+        """(the version sampled, the engine's events) over a copy of the weights taken now, or
+        of the run's checkpoint `checkpoint`: training may step meanwhile; this call's tokens
+        all come from that version."""
+        version, module = weights_for_sampling(self.store, self.checkpointer, checkpoint)
         found = causal_lm_of(module)
         if found is None:  # check_sample refused this model already
             raise FailedPreconditionError("run: not a causal language model", field="run")

@@ -13,27 +13,62 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gradserve.errors import InvalidArgumentError, ResourceExhaustedError
 from gradserve.sampling_types import SamplingParams
 
+from ..config import SamplingLimits
+
 # Stop ids are compared every step; more than this is a mistake, not a use.
 MAX_STOP_TOKEN_IDS = 64
 FLOAT32_BYTES = 4
 
 
-@dataclass(frozen=True)
-class SamplingLimits:
-    """The operator's bounds; memory counts the KV cache (and prompt logits) of all requests."""
+# A field of SamplingLimits (server/config.py, ServerConfig.sampling) -> (its flag, as
+# ServerConfig's flat names spell it; its environment variable; the flag's help).
+FLAGS: dict[str, tuple[str, str, str]] = {
+    "max_prompt_tokens": (
+        "max_sample_prompt_tokens",
+        "GRADSERVE_MAX_SAMPLE_PROMPT_TOKENS",
+        "Sample: prompt tokens of one request at most",
+    ),
+    "max_tokens": (
+        "max_sample_tokens",
+        "GRADSERVE_MAX_SAMPLE_TOKENS",
+        "Sample: max_tokens (new tokens per sample) at most",
+    ),
+    "max_samples": (
+        "max_samples_per_request",
+        "GRADSERVE_MAX_SAMPLES_PER_REQUEST",
+        "Sample: num_samples of one request at most",
+    ),
+    "max_concurrent": (
+        "max_concurrent_samples",
+        "GRADSERVE_MAX_CONCURRENT_SAMPLES",
+        "Sample requests running at once; one more is refused RESOURCE_EXHAUSTED",
+    ),
+    "max_memory_bytes": (
+        "max_sampling_memory_bytes",
+        "GRADSERVE_MAX_SAMPLING_MEMORY_BYTES",
+        "bytes of KV cache (and prompt logits, weight copies) across running Sample requests",
+    ),
+}
 
-    max_prompt_tokens: int = 4096
-    max_tokens: int = 1024
-    max_samples: int = 64
-    max_concurrent: int = 4
-    max_memory_bytes: int = 1 << 30
+
+def add_sampling_flags(
+    add: Callable[..., object], env_or: Callable[[str, object], str], default: dict[str, object]
+) -> None:
+    """The flags of SamplingLimits (server/flags.py calls this)."""
+    for flag, variable, text in FLAGS.values():
+        add(
+            "--" + flag.replace("_", "-"),
+            type=int,
+            default=int(env_or(variable, default[flag])),
+            help=f"{text} [{variable}]",
+        )
 
 
 @dataclass(frozen=True)
@@ -86,10 +121,10 @@ def check_request(
     limits: SamplingLimits,
 ) -> int:
     """Refuse what is malformed or over a limit, naming the field; answer the request's bytes."""
-    _check_range("prompt_tokens", len(prompt), 1, limits.max_prompt_tokens)
+    _check_range("prompt_tokens", len(prompt), 1, limits.max_prompt_tokens, "max_prompt_tokens")
     _check_tokens("prompt_tokens", prompt, shape.vocab_size)
-    _check_range("num_samples", params.num_samples, 1, limits.max_samples)
-    _check_range("max_tokens", params.max_tokens, 1, limits.max_tokens)
+    _check_range("num_samples", params.num_samples, 1, limits.max_samples, "max_samples")
+    _check_range("max_tokens", params.max_tokens, 1, limits.max_tokens, "max_tokens")
     if shape.context_length is not None and len(prompt) + params.max_tokens > shape.context_length:
         raise InvalidArgumentError(
             f"max_tokens: {len(prompt)} prompt tokens + {params.max_tokens} exceed the model's "
@@ -104,23 +139,29 @@ def check_request(
         raise InvalidArgumentError(f"top_k: {params.top_k} must be >= 0 (0: off)", field="top_k")
     if not 0 < params.top_p <= 1:
         raise InvalidArgumentError(f"top_p: {params.top_p} is not in (0, 1]", field="top_p")
-    _check_range("stop_token_ids", len(params.stop_token_ids), 0, MAX_STOP_TOKEN_IDS)
+    _check_range("stop_token_ids", len(params.stop_token_ids), 0, MAX_STOP_TOKEN_IDS, "")
     _check_tokens("stop_token_ids", params.stop_token_ids, shape.vocab_size)
     needed = request_bytes(shape, len(prompt), params)
     if needed > limits.max_memory_bytes:
         raise ResourceExhaustedError(
             f"num_samples: {params.num_samples} samples of {len(prompt)} + {params.max_tokens} "
-            f"tokens need {needed} bytes of KV cache, over the server's {limits.max_memory_bytes}",
+            f"tokens need {needed} bytes of KV cache, over the server's {limits.max_memory_bytes} "
+            "(--max-sampling-memory-bytes)",
             field="num_samples",
         )
     return needed
 
 
-def _check_range(field: str, value: int, low: int, high: int) -> None:
+def _check_range(field: str, value: int, low: int, high: int, limit: str) -> None:
+    """`limit`: the SamplingLimits field that sets `high` ("" for a fixed bound); the
+    refusal names the request's field and the server flag the operator may raise."""
     if value < low:
         raise InvalidArgumentError(f"{field}: {value} is below {low}", field=field)
     if value > high:
-        raise ResourceExhaustedError(f"{field}: {value} is over the limit {high}", field=field)
+        flag = f" (--{FLAGS[limit][0].replace('_', '-')})" if limit else ""
+        raise ResourceExhaustedError(
+            f"{field}: {value} is over the limit {high}{flag}", field=field
+        )
 
 
 def _check_tokens(field: str, tokens: Sequence[int], vocab_size: int) -> None:
@@ -152,14 +193,16 @@ class SamplingAdmission:
         with self._lock:
             if self._running >= self._limits.max_concurrent:
                 raise ResourceExhaustedError(
-                    f"max_concurrent_samples: {self._running} sampling requests run already",
+                    f"max_concurrent_samples: {self._running} sampling requests run already "
+                    "(--max-concurrent-samples)",
                     field="max_concurrent_samples",
                     retry_delay=1.0,
                 )
             if self._bytes + nbytes > self._limits.max_memory_bytes:
                 raise ResourceExhaustedError(
                     f"sampling_memory_bytes: {nbytes} more bytes of KV cache would pass the "
-                    f"server's {self._limits.max_memory_bytes} ({self._bytes} held)",
+                    f"server's {self._limits.max_memory_bytes} ({self._bytes} held; "
+                    "--max-sampling-memory-bytes)",
                     field="sampling_memory_bytes",
                     retry_delay=1.0,
                 )

@@ -16,7 +16,8 @@ import grpc
 from gradserve import serde_sampling
 from gradserve.v1 import gradserve_pb2 as pb
 
-from ..models.sampling_limits import SamplingAdmission, SamplingLimits
+from ..config import SamplingLimits
+from ..models.sampling_limits import SamplingAdmission
 from .runs import RunAccess
 
 
@@ -31,10 +32,13 @@ class SamplingRpcs:
     ) -> Iterator[pb.SampleResponse]:
         prompt, params = serde_sampling.sample_request_from_proto(request)
         with self._access.use(request.run, context) as served:
-            needed = served.check_sample(prompt, params, self._limits)
+            needed = served.check_sample(prompt, params, self._limits, request.checkpoint)
             with self._admission.admitted(needed):
                 version, events = served.sample(
-                    prompt, params, cancelled=lambda: not context.is_active()
+                    prompt,
+                    params,
+                    cancelled=lambda: not context.is_active(),
+                    checkpoint=request.checkpoint,
                 )
                 for event in events:
                     yield serde_sampling.sample_event_to_proto(event, version)

@@ -20,9 +20,8 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve.wire_messages import ChunkView
 
-from ..config import LimitsConfig
+from ..config import LimitsConfig, SamplingLimits
 from ..datasets.registry import DatasetRegistry
-from ..models.sampling_limits import SamplingLimits
 from ..runs.principals import PrincipalTable
 from ..runs.registry import RunRegistry
 from .checkpoints import CheckpointRpcs

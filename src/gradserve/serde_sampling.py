@@ -14,10 +14,12 @@ _FROM_PROTO = {value: reason for reason, value in _REASONS.items()}
 
 
 def sample_request_to_proto(
-    run: str, prompt_tokens: list[int], params: SamplingParams
+    run: str, prompt_tokens: list[int], params: SamplingParams, checkpoint: str = ""
 ) -> pb.SampleRequest:
+    """`checkpoint`: a checkpoint of the run by name, whose weights are sampled; "" the run's."""
     return pb.SampleRequest(
         run=run,
+        checkpoint=checkpoint,
         prompt_tokens=prompt_tokens,
         num_samples=params.num_samples,
         max_tokens=params.max_tokens,

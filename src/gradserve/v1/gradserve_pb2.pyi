@@ -969,7 +969,7 @@ class DeleteDatasetResponse(_message.Message):
     def __init__(self, released_bytes: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("run", "prompt_tokens", "num_samples", "max_tokens", "temperature", "top_k", "top_p", "stop_token_ids", "seed", "prompt_logprobs")
+    __slots__ = ("run", "prompt_tokens", "num_samples", "max_tokens", "temperature", "top_k", "top_p", "stop_token_ids", "seed", "prompt_logprobs", "checkpoint")
     RUN_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -980,6 +980,7 @@ class SampleRequest(_message.Message):
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     run: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
     num_samples: int
@@ -990,7 +991,8 @@ class SampleRequest(_message.Message):
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
     seed: int
     prompt_logprobs: bool
-    def __init__(self, run: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., num_samples: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., prompt_logprobs: _Optional[bool] = ...) -> None: ...
+    checkpoint: str
+    def __init__(self, run: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., num_samples: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., prompt_logprobs: _Optional[bool] = ..., checkpoint: _Optional[str] = ...) -> None: ...
 
 class SampleStop(_message.Message):
     __slots__ = ("sample", "reason")

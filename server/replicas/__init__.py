@@ -1,0 +1,1 @@
+"""`gradserve-server --replicas N`: N server processes behind nginx, each run on one of them."""

@@ -364,3 +364,18 @@ def test_batching_flags_and_environment_fill_the_batching_section() -> None:
     assert parse_args([], {}).batching.batch_window_seconds == 0.0  # off by default
     with pytest.raises(InvalidArgumentError, match="batch_max_tokens"):
         parse_args(["--batch-max-tokens", "0"], {})
+
+
+def test_a_large_vocabulary_lowers_the_batch_token_bound_to_one_request_logits() -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from gradserve.server.batch_metrics import BatchMetrics  # noqa: PLC0415
+    from gradserve.server.config import BatchingConfig  # noqa: PLC0415
+    from gradserve.server.coordination.cross_run_batches import BaseBatcher  # noqa: PLC0415
+
+    config = BatchingConfig(batch_window_seconds=1.0, batch_max_tokens=16_384)
+    metrics = BatchMetrics(CollectorRegistry())
+    module = torch.nn.Linear(1, 1)
+    # float32 logits and their log-softmax, 8 bytes a token and entry, within 1 GiB.
+    assert BaseBatcher("big", module, 1 << 20, config, metrics).max_tokens == 128
+    assert BaseBatcher("small", module, 1024, config, metrics).max_tokens == 16_384

@@ -28,6 +28,7 @@ from ..config import BatchingConfig
 from ..models.batched_lora import Gradients, MemberBatch, batched_gradients
 from ..models.lora import LoraAdapter
 from ..models.model import LossFunction
+from ..models.token_losses import MAX_LOGITS_BYTES
 from ..store.shared_compute import BatchNote
 from .fair_queue import FairQueue
 
@@ -57,11 +58,18 @@ class BaseBatcher:
     """The queue and the batches of one base's adapter runs."""
 
     def __init__(
-        self, name: str, base: nn.Module, config: BatchingConfig, metrics: BatchMetrics
+        self,
+        name: str,
+        base: nn.Module,
+        vocab_size: int,
+        config: BatchingConfig,
+        metrics: BatchMetrics,
     ) -> None:
         self.name = name
         self._base = base
         self._config = config
+        # A batch's logits (and their log-softmax) stay within what one request's may hold.
+        self.max_tokens = max(1, min(config.batch_max_tokens, MAX_LOGITS_BYTES // (8 * vocab_size)))
         self._metrics = metrics
         self._lock = threading.Lock()
         # Only the leader waits on it, for arrivals; every other waiter on its own ticket's
@@ -143,13 +151,13 @@ class BaseBatcher:
             full = (
                 len(queue) >= self.members
                 or len(queue) >= config.batch_max_requests
-                or queue.tokens >= config.batch_max_tokens
+                or queue.tokens >= self.max_tokens
             )
             remaining = oldest.arrived + config.batch_window_seconds - time.monotonic()
             if full or remaining <= 0:
                 break
             self._arrivals.wait(remaining)
-        batch = queue.take(config.batch_max_requests, config.batch_max_tokens)
+        batch = queue.take(config.batch_max_requests, self.max_tokens)
         for ticket in batch:
             ticket.batches_waited = self._started - ticket.started_before
         self._started += 1
@@ -202,11 +210,11 @@ class BatchMember:
         targets: torch.Tensor,
         loss_function: LossFunction,
     ) -> tuple[float, Gradients, BatchNote] | None:
-        batcher, config = self._batcher, self._batcher._config
+        batcher = self._batcher
         tokens = int(inputs.numel())
         alone = (
             batcher.members < 2
-            or tokens > config.batch_max_tokens
+            or tokens > batcher.max_tokens
             or not isinstance(module, LoraAdapter)
             or not module.causal_lm
             or module.config.dropout > 0  # its masks would be drawn in another order
@@ -240,14 +248,16 @@ class CrossRunBatches:
     def enabled(self) -> bool:
         return self._config.batch_window_seconds > 0
 
-    def member(self, base_name: str, base: nn.Module, principal: str) -> BatchMember | None:
+    def member(
+        self, base_name: str, base: nn.Module, vocab_size: int, principal: str
+    ) -> BatchMember | None:
         """A run's membership of its base's batches; None while batching is off."""
         if not self.enabled:
             return None
         with self._lock:
             batcher = self._batchers.get(base_name)
             if batcher is None:
-                batcher = BaseBatcher(base_name, base, self._config, self._metrics)
+                batcher = BaseBatcher(base_name, base, vocab_size, self._config, self._metrics)
                 self._batchers[base_name] = batcher
         return batcher.member(principal)
 

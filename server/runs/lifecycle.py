@@ -284,7 +284,8 @@ class RunBuilder:
         )
         if base is not None and run.spec.lora is not None and base.vocab_size is not None:
             # Its ComputeGradients may share a forward with other runs' on the base.
-            store.shared_compute = self.batches.member(base.name, base.module, run.owner)
+            member = self.batches.member(base.name, base.module, base.vocab_size, run.owner)
+            store.shared_compute = member
         checkpointer = None
         directory = self.directory(run)
         if directory is not None:

@@ -50,6 +50,7 @@ from ..models.sampling_limits import check_request, shape_of
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
 from ..store.pass_runs import PassSteps
+from ..store.shared_compute import OnBatched
 from ..store.store_state import StoreState
 from .asynchronous import AsyncUpdates
 from .sync import SyncUpdates
@@ -89,6 +90,14 @@ class ServedRun:
         # --durability sync (server/checkpoints/durability.py): changes wait for their checkpoint.
         self.durability: GroupCommit | None = None
 
+    def release(self) -> None:
+        """The run is unloaded or deleted: its durability waiters end, its base's batches
+        stop waiting for it."""
+        if self.durability is not None:
+            self.durability.close()
+        if self.store.shared_compute is not None:
+            self.store.shared_compute.leave()
+
     def durable(self, result: T) -> T:
         """`result` once the change behind it is on disk (a no-op unless --durability sync).
         Called after the store's lock is released, so waiters share one save."""
@@ -109,7 +118,9 @@ class ServedRun:
         batch_loss: BatchLoss | None = None,
         seed: int | None = None,
         return_logprobs: bool = False,
+        on_batched: OnBatched | None = None,
     ) -> GradientResult:
+        """`on_batched`: told how the batch ran when it shared a cross-run batch."""
         if return_logprobs:  # answered by a token loss (GradientResult.logprobs)
             batch_loss = logprobs_choice(self.store.model, batch_loss)
         seen: list[float] = []
@@ -122,6 +133,7 @@ class ServedRun:
             max_response_bytes=self.limits.max_message_bytes,
             batch_loss=batch_loss,
             seed=seed,
+            on_batched=on_batched,
         )
         return self._recorded(result, seen)
 

@@ -13,7 +13,7 @@ import torch
 from helpers import TIMEOUT, decoded
 from llm_bases import VOCAB, tiny_llama
 
-from gradserve.codec import tensor_to_proto
+from gradserve.codec import tensor_from_proto, tensor_to_proto
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -61,8 +61,11 @@ def _request(run: str, index: int, step: int, weighted: bool) -> pb.ComputeGradi
         weights[torch.rand(2, length, generator=generator) < 0.3] = 0.0
         fields["sample_weights"] = tensor_to_proto(weights)
         fields["loss"] = pb.LossSpec(name="cross_entropy")
-    # Gradients back on even steps (autograd.grad); odd steps take the backward() path alone.
-    return pb.ComputeGradientsRequest(run=run, return_gradients=step % 2 == 0, **fields)  # type: ignore[arg-type]
+    # Gradients back on even steps (autograd.grad); odd steps take the backward() path alone
+    # and ask for the per-token logprobs (each run's loss answers its own rows').
+    return pb.ComputeGradientsRequest(
+        run=run, return_gradients=step % 2 == 0, return_logprobs=step % 2 == 1, **fields
+    )  # type: ignore[arg-type]
 
 
 Record = dict[str, list]  # type: ignore[type-arg]
@@ -71,13 +74,15 @@ Record = dict[str, list]  # type: ignore[type-arg]
 def _steps(
     stub: Stub, run: str, index: int, weighted: bool, before: Callable[[], object]
 ) -> Record:
-    record: Record = {"losses": [], "gradients": [], "batched": []}
+    record: Record = {"losses": [], "gradients": [], "batched": [], "logprobs": []}
     for step in range(STEPS):
         before()
         request = _request(run, index, step, weighted)
         response, call = stub.ComputeGradients.with_call(request, timeout=TIMEOUT + WINDOW)
         record["losses"].append(response.loss)
         record["gradients"].append(decoded(response.gradients))
+        if response.HasField("logprobs"):
+            record["logprobs"].append(tensor_from_proto(response.logprobs).clone())
         trailing = dict(call.trailing_metadata() or ())
         record["batched"].append(int(trailing.get("gradserve-batch-requests", "1")))
         stub.ApplyUpdate(pb.ApplyUpdateRequest(run=run, learning_rate=0.01), timeout=TIMEOUT)
@@ -105,6 +110,9 @@ def _threads(count: int, work: Callable[[int], None]) -> None:
 
 def _assert_same(mine: Record, alone: Record) -> None:
     assert mine["losses"] == alone["losses"]
+    assert len(mine["logprobs"]) == len(alone["logprobs"]) == STEPS // 2
+    for ours, theirs in zip(mine["logprobs"], alone["logprobs"], strict=True):
+        assert torch.equal(ours, theirs)
     for ours, theirs in zip(mine["gradients"], alone["gradients"], strict=True):
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[name], theirs[name]) for name in ours)

@@ -290,9 +290,8 @@ class SamplingLimits:
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """Cross-run batches of adapter runs on one base (docs/batching.md); off while the window
-    is 0. A batch closes when every run on the base has a request queued, at the request or
-    token bound, or when its oldest request has waited the window."""
+    """Cross-run batches of adapter runs on one base, off while the window is 0; when a batch
+    closes: docs/batching.md."""
 
     batch_window_seconds: float = 0.0
     batch_max_requests: int = 16

@@ -25,6 +25,7 @@ import grpc
 import torch
 
 from bench.concurrency import clients
+from bench.cross_run_batches import batching
 from bench.durability import durability
 from bench.lora_server import lora
 from bench.processes import TORCH_THREADS
@@ -46,6 +47,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "replicas": replicas,
     "sampling": sampling,
     "tinker": tinker_round,
+    "batching": batching,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -288,6 +288,28 @@ class SamplingLimits:
                 raise InvalidArgumentError(f"{flat}: {value} must be >= 1", field=flat)
 
 
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Cross-run batches of adapter runs on one base, off while the window is 0; when a batch
+    closes: docs/batching.md."""
+
+    batch_window_seconds: float = 0.0
+    batch_max_requests: int = 16
+    batch_max_tokens: int = 16_384
+    # The queue of one base, refused past these (RESOURCE_EXHAUSTED with RetryInfo).
+    batch_queue_requests: int = 256
+    batch_queue_bytes: int = 64 * MIB
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.batch_window_seconds <= 10:
+            raise InvalidArgumentError("batch_window_seconds: must be in [0, 10]")
+        for name in ("batch_max_requests", "batch_max_tokens", "batch_queue_requests"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"{name}: must be >= 1")
+        if self.batch_queue_bytes < 0:
+            raise InvalidArgumentError("batch_queue_bytes: must be >= 0")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "network": NetworkConfig,
     "limits": LimitsConfig,
@@ -301,6 +323,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "replicas": ReplicasConfig,
     "sampling": SamplingLimits,
     "tinker": TinkerConfig,
+    "batching": BatchingConfig,
 }
 # Flat names (flags, environment) that are not the field's own name.
 _RENAMED = {
@@ -345,6 +368,7 @@ class ServerConfig:
     # The Sample RPC's bounds (server/models/sampling_limits.py, docs/sampling.md).
     sampling: SamplingLimits = field(default_factory=SamplingLimits)
     tinker: TinkerConfig = field(default_factory=TinkerConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
 
     def with_flat(self, **flat: Any) -> ServerConfig:
         """A copy with settings given by their flat (flag) names applied, e.g.

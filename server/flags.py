@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .config import ServerConfig, flat_defaults
+from .coordination.cross_run_batches import add_batching_flags
 from .datasets.registry import add_dataset_flags
 from .listening import add_listening_flags
 from .metrics_endpoint import add_metrics_flags
@@ -347,13 +348,11 @@ def parse_args(
         help=f"async: staler contributions are rejected (ABORTED) or weighted 1/(1+staleness) "
         f"[{ENV_STALE_POLICY}]",
     )
-    add_run_flags(add, env_or, default)
-    add_output_handle_flags(add, env_or, default)
-    add_dataset_flags(add, env_or, default)
-    add_metrics_flags(add, env_or, default)
-    add_replica_flags(add, env_or, default)
-    add_sampling_flags(add, env_or, default)
-    add_tinker_flags(add, env_or, default)
+    # The groups whose flags live beside what they configure.
+    groups: list[Callable[..., None]] = [add_run_flags, add_output_handle_flags]
+    groups += [add_dataset_flags, add_metrics_flags, add_replica_flags, add_sampling_flags]
+    for add_group in [*groups, add_tinker_flags, add_batching_flags]:
+        add_group(add, env_or, default)
     args = parser.parse_args(argv)
     return ServerConfig.from_flat(
         **{

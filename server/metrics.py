@@ -23,6 +23,8 @@ from gradserve.defaults import SERVICE_METHODS, SERVICE_NAME
 from gradserve.runtime_metrics import register_runtime_collectors
 from gradserve.types import GradientResult, SetResult, TrainResult, UpdateResult
 
+from .batch_metrics import BatchMetrics
+
 logger = logging.getLogger(__name__)
 
 # The method label takes values from this closed set alone: a client can call any path it
@@ -70,6 +72,8 @@ class ServerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         register_runtime_collectors(self.registry)
         r = self.registry
+        # Cross-run batches, by base (batch_metrics.py).
+        self.batches = BatchMetrics(r)
         self.handled = Counter(
             "grpc_server_handled_total",
             "RPCs completed on the server, by method and status code.",

@@ -38,19 +38,18 @@ from ..checkpoints.checks import ModelLayout
 from ..checkpoints.durability import GroupCommit
 from ..checkpoints.files import Checkpointer, read_for_load
 from ..checkpoints.names import summaries
-from ..checkpoints.sampling_weights import weights_for_sampling
 from ..config import CoordinationConfig, LimitsConfig, SamplingLimits
 from ..datasets.registry import DatasetRegistry
 from ..datasets.uploads import upload_dataset
 from ..metrics import RunMetrics, ServerMetrics
 from ..models.hyperparameters import NO_OVERRIDES, Hyperparameters
 from ..models.losses import logprobs_choice
-from ..models.sampling import causal_lm_of, sample
-from ..models.sampling_limits import check_request, shape_of
 from ..store.output_handles import HandleBounds
 from ..store.parameter_store import ParameterStore
 from ..store.pass_runs import PassSteps
+from ..store.shared_compute import OnBatched
 from ..store.store_state import StoreState
+from . import run_sampling
 from .asynchronous import AsyncUpdates
 from .sync import SyncUpdates
 from .update_policy import DirectUpdates, UpdateCall, UpdatePolicy
@@ -89,6 +88,14 @@ class ServedRun:
         # --durability sync (server/checkpoints/durability.py): changes wait for their checkpoint.
         self.durability: GroupCommit | None = None
 
+    def release(self) -> None:
+        """The run is unloaded or deleted: its durability waiters end, its base's batches
+        stop waiting for it."""
+        if self.durability is not None:
+            self.durability.close()
+        if self.store.shared_compute is not None:
+            self.store.shared_compute.leave()
+
     def durable(self, result: T) -> T:
         """`result` once the change behind it is on disk (a no-op unless --durability sync).
         Called after the store's lock is released, so waiters share one save."""
@@ -109,7 +116,9 @@ class ServedRun:
         batch_loss: BatchLoss | None = None,
         seed: int | None = None,
         return_logprobs: bool = False,
+        on_batched: OnBatched | None = None,
     ) -> GradientResult:
+        """`on_batched`: told how the batch ran when it shared a cross-run batch."""
         if return_logprobs:  # answered by a token loss (GradientResult.logprobs)
             batch_loss = logprobs_choice(self.store.model, batch_loss)
         seen: list[float] = []
@@ -122,6 +131,7 @@ class ServedRun:
             max_response_bytes=self.limits.max_message_bytes,
             batch_loss=batch_loss,
             seed=seed,
+            on_batched=on_batched,
         )
         return self._recorded(result, seen)
 
@@ -358,25 +368,14 @@ class ServedRun:
         uploaded = upload_dataset(header, data, self.store.model, datasets, owner)
         return uploaded.dataset.summary(uploaded.unchanged, uploaded.replaced)
 
-    # -- sampling (docs/sampling.md) -------------------------------------------------------
+    # -- sampling (docs/sampling.md; the work is in run_sampling.py) --------------------------
 
     def check_sample(
         self, prompt: Sequence[int], params: SamplingParams, limits: SamplingLimits, checkpoint: str
     ) -> int:
         """Refuse a request this run cannot serve or that is over a limit, naming the field;
-        answer the bytes it holds while it runs (KV cache and the copy of the weights, twice
-        for a named checkpoint: the copy and the checkpoint's tensors read into it)."""
-        found = causal_lm_of(self.store.model.module)
-        if found is None:
-            raise FailedPreconditionError(
-                f"run: its model {self.store.model.spec!r} is not a causal language model; "
-                "Sample needs one (a transformers model or an adapter over one)",
-                field="run",
-            )
-        model, _ = found
-        element_bytes = next(model.parameters()).element_size()
-        needed = check_request(prompt, params, shape_of(model.config, element_bytes), limits)
-        return needed + self.store.parameter_bytes() * (2 if checkpoint else 1)
+        answer the bytes it holds while it runs."""
+        return run_sampling.request_bytes(self.store, prompt, params, limits, checkpoint)
 
     def sample(
         self,
@@ -386,11 +385,12 @@ class ServedRun:
         checkpoint: str = "",
     ) -> tuple[int, Iterator[SamplingEvent]]:
         """(the version sampled, the engine's events) over a copy of the weights taken now, or
-        of the run's checkpoint `checkpoint`: training may step meanwhile; this call's tokens
-        all come from that version."""
-        version, module = weights_for_sampling(self.store, self.checkpointer, checkpoint)
-        found = causal_lm_of(module)
-        if found is None:  # check_sample refused this model already
-            raise FailedPreconditionError("run: not a causal language model", field="run")
-        model, context = found
-        return version, sample(model, prompt, params, context=context, cancelled=cancelled)
+        of the run's checkpoint `checkpoint`: training may step meanwhile."""
+        return run_sampling.sample_run(
+            self.store,
+            self.checkpointer,
+            prompt,
+            params,
+            cancelled=cancelled,
+            checkpoint=checkpoint,
+        )

@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -34,7 +34,19 @@ FIELD = "lora"
 # Bound on what one adapter may ask for before anything is allocated.
 MAX_RANK = 1024
 
-_ACTIVE: ContextVar[LoraAdapter | None] = ContextVar("gradserve_active_lora", default=None)
+
+class ActiveAdapters(Protocol):
+    """What a hook asks of the active adapter: one LoraAdapter, or a cross-run batch's
+    adapters over row segments (server/models/batched_lora.py)."""
+
+    base_id: int
+
+    def added(self, name: str, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor | None:
+        """The layer `name`'s output with the adapter(s) added, None to leave it as it is."""
+        ...
+
+
+_ACTIVE: ContextVar[ActiveAdapters | None] = ContextVar("gradserve_active_lora", default=None)
 # Set on a base whose linear layers carry the hook (a base is attached once).
 _ATTACHED_ATTRIBUTE = "_gradserve_lora_hooks"
 
@@ -218,14 +230,13 @@ class LoraAdapter(nn.Module):
                 return self.base(inputs)  # type: ignore[no-any-return]
             return self.base(input_ids=inputs, attention_mask=attention_mask).logits  # type: ignore[no-any-return]
 
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
+    def applied(self) -> contextlib.AbstractContextManager[None]:
         """Within it, forwards of the base in this thread (and its context) add this adapter."""
-        token = _ACTIVE.set(self)
-        try:
-            yield
-        finally:
-            _ACTIVE.reset(token)
+        return activated(self)
+
+    def added(self, name: str, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor | None:
+        """The hook's answer: this adapter's delta where it targets `name`."""
+        return self.delta(name, inputs, outputs) if name in self.lora_a else None
 
     def delta(self, name: str, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """PEFT's lora.Linear.forward after the base layer, for one module."""
@@ -237,6 +248,16 @@ class LoraAdapter(nn.Module):
             self.config.scaling
         )
         return added.to(outputs.dtype)
+
+
+@contextlib.contextmanager
+def activated(active: ActiveAdapters) -> Iterator[None]:
+    """Within it, forwards of its base in this thread (and its context) add `active`."""
+    token = _ACTIVE.set(active)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 def _container(root: nn.Module, path: str) -> nn.Module:
@@ -278,11 +299,11 @@ def _hook(base_id: int, name: str) -> Any:
     def add_active_adapter(
         module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
     ) -> torch.Tensor | None:
-        adapter = _ACTIVE.get()
+        active = _ACTIVE.get()
         # An adapter active while another base runs (same module names) adds nothing there.
-        if adapter is None or adapter.base_id != base_id or name not in adapter.lora_a:
+        if active is None or active.base_id != base_id:
             return None
-        return adapter.delta(name, args[0], output)
+        return active.added(name, args[0], output)
 
     return add_active_adapter
 

@@ -25,6 +25,7 @@ from gradserve.serde_passes import pass_response_to_proto
 from gradserve.types import DatasetBatch
 from gradserve.v1 import gradserve_pb2 as pb
 
+from ..store.shared_compute import BatchNote, batch_note_metadata
 from .datasets import DatasetRpcs
 from .runs import RunAccess
 
@@ -65,6 +66,7 @@ class TrainingRpcs:
         if named is None:
             inputs = self._batch(request.inputs, "inputs")
             targets = self._batch(request.targets, "targets")
+        notes: list[BatchNote] = []
         with self._access.use(request.run, context) as served:
             if named is not None:
                 inputs, targets = self._datasets.batches(request.run, context)(named, "dataset")
@@ -77,7 +79,10 @@ class TrainingRpcs:
                 batch_loss=batch_loss_from_proto(request, max_elements=self._max_elements),
                 seed=optional(request, "seed"),
                 return_logprobs=request.return_logprobs,
+                on_batched=notes.append,
             )
+        if notes:
+            context.set_trailing_metadata(batch_note_metadata(notes[0]))
         response = serde.gradient_result_to_proto(result)
         if request.return_logprobs and result.logprobs is not None:
             tensor_into_proto(result.logprobs, response.logprobs)

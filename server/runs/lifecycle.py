@@ -24,6 +24,7 @@ from gradserve.names import is_name
 from ..checkpoints.durability import GroupCommit
 from ..checkpoints.files import Checkpointer, list_checkpoints
 from ..config import ModelConfig, ServerConfig
+from ..coordination.cross_run_batches import CrossRunBatches
 from ..coordination.served_run import ServedRun
 from ..metrics import ServerMetrics
 from ..models.adapter_models import BaseRegistry, adapter_bytes, adapter_model
@@ -163,8 +164,7 @@ class Run:
                     logger.warning("run %s stays loaded: %s", self.name, error)
                     return
                 self.checkpointer.close()
-            if self.served.durability is not None:
-                self.served.durability.close()
+            self.served.release()
             self.served = self.checkpointer = None
         logger.info("unloaded idle run %s at version %d", self.name, self._version)
 
@@ -181,8 +181,8 @@ class Run:
     def discard(self) -> None:
         """Forget the model without saving (the run is being deleted)."""
         with self.lock:
-            if self.served is not None and self.served.durability is not None:
-                self.served.durability.close()
+            if self.served is not None:
+                self.served.release()
             if self.checkpointer is not None:
                 self.checkpointer.close()
             self.served = self.checkpointer = None
@@ -209,6 +209,8 @@ class RunBuilder:
         self._store_factory = store_factory
         root = config.checkpoints.directory
         self.root = Path(root) if root else None
+        # Cross-run batches per base (docs/batching.md), made when a base's runs load.
+        self.batches = CrossRunBatches(config.batching, metrics.batches)
         # Loaded once, shared by every adapter run on them (never written).
         self.bases = BaseRegistry.load(
             config.model.base_models,
@@ -275,8 +277,9 @@ class RunBuilder:
 
     def _load(self, run: Run, *, restore: bool) -> tuple[ServedRun, Checkpointer | None]:
         config = self.model_config(run.spec) if run.name else self.config.model
-        if run.spec.base_model and run.spec.lora is not None:
-            model = adapter_model(self.bases.get(run.spec.base_model), run.spec.lora)
+        base = self.bases.get(run.spec.base_model) if run.spec.base_model else None
+        if base is not None and run.spec.lora is not None:
+            model = adapter_model(base, run.spec.lora)
             adapter = sum(p.numel() * p.element_size() for p in model.module.parameters())
             run.optimizer_bytes = self.adapter_optimizer_bytes(run.spec, adapter)
         else:
@@ -290,6 +293,10 @@ class RunBuilder:
             request_id_window=limits.request_id_window,
             request_id_window_bytes=limits.request_id_window_bytes,
         )
+        if base is not None and run.spec.lora is not None and base.vocab_size is not None:
+            # Its ComputeGradients may share a forward with other runs' on the base.
+            member = self.batches.member(base.name, base.module, base.vocab_size, run.owner)
+            store.shared_compute = member
         checkpointer = None
         directory = self.directory(run)
         if directory is not None:

@@ -16,6 +16,7 @@ import torch
 
 from gradserve.graph_types import GraphDescription
 from gradserve.types import (
+    DiscardResult,
     EvaluationResult,
     ModelInfo,
     SetResult,
@@ -41,6 +42,13 @@ class ModelAccess:
     def __init__(self, state: LiveState, drop_gradients: Callable[[], None]) -> None:
         self._state = state
         self._drop_gradients = drop_gradients
+
+    def discard_gradients(self) -> DiscardResult:
+        state = self._state
+        with state.lock:
+            discarded = state.accumulated_batches
+            self._drop_gradients()
+            return DiscardResult(discarded_batches=discarded, model_version=state.version)
 
     def parameter_bytes(self) -> int:
         """Bytes of the model's parameters and buffers (what a run costs in memory)."""

@@ -11,11 +11,13 @@ ComputeGradients as the local loop runs them, checked once), state_transfer.py (
 and out), output_passes.py (ComputeOutputs, BackwardOutputs), model_access.py (evaluation,
 parameters, info, the graph), pass_runs.py (dataset passes). Plain helpers: accumulation.py
 (one batch into .grad, checked), updates.py (the step's arithmetic), train_steps.py (Train's
-checks), parameter_access.py (parameter checks), request_ids.py (replays).
+checks), parameter_access.py (parameter checks), request_ids.py (replays); shared_compute.py
+(an adapter run's batches computed with other runs' on the same base, when its builder sets it).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -24,7 +26,6 @@ import torch
 from gradserve.errors import FailedPreconditionError
 from gradserve.types import (
     BatchLoss,
-    DiscardResult,
     GradientResult,
     OutputsResult,
     Reduction,
@@ -51,6 +52,7 @@ from .output_passes import OutputPasses
 from .parameter_access import check_names
 from .pass_runs import PassRuns
 from .request_ids import DEFAULT_WINDOW_BYTES, RequestIdWindow, check_request_id
+from .shared_compute import OnBatched, SharedCompute, accumulate_shared
 from .state_transfer import StateTransfer
 from .train_steps import check_steps
 from .updates import StepRollback, check_update
@@ -116,6 +118,7 @@ class ParameterStore:
         # evaluation, parameters, info, the graph,
         access = self._access
         self.parameter_bytes = access.parameter_bytes
+        self.discard_gradients = access.discard_gradients
         self.copy_for_sampling = access.copy_for_sampling
         self.evaluate = access.evaluate
         self.read_parameters = access.read_parameters
@@ -127,6 +130,8 @@ class ParameterStore:
         self.train_pass = self._passes.train_pass
         # --checkpoint-every-updates inside a request (cadence.py; checkpoints/files.py sets it).
         self.update_cadence: Cadence | None = None
+        # Cross-run batches of an adapter run's ComputeGradients (the run's builder sets it).
+        self.shared_compute: SharedCompute | None = None
 
     # Read without the lock only where one int is enough (metrics gauges); anything that
     # needs a consistent view goes through snapshot() or holds the lock.
@@ -172,13 +177,15 @@ class ParameterStore:
         max_response_bytes: int | None = None,
         batch_loss: BatchLoss | None = None,
         seed: int | None = None,
+        on_batched: OnBatched | None = None,
     ) -> GradientResult:
         """`weigh(version)` gives the factor for what is added to .grad (async mode's
         staleness check and down-weighting), called under the lock when the batch runs, not
         for a replay; the loss and the returned gradients are the batch's own. With
         `return_gradients`, a response over `max_response_bytes` is refused before any work.
         `batch_loss`: this batch's own loss and weights (server/models/losses.py); None: the run's;
-        `seed`: its forward's random ops (randomness.py)."""
+        `seed`: its forward's random ops (randomness.py); `on_batched`: told how it ran when
+        `shared_compute` ran it in a cross-run batch."""
         check_request_id(request_id)
         self.local_only("seed", when=seed is not None)
         state = self._state
@@ -193,20 +200,20 @@ class ParameterStore:
 
         def run() -> GradientResult:
             weight = 1.0 if weigh is None else weigh(state.version)
+            # Other runs' batches on the same base may share its forward (shared_compute.py).
+            shared = self.shared_compute if seed is None else None
+            add = functools.partial(self._add, batch_size=batch_size, weight=weight)
+            batch = (inputs, targets)
+            computed = accumulate_shared(state, shared, batch, function, add, on_batched=on_batched)
             # The batch's own gradients (to return, or to weigh) need autograd.grad.
             plain = weight == 1.0 and function is None and seed is None
-            if self._optimistic and plain and not return_gradients:
+            if computed is None and self._optimistic and plain and not return_gradients:
                 fast = self._optimistic_runs.accumulate_optimistically(inputs, targets, batch_size)
-                if fast is not None:
-                    return GradientResult(
-                        loss=fast,
-                        batch_size=batch_size,
-                        accumulated_batches=state.accumulated_batches,
-                        accumulated_samples=state.accumulated_samples,
-                        model_version=state.version,
-                    )
-            with seeded(seed, state.device):
-                loss, gradients = self._accumulate(inputs, targets, batch_size, weight, function)
+                computed = None if fast is None else (fast, ())
+            if computed is None:
+                with seeded(seed, state.device):
+                    computed = self._accumulate(inputs, targets, batch_size, weight, function)
+            loss, gradients = computed
             own: dict[str, torch.Tensor] = {}
             if return_gradients:
                 own = {
@@ -373,13 +380,6 @@ class ParameterStore:
         state.accumulated_samples = 0
         self.compute_strategy.stepped(learning_rate, reduction, hyperparameters, max_grad_norm)
         return result
-
-    def discard_gradients(self) -> DiscardResult:
-        state = self._state
-        with state.lock:
-            discarded = state.accumulated_batches
-            self._drop_gradients()
-            return DiscardResult(discarded_batches=discarded, model_version=state.version)
 
     def _drop_gradients(self) -> None:
         """Then the strategy's part (the other ranks take rank 0's parameters)."""

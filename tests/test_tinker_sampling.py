@@ -182,3 +182,22 @@ def test_a_tinker_sample_and_a_grpc_sample_count_against_one_admission(
     prompt = types.ModelInput.from_ints(PROMPT)
     answer = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2, temperature=0.0))
     assert len(answer.result().sequences[0].tokens) == 2
+
+
+def test_a_hostile_sampler_name_is_refused_and_writes_nothing(
+    make_server, make_stub, tmp_path: Path
+) -> None:
+    # The name becomes a checkpoint's name (sampler-NAME) under the run's own folder: one that
+    # climbs out, nests or overflows is refused by the one name grammar, and no file appears.
+    checkpoints = tmp_path / "checkpoints"
+    running, url = start(make_server, tmp_path, checkpoint_dir=str(checkpoints))
+    stub = make_stub(running)
+    client = service(url).create_lora_training_client(base_model="tiny", rank=4, seed=3).result()
+    run = client.model_id.replace(":", "-")
+    before = sorted(p for p in tmp_path.rglob("*") if "sdk" not in p.parts)
+    for hostile in ("../../escape", "a/b", "x" * 300, "sneaky\x00name", "../sampler-x"):
+        with pytest.raises(Exception):  # noqa: B017 - the SDK's error class varies by status
+            client.save_weights_for_sampler(hostile).result(timeout=30)
+    assert not (tmp_path / "escape").exists() and not (checkpoints / "escape").exists()
+    assert sorted(p for p in tmp_path.rglob("*") if "sdk" not in p.parts) == before
+    assert list(stub.ListCheckpoints(pb.ListCheckpointsRequest(run=run)).checkpoints) == []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import queue
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `gradserve` i
 import torch
 
 from bench.baselines import BareClient, local_seed_loop
+from bench.concurrency import collect_rounds
 from bench.processes import TORCH_THREADS, ServerProcess, echo_server, gradserve_server
 from bench.rows import Row
 from bench.run import table
@@ -108,21 +108,7 @@ def _concurrent(
         context.Process(target=_client, args=(targets, sizes, rounds, duration, barrier, results))
         for _ in range(count)
     ]
-    for process in processes:
-        process.start()
-    parts: dict[tuple[int, str], list[tuple[list[float], int, float]]] = {}
-    try:
-        for _ in range(count * rounds * len(targets)):
-            round_index, label, latencies, errors, elapsed = results.get(timeout=300)
-            parts.setdefault((round_index, label), []).append((latencies, errors, elapsed))
-    except queue.Empty:
-        pass
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=10)
+    parts = collect_rounds(processes, results, count * rounds * len(targets))
     figures = {}
     for key, collected in parts.items():
         latencies = sorted(x for part in collected for x in part[0])

@@ -104,21 +104,7 @@ def _run(
         )
         for _ in range(count)
     ]
-    for process in processes:
-        process.start()
-    collected: dict[tuple[int, str], list[tuple[list[float], int, float]]] = {}
-    try:
-        for _ in range(count * rounds * 2):
-            round_index, kind, latencies, errors, elapsed = results.get(timeout=300)
-            collected.setdefault((round_index, kind), []).append((latencies, errors, elapsed))
-    except queue.Empty:
-        pass
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=10)
+    collected = collect_rounds(processes, results, count * rounds * 2)
     cpu_used = [
         cpu_seconds(pid) - before for pid, before in zip(pids or (), cpu_before, strict=True)
     ]
@@ -175,3 +161,27 @@ def _run(
         server_cpu.baseline.append(cpu_used[1] / calls["bare"] * 1e6)
         return [rate, p50, p99, server_cpu]
     return [rate, p50, p99]
+
+
+Collected = dict[tuple[int, str], list[tuple[list[float], int, float]]]
+
+
+def collect_rounds(processes: list[Any], results: Any, expected: int) -> Collected:
+    """Start the client processes, gather their `expected` (round, label, latencies, errors,
+    elapsed) answers from `results`, and join them (terminating any that hang)."""
+    for process in processes:
+        process.start()
+    collected: Collected = {}
+    try:
+        for _ in range(expected):
+            round_index, label, latencies, errors, elapsed = results.get(timeout=300)
+            collected.setdefault((round_index, label), []).append((latencies, errors, elapsed))
+    except queue.Empty:
+        pass
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+    return collected

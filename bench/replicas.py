@@ -11,12 +11,11 @@ nginx, from /proc) for both, which says where the second process's time goes on 
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.concurrency import cpu_seconds
+from bench.concurrency import collect_rounds, cpu_seconds
 from bench.processes import gradserve_server
 from bench.rows import Row
 from bench.workloads import Settings, seed_batches
@@ -127,21 +126,7 @@ def replicas(settings: Settings) -> list[Row]:
             )
             for i in range(CLIENTS)
         ]
-        for process in processes:
-            process.start()
-        collected: dict[tuple[int, str], list[tuple[list[float], int, float]]] = {}
-        try:
-            for _ in range(CLIENTS * rounds * len(KINDS)):
-                round_index, kind, latencies, errors, elapsed = results.get(timeout=300)
-                collected.setdefault((round_index, kind), []).append((latencies, errors, elapsed))
-        except queue.Empty:
-            pass
-        finally:
-            for process in processes:
-                process.join(timeout=30)
-                if process.is_alive():
-                    process.terminate()
-                    process.join(timeout=10)
+        collected = collect_rounds(processes, results, CLIENTS * rounds * len(KINDS))
         cpu_used = [
             tree_cpu_seconds(pid) - before for pid, before in zip(servers, cpu_before, strict=True)
         ]
